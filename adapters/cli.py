@@ -30,7 +30,7 @@ def _smollm2_dir() -> str:
     return spec.submodule_search_locations[0]
 
 
-def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None):
+def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device=None):
     """Load ``(model, tokenizer)`` from ``"smollm2"``, a compressed folder or a local HF folder.
 
     Parameters
@@ -42,6 +42,8 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None):
         GGUF file name inside a local folder.
     dtype : torch.dtype, optional
         Default float32 (GGUF files are de-quantized).
+    device : str or torch.device, optional
+        Move the model there after loading (default: where transformers puts it, the CPU).
 
     Returns
     -------
@@ -66,10 +68,12 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None):
             raise FileNotFoundError(f"{folder!r} is not a local folder; pass 'smollm2' or a model folder (no downloads)")
         cfg = Path(folder) / "config.json"
         if cfg.is_file() and SECTION in json.loads(cfg.read_text(encoding="utf-8")):
-            return load_compressed(folder, dtype=dtype), AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = load_compressed(folder, dtype=dtype, device="cpu" if device is None else device)
+            return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
+    model = model if device is None else model.to(device)
     return model.eval(), tok
 
 
@@ -84,6 +88,8 @@ def _add_compress_options(p: argparse.ArgumentParser, *, nsamples: int = 128) ->
     p.add_argument("--nsamples", type=int, default=nsamples, help=f"calibration windows (default {nsamples})")
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
     p.add_argument("--no-sequential", action="store_true", help="calibrate every layer on dense inputs")
+    p.add_argument("--selector", default="deim", choices=["deim", "qdeim", "maxvol"],
+                   help="curlinalg selector for rows and columns (activation method)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -97,6 +103,8 @@ def _compress_kwargs(args) -> dict:
         method=args.method, targets=args.targets, layers=args.layers, nsamples=args.nsamples,
         seqlen=args.seqlen, sequential=not args.no_sequential, seed=args.seed, progress=not args.quiet,
     )
+    if args.method == "activation":
+        kw["selector"] = args.selector
     for key in ("reduction", "target_params", "rank"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
@@ -119,7 +127,7 @@ def _cmd_demo(args) -> int:
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    model, tok = load_model(SMOLLM2)
+    model, tok = load_model(SMOLLM2, device=args.device)
     print(f"loaded SmolLM2-135M-Instruct ({SMOLLM2_GGUF}) in {time.perf_counter() - t0:.1f}s")
     data = load_wikitext2(tokenizer=tok)
     before = count_parameters(model)
@@ -147,7 +155,7 @@ def _cmd_compress(args) -> int:
     from .eval import load_wikitext2
     from .serialization import save_compressed
 
-    model, tok = load_model(args.model, gguf_file=args.gguf_file)
+    model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device)
     if args.calibration:
         text = Path(args.calibration).read_text(encoding="utf-8")
     else:
@@ -165,7 +173,7 @@ def _cmd_eval(args) -> int:
     from ._common import count_parameters
     from .eval import load_wikitext2
 
-    model, tok = load_model(args.model, gguf_file=args.gguf_file)
+    model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device)
     res = _ppl(model, tok, load_wikitext2(tokenizer=tok), args)
     print(f"{args.model}: {count_parameters(model):,} parameters, WikiText-2 perplexity {res.ppl:.3f} "
           f"({res.tokens:,} tokens, {res.windows} windows of {res.seqlen})")
@@ -188,6 +196,7 @@ def _cmd_heal(args, rest) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adapters", description="CUR compression of transformer models")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", help="run on this torch device, e.g. cuda (default: cpu)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="SmolLM2-135M: compress at the default budget, perplexity before/after")
     # 32 x 512 calibration tokens keep the demo to minutes on two CPU cores.

@@ -81,7 +81,8 @@ class ModuleReport:
     rank : int
         CUR rank ``r``.
     rows, cols : list of int
-        Kept output rows and input columns.
+        Kept output rows of ``W`` and kept columns (of ``W`` for CURing, of the
+        activation-weighted ``W H^{1/2}`` for the default method).
     params_before, params_after : int
         Weight (and bias) parameters before and after; C, U and R all count.
     rel_error : float
@@ -233,10 +234,22 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return model.get_submodule(parent_name), attr
 
 
-def _deim(V: torch.Tensor) -> torch.Tensor:
+SELECTORS = ("deim", "qdeim", "maxvol")
+
+
+def _select(V: torch.Tensor, selector: str) -> torch.Tensor:
+    """Row indices of the tall orthonormal ``V`` chosen by a curlinalg selector, on V's device."""
     import curlinalg
 
-    return torch.as_tensor(curlinalg.deim(V), dtype=torch.long, device=V.device)
+    if selector == "maxvol":
+        idx = curlinalg.maxvol(V)[0]
+    else:
+        idx = getattr(curlinalg, selector)(V)
+    return torch.as_tensor(idx, dtype=torch.long, device=V.device)
+
+
+def _deim(V: torch.Tensor) -> torch.Tensor:
+    return _select(V, "deim")
 
 
 def allocate_ranks(
@@ -345,24 +358,24 @@ def allocate_ranks(
     return ranks, total - need
 
 
-def _top_singular_vectors(A: torch.Tensor, rank: int, /, *, side: str) -> torch.Tensor:
-    """Leading ``rank`` left (``side="left"``) or right singular vectors of ``A`` (float64).
+def _top_singular_pairs(A: torch.Tensor, rank: int, /) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leading ``rank`` left and right singular vectors of ``A`` (float64), ``(m, r)`` and ``(n, r)``.
 
-    Computed from the eigendecomposition of the smaller Gram matrix (``A A^T`` or ``A^T A``),
-    which is several times cheaper than an SVD for the tall matrices met here; float64 keeps
-    the squared condition number harmless for the leading vectors.
+    One eigendecomposition of the smaller Gram matrix (``A A^T`` or ``A^T A``) gives one side;
+    the other is ``A^T P / s`` (or ``A Q / s``).  Several times cheaper than an SVD for the tall
+    matrices met here; in float64 the squared condition number is harmless for the leading
+    vectors.  Directions with ``s`` at rounding level are re-orthonormalised by a QR so that the
+    selectors always receive orthonormal columns.
     """
     m, n = A.shape
-    if (side == "left") == (m <= n):
-        G = A @ A.T if side == "left" else A.T @ A
-        _, vecs = torch.linalg.eigh(G)
-        return vecs[:, -rank:].flip(-1).contiguous()
-    G = A.T @ A if side == "left" else A @ A.T
+    left_first = m <= n
+    G = A @ A.T if left_first else A.T @ A
     vals, vecs = torch.linalg.eigh(G)
-    top = vecs[:, -rank:].flip(-1)
+    top = vecs[:, -rank:].flip(-1).contiguous()
     s = torch.sqrt(vals[-rank:].flip(-1).clamp_min(torch.finfo(A.dtype).tiny))
-    out = (A @ top) / s if side == "left" else (A.T @ top) / s
-    return out.contiguous()
+    other = (A.T @ top) / s if left_first else (A @ top) / s
+    other = torch.linalg.qr(other).Q
+    return (top, other) if left_first else (other, top)
 
 
 def _ridged(H: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -370,16 +383,26 @@ def _ridged(H: torch.Tensor, ridge: float) -> torch.Tensor:
     return H + (ridge * scale) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
 
 
-def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float):
-    """Activation-aware CUR of one weight: selections, fitted core, relative error."""
+def _sqrtm_psd(H: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root ``H^{1/2}`` of a symmetric positive definite matrix."""
+    vals, vecs = torch.linalg.eigh(H)
+    return (vecs * torch.sqrt(vals.clamp_min(0.0))) @ vecs.T
+
+
+def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float, selector: str = "deim"):
+    """Activation-aware CUR of one weight: CUR of ``A = W H^{1/2}``, core fitted to the outputs.
+
+    Returns ``rows, cols, C, U, err`` with ``C = A[:, cols]`` (float64) and ``R = W[rows, :]``.
+    """
     W64 = W.detach().to(torch.float64)
     H = st.gram
     Hr = _ridged(H, ridge)
-    L = torch.linalg.cholesky(Hr)
-    rows = _deim(_top_singular_vectors(W64 @ L, rank, side="left"))
-    d = torch.sqrt(torch.diagonal(Hr))
-    cols = _deim(_top_singular_vectors(W64 * d, rank, side="right"))
-    C = W64[:, cols]
+    S = _sqrtm_psd(Hr)
+    A = W64 @ S
+    P, Q = _top_singular_pairs(A, rank)
+    rows = _select(P, selector)
+    cols = _select(Q, selector)
+    C = A[:, cols]
     R = W64[rows, :]
     cross = H if st.cross is None else st.cross
     T = W64 @ (cross.T @ R.T)
@@ -388,7 +411,7 @@ def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float):
     U = torch.linalg.lstsq(C, CU).solution
     E = W64 - C @ (U @ R)
     err = math.sqrt(max(float(torch.sum((E @ H) * E)), 0.0) / max(float(torch.sum((W64 @ H) * W64)), 1e-300))
-    return rows, cols, U, err
+    return rows, cols, C, U, err
 
 
 def _fit_curing(W: torch.Tensor, st, rank: int):
@@ -441,6 +464,7 @@ def compress(
     batch_size: int = 8,
     sequential: bool = True,
     ridge: float = 1e-6,
+    selector: str = "deim",
     seed: int = 0,
     progress: bool = True,
     heal: bool | dict = False,
@@ -484,6 +508,9 @@ def compress(
         already-compressed layers before it, and fit ``U`` to the dense model's outputs.
     ridge : float, default 1e-6
         Relative Tikhonov shift of ``X^T X`` (times its mean diagonal).
+    selector : {"deim", "qdeim", "maxvol"}, default "deim"
+        ``"activation"``: the curlinalg selector applied to the leading singular vectors of the
+        whitened weight to pick rows and columns.
     seed : int, default 0
         Seed of the calibration window draw.
     progress : bool, default True
@@ -513,10 +540,11 @@ def compress(
     Notes
     -----
     ``"activation"``: for each weight ``W`` (``m x n``) with calibration inputs ``X``, let
-    ``H = X^T X = L L^T``.  Rows are chosen by DEIM on the leading left singular vectors of the
-    whitened weight ``W L`` (rows of ``W L`` are rows of ``W`` times ``L``, so this is row subset
-    selection in the metric of the outputs); columns by DEIM on the leading right singular
-    vectors of ``W diag(sqrt(diag H))``.  With ``C = W[:, J]`` and ``R = W[I, :]`` the core
+    ``H = X^T X`` and ``A = W H^{1/2}``, so that ``||(W - W') H^{1/2}||_F`` is the output error
+    over the calibration tokens.  The selector (DEIM by default) on the leading ``r`` left and
+    right singular vectors of ``A`` picks rows ``I`` and columns ``J``: a CUR of ``A``, which
+    maps back to ``W ~ C U R`` with ``R = W[I, :]`` (rows of ``A`` are rows of ``W`` times
+    ``H^{1/2}``) and ``C = A[:, J]``, columns of the activation-weighted matrix.  The core
     solves ``min_U ||X_c R^T U^T C^T - X_d W^T||_F``, i.e. ``C U = W X_d^T X_c R^T (R H R^T)^{-1}``
     then ``U = C^+ (C U)`` (``X_c``: inputs through the compressed prefix, ``X_d``: the dense
     model's inputs; equal when ``sequential=False``).  Ranks come from :func:`allocate_ranks` on
@@ -539,6 +567,8 @@ def compress(
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if selector not in SELECTORS:
+        raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
     if reduction is not None and not 0.0 < reduction < 1.0:
         raise ValueError(f"reduction must lie in (0, 1), got {reduction!r}; e.g. reduction=0.1 removes 10%")
     if reduction is not None and target_params is not None:
@@ -589,7 +619,8 @@ def compress(
     )
     options = dict(
         nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, seed=seed, sequential=sequential,
-        ridge=ridge, targets=list(_resolve_targets(targets)), rank=rank, max_rank=max_rank,
+        ridge=ridge, selector=selector, targets=list(_resolve_targets(targets)), rank=rank,
+        max_rank=max_rank,
         n_layers=n_layers, reduction=reduction, calibration_tokens=int(sum(b.numel() for b in batches)),
     )
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
@@ -602,7 +633,8 @@ def compress(
         else:
             ang = None
             reports, used_layers = _run_activation(
-                model, runner, found, target, params_before, rank, sequential, ridge, swaps, progress
+                model, runner, found, target, params_before, rank, sequential, ridge, selector, swaps,
+                progress,
             )
         params_after = count_parameters(model)
         expected = params_before - sum(r.params_before - r.params_after for r in reports)
@@ -686,7 +718,9 @@ def _run_curing(model, runner, found, layers, rank, max_rank, n_layers, swaps, p
 
 
 @torch.no_grad()
-def _run_activation(model, runner, found, target, params_before, rank, sequential, ridge, swaps, progress):
+def _run_activation(
+    model, runner, found, target, params_before, rank, sequential, ridge, selector, swaps, progress
+):
     by_layer: dict[int, dict] = {}
     for name, (i, mod) in found.items():
         by_layer.setdefault(i, {})[name] = mod
@@ -737,8 +771,8 @@ def _run_activation(model, runner, found, target, params_before, rank, sequentia
                     accumulate_statistics(stats, xd)
         for name, lin in mods.items():
             t = time.perf_counter()
-            rows, cols, U, err = _fit_activation(lin.weight, stats[name], ranks[name], ridge)
-            new = CURLinear.from_linear(lin, rows=rows, cols=cols, U=U)
+            rows, cols, C, U, err = _fit_activation(lin.weight, stats[name], ranks[name], ridge, selector)
+            new = CURLinear.from_linear(lin, rows=rows, cols=cols, U=U, C=C)
             secs = time.perf_counter() - t
             reports.append(_make_report(name, i, lin, rows, cols, ranks[name], err, secs, new))
             _swap(model, name, new, swaps)

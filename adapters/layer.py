@@ -75,7 +75,8 @@ class CURLinear(nn.Module):
     Parameters
     ----------
     C : torch.Tensor
-        ``(out_features, rank)``, columns of the original weight (or of its fitted version).
+        ``(out_features, rank)``: columns of the weight (CURing) or of the activation-weighted
+        weight ``W H^{1/2}`` (the default method of :func:`adapters.compress`).
     U : torch.Tensor
         ``(rank, rank)`` core.
     R : torch.Tensor
@@ -91,7 +92,7 @@ class CURLinear(nn.Module):
     The forward pass applies the three factors right to left, ``((x R^T) U^T) C^T``, costing
     ``r (m + n) + r^2`` multiply-adds per token instead of ``m n``; the dense weight is never
     formed.  ``U`` is kept separate (rather than folded into ``C`` or ``R``) so that ``C`` and
-    ``R`` stay actual rows and columns of the weight and the parameter count is the honest
+    ``R`` stay actual columns and rows (see ``C`` above) and the parameter count is the honest
     ``r (m + n) + r^2``.  This class deliberately does not subclass :class:`torch.nn.Linear`:
     other libraries would treat it as a dense layer.
 

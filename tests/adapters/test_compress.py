@@ -223,9 +223,9 @@ def test_full_rank_fit_reproduces_logits_everywhere(calib_tokens, eval_tokens):
     new = {}
     for name, (_, lin) in found.items():
         r = min(lin.weight.shape)
-        rows, cols, U, err = compress_mod._fit_activation(lin.weight, stats[name], r, 1e-12)
+        rows, cols, C, U, err = compress_mod._fit_activation(lin.weight, stats[name], r, 1e-12)
         assert err < 1e-5
-        new[name] = CURLinear.from_linear(lin, rows=rows, cols=cols, U=U)
+        new[name] = CURLinear.from_linear(lin, rows=rows, cols=cols, U=U, C=C)
     for name, mod in new.items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, mod)

@@ -1,0 +1,49 @@
+"""The adapters on a CUDA device: compression, healing and checkpoints stay on the GPU.
+
+Skipped without CUDA (CI); run on a GPU machine with ``pytest tests/adapters/test_cuda.py``.
+"""
+
+import pytest
+import torch
+
+from adapters import CURLinear, compress, count_parameters, heal, load_compressed, save_compressed
+
+from conftest import make_tiny_llama
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+@pytest.mark.parametrize("method", ["activation", "curing"])
+def test_compress_on_cuda_matches_cpu(method, calib_tokens, eval_tokens):
+    kw = {"reduction": 0.2} if method == "activation" else {"rank": 4, "n_layers": 1}
+    cpu, rep_cpu = compress(make_tiny_llama(5), calibration=calib_tokens, method=method, progress=False, **kw)
+    gpu, rep_gpu = compress(make_tiny_llama(5).cuda(), calibration=calib_tokens, method=method, progress=False, **kw)
+    mods = [m for m in gpu.modules() if isinstance(m, CURLinear)]
+    assert mods and all(m.C.is_cuda and m.U.is_cuda and m.R.is_cuda and m.rows.is_cuda for m in mods)
+    assert count_parameters(gpu) == rep_gpu.params_after == rep_cpu.params_after
+    assert [m.rank for m in rep_gpu.modules] == [m.rank for m in rep_cpu.modules]
+    torch.testing.assert_close(
+        _logits(gpu, eval_tokens.cuda()).cpu(), _logits(cpu, eval_tokens), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_save_load_and_heal_on_cuda(tmp_path, calib_tokens, eval_tokens):
+    model, _ = compress(make_tiny_llama(6).cuda(), calibration=calib_tokens, reduction=0.2, progress=False)
+    save_compressed(model, tmp_path / "ckpt")
+    back = load_compressed(tmp_path / "ckpt", device="cuda")
+    ids = eval_tokens.cuda()
+    torch.testing.assert_close(_logits(back, ids), _logits(model, ids), rtol=0, atol=0)
+    before = [m.U.detach().clone() for m in back.modules() if isinstance(m, CURLinear)]
+    result = heal(back, data=calib_tokens, steps=3, batch_size=4, seqlen=16, progress=False)
+    after = [m.U for m in back.modules() if isinstance(m, CURLinear)]
+    assert result.steps_run == 3
+    assert all(a.is_cuda for a in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
