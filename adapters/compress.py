@@ -82,7 +82,7 @@ class ModuleReport:
         CUR rank ``r``.
     rows, cols : list of int
         Kept output rows of ``W`` and kept columns (of ``W`` for CURing, of the
-        activation-weighted ``W H^{1/2}`` for the default method).
+        activation-weighted ``W L`` for the default method).
     params_before, params_after : int
         Weight (and bias) parameters before and after; C, U and R all count.
     rel_error : float
@@ -383,22 +383,16 @@ def _ridged(H: torch.Tensor, ridge: float) -> torch.Tensor:
     return H + (ridge * scale) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
 
 
-def _sqrtm_psd(H: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root ``H^{1/2}`` of a symmetric positive definite matrix."""
-    vals, vecs = torch.linalg.eigh(H)
-    return (vecs * torch.sqrt(vals.clamp_min(0.0))) @ vecs.T
-
-
 def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float, selector: str = "deim"):
-    """Activation-aware CUR of one weight: CUR of ``A = W H^{1/2}``, core fitted to the outputs.
+    """Activation-aware CUR of one weight: CUR of ``A = W L``, core fitted to the outputs.
 
-    Returns ``rows, cols, C, U, err`` with ``C = A[:, cols]`` (float64) and ``R = W[rows, :]``.
+    ``L L^T = H`` (Cholesky).  Returns ``rows, cols, C, U, err`` with ``C = A[:, cols]``
+    (float64) and ``R = W[rows, :]``.
     """
     W64 = W.detach().to(torch.float64)
     H = st.gram
     Hr = _ridged(H, ridge)
-    S = _sqrtm_psd(Hr)
-    A = W64 @ S
+    A = W64 @ torch.linalg.cholesky(Hr)
     P, Q = _top_singular_pairs(A, rank)
     rows = _select(P, selector)
     cols = _select(Q, selector)
@@ -445,6 +439,42 @@ def _tail_errors(sq: np.ndarray, m: int, n: int) -> np.ndarray:
     return tail[1 : rmax + 1]
 
 
+def _svd_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.ndarray:
+    """Relative squared error of the best rank-``r`` whitened approximation, ``r = 1..r*``."""
+    sq = _whitened_spectrum(W, gram, ridge)
+    return _tail_errors(sq, *W.shape) / max(float(sq.sum()), 1e-300)
+
+
+def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.ndarray:
+    """Relative squared error of the activation-aware CUR at every rank ``r = 1..r*``.
+
+    With ``A = W L`` (``L L^T = H``), DEIM on the leading ``r*`` singular vectors of ``A`` gives nested
+    selections (the first ``r`` picks are the rank-``r`` picks), so with ``Q_C`` and ``Q_R``
+    orthonormal bases of ``A[:, J]`` and ``A[I, :]^T`` from one QR each, the rank-``r`` CUR with
+    the optimal core ``U = C^+ A R^+`` has error
+    ``||A||_F^2 - ||(Q_C^T A Q_R)[:r, :r]||_F^2``: every rank from one pass.  Q-DEIM and
+    maxvol picks are not nested; for them the DEIM curve serves as the estimate.
+    """
+    m, n = W.shape
+    rmax = break_even_rank(m, n)
+    if rmax < 1:
+        return np.zeros(0)
+    W64 = W.detach().to(torch.float64)
+    A = W64 @ torch.linalg.cholesky(_ridged(gram, ridge))
+    P, Q = _top_singular_pairs(A, rmax)
+    rows, cols = _deim(P), _deim(Q)
+    Qc = torch.linalg.qr(A[:, cols]).Q
+    Qr = torch.linalg.qr(A[rows, :].T).Q
+    B2 = (Qc.T @ A @ Qr) ** 2
+    kept = torch.diagonal(B2.cumsum(0).cumsum(1))
+    total = float(torch.sum(A * A))
+    err = (total - kept).clamp_min(0.0) / max(total, 1e-300)
+    return err.cpu().numpy()
+
+
+ALLOCATIONS = ("cur", "svd")
+
+
 def compress(
     model: nn.Module,
     /,
@@ -465,6 +495,7 @@ def compress(
     sequential: bool = True,
     ridge: float = 1e-6,
     selector: str = "deim",
+    allocation: str = "cur",
     seed: int = 0,
     progress: bool = True,
     heal: bool | dict = False,
@@ -511,6 +542,11 @@ def compress(
     selector : {"deim", "qdeim", "maxvol"}, default "deim"
         ``"activation"``: the curlinalg selector applied to the leading singular vectors of the
         whitened weight to pick rows and columns.
+    allocation : {"cur", "svd"}, default "cur"
+        ``"activation"``: the error curves the ranks are allocated on.  ``"cur"``: the relative
+        activation-weighted error of this method's own CUR at every rank (measured, one pass per
+        matrix, see Notes); ``"svd"``: the best rank-``r`` whitened SVD error (a lower bound on
+        the CUR error, cheaper, but blind to how much worse CUR does on each matrix).
     seed : int, default 0
         Seed of the calibration window draw.
     progress : bool, default True
@@ -540,16 +576,19 @@ def compress(
     Notes
     -----
     ``"activation"``: for each weight ``W`` (``m x n``) with calibration inputs ``X``, let
-    ``H = X^T X`` and ``A = W H^{1/2}``, so that ``||(W - W') H^{1/2}||_F`` is the output error
-    over the calibration tokens.  The selector (DEIM by default) on the leading ``r`` left and
+    ``H = X^T X = L L^T`` (Cholesky) and ``A = W L``, so that ``||(W - W') L||_F`` is the output
+    error over the calibration tokens.  The selector (DEIM by default) on the leading ``r`` left and
     right singular vectors of ``A`` picks rows ``I`` and columns ``J``: a CUR of ``A``, which
     maps back to ``W ~ C U R`` with ``R = W[I, :]`` (rows of ``A`` are rows of ``W`` times
-    ``H^{1/2}``) and ``C = A[:, J]``, columns of the activation-weighted matrix.  The core
+    ``L``) and ``C = A[:, J]``, columns of the activation-weighted matrix.  The core
     solves ``min_U ||X_c R^T U^T C^T - X_d W^T||_F``, i.e. ``C U = W X_d^T X_c R^T (R H R^T)^{-1}``
     then ``U = C^+ (C U)`` (``X_c``: inputs through the compressed prefix, ``X_d``: the dense
     model's inputs; equal when ``sequential=False``).  Ranks come from :func:`allocate_ranks` on
-    the whitened spectra ``sigma_i(W L)^2`` of the dense model (the error of the best rank-``r``
-    approximation in the activation metric), subject to ``r (m + n) + r^2 < m n``.
+    relative error curves measured on the dense model, subject to ``r (m + n) + r^2 < m n``:
+    with ``allocation="cur"`` the error of this CUR at every rank, all from one pass per matrix
+    (DEIM selections are nested, so with orthonormal bases ``Q_C`` of ``A[:, J]`` and ``Q_R`` of
+    ``A[I, :]^T`` the rank-``r`` error is ``||A||_F^2 - ||(Q_C^T A Q_R)[:r, :r]||_F^2``); with
+    ``allocation="svd"`` the whitened spectra ``sum_{i>r} sigma_i(A)^2``, a lower bound.
 
     Budget: ranks are integers, so the model lands on ``target_params - slack`` with
     ``0 <= slack`` below one rank step of one matrix (``m + n + 2 r + 1`` parameters, about 2,000
@@ -569,6 +608,8 @@ def compress(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if selector not in SELECTORS:
         raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if reduction is not None and not 0.0 < reduction < 1.0:
         raise ValueError(f"reduction must lie in (0, 1), got {reduction!r}; e.g. reduction=0.1 removes 10%")
     if reduction is not None and target_params is not None:
@@ -619,7 +660,8 @@ def compress(
     )
     options = dict(
         nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, seed=seed, sequential=sequential,
-        ridge=ridge, selector=selector, targets=list(_resolve_targets(targets)), rank=rank,
+        ridge=ridge, selector=selector, allocation=allocation, rank=rank,
+        targets=list(_resolve_targets(targets)),
         max_rank=max_rank,
         n_layers=n_layers, reduction=reduction, calibration_tokens=int(sum(b.numel() for b in batches)),
     )
@@ -633,8 +675,8 @@ def compress(
         else:
             ang = None
             reports, used_layers = _run_activation(
-                model, runner, found, target, params_before, rank, sequential, ridge, selector, swaps,
-                progress,
+                model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation,
+                swaps, progress,
             )
         params_after = count_parameters(model)
         expected = params_before - sum(r.params_before - r.params_after for r in reports)
@@ -719,7 +761,8 @@ def _run_curing(model, runner, found, layers, rank, max_rank, n_layers, swaps, p
 
 @torch.no_grad()
 def _run_activation(
-    model, runner, found, target, params_before, rank, sequential, ridge, selector, swaps, progress
+    model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation, swaps,
+    progress,
 ):
     by_layer: dict[int, dict] = {}
     for name, (i, mod) in found.items():
@@ -733,11 +776,12 @@ def _run_activation(
             mods = by_layer.get(i, {})
             stats, out = record_layer(runner, i, hidden, mods)
             for name, lin in mods.items():
-                m, k = lin.weight.shape
-                sq = _whitened_spectrum(lin.weight, stats[name].gram, ridge)
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-                errors[name] = _tail_errors(sq, m, k) / max(float(sq.sum()), 1e-300)
+                if allocation == "cur":
+                    errors[name] = _cur_error_curve(lin.weight, stats[name].gram, ridge)
+                else:
+                    errors[name] = _svd_error_curve(lin.weight, stats[name].gram, ridge)
             del stats
             hidden = out
         del hidden

@@ -76,7 +76,7 @@ class CURLinear(nn.Module):
     ----------
     C : torch.Tensor
         ``(out_features, rank)``: columns of the weight (CURing) or of the activation-weighted
-        weight ``W H^{1/2}`` (the default method of :func:`adapters.compress`).
+        weight ``W L``, ``L L^T = X^T X`` (the default method of :func:`adapters.compress`).
     U : torch.Tensor
         ``(rank, rank)`` core.
     R : torch.Tensor

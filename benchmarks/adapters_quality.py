@@ -7,6 +7,8 @@ the calibration split.  Runs:
 * ``curing``: CURing's configuration (10 layers by angular distance, q/k/gate, rank 36)
 * ``default@curing``: the default method at exactly CURing's parameter count
 * ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``
+* ``default-svdalloc@F``: the default method with ranks allocated on whitened SVD spectra
+  (``allocation="svd"``) instead of its own measured CUR error curves (ablation)
 
 Each run is stored as soon as it finishes in the JSON file (re-running skips finished runs
 unless ``--force``), together with the machine, library versions and the exact command; the
@@ -74,7 +76,7 @@ def _machine() -> dict:
 def _all_runs(reductions) -> list[str]:
     runs = ["dense", "curing", "default@curing"]
     for f in reductions:
-        runs += [f"default@{f}", f"svd-whitened@{f}", f"svd-plain@{f}"]
+        runs += [f"default@{f}", f"default-svdalloc@{f}", f"svd-whitened@{f}", f"svd-plain@{f}"]
     return runs
 
 
@@ -142,8 +144,9 @@ def main(argv=None) -> int:
                     kw = {"target_params": target}
                 else:
                     kw = {"reduction": float(budget)}
-                if name == "default":
-                    model, report = compress(model, selector=args.selector, **kw, **common)
+                if name in ("default", "default-svdalloc"):
+                    alloc = "svd" if name == "default-svdalloc" else "cur"
+                    model, report = compress(model, selector=args.selector, allocation=alloc, **kw, **common)
                 else:
                     model, report = compress_svd(model, kind=name.split("-", 1)[1], **kw, **common)
             secs = time.perf_counter() - t
@@ -178,7 +181,8 @@ def _plot(results: dict, path: Path) -> None:
     for key, r in runs.items():
         name = key.split("@")[0]
         series.setdefault(name, []).append((100 * r["reduction"], r["ppl"]))
-    styles = {"default": ("C0", "o", "activation CUR (default)"), "svd-whitened": ("C1", "s", "whitened SVD, global ranks"),
+    styles = {"default": ("C0", "o", "activation CUR (default)"),
+              "default-svdalloc": ("C4", "D", "activation CUR, ranks from SVD spectra (ablation)"), "svd-whitened": ("C1", "s", "whitened SVD, global ranks"),
               "svd-plain": ("C2", "^", "truncated SVD, global ranks"), "curing": ("C3", "x", "CURing reproduction"),
               "dense": ("k", "*", "dense")}
     for name, pts in series.items():

@@ -230,3 +230,33 @@ def test_full_rank_fit_reproduces_logits_everywhere(calib_tokens, eval_tokens):
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, mod)
     torch.testing.assert_close(_logits(model, eval_tokens), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cur_error_curve_matches_fitted_cur_at_every_rank():
+    """The one-pass error curve equals the error of the fitted CUR rank by rank (dense inputs)."""
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(3)
+    m, n = 40, 24
+    W = torch.randn(m, n, generator=gen, dtype=torch.float64) * torch.logspace(0, -2, n, dtype=torch.float64)
+    X = torch.randn(300, n, generator=gen, dtype=torch.float64) @ torch.randn(n, n, generator=gen, dtype=torch.float64)
+    st = SimpleNamespace(gram=X.T @ X, cross=None)
+    curve = compress_mod._cur_error_curve(W, st.gram, 1e-12)
+    assert len(curve) == break_even_rank(m, n)
+    assert np.all(np.diff(curve) <= 1e-12) and 0.0 <= curve[-1] <= curve[0] <= 1.0
+    svd = compress_mod._svd_error_curve(W, st.gram, 1e-12)
+    assert np.all(curve >= svd - 1e-10)
+    for r in (1, 3, 7, len(curve)):
+        *_, err = compress_mod._fit_activation(W, st, r, 1e-12, "deim")
+        assert curve[r - 1] == pytest.approx(err**2, rel=1e-6, abs=1e-12)
+
+
+def test_allocation_option(tiny_llama, calib_tokens):
+    _, rep_cur = compress(make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, progress=False)
+    _, rep_svd = compress(
+        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, allocation="svd", progress=False
+    )
+    assert rep_cur.options["allocation"] == "cur" and rep_svd.options["allocation"] == "svd"
+    assert rep_cur.params_after <= rep_cur.target_params == rep_svd.target_params
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        compress(tiny_llama, calibration=calib_tokens, reduction=0.1, allocation="greedy", progress=False)
