@@ -102,6 +102,7 @@ def compress_svd(
     seqlen: int = 512,
     batch_size: int = 8,
     ridge: float = 1e-6,
+    token_weighting: str = "none",
     seed: int = 0,
     progress: bool = True,
 ):
@@ -121,6 +122,9 @@ def compress_svd(
         As :func:`adapters.compress`.
     ridge : float
         Relative shift of ``X^T X``.
+    token_weighting : {"none", "norm"}
+        Token weights of ``X^T X`` (:func:`adapters.calibration.token_weights`); ``"none"`` is
+        SVD-LLM's plain covariance.
     progress : bool
 
     Returns
@@ -175,7 +179,7 @@ def compress_svd(
         hidden = runner.hidden
         for i in tqdm(range(max(by_layer) + 1), desc=f"svd-{kind}", disable=not progress, leave=False):
             mods = by_layer.get(i, {})
-            stats, out = record_layer(runner, i, hidden, mods)
+            stats, out = record_layer(runner, i, hidden, mods, weighting=token_weighting)
             for nm, lin in mods.items():
                 W64 = lin.weight.detach().to(torch.float64)
                 M, T = _factor_source(W64, stats[nm], kind, ridge)
@@ -218,6 +222,7 @@ def compress_svd(
     report = CompressionReport(
         method=f"svd-{kind}", modules=reports, params_before=before, params_after=count_parameters(model),
         target_params=target, seconds=time.perf_counter() - t0, layers=sorted({r.layer for r in reports}),
-        options=dict(nsamples=nsamples, seqlen=seqlen, seed=seed, ridge=ridge, kind=kind),
+        options=dict(nsamples=nsamples, seqlen=seqlen, seed=seed, ridge=ridge, kind=kind,
+                     token_weighting=token_weighting),
     )
     return model, report

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ._common import count_parameters
 from .calibration import (
+    TOKEN_WEIGHTINGS,
     InputRecorder,
     LayerRunner,
     accumulate_statistics,
@@ -472,7 +473,7 @@ def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.nd
     return err.cpu().numpy()
 
 
-ALLOCATIONS = ("cur", "svd")
+ALLOCATIONS = ("svd", "cur")
 
 
 def compress(
@@ -495,7 +496,8 @@ def compress(
     sequential: bool = True,
     ridge: float = 1e-6,
     selector: str = "deim",
-    allocation: str = "cur",
+    allocation: str = "svd",
+    token_weighting: str = "none",
     seed: int = 0,
     progress: bool = True,
     heal: bool | dict = False,
@@ -542,11 +544,17 @@ def compress(
     selector : {"deim", "qdeim", "maxvol"}, default "deim"
         ``"activation"``: the curlinalg selector applied to the leading singular vectors of the
         whitened weight to pick rows and columns.
-    allocation : {"cur", "svd"}, default "cur"
-        ``"activation"``: the error curves the ranks are allocated on.  ``"cur"``: the relative
-        activation-weighted error of this method's own CUR at every rank (measured, one pass per
-        matrix, see Notes); ``"svd"``: the best rank-``r`` whitened SVD error (a lower bound on
-        the CUR error, cheaper, but blind to how much worse CUR does on each matrix).
+    allocation : {"svd", "cur"}, default "svd"
+        ``"activation"``: the error curves the ranks are allocated on.  ``"svd"``: the relative
+        best rank-``r`` whitened SVD error (a lower bound on the CUR error).  ``"cur"``: the
+        relative activation-weighted error of this method's own CUR at every rank (measured,
+        one pass per matrix, see Notes); it minimises the summed layer errors better but gave
+        *worse* perplexity on SmolLM2-135M (125 vs 78 at -10%), so it is not the default.
+    token_weighting : {"none", "norm"}
+        ``"activation"``: token weights of the input covariance, see
+        :func:`adapters.calibration.token_weights`.  ``"norm"`` weighs every calibration token's
+        relative output error equally, so that the few tokens with massive activations do not
+        dominate ``X^T X``.
     seed : int, default 0
         Seed of the calibration window draw.
     progress : bool, default True
@@ -610,6 +618,8 @@ def compress(
         raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if token_weighting not in TOKEN_WEIGHTINGS:
+        raise ValueError(f"token_weighting must be one of {TOKEN_WEIGHTINGS}, got {token_weighting!r}")
     if reduction is not None and not 0.0 < reduction < 1.0:
         raise ValueError(f"reduction must lie in (0, 1), got {reduction!r}; e.g. reduction=0.1 removes 10%")
     if reduction is not None and target_params is not None:
@@ -660,7 +670,8 @@ def compress(
     )
     options = dict(
         nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, seed=seed, sequential=sequential,
-        ridge=ridge, selector=selector, allocation=allocation, rank=rank,
+        ridge=ridge, selector=selector, allocation=allocation, token_weighting=token_weighting,
+        rank=rank,
         targets=list(_resolve_targets(targets)),
         max_rank=max_rank,
         n_layers=n_layers, reduction=reduction, calibration_tokens=int(sum(b.numel() for b in batches)),
@@ -676,7 +687,7 @@ def compress(
             ang = None
             reports, used_layers = _run_activation(
                 model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation,
-                swaps, progress,
+                token_weighting, swaps, progress,
             )
         params_after = count_parameters(model)
         expected = params_before - sum(r.params_before - r.params_after for r in reports)
@@ -761,8 +772,8 @@ def _run_curing(model, runner, found, layers, rank, max_rank, n_layers, swaps, p
 
 @torch.no_grad()
 def _run_activation(
-    model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation, swaps,
-    progress,
+    model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation,
+    weighting, swaps, progress,
 ):
     by_layer: dict[int, dict] = {}
     for name, (i, mod) in found.items():
@@ -774,7 +785,7 @@ def _run_activation(
         hidden = runner.hidden
         for i in tqdm(range(last + 1), desc="spectra", disable=not progress, leave=False):
             mods = by_layer.get(i, {})
-            stats, out = record_layer(runner, i, hidden, mods)
+            stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
             for name, lin in mods.items():
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
@@ -810,9 +821,9 @@ def _run_activation(
                 xd = rec.take()
                 if sequential and hc is not hd:
                     runner.layers[i](hc, **kw)
-                    accumulate_statistics(stats, rec.take(), reference=xd)
+                    accumulate_statistics(stats, rec.take(), reference=xd, weighting=weighting)
                 else:
-                    accumulate_statistics(stats, xd)
+                    accumulate_statistics(stats, xd, weighting=weighting)
         for name, lin in mods.items():
             t = time.perf_counter()
             rows, cols, C, U, err = _fit_activation(lin.weight, stats[name], ranks[name], ridge, selector)

@@ -7,8 +7,10 @@ the calibration split.  Runs:
 * ``curing``: CURing's configuration (10 layers by angular distance, q/k/gate, rank 36)
 * ``default@curing``: the default method at exactly CURing's parameter count
 * ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``
-* ``default-svdalloc@F``: the default method with ranks allocated on whitened SVD spectra
-  (``allocation="svd"``) instead of its own measured CUR error curves (ablation)
+* ``default-curalloc@F``: the default method with ranks allocated on its own measured CUR
+  error curves (``allocation="cur"``) instead of the whitened SVD spectra (ablation)
+* a ``+norm`` / ``+none`` suffix on a method name (``default+norm@0.2``,
+  ``svd-whitened+norm@0.2``) sets ``token_weighting`` (ablation of the covariance weighting)
 
 Each run is stored as soon as it finishes in the JSON file (re-running skips finished runs
 unless ``--force``), together with the machine, library versions and the exact command; the
@@ -76,7 +78,7 @@ def _machine() -> dict:
 def _all_runs(reductions) -> list[str]:
     runs = ["dense", "curing", "default@curing"]
     for f in reductions:
-        runs += [f"default@{f}", f"default-svdalloc@{f}", f"svd-whitened@{f}", f"svd-plain@{f}"]
+        runs += [f"default@{f}", f"default-curalloc@{f}", f"svd-whitened@{f}", f"svd-plain@{f}"]
     return runs
 
 
@@ -139,16 +141,18 @@ def main(argv=None) -> int:
                 model, report = compress(model, method="curing", rank=args.curing_rank, **common)
             else:
                 name, _, budget = run.partition("@")
+                name, _, weighting = name.partition("+")
+                weight_kw = {"token_weighting": weighting} if weighting else {}
                 if budget == "curing":
                     target = args.curing_params or results["runs"]["curing"]["params"]
                     kw = {"target_params": target}
                 else:
                     kw = {"reduction": float(budget)}
-                if name in ("default", "default-svdalloc"):
-                    alloc = "svd" if name == "default-svdalloc" else "cur"
-                    model, report = compress(model, selector=args.selector, allocation=alloc, **kw, **common)
+                if name in ("default", "default-curalloc"):
+                    alloc = "cur" if name == "default-curalloc" else "svd"
+                    model, report = compress(model, selector=args.selector, allocation=alloc, **kw, **weight_kw, **common)
                 else:
-                    model, report = compress_svd(model, kind=name.split("-", 1)[1], **kw, **common)
+                    model, report = compress_svd(model, kind=name.split("-", 1)[1], **kw, **weight_kw, **common)
             secs = time.perf_counter() - t
             ppl = perplexity(model, None, eval_ids, seqlen=2048, progress=True)
             entry = {
@@ -182,7 +186,7 @@ def _plot(results: dict, path: Path) -> None:
         name = key.split("@")[0]
         series.setdefault(name, []).append((100 * r["reduction"], r["ppl"]))
     styles = {"default": ("C0", "o", "activation CUR (default)"),
-              "default-svdalloc": ("C4", "D", "activation CUR, ranks from SVD spectra (ablation)"), "svd-whitened": ("C1", "s", "whitened SVD, global ranks"),
+              "default-curalloc": ("C4", "D", "activation CUR, ranks on measured CUR errors (ablation)"), "svd-whitened": ("C1", "s", "whitened SVD, global ranks"),
               "svd-plain": ("C2", "^", "truncated SVD, global ranks"), "curing": ("C3", "x", "CURing reproduction"),
               "dense": ("k", "*", "dense")}
     for name, pts in series.items():

@@ -7,6 +7,7 @@ from adapters.calibration import (
     LayerRunner,
     accumulate_statistics,
     prepare_calibration,
+    token_weights,
 )
 
 
@@ -68,3 +69,32 @@ def test_nonfinite_activation_raises(tiny_llama, calib_tokens):
     with InputRecorder({"model.layers.0.mlp.down_proj": layer.mlp.down_proj}):
         with pytest.raises(CalibrationError, match="NaN or Inf"):
             layer(h, **runner.kwargs[0])
+
+
+def test_norm_weighting_counts_every_token_equally():
+    """With ``weighting="norm"`` a token scaled by 1000 weighs what it did unscaled."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 6, generator=gen)
+    big = X.clone()
+    big[0] *= 1000.0
+    ref = torch.randn(50, 6, generator=gen)
+    plain, normed, normed_big = {}, {}, {}
+    accumulate_statistics(plain, {"a": big})
+    accumulate_statistics(normed, {"a": X}, reference={"a": ref}, weighting="norm")
+    accumulate_statistics(normed_big, {"a": big}, reference={"a": ref}, weighting="norm")
+    # Plain covariance: the scaled token holds nearly all of the trace.
+    share = float(big[0].double().norm() ** 2 / torch.trace(plain["a"].gram))
+    assert share > 0.99
+    # Normalised: sum_t x_t x_t^T / ||x_t||^2 up to one common factor, the same with or without
+    # the outlier (its row is x_0 either way after normalisation).
+    d = X.double().norm(dim=1) ** 2
+    direct = (X.double() / d[:, None]).T @ X.double()
+    g = normed["a"].gram
+    torch.testing.assert_close(g / g.trace(), direct / direct.trace(), rtol=1e-5, atol=1e-7)
+    gb = normed_big["a"].gram
+    torch.testing.assert_close(gb / gb.trace(), g / g.trace(), rtol=1e-4, atol=1e-6)
+    cross = (X.double() / d[:, None]).T @ ref.double()
+    torch.testing.assert_close(normed["a"].cross / g.trace(), cross / direct.trace(), rtol=1e-5, atol=1e-7)
+    assert token_weights(X, "none") is None
+    with pytest.raises(ValueError, match="token weighting must be one of"):
+        token_weights(X, "clip")

@@ -252,11 +252,17 @@ def test_cur_error_curve_matches_fitted_cur_at_every_rank():
 
 
 def test_allocation_option(tiny_llama, calib_tokens):
-    _, rep_cur = compress(make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, progress=False)
-    _, rep_svd = compress(
-        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, allocation="svd", progress=False
+    _, rep_svd = compress(make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, progress=False)
+    _, rep_cur = compress(
+        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, allocation="cur", progress=False
     )
     assert rep_cur.options["allocation"] == "cur" and rep_svd.options["allocation"] == "svd"
     assert rep_cur.params_after <= rep_cur.target_params == rep_svd.target_params
+    _, rep_norm = compress(
+        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, token_weighting="norm", progress=False
+    )
+    assert rep_norm.options["token_weighting"] == "norm" and rep_norm.params_after <= rep_norm.target_params
+    with pytest.raises(ValueError, match="token_weighting must be one of"):
+        compress(tiny_llama, calibration=calib_tokens, reduction=0.1, token_weighting="clip", progress=False)
     with pytest.raises(ValueError, match="allocation must be one of"):
         compress(tiny_llama, calibration=calib_tokens, reduction=0.1, allocation="greedy", progress=False)
