@@ -122,7 +122,7 @@ def compress_svd(
         As :func:`adapters.compress`.
     ridge : float
         Relative shift of ``X^T X``.
-    token_weighting : {"none", "norm"}
+    token_weighting : {"none", "norm", "clip"}
         Token weights of ``X^T X`` (:func:`adapters.calibration.token_weights`); ``"none"`` is
         SVD-LLM's plain covariance.
     progress : bool

@@ -280,7 +280,7 @@ class InputRecorder:
         return out
 
 
-TOKEN_WEIGHTINGS = ("none", "norm")
+TOKEN_WEIGHTINGS = ("none", "norm", "clip")
 
 
 def token_weights(x: torch.Tensor, /, weighting: str = "none") -> torch.Tensor | None:
@@ -290,10 +290,12 @@ def token_weights(x: torch.Tensor, /, weighting: str = "none") -> torch.Tensor |
     ----------
     x : torch.Tensor
         ``(tokens, features)`` float32 inputs.
-    weighting : {"none", "norm"}
+    weighting : {"none", "norm", "clip"}
         ``"none"``: ``d_t = 1`` (returns None), the plain ``X^T X`` of SVD-LLM and GPTQ.
         ``"norm"``: ``d_t = mean_s ||x_s||^2 / ||x_t||^2``, so every token's *relative* output
         error counts equally.
+        ``"clip"``: ``d_t = min(1, median_s ||x_s||^2 / ||x_t||^2)``: tokens above the median
+        energy count as if they had the median norm, the others as they are.
 
     Returns
     -------
@@ -312,10 +314,14 @@ def token_weights(x: torch.Tensor, /, weighting: str = "none") -> torch.Tensor |
     """
     if weighting == "none":
         return None
-    if weighting != "norm":
+    if weighting not in TOKEN_WEIGHTINGS:
         raise ValueError(f"token weighting must be one of {TOKEN_WEIGHTINGS}, got {weighting!r}")
     sq = (x * x).sum(1)
-    return sq.mean() / sq.clamp_min(torch.finfo(sq.dtype).tiny)
+    ref = sq.mean() if weighting == "norm" else sq.median()
+    w = ref / torch.where(sq > 0, sq, torch.ones_like(sq))
+    if weighting == "clip":
+        w = w.clamp_max(1.0)
+    return torch.where(sq > 0, w, torch.zeros_like(w))  # an all-zero token adds nothing anyway
 
 
 def accumulate_statistics(
@@ -344,7 +350,7 @@ def accumulate_statistics(
         Reference inputs (same names and shapes); accumulates ``cross = X^T X_ref``.
     gram : bool
         Accumulate ``X^T X``.
-    weighting : {"none", "norm"}
+    weighting : {"none", "norm", "clip"}
         Token weights of ``gram`` and ``cross`` (:func:`token_weights`); ``sq_sum`` is never
         weighted.  The weights come from ``inputs``, so ``gram`` and ``cross`` share them.
     dtype : torch.dtype

@@ -449,9 +449,9 @@ def _svd_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.nd
 def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.ndarray:
     """Relative squared error of the activation-aware CUR at every rank ``r = 1..r*``.
 
-    With ``A = W L`` (``L L^T = H``), DEIM on the leading ``r*`` singular vectors of ``A`` gives nested
-    selections (the first ``r`` picks are the rank-``r`` picks), so with ``Q_C`` and ``Q_R``
-    orthonormal bases of ``A[:, J]`` and ``A[I, :]^T`` from one QR each, the rank-``r`` CUR with
+    With ``A = W L`` (``L L^T = H``), DEIM on the leading ``r*`` singular vectors of ``A``
+    gives nested selections (the first ``r`` picks are the rank-``r`` picks), so with ``Q_C``
+    and ``Q_R`` orthonormal bases of ``A[:, J]`` and ``A[I, :]^T`` from one QR each, the rank-``r`` CUR with
     the optimal core ``U = C^+ A R^+`` has error
     ``||A||_F^2 - ||(Q_C^T A Q_R)[:r, :r]||_F^2``: every rank from one pass.  Q-DEIM and
     maxvol picks are not nested; for them the DEIM curve serves as the estimate.
@@ -497,7 +497,7 @@ def compress(
     ridge: float = 1e-6,
     selector: str = "deim",
     allocation: str = "svd",
-    token_weighting: str = "none",
+    token_weighting: str = "norm",
     seed: int = 0,
     progress: bool = True,
     heal: bool | dict = False,
@@ -550,7 +550,7 @@ def compress(
         relative activation-weighted error of this method's own CUR at every rank (measured,
         one pass per matrix, see Notes); it minimises the summed layer errors better but gave
         *worse* perplexity on SmolLM2-135M (125 vs 78 at -10%), so it is not the default.
-    token_weighting : {"none", "norm"}
+    token_weighting : {"norm", "clip", "none"}, default "norm"
         ``"activation"``: token weights of the input covariance, see
         :func:`adapters.calibration.token_weights`.  ``"norm"`` weighs every calibration token's
         relative output error equally, so that the few tokens with massive activations do not
@@ -584,8 +584,9 @@ def compress(
     Notes
     -----
     ``"activation"``: for each weight ``W`` (``m x n``) with calibration inputs ``X``, let
-    ``H = X^T X = L L^T`` (Cholesky) and ``A = W L``, so that ``||(W - W') L||_F`` is the output
-    error over the calibration tokens.  The selector (DEIM by default) on the leading ``r`` left and
+    ``H = X^T D X = L L^T`` (Cholesky; ``D`` the token weights of ``token_weighting``) and
+    ``A = W L``, so that ``||(W - W') L||_F`` is the (weighted) output error over the
+    calibration tokens.  The selector (DEIM by default) on the leading ``r`` left and
     right singular vectors of ``A`` picks rows ``I`` and columns ``J``: a CUR of ``A``, which
     maps back to ``W ~ C U R`` with ``R = W[I, :]`` (rows of ``A`` are rows of ``W`` times
     ``L``) and ``C = A[:, J]``, columns of the activation-weighted matrix.  The core

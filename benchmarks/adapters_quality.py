@@ -185,20 +185,29 @@ def _plot(results: dict, path: Path) -> None:
     for key, r in runs.items():
         name = key.split("@")[0]
         series.setdefault(name, []).append((100 * r["reduction"], r["ppl"]))
-    styles = {"default": ("C0", "o", "activation CUR (default)"),
-              "default-curalloc": ("C4", "D", "activation CUR, ranks on measured CUR errors (ablation)"), "svd-whitened": ("C1", "s", "whitened SVD, global ranks"),
-              "svd-plain": ("C2", "^", "truncated SVD, global ranks"), "curing": ("C3", "x", "CURing reproduction"),
-              "dense": ("k", "*", "dense")}
+    styles = {
+        "default": ("C0", "o", "activation CUR (default: token_weighting='norm')"),
+        "default+none": ("C0", "o", "activation CUR, plain X^T X (token_weighting='none')"),
+        "default-curalloc": ("C4", "D", "activation CUR, ranks on measured CUR errors"),
+        "default-curalloc+none": ("C4", "D", "activation CUR, ranks on CUR errors, plain X^T X"),
+        "svd-whitened": ("C1", "s", "whitened SVD (SVD-LLM), global ranks"),
+        "svd-whitened+norm": ("C1", "s", "whitened SVD, global ranks, token_weighting='norm'"),
+        "svd-plain": ("C2", "^", "truncated SVD, global ranks"),
+        "curing": ("C3", "x", "CURing reproduction"),
+        "dense": ("k", "*", "dense"),
+    }
     for name, pts in series.items():
         pts.sort()
         c, m, label = styles.get(name, ("C7", ".", name))
+        dashed = "+" in name
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker=m, color=c, label=label,
-                linestyle="-" if len(pts) > 1 else "none")
+                linestyle=("--" if dashed else "-") if len(pts) > 1 else "none",
+                alpha=0.5 if dashed else 1.0, markerfacecolor="none" if dashed else c)
     for lab, (x, y) in {"target -8.8%": (8.8, 35.0), "target -20%": (20.0, 80.0)}.items():
         ax.plot([x], [y], marker="_", markersize=18, color="gray")
         ax.annotate(lab, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color="gray")
     ref = [(8.8, 38.9), (20.0, 90.5)]
-    ax.plot([x for x, _ in ref], [y for _, y in ref], "s--", color="C1", alpha=0.35,
+    ax.plot([x for x, _ in ref], [y for _, y in ref], "s:", color="0.45", alpha=0.6,
             label="whitened SVD, global ranks (issue's reference values)")
     ax.set_yscale("log")
     ax.set_xlabel("parameters removed (%)")

@@ -97,4 +97,25 @@ def test_norm_weighting_counts_every_token_equally():
     torch.testing.assert_close(normed["a"].cross / g.trace(), cross / direct.trace(), rtol=1e-5, atol=1e-7)
     assert token_weights(X, "none") is None
     with pytest.raises(ValueError, match="token weighting must be one of"):
-        token_weights(X, "clip")
+        token_weights(X, "cap")
+
+
+def test_clip_weighting_only_caps_heavy_tokens():
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(41, 5, generator=gen)
+    X[3] *= 500.0
+    w = token_weights(X, "clip")
+    sq = (X * X).sum(1)
+    med = sq.median()
+    assert torch.all(w <= 1.0) and torch.all(w[sq <= med] == 1.0)
+    torch.testing.assert_close(w[3] * sq[3], med)
+    heavy = sq > med
+    torch.testing.assert_close(w[heavy] * sq[heavy], med.expand(int(heavy.sum())))
+
+
+@pytest.mark.parametrize("weighting", ["norm", "clip"])
+def test_zero_token_gets_zero_weight_not_nan(weighting):
+    X = torch.randn(10, 4) * 100.0
+    X[2] = 0.0
+    w = token_weights(X, weighting)
+    assert torch.isfinite(w).all() and w[2] == 0.0
