@@ -258,11 +258,13 @@ def test_allocation_option(tiny_llama, calib_tokens):
     )
     assert rep_cur.options["allocation"] == "cur" and rep_svd.options["allocation"] == "svd"
     assert rep_cur.params_after <= rep_cur.target_params == rep_svd.target_params
-    _, rep_norm = compress(
-        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, token_weighting="norm", progress=False
-    )
-    assert rep_norm.options["token_weighting"] == "norm" and rep_norm.params_after <= rep_norm.target_params
+    assert rep_svd.options["token_weighting"] == "norm"
+    for weighting in ("none", "clip"):
+        _, rep_w = compress(
+            make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, token_weighting=weighting, progress=False
+        )
+        assert rep_w.options["token_weighting"] == weighting and rep_w.params_after <= rep_w.target_params
     with pytest.raises(ValueError, match="token_weighting must be one of"):
-        compress(tiny_llama, calibration=calib_tokens, reduction=0.1, token_weighting="clip", progress=False)
+        compress(tiny_llama, calibration=calib_tokens, reduction=0.1, token_weighting="cap", progress=False)
     with pytest.raises(ValueError, match="allocation must be one of"):
         compress(tiny_llama, calibration=calib_tokens, reduction=0.1, allocation="greedy", progress=False)
