@@ -360,7 +360,7 @@ def allocate_ranks(
 
 
 def _top_singular_pairs(A: torch.Tensor, rank: int, /) -> tuple[torch.Tensor, torch.Tensor]:
-    """Leading ``rank`` left and right singular vectors of ``A`` (float64), ``(m, r)`` and ``(n, r)``.
+    """Leading ``rank`` left and right singular vectors of ``A`` (float64): ``(m, r)``, ``(n, r)``.
 
     One eigendecomposition of the smaller Gram matrix (``A A^T`` or ``A^T A``) gives one side;
     the other is ``A^T P / s`` (or ``A Q / s``).  Several times cheaper than an SVD for the tall
@@ -450,9 +450,9 @@ def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.nd
     """Relative squared error of the activation-aware CUR at every rank ``r = 1..r*``.
 
     With ``A = W L`` (``L L^T = H``), DEIM on the leading ``r*`` singular vectors of ``A``
-    gives nested selections (the first ``r`` picks are the rank-``r`` picks), so with ``Q_C``
-    and ``Q_R`` orthonormal bases of ``A[:, J]`` and ``A[I, :]^T`` from one QR each, the rank-``r`` CUR with
-    the optimal core ``U = C^+ A R^+`` has error
+    gives nested selections (the first ``r`` picks are the rank-``r`` picks).  With ``Q_C``
+    and ``Q_R`` orthonormal bases of ``A[:, J]`` and ``A[I, :]^T`` (one QR each), the rank-``r``
+    CUR with the optimal core ``U = C^+ A R^+`` has error
     ``||A||_F^2 - ||(Q_C^T A Q_R)[:r, :r]||_F^2``: every rank from one pass.  Q-DEIM and
     maxvol picks are not nested; for them the DEIM curve serves as the estimate.
     """
@@ -542,8 +542,9 @@ def compress(
     ridge : float, default 1e-6
         Relative Tikhonov shift of ``X^T X`` (times its mean diagonal).
     selector : {"deim", "qdeim", "maxvol"}, default "deim"
-        ``"activation"``: the curlinalg selector applied to the leading singular vectors of the
-        whitened weight to pick rows and columns.
+        ``"activation"`` only (``selector``, ``allocation`` and ``token_weighting`` do not
+        apply to the CURing reproduction): the curlinalg selector applied to the leading
+        singular vectors of the whitened weight to pick rows and columns.
     allocation : {"svd", "cur"}, default "svd"
         ``"activation"``: the error curves the ranks are allocated on.  ``"svd"``: the relative
         best rank-``r`` whitened SVD error (a lower bound on the CUR error).  ``"cur"``: the
@@ -672,10 +673,8 @@ def compress(
     options = dict(
         nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, seed=seed, sequential=sequential,
         ridge=ridge, selector=selector, allocation=allocation, token_weighting=token_weighting,
-        rank=rank,
-        targets=list(_resolve_targets(targets)),
-        max_rank=max_rank,
-        n_layers=n_layers, reduction=reduction, calibration_tokens=int(sum(b.numel() for b in batches)),
+        targets=list(_resolve_targets(targets)), rank=rank, max_rank=max_rank, n_layers=n_layers,
+        reduction=reduction, calibration_tokens=int(sum(b.numel() for b in batches)),
     )
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     was_training = model.training
