@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -140,7 +141,7 @@ def _plot(rows, path):
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path.relative_to(_common.ROOT)}")
+    print(f"wrote {os.path.relpath(path, _common.ROOT)}")
 
 
 if __name__ == "__main__":
