@@ -262,14 +262,15 @@ def cur(
     def svd_at(k: int) -> TruncatedSVD:
         return _truncated_svd(A, k, kind, oversample, power_iters, seeds[0], xp)
 
-    def build(svd: TruncatedSVD, k: int) -> CURResult:
+    def build(svd: TruncatedSVD, k: int, stacklevel: int = 3) -> CURResult:
+        # stacklevel: the caller of cur() is 3 frames up from here, 4 via _cur_to_tolerance.
         numerical = _numerical_rank(svd.s, (m, n), xp)
         if k > max(numerical, 1):
             warnings.warn(
                 f"rank {k} exceeds the numerical rank {numerical} of the {m} x {n} input; "
                 f"using rank {max(numerical, 1)}",
                 _errors.RankDeficiencyWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
             k = max(numerical, 1)
         return _cur_at_rank(
@@ -306,7 +307,7 @@ def _cur_to_tolerance(
     best = None
     while True:
         svd = svd_at(k)
-        res = build(svd, k)
+        res = build(svd, k, stacklevel=4)
         res = replace(res, certificate=certify(A, res, ord=2, rng=seed))
         if best is not None and res.certificate.bound >= best.certificate.bound:
             warnings.warn(

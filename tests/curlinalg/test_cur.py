@@ -191,3 +191,15 @@ A_OK = np.random.default_rng(0).standard_normal((6, 5))
 def test_bad_input(A, kwargs, err, match):
     with pytest.raises(err, match=match):
         cur(A, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"rank": 10}, {"rtol": 1e-30}])
+def test_rank_warning_points_at_the_caller(kwargs):
+    """Both the fixed-rank and the tolerance paths attribute the warning to the user's line."""
+    A = known_spectrum(30, 20, step_spectrum(20, rank=3, gap=0.0), rng=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cur(A, rng=0, **kwargs)
+    rank_warnings = [w for w in caught if issubclass(w.category, RankDeficiencyWarning)]
+    assert rank_warnings
+    assert all(w.filename == __file__ for w in rank_warnings)
