@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: metadata, side-by-side timing, JSON and tables.
+"""Shared pieces of the benchmark scripts: metadata, side-by-side timing, JSON, tables, figures.
 
 Absolute CPU times on shared machines are noise; ratios measured in one run are not. So
 :func:`side_by_side` interleaves the repeats of every contender (round ``i`` of each before round
@@ -259,3 +259,24 @@ def cuda_or_skip(device: str) -> bool:
         )
         return False
     return True
+
+
+def subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``matplotlib.pyplot.subplots`` on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Any, path: Path, *, dpi: int = 120) -> Path:
+    """Lay out, write and close ``fig``; print the path relative to the repository."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+    return Path(path)

@@ -174,13 +174,8 @@ def main(argv=None) -> int:
 
 
 def _plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = results["runs"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _common.subplots(figsize=(7, 4.5))
     series = {}
     for key, r in runs.items():
         name = key.split("@")[0]
@@ -215,8 +210,7 @@ def _plot(results: dict, path: Path) -> None:
     ax.set_title("SmolLM2-135M, no fine-tuning")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

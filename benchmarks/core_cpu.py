@@ -27,7 +27,6 @@ import argparse
 import cProfile
 import importlib
 import io
-import os
 import pstats
 import sys
 import time
@@ -351,13 +350,8 @@ def _targets(by):
 
 
 def _plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     specs = list(results["matrices"])
-    fig, axes = plt.subplots(1, len(specs), figsize=(6.5 * len(specs), 5), squeeze=False)
+    fig, axes = _common.subplots(1, len(specs), figsize=(6.5 * len(specs), 5), squeeze=False)
     for ax, spec in zip(axes[0], specs):
         for r in results["matrices"][spec]["rows"]:
             if r["error_ratio"] is None:
@@ -378,9 +372,7 @@ def _plot(results, path):
         m = results["matrices"][spec]
         ax.set_title(f"{spec} decay {m['spectrum']}, {results['n']}x{results['n']}, k={results['rank']}")
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {os.path.relpath(path, _common.ROOT)}")
+    _common.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -261,13 +261,8 @@ def main(argv=None) -> int:
 
 
 def _plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = results["runs"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _common.subplots(figsize=(7, 4.5))
     for i, (key, r) in enumerate(sorted(runs.items())):
         if "curve" in r:
             xs = [s for s, _ in r["curve"]]
@@ -281,8 +276,7 @@ def _plot(results: dict, path: Path) -> None:
     ax.set_title(f"SmolLM2-135M, U-only healing ({results.get('protocol', {}).get('device', '?')})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

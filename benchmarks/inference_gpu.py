@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -124,12 +123,7 @@ def main(argv=None) -> int:
 
 
 def _plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _common.subplots(figsize=(7, 4))
     labels = [f"{r['shape']}\n{r['tokens']} tok" for r in rows]
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["speedup"] for r in rows], width=0.4, label="measured (CURLinear)")
@@ -139,9 +133,7 @@ def _plot(rows, path):
     ax.set_ylabel("speedup over dense nn.Linear")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {os.path.relpath(path, _common.ROOT)}")
+    _common.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":
