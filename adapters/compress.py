@@ -384,6 +384,11 @@ def _ridged(H: torch.Tensor, ridge: float) -> torch.Tensor:
     return H + (ridge * scale) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
 
 
+def _whitened(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``A = W L`` in float64, ``L L^T`` the ridged ``gram`` (Cholesky): the activation metric."""
+    return W.detach().to(torch.float64) @ torch.linalg.cholesky(_ridged(gram, ridge))
+
+
 def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float, selector: str = "deim"):
     """Activation-aware CUR of one weight: CUR of ``A = W L``, core fitted to the outputs.
 
@@ -393,7 +398,7 @@ def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float, selector: str 
     W64 = W.detach().to(torch.float64)
     H = st.gram
     Hr = _ridged(H, ridge)
-    A = W64 @ torch.linalg.cholesky(Hr)
+    A = _whitened(W64, H, ridge)
     P, Q = _top_singular_pairs(A, rank)
     rows = _select(P, selector)
     cols = _select(Q, selector)
@@ -428,7 +433,7 @@ def _fit_curing(W: torch.Tensor, st, rank: int):
 
 def _whitened_spectrum(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.ndarray:
     """Squared singular values of ``W L`` (``L L^T = gram``), descending, via the smaller Gram."""
-    A = W.detach().to(torch.float64) @ torch.linalg.cholesky(_ridged(gram, ridge))
+    A = _whitened(W, gram, ridge)
     G = A @ A.T if A.shape[0] <= A.shape[1] else A.T @ A
     vals = torch.linalg.eigvalsh(G).flip(-1).clamp_min(0.0)
     return vals.cpu().numpy()
@@ -460,8 +465,7 @@ def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.nd
     rmax = break_even_rank(m, n)
     if rmax < 1:
         return np.zeros(0)
-    W64 = W.detach().to(torch.float64)
-    A = W64 @ torch.linalg.cholesky(_ridged(gram, ridge))
+    A = _whitened(W, gram, ridge)
     P, Q = _top_singular_pairs(A, rmax)
     rows, cols = _deim(P), _deim(Q)
     Qc = torch.linalg.qr(A[:, cols]).Q
