@@ -318,10 +318,8 @@ def token_weights(x: torch.Tensor, /, weighting: str = "none") -> torch.Tensor |
         raise ValueError(f"token weighting must be one of {TOKEN_WEIGHTINGS}, got {weighting!r}")
     sq = (x * x).sum(1)
     ref = sq.mean() if weighting == "norm" else sq.median()
-    w = ref / torch.where(sq > 0, sq, torch.ones_like(sq))
-    if weighting == "clip":
-        w = w.clamp_max(1.0)
-    return torch.where(sq > 0, w, torch.zeros_like(w))  # an all-zero token adds nothing anyway
+    w = ref / torch.where(sq > 0, sq, torch.full_like(sq, math.inf))  # an all-zero token: 0
+    return w.clamp_max(1.0) if weighting == "clip" else w
 
 
 def accumulate_statistics(
