@@ -268,3 +268,20 @@ def test_allocation_option(tiny_llama, calib_tokens):
         compress(tiny_llama, calibration=calib_tokens, reduction=0.1, token_weighting="cap", progress=False)
     with pytest.raises(ValueError, match="allocation must be one of"):
         compress(tiny_llama, calibration=calib_tokens, reduction=0.1, allocation="greedy", progress=False)
+
+
+@pytest.mark.parametrize("selector", ["qdeim", "maxvol"])
+def test_selector_option(selector, calib_tokens, eval_tokens):
+    model, report = compress(
+        make_tiny_llama(8), calibration=calib_tokens, reduction=0.15, selector=selector, progress=False
+    )
+    assert report.options["selector"] == selector
+    assert count_parameters(model) == report.params_after <= report.target_params
+    assert all(len(set(m.rows)) == len(m.rows) == len(set(m.cols)) == m.rank for m in report.modules)
+    assert torch.isfinite(_logits(model, eval_tokens)).all()
+
+
+def test_unknown_selector_raises(tiny_llama, calib_tokens):
+    with pytest.raises(ValueError, match="selector must be one of"):
+        compress(tiny_llama, calibration=calib_tokens, reduction=0.1, selector="random", progress=False)
+    assert not any(isinstance(m, CURLinear) for m in tiny_llama.modules())
