@@ -87,7 +87,12 @@ def _add_compress_options(p: argparse.ArgumentParser, *, nsamples: int = 128) ->
     p.add_argument("--layers", nargs="+", type=int, help="decoder-layer indices")
     p.add_argument("--nsamples", type=int, default=nsamples, help=f"calibration windows (default {nsamples})")
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
-    p.add_argument("--no-sequential", action="store_true", help="calibrate every layer on dense inputs")
+    p.add_argument("--form", default="interpolative", choices=["interpolative", "cur"],
+                   help="activation method: store each matrix as kept rows + interpolation coefficients "
+                        "(default) or as C U R")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                   help="calibrate each layer on the outputs of the compressed layers before it "
+                        "(default: the compress() default for the form)")
     p.add_argument("--selector", default="deim", choices=["deim", "qdeim", "maxvol"],
                    help="curlinalg selector for rows and columns (activation method)")
     p.add_argument("--token-weighting", default="norm", choices=["norm", "clip", "none"],
@@ -103,9 +108,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 def _compress_kwargs(args) -> dict:
     kw = dict(
         method=args.method, targets=args.targets, layers=args.layers, nsamples=args.nsamples,
-        seqlen=args.seqlen, sequential=not args.no_sequential, seed=args.seed, progress=not args.quiet,
+        seqlen=args.seqlen, seed=args.seed, progress=not args.quiet,
     )
+    if args.sequential is not None:
+        kw["sequential"] = args.sequential
     if args.method == "activation":
+        kw["form"] = args.form
         kw["selector"] = args.selector
         kw["token_weighting"] = args.token_weighting
     for key in ("reduction", "target_params", "rank"):

@@ -31,7 +31,14 @@ from .calibration import (
     prepare_calibration,
     record_layer,
 )
-from .layer import CURLinear, break_even_rank, cur_params
+from .layer import (
+    CURLinear,
+    InterpolativeLinear,
+    break_even_rank,
+    cur_params,
+    interpolative_break_even_rank,
+    interpolative_params,
+)
 
 __all__ = [
     "CompressionReport",
@@ -414,6 +421,38 @@ def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float, selector: str 
     return rows, cols, C, U, err
 
 
+def _fit_interpolative(W: torch.Tensor, st, rank: int, ridge: float, selector: str = "deim"):
+    """Best rank-``r`` fit of one layer's outputs, stored in interpolative form on DEIM pivot rows.
+
+    Minimises ``||M X_c^T - W X_d^T||_F`` (token-weighted) over rank-``r`` matrices ``M``:
+    with ``H = X_c^T X_c = L L^T`` and ``B = W X_d^T X_c L^{-T}`` (``B = W L`` when
+    ``X_c = X_d``) the minimiser is ``M = B_r L^{-1}`` (reduced-rank regression), ``B_r =
+    P_r S_r Q_r^T`` the truncated SVD.  The selector on ``P_r`` picks pivot rows ``I``;
+    ``M = X M[I, :]`` with ``X = P_r P_r[I, :]^{-1}``, so ``R = M[I, :]`` and the coefficients
+    of the other rows are ``P_r[rest] P_r[I]^{-1}``, bounded by the DEIM constant.  Returns
+    ``rows, coefficients, R, err``.
+    """
+    W64 = W.detach().to(torch.float64)
+    H = st.gram
+    L = torch.linalg.cholesky(_ridged(H, ridge))
+    if st.cross is None:
+        B = W64 @ L
+    else:
+        B = torch.linalg.solve_triangular(L.T, W64 @ st.cross.T, upper=True, left=False)
+    left, right = _top_singular_pairs(B, rank)
+    rows = _select(left, selector)
+    keep = torch.zeros(W64.shape[0], dtype=torch.bool, device=W64.device)
+    keep[rows] = True
+    rest = torch.nonzero(~keep).reshape(-1)
+    R = torch.linalg.solve_triangular(L, (B[rows, :] @ right) @ right.T, upper=False, left=False)
+    coef = torch.linalg.solve(left[rows, :].T, left[rest, :].T).T
+    E = W64.clone()
+    E[rows, :] -= R
+    E[rest, :] -= coef @ R
+    err = math.sqrt(max(float(torch.sum((E @ H) * E)), 0.0) / max(float(torch.sum((W64 @ H) * W64)), 1e-300))
+    return rows, coef, R, err
+
+
 def _fit_curing(W: torch.Tensor, st, rank: int):
     """CURing: WANDA score, DEIM on its singular vectors, U = C^+ W R^+."""
     W64 = W.detach().to(torch.float64)
@@ -439,16 +478,15 @@ def _whitened_spectrum(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.
     return vals.cpu().numpy()
 
 
-def _tail_errors(sq: np.ndarray, m: int, n: int) -> np.ndarray:
-    rmax = break_even_rank(m, n)
+def _tail_errors(sq: np.ndarray, rmax: int) -> np.ndarray:
     tail = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
     return tail[1 : rmax + 1]
 
 
-def _svd_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.ndarray:
-    """Relative squared error of the best rank-``r`` whitened approximation, ``r = 1..r*``."""
+def _svd_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float, rmax: int) -> np.ndarray:
+    """Relative squared error of the best rank-``r`` whitened approximation, ``r = 1..rmax``."""
     sq = _whitened_spectrum(W, gram, ridge)
-    return _tail_errors(sq, *W.shape) / max(float(sq.sum()), 1e-300)
+    return _tail_errors(sq, rmax) / max(float(sq.sum()), 1e-300)
 
 
 def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.ndarray:
@@ -467,8 +505,8 @@ def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.nd
         return np.zeros(0)
     A = _whitened(W, gram, ridge)
     P, Q = _top_singular_pairs(A, rmax)
-    rows, cols = _deim(P), _deim(Q)
-    Qc = torch.linalg.qr(A[:, cols]).Q
+    rows = _deim(P)
+    Qc = torch.linalg.qr(A[:, _deim(Q)]).Q
     Qr = torch.linalg.qr(A[rows, :].T).Q
     B2 = (Qc.T @ A @ Qr) ** 2
     kept = torch.diagonal(B2.cumsum(0).cumsum(1))
@@ -478,6 +516,11 @@ def _cur_error_curve(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> np.nd
 
 
 ALLOCATIONS = ("svd", "cur")
+#: form -> (parameter count, break-even rank) of the factorisation ``compress`` builds.
+FORMS = {
+    "cur": (cur_params, break_even_rank),
+    "interpolative": (interpolative_params, interpolative_break_even_rank),
+}
 
 
 def compress(
@@ -497,11 +540,12 @@ def compress(
     nsamples: int = 128,
     seqlen: int = 512,
     batch_size: int = 8,
-    sequential: bool = True,
+    sequential: bool | None = None,
     ridge: float = 1e-6,
     selector: str = "deim",
     allocation: str = "svd",
     token_weighting: str = "norm",
+    form: str | None = None,
     seed: int = 0,
     progress: bool = True,
     heal: bool | dict = False,
@@ -646,13 +690,22 @@ def compress(
             raise ValueError("rank= fixes every rank, so it cannot be combined with reduction=/target_params=")
         if rank is None and target_params is None:
             reduction = 0.1 if reduction is None else reduction
+    if form is None:
+        form = "cur" if method == "curing" else "interpolative"
+    if form not in FORMS or (method == "curing" and form != "cur"):
+        raise ValueError(
+            f"form must be one of {tuple(FORMS)} (method='curing' builds 'cur'), got {form!r}"
+        )
+    params_of, rmax_of = FORMS[form]
+    if sequential is None:
+        sequential = form == "cur"
     found = find_targets(model, targets=targets, layers=layers)
     shapes = {name: tuple(mod.weight.shape) for name, (_, mod) in found.items()}
 
     target = None
     if method == "activation" and rank is None:
         target = int(target_params) if target_params is not None else math.floor((1.0 - reduction) * params_before)
-        floor = params_before - sum(m * n - cur_params(m, n, 1) for m, n in shapes.values() if break_even_rank(m, n) >= 1)
+        floor = params_before - sum(m * n - params_of(m, n, 1) for m, n in shapes.values() if rmax_of(m, n) >= 1)
         if target < floor or target >= params_before:
             raise ValueError(
                 _ERR_INFEASIBLE.format(
@@ -663,12 +716,12 @@ def compress(
                 else f"target_params={target:,} must be below the current {params_before:,} parameters"
             )
     if rank is not None:
-        too_big = [n for n, (m, k) in shapes.items() if rank > break_even_rank(m, k)]
+        too_big = [n for n, (m, k) in shapes.items() if rank > rmax_of(m, k)]
         if too_big:
             m, k = shapes[too_big[0]]
             raise ValueError(
                 f"rank={rank} would make {len(too_big)} matrices larger than dense (e.g. {too_big[0]}, "
-                f"{m}x{k}, break-even rank {break_even_rank(m, k)}); pass a smaller rank="
+                f"{m}x{k}, break-even rank {rmax_of(m, k)}); pass a smaller rank="
             )
 
     batches = prepare_calibration(
@@ -677,6 +730,7 @@ def compress(
     options = dict(
         nsamples=nsamples, seqlen=seqlen, batch_size=batch_size, seed=seed, sequential=sequential,
         ridge=ridge, selector=selector, allocation=allocation, token_weighting=token_weighting,
+        form=form,
         targets=list(_resolve_targets(targets)), rank=rank, max_rank=max_rank, n_layers=n_layers,
         reduction=reduction, calibration_tokens=int(sum(b.numel() for b in batches)),
     )
@@ -691,7 +745,7 @@ def compress(
             ang = None
             reports, used_layers = _run_activation(
                 model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation,
-                token_weighting, swaps, progress,
+                token_weighting, form, swaps, progress,
             )
         params_after = count_parameters(model)
         expected = params_before - sum(r.params_before - r.params_after for r in reports)
@@ -777,8 +831,9 @@ def _run_curing(model, runner, found, layers, rank, max_rank, n_layers, swaps, p
 @torch.no_grad()
 def _run_activation(
     model, runner, found, target, params_before, rank, sequential, ridge, selector, allocation,
-    weighting, swaps, progress,
+    weighting, form, swaps, progress,
 ):
+    params_of, rmax_of = FORMS[form]
     by_layer: dict[int, dict] = {}
     for name, (i, mod) in found.items():
         by_layer.setdefault(i, {})[name] = mod
@@ -793,15 +848,15 @@ def _run_activation(
             for name, lin in mods.items():
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-                if allocation == "cur":
+                if allocation == "cur" and form == "cur":
                     errors[name] = _cur_error_curve(lin.weight, stats[name].gram, ridge)
                 else:
-                    errors[name] = _svd_error_curve(lin.weight, stats[name].gram, ridge)
+                    errors[name] = _svd_error_curve(lin.weight, stats[name].gram, ridge, rmax_of(*lin.weight.shape))
             del stats
             hidden = out
         del hidden
         shapes = [tuple(found[nm][1].weight.shape) for nm in names]
-        ranks_list, _ = allocate_ranks(shapes, [errors[nm] for nm in names], need=params_before - target)
+        ranks_list, _ = allocate_ranks(shapes, [errors[nm] for nm in names], need=params_before - target, cost=params_of)
         ranks = dict(zip(names, ranks_list))
     else:
         ranks = {nm: rank for nm in names}
@@ -830,8 +885,13 @@ def _run_activation(
                     accumulate_statistics(stats, xd, weighting=weighting)
         for name, lin in mods.items():
             t = time.perf_counter()
-            rows, cols, C, U, err = _fit_activation(lin.weight, stats[name], ranks[name], ridge, selector)
-            new = CURLinear.from_linear(lin, rows=rows, cols=cols, U=U, C=C)
+            if form == "interpolative":
+                rows, P, R, err = _fit_interpolative(lin.weight, stats[name], ranks[name], ridge, selector)
+                cols = rows[:0]
+                new = InterpolativeLinear.from_linear(lin, rows=rows, P=P, R=R)
+            else:
+                rows, cols, C, U, err = _fit_activation(lin.weight, stats[name], ranks[name], ridge, selector)
+                new = CURLinear.from_linear(lin, rows=rows, cols=cols, U=U, C=C)
             secs = time.perf_counter() - t
             reports.append(_make_report(name, i, lin, rows, cols, ranks[name], err, secs, new))
             _swap(model, name, new, swaps)

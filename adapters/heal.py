@@ -1,7 +1,8 @@
 """Healing: a short U-only distillation run that recovers the quality lost to CUR compression.
 
-Only the small cores ``U`` of the :class:`~adapters.layer.CURLinear` modules train (optionally
-their biases and the norm scales); ``C`` and ``R`` stay fixed, so they remain actual columns and
+Only the small cores ``U`` of the :class:`~adapters.layer.CURLinear` modules train (for
+:class:`~adapters.layer.InterpolativeLinear`, the interpolation coefficients ``P``; optionally
+the biases and the norm scales); ``C`` and ``R`` stay fixed, so they remain actual columns and
 rows of the original weights, and the healed model saves and loads like any compressed model.
 
 >>> import adapters                                               # doctest: +SKIP
@@ -25,12 +26,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._common import AdaptersWarning
-from .layer import CURLinear
+from .layer import FACTORED_LINEARS, CURLinear
 
 __all__ = ["HealResult", "HealingError", "add_arguments", "cli_main", "heal", "trainable_parameters"]
 
 _ERR_NO_CUR = (
-    "heal trains the U cores of CURLinear modules, but the model holds none; compress it first "
+    "heal trains the cores of CURLinear (U) and InterpolativeLinear (P) modules, but the model "
+    "holds none; compress it first "
     "with adapters.compress(...) or load a compressed checkpoint with adapters.load_compressed(...)"
 )
 _ERR_NONFINITE = (
@@ -124,8 +126,8 @@ class HealResult:
         return asdict(self)
 
 
-def _cur_modules(model: nn.Module) -> dict[str, CURLinear]:
-    return {name: mod for name, mod in model.named_modules() if isinstance(mod, CURLinear)}
+def _cur_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)}
 
 
 def _is_norm(mod: nn.Module) -> bool:
@@ -133,14 +135,15 @@ def _is_norm(mod: nn.Module) -> bool:
 
 
 def trainable_parameters(model: nn.Module, /, *, train_bias: bool = False, train_norms: bool = False) -> dict[str, nn.Parameter]:
-    """The parameters :func:`heal` trains: every CURLinear ``U``, optionally biases and norms.
+    """The parameters :func:`heal` trains: every ``U`` (``P``), optionally biases and norms.
 
     Parameters
     ----------
     model : nn.Module
-        A model holding :class:`~adapters.layer.CURLinear` modules.
+        A model holding :class:`~adapters.layer.CURLinear` or
+        :class:`~adapters.layer.InterpolativeLinear` modules.
     train_bias : bool, default False
-        Also the CURLinear biases.
+        Also the biases of those modules.
     train_norms : bool, default False
         Also the parameters of normalisation modules (``LayerNorm``, ``LlamaRMSNorm``, any
         module whose class name contains ``Norm``).
@@ -153,14 +156,15 @@ def trainable_parameters(model: nn.Module, /, *, train_bias: bool = False, train
     Raises
     ------
     ValueError
-        If the model holds no CURLinear.
+        If the model holds no compressed layer.
     """
     curs = _cur_modules(model)
     if not curs:
         raise ValueError(_ERR_NO_CUR)
     out = {}
     for name, mod in curs.items():
-        out[f"{name}.U"] = mod.U
+        core = "U" if isinstance(mod, CURLinear) else "P"
+        out[f"{name}.{core}"] = getattr(mod, core)
         if train_bias and mod.bias is not None:
             out[f"{name}.bias"] = mod.bias
     if train_norms:
@@ -754,7 +758,7 @@ def cli_main(argv, /) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(args.model)
     if not _cur_modules(model):
-        print(f"error: {args.model} holds no CURLinear modules; compress it first with "
+        print(f"error: {args.model} holds no compressed (CURLinear/InterpolativeLinear) modules; compress it first with "
               "'python -m adapters compress'", file=sys.stderr)
         return 2
     model.to(device)

@@ -1,11 +1,20 @@
-"""``CURLinear``: a linear layer stored as ``C @ U @ R`` (never as the dense weight)."""
+"""Factored linear layers: ``CURLinear`` (``C @ U @ R``) and ``InterpolativeLinear`` (kept rows
+plus interpolation coefficients); neither ever forms the dense weight."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["CURLinear", "break_even_rank", "cur_params"]
+__all__ = [
+    "FACTORED_LINEARS",
+    "CURLinear",
+    "InterpolativeLinear",
+    "break_even_rank",
+    "cur_params",
+    "interpolative_break_even_rank",
+    "interpolative_params",
+]
 
 _ERR_SHAPES = (
     "CURLinear expects C (out x r), U (r x r) and R (r x in) with matching r, got C {c}, U {u}, "
@@ -193,7 +202,7 @@ class CURLinear(nn.Module):
         """
         lin = nn.Linear(
             self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.C.device, dtype=self.C.dtype,
+            device=self.R.device, dtype=self.R.dtype,
         )
         lin.weight.copy_(self.weight_product())
         if self.bias is not None:
@@ -205,3 +214,176 @@ class CURLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
             f"bias={self.bias is not None}"
         )
+
+
+def interpolative_params(out_features: int, in_features: int, rank: int, /) -> int:
+    """Parameters of a rank-``rank`` row interpolative factorisation (no bias).
+
+    Parameters
+    ----------
+    out_features, in_features, rank : int
+        Shape of the weight and the rank.
+
+    Returns
+    -------
+    int
+        ``rank * in_features + (out_features - rank) * rank``: the kept rows ``R`` and the
+        coefficients of the other rows; the identity block of the kept rows is not stored.
+
+    Examples
+    --------
+    >>> interpolative_params(576, 576, 36)
+    40176
+    """
+    return rank * in_features + (out_features - rank) * rank
+
+
+def interpolative_break_even_rank(out_features: int, in_features: int, /) -> int:
+    """Largest rank at which a row interpolative factorisation is smaller than the dense weight.
+
+    ``r n + (m - r) r < m n`` is ``(m - r)(n - r) > 0``, so every ``r < min(m, n)`` saves
+    parameters.
+
+    Examples
+    --------
+    >>> interpolative_break_even_rank(192, 576)
+    191
+    """
+    return max(min(out_features, in_features) - 1, 0)
+
+
+_ERR_ROWS = (
+    "InterpolativeLinear expects rows: {rank} distinct indices in [0, {m}) (the kept output rows, "
+    "one per row of R), got {got}; pass the indices R was cut with"
+)
+
+
+class InterpolativeLinear(nn.Module):
+    """Linear map from kept weight rows: ``y[I] = R x``, ``y[rest] = P (R x)``, plus bias.
+
+    The row interpolative decomposition ``W ~ X R`` with ``R = W[I, :]`` (``r`` kept rows) and
+    ``X[I, :] = I_r``: the kept outputs are computed exactly from their own weight rows and the
+    others interpolated from them.  This is the skeleton (CUR) form stored without redundancy: a
+    CUR ``C U R`` that reproduces its kept rows has ``(C U)[I, :] = I``, so storing ``C`` and
+    ``U`` spends ``m r + r^2`` parameters on ``C U``, of which only the ``(m - r) r`` entries of
+    ``P = (C U)[rest, :]`` are free.
+
+    Parameters
+    ----------
+    P : torch.Tensor
+        ``(out_features - rank, rank)``: interpolation coefficients of the rows not kept, in
+        increasing order of their index.
+    R : torch.Tensor
+        ``(rank, in_features)``: the kept rows (of the weight, or of its low-rank approximation).
+    rows : array-like of int
+        ``(rank,)`` distinct output indices of the kept rows, one per row of ``R``.
+    bias : torch.Tensor, optional
+        ``(out_features,)``.
+
+    Notes
+    -----
+    Forward cost ``r n + (m - r) r`` multiply-adds per token, the parameter count
+    (:func:`interpolative_params`), ``r^2`` fewer than a rank-``r`` SVD and ``2 r^2`` fewer
+    than a rank-``r`` ``C U R``; every ``r < min(m, n)`` is smaller than dense.  Buffers
+    ``rows`` and ``rest`` (the complement, increasing) place the two output blocks.
+
+    References
+    ----------
+    Cheng, Gimbutas, Martinsson & Rokhlin (2005), "On the compression of low rank matrices",
+    SIAM J. Sci. Comput. 26(4) (interpolative decomposition).  Voronin & Martinsson (2017),
+    "Efficient algorithms for CUR and interpolative matrix decompositions", Adv. Comput. Math.
+    Zhao et al. (2025), "Pivoting Factorization", arXiv 2501.19090 (pivot rows of low-rank LLM
+    weights).
+
+    Examples
+    --------
+    >>> import torch
+    >>> lin = torch.nn.Linear(6, 4, bias=False)
+    >>> layer = InterpolativeLinear.from_linear(lin, rows=[0, 2], P=torch.ones(2, 2))
+    >>> layer(torch.ones(3, 6)).shape
+    torch.Size([3, 4])
+    >>> sum(p.numel() for p in layer.parameters()) == interpolative_params(4, 6, 2)
+    True
+    """
+
+    def __init__(self, P, R, /, *, rows, bias=None):
+        super().__init__()
+        if P.ndim != 2 or R.ndim != 2 or P.shape[1] != R.shape[0]:
+            raise ValueError(
+                "InterpolativeLinear expects P (out - r x r) and R (r x in) with matching r, got "
+                f"P {tuple(P.shape)} and R {tuple(R.shape)}; build it with "
+                "InterpolativeLinear.from_linear(...)"
+            )
+        rank = R.shape[0]
+        m = P.shape[0] + rank
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1).to("cpu")
+        if rows.shape != (rank,) or (rank and (rows.min() < 0 or rows.max() >= m)) or rows.unique().numel() != rank:
+            raise ValueError(_ERR_ROWS.format(rank=rank, m=m, got=rows.tolist()[:10]))
+        if bias is not None and bias.shape != (m,):
+            raise ValueError(f"bias must have shape ({m},) to match P and R, got {tuple(bias.shape)}")
+        keep = torch.zeros(m, dtype=torch.bool)
+        keep[rows] = True
+        self.in_features = R.shape[1]
+        self.out_features = m
+        self.rank = rank
+        self.P = nn.Parameter(P.detach().clone(memory_format=torch.contiguous_format))
+        self.R = nn.Parameter(R.detach().clone(memory_format=torch.contiguous_format))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(memory_format=torch.contiguous_format))
+        self.register_buffer("rows", rows.to(R.device))
+        self.register_buffer("rest", torch.nonzero(~keep).reshape(-1).to(R.device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, /, *, rows, P, R=None) -> "InterpolativeLinear":
+        """Build from a dense linear layer, its kept rows and the coefficients of the others.
+
+        Parameters
+        ----------
+        linear : torch.nn.Linear
+            The dense layer; supplies ``R = W[rows, :]`` unless ``R`` is given, and the bias.
+        rows : array-like of int
+            Kept output rows.
+        P : torch.Tensor
+            ``(out - r, r)`` coefficients of the other rows (increasing index), cast to the
+            layer's dtype.
+        R : torch.Tensor, optional
+            Override the kept rows (for example rows of a low-rank approximation of ``W``).
+
+        Returns
+        -------
+        InterpolativeLinear
+            On the layer's device and in its dtype.
+
+        Raises
+        ------
+        TypeError
+            If ``linear`` has no 2-D ``weight``.
+        """
+        W = getattr(linear, "weight", None)
+        if not isinstance(W, torch.Tensor) or W.ndim != 2:
+            raise TypeError(
+                f"from_linear expects a module with a 2-D weight (nn.Linear), got {type(linear).__name__}"
+            )
+        rows = torch.as_tensor(rows, dtype=torch.long, device=W.device)
+        with torch.no_grad():
+            R = W[rows, :] if R is None else R.to(W)
+            return cls(P.to(W), R, rows=rows, bias=linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.linear(x, self.R)
+        y = z.new_empty(*z.shape[:-1], self.out_features)
+        y = y.index_copy(-1, self.rows, z).index_copy(-1, self.rest, nn.functional.linear(z, self.P))
+        return y if self.bias is None else y + self.bias
+
+    def weight_product(self) -> torch.Tensor:
+        """The dense weight (``out x in``): ``R`` at ``rows``, ``P R`` elsewhere."""
+        W = self.R.new_empty(self.out_features, self.in_features)
+        return W.index_copy(0, self.rows, self.R).index_copy(0, self.rest, self.P @ self.R)
+
+    to_linear = CURLinear.to_linear
+
+    def extra_repr(self) -> str:
+        return CURLinear.extra_repr(self) + ", form=interpolative"
+
+
+#: The layer types :func:`adapters.compress` builds (what saving, loading and healing look for).
+FACTORED_LINEARS = (CURLinear, InterpolativeLinear)

@@ -1,8 +1,9 @@
 """Save and load CUR-compressed models as a standard folder: config.json + safetensors.
 
 The folder is a normal Hugging Face checkpoint whose ``config.json`` carries one extra section,
-``cur_compression``, recording every :class:`~adapters.layer.CURLinear` (name, shape, rank,
-bias).  No pickles are written or read.
+``cur_compression``, recording every :class:`~adapters.layer.CURLinear` and
+:class:`~adapters.layer.InterpolativeLinear` (name, form, shape, rank, bias).  No pickles are
+written or read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .layer import CURLinear
+from .layer import FACTORED_LINEARS, CURLinear, InterpolativeLinear
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
@@ -36,9 +37,10 @@ def _cur_modules(model: nn.Module) -> dict[str, dict]:
             "in_features": mod.in_features,
             "rank": mod.rank,
             "bias": mod.bias is not None,
+            "form": "interpolative" if isinstance(mod, InterpolativeLinear) else "cur",
         }
         for name, mod in model.named_modules()
-        if isinstance(mod, CURLinear)
+        if isinstance(mod, FACTORED_LINEARS)
     }
 
 
@@ -60,7 +62,8 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A model holding :class:`~adapters.layer.CURLinear` modules (from :func:`adapters.compress`).
+        A model holding :class:`~adapters.layer.CURLinear` or
+        :class:`~adapters.layer.InterpolativeLinear` modules (from :func:`adapters.compress`).
     path : str or os.PathLike
         Destination folder.
     tokenizer : transformers tokenizer, optional
@@ -76,7 +79,7 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     Raises
     ------
     ValueError
-        If the model holds no CURLinear (save a dense model with ``save_pretrained``).
+        If the model holds no compressed layer (save a dense model with ``save_pretrained``).
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
 
@@ -91,7 +94,7 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     modules = _cur_modules(model)
     if not modules:
         raise ValueError(
-            "the model holds no CURLinear modules; compress it first with adapters.compress(...) "
+            "the model holds no CURLinear or InterpolativeLinear modules; compress it first with adapters.compress(...) "
             "or save a dense model with model.save_pretrained(path)"
         )
     if path.exists() and not overwrite:
@@ -132,7 +135,7 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
     Returns
     -------
     transformers PreTrainedModel
-        In eval mode, with CURLinear modules restored; logits identical to the saved model.
+        In eval mode, with the compressed modules restored; logits identical to the saved model.
 
     Raises
     ------
@@ -184,10 +187,17 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
                 f"{name}: config says {m}x{n}, architecture has {tuple(old.weight.shape)}"
             )
         z = dict(dtype=stored_dtype)
-        new = CURLinear(
-            torch.zeros(m, r, **z), torch.zeros(r, r, **z), torch.zeros(r, n, **z),
-            bias=torch.zeros(m, **z) if spec["bias"] else None,
-        )
+        bias = torch.zeros(m, **z) if spec["bias"] else None
+        form = spec.get("form", "cur")
+        if form == "interpolative" and 0 < r < min(m, n):
+            new = InterpolativeLinear(torch.zeros(m - r, r, **z), torch.zeros(r, n, **z), rows=range(r), bias=bias)
+        elif form == "cur" and r > 0:
+            new = CURLinear(torch.zeros(m, r, **z), torch.zeros(r, r, **z), torch.zeros(r, n, **z), bias=bias)
+        else:
+            raise CheckpointMismatchError(
+                f"{name}: config records form {form!r} with rank {r} for a {m}x{n} weight; expected "
+                "form 'cur' or 'interpolative' with 0 < rank (< min(out, in) for 'interpolative')"
+            )
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
     model.tie_weights()
@@ -212,6 +222,14 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
     if set(result.missing_keys) - missing_tied or result.unexpected_keys:
         raise CheckpointMismatchError(f"could not load {w_file}: {result}")
     model.tie_weights()
+    for name, mod in model.named_modules():
+        if isinstance(mod, InterpolativeLinear):
+            order = torch.sort(torch.cat([mod.rows, mod.rest])).values
+            if not torch.equal(order, torch.arange(mod.out_features)):
+                raise CheckpointMismatchError(
+                    f"{name}: the stored rows and rest indices are not a split of range({mod.out_features}); "
+                    f"{w_file} is damaged or was edited, re-save with adapters.save_compressed"
+                )
     model.to(device)
     if dtype is not None:
         model.to(dtype)

@@ -122,9 +122,13 @@ def main(argv=None) -> int:
                     kw = {"target_params": target}
                 else:
                     kw = {"reduction": float(budget)}
-                if name in ("default", "default-curalloc"):
-                    alloc = "cur" if name == "default-curalloc" else "svd"
-                    model, report = compress(model, selector=args.selector, allocation=alloc, **kw, **weight_kw, **common)
+                if name in ("default", "default-seq", "cur", "cur-curalloc"):
+                    form_kw = {"form": "cur"} if name.startswith("cur") else {}
+                    if name == "default-seq":
+                        form_kw["sequential"] = True
+                    alloc = "cur" if name == "cur-curalloc" else "svd"
+                    model, report = compress(model, selector=args.selector, allocation=alloc, **form_kw, **kw,
+                                             **weight_kw, **common)
                 else:
                     model, report = compress_svd(model, kind=name.split("-", 1)[1], **kw, **weight_kw, **common)
             secs = time.perf_counter() - t

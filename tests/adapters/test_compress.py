@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from adapters import CURLinear, allocate_ranks, break_even_rank, compress, count_parameters, cur_params
+from adapters.layer import FACTORED_LINEARS, InterpolativeLinear, interpolative_break_even_rank, interpolative_params
 from adapters.calibration import CalibrationError
 
 from conftest import _deim_reference, make_tiny_llama
@@ -23,18 +24,26 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_compress_then_forward_and_count(tiny_llama, calib_tokens, eval_tokens):
-    model, report = compress(tiny_llama, calibration=calib_tokens, reduction=0.2, progress=False)
+@pytest.mark.parametrize("form", [None, "cur"])
+def test_compress_then_forward_and_count(tiny_llama, calib_tokens, eval_tokens, form):
+    kw = {} if form is None else {"form": form}
+    model, report = compress(tiny_llama, calibration=calib_tokens, reduction=0.2, progress=False, **kw)
     out = _logits(model, eval_tokens)
     assert torch.isfinite(out).all()
     assert count_parameters(model) == report.params_after
     assert report.params_after <= report.target_params
-    n_cur = sum(isinstance(m, CURLinear) for m in model.modules())
+    kind, params_of, rmax_of = (
+        (CURLinear, cur_params, break_even_rank) if form == "cur"
+        else (InterpolativeLinear, interpolative_params, interpolative_break_even_rank)
+    )
+    assert report.options["form"] == (form or "interpolative")
+    assert report.options["sequential"] is (form == "cur")
+    n_cur = sum(isinstance(m, kind) for m in model.modules())
     assert n_cur == len(report.modules) > 0
     for m in report.modules:
         mod = model.get_submodule(m.name)
-        assert mod.rank == m.rank and m.rank <= break_even_rank(*m.shape)
-        assert m.params_after == cur_params(*m.shape, m.rank) < m.params_before
+        assert mod.rank == m.rank and m.rank <= rmax_of(*m.shape)
+        assert m.params_after == params_of(*m.shape, m.rank) < m.params_before
         assert len(set(m.rows)) == len(m.rows) == m.rank
 
 
@@ -45,7 +54,7 @@ def test_budget_hit_to_within_one_rank_step(calib_tokens, sequential):
     target = before - 5000
     model, report = compress(model, calibration=calib_tokens, target_params=target, sequential=sequential, progress=False)
     assert count_parameters(model) == report.params_after <= target
-    step = min(m + n + 2 * r + 1 for (m, n), r in ((x.shape, x.rank) for x in report.modules))
+    step = min(m + n - 2 * r - 1 for (m, n), r in ((x.shape, x.rank) for x in report.modules))
     assert target - report.params_after < step
 
 
@@ -156,7 +165,7 @@ def test_infeasible_budget_raises_before_touching(tiny_llama, monkeypatch):
         compress(tiny_llama, calibration=torch.zeros(1, 4, dtype=torch.long), rank=10_000, progress=False)
     after = tiny_llama.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not any(isinstance(m, CURLinear) for m in tiny_llama.modules())
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in tiny_llama.modules())
 
 
 @pytest.mark.parametrize("kwargs", [dict(method="nope"), dict(reduction=1.5), dict(reduction=0.1, target_params=10),
@@ -173,7 +182,8 @@ def test_failure_midway_leaves_model_unchanged(tiny_llama, calib_tokens, eval_to
     before = _state(tiny_llama)
     modules_before = {n: m for n, m in tiny_llama.named_modules()}
     calls = {"n": 0}
-    real = CURLinear.from_linear.__func__
+    kind = CURLinear if method == "curing" else InterpolativeLinear
+    real = kind.from_linear.__func__
 
     def flaky(cls, *a, **k):
         calls["n"] += 1
@@ -181,7 +191,7 @@ def test_failure_midway_leaves_model_unchanged(tiny_llama, calib_tokens, eval_to
             raise RuntimeError("injected failure")
         return real(cls, *a, **k)
 
-    monkeypatch.setattr(CURLinear, "from_linear", classmethod(flaky))
+    monkeypatch.setattr(kind, "from_linear", classmethod(flaky))
     kw = dict(rank=3, n_layers=2) if method == "curing" else dict(reduction=0.2)
     with pytest.raises(RuntimeError, match="injected failure"):
         compress(tiny_llama, calibration=calib_tokens, method=method, progress=False, **kw)
@@ -200,7 +210,7 @@ def test_nan_calibration_raises_and_restores(tiny_llama, calib_tokens):
     tokens[0, 0] = 5
     with pytest.raises(CalibrationError, match="NaN or Inf"):
         compress(tiny_llama, calibration=tokens, reduction=0.1, progress=False)
-    assert not any(isinstance(m, CURLinear) for m in tiny_llama.modules())
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in tiny_llama.modules())
 
 
 def test_full_rank_fit_reproduces_logits_everywhere(calib_tokens, eval_tokens):
@@ -244,7 +254,7 @@ def test_cur_error_curve_matches_fitted_cur_at_every_rank():
     curve = compress_mod._cur_error_curve(W, st.gram, 1e-12)
     assert len(curve) == break_even_rank(m, n)
     assert np.all(np.diff(curve) <= 1e-12) and 0.0 <= curve[-1] <= curve[0] <= 1.0
-    svd = compress_mod._svd_error_curve(W, st.gram, 1e-12)
+    svd = compress_mod._svd_error_curve(W, st.gram, 1e-12, break_even_rank(m, n))
     assert np.all(curve >= svd - 1e-10)
     for r in (1, 3, 7, len(curve)):
         *_, err = compress_mod._fit_activation(W, st, r, 1e-12, "deim")
@@ -254,7 +264,7 @@ def test_cur_error_curve_matches_fitted_cur_at_every_rank():
 def test_allocation_option(tiny_llama, calib_tokens):
     _, rep_svd = compress(make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, progress=False)
     _, rep_cur = compress(
-        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, allocation="cur", progress=False
+        make_tiny_llama(7), calibration=calib_tokens, reduction=0.15, allocation="cur", form="cur", progress=False
     )
     assert rep_cur.options["allocation"] == "cur" and rep_svd.options["allocation"] == "svd"
     assert rep_cur.params_after <= rep_cur.target_params == rep_svd.target_params
@@ -277,11 +287,102 @@ def test_selector_option(selector, calib_tokens, eval_tokens):
     )
     assert report.options["selector"] == selector
     assert count_parameters(model) == report.params_after <= report.target_params
-    assert all(len(set(m.rows)) == len(m.rows) == len(set(m.cols)) == m.rank for m in report.modules)
+    assert all(len(set(m.rows)) == len(m.rows) == m.rank and m.cols == [] for m in report.modules)
+    _, rep_cur = compress(
+        make_tiny_llama(8), calibration=calib_tokens, reduction=0.15, selector=selector, form="cur", progress=False
+    )
+    assert all(len(set(m.rows)) == len(set(m.cols)) == len(m.cols) == m.rank for m in rep_cur.modules)
     assert torch.isfinite(_logits(model, eval_tokens)).all()
 
 
 def test_unknown_selector_raises(tiny_llama, calib_tokens):
     with pytest.raises(ValueError, match="selector must be one of"):
         compress(tiny_llama, calibration=calib_tokens, reduction=0.1, selector="random", progress=False)
-    assert not any(isinstance(m, CURLinear) for m in tiny_llama.modules())
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in tiny_llama.modules())
+
+
+def test_interpolative_form_counts_and_budget(calib_tokens, eval_tokens):
+    model = make_tiny_llama(3, layers=3, hidden=48, intermediate=96)
+    before = count_parameters(model)
+    target = before - 20000
+    model, report = compress(model, calibration=calib_tokens, target_params=target, form="interpolative", progress=False)
+    assert count_parameters(model) == report.params_after <= target
+    step = min(m + n - 2 * r - 1 for (m, n), r in ((x.shape, x.rank) for x in report.modules))
+    assert target - report.params_after < step
+    assert report.options["form"] == "interpolative"
+    assert sum(isinstance(m, InterpolativeLinear) for m in model.modules()) == len(report.modules) > 0
+    assert not any(isinstance(m, CURLinear) for m in model.modules())
+    for m in report.modules:
+        mod = model.get_submodule(m.name)
+        assert mod.rank == m.rank <= interpolative_break_even_rank(*m.shape)
+        assert m.params_after == interpolative_params(*m.shape, m.rank) < m.params_before
+        assert mod.rows.tolist() == m.rows and m.cols == []
+    assert torch.isfinite(_logits(model, eval_tokens)).all()
+
+
+def test_interpolative_full_rank_reproduces_logits(calib_tokens, eval_tokens):
+    model = make_tiny_llama(5)
+    lin = model.model.layers[0].mlp.down_proj
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(32, 3) @ torch.randn(3, 64))
+    ref = _logits(model, eval_tokens)
+    model, report = compress(
+        model, calibration=calib_tokens, rank=3, targets=["down"], layers=[0], form="interpolative", progress=False
+    )
+    assert report.modules[0].rel_error < 1e-4
+    torch.testing.assert_close(_logits(model, eval_tokens), ref, rtol=1e-4, atol=1e-4)
+
+
+def _rank_r_problem(seed, m=40, n=24, tokens=300):
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=gen, dtype=torch.float64) * torch.logspace(0, -2, n, dtype=torch.float64)
+    Xd = torch.randn(tokens, n, generator=gen, dtype=torch.float64) @ torch.randn(n, n, generator=gen, dtype=torch.float64)
+    Xc = Xd + 0.3 * torch.randn(tokens, n, generator=gen, dtype=torch.float64)
+    return W, Xd, Xc, SimpleNamespace
+
+
+def test_interpolative_fit_is_the_svd_optimum_on_dense_inputs():
+    """Same inputs: the interpolative fit's error is the best rank-r whitened error, at every rank."""
+    W, X, _, NS = _rank_r_problem(4)
+    st = NS(gram=X.T @ X, cross=None)
+    rmax = interpolative_break_even_rank(*W.shape)
+    svd = compress_mod._svd_error_curve(W, st.gram, 1e-12, rmax)
+    assert len(svd) == rmax == W.shape[1] - 1
+    for r in (1, 4, 11, rmax):
+        rows, coef, R, err = compress_mod._fit_interpolative(W, st, r, 1e-12, "deim")
+        assert svd[r - 1] == pytest.approx(err**2, rel=1e-6, abs=1e-12)
+        assert coef.shape == (W.shape[0] - r, r) and R.shape == (r, W.shape[1])
+
+
+def test_interpolative_fit_solves_the_sequential_reduced_rank_regression():
+    """Compressed inputs X_c, dense targets W X_d: the fit is the rank-r least-squares optimum.
+
+    Reference: reduced-rank regression written out on the data matrices (OLS, then projection
+    of the fitted values on their top-r left singular vectors).
+    """
+    W, Xd, Xc, NS = _rank_r_problem(5)
+    st = NS(gram=Xc.T @ Xc, cross=Xc.T @ Xd)
+    Y, X = W @ Xd.T, Xc.T
+    B_ols = torch.linalg.lstsq(X.T, Y.T).solution.T
+    Uf = torch.linalg.svd(B_ols @ X, full_matrices=False).U
+    for r in (2, 9):
+        rows, coef, R, _ = compress_mod._fit_interpolative(W, st, r, 1e-14, "deim")
+        M = torch.empty_like(W)
+        rest = [i for i in range(W.shape[0]) if i not in set(rows.tolist())]
+        M[rows], M[rest] = R, coef @ R
+        ref = Uf[:, :r] @ Uf[:, :r].T @ B_ols
+        best = torch.linalg.norm(ref @ X - Y)
+        assert torch.linalg.norm(M @ X - Y) == pytest.approx(float(best), rel=1e-8)
+        torch.testing.assert_close(M, ref, rtol=1e-6, atol=1e-8)
+
+
+def test_form_options_raise(tiny_llama, calib_tokens):
+    with pytest.raises(ValueError, match="form must be one of"):
+        compress(tiny_llama, calibration=calib_tokens, reduction=0.1, form="svd", progress=False)
+    with pytest.raises(ValueError, match="form must be one of"):
+        compress(tiny_llama, calibration=calib_tokens, method="curing", form="interpolative", progress=False)
+    with pytest.raises(ValueError, match="would make"):
+        compress(tiny_llama, calibration=calib_tokens, rank=32, form="interpolative", progress=False)
+    assert not any(isinstance(m, (CURLinear, InterpolativeLinear)) for m in tiny_llama.modules())

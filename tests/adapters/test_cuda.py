@@ -6,7 +6,8 @@ Skipped without CUDA (CI); run on a GPU machine with ``pytest tests/adapters/tes
 import pytest
 import torch
 
-from adapters import CURLinear, compress, count_parameters, heal, load_compressed, save_compressed
+from adapters import compress, count_parameters, heal, load_compressed, save_compressed
+from adapters.layer import FACTORED_LINEARS
 
 from conftest import make_tiny_llama
 
@@ -21,13 +22,14 @@ def _logits(model, tokens):
         return model(tokens).logits
 
 
-@pytest.mark.parametrize("method", ["activation", "curing"])
-def test_compress_on_cuda_matches_cpu(method, calib_tokens, eval_tokens):
-    kw = {"reduction": 0.2} if method == "activation" else {"rank": 4, "n_layers": 1}
+@pytest.mark.parametrize("method, form", [("activation", "interpolative"), ("activation", "cur"), ("curing", "cur")])
+def test_compress_on_cuda_matches_cpu(method, form, calib_tokens, eval_tokens):
+    kw = {"reduction": 0.2, "form": form} if method == "activation" else {"rank": 4, "n_layers": 1}
     cpu, rep_cpu = compress(make_tiny_llama(5), calibration=calib_tokens, method=method, progress=False, **kw)
     gpu, rep_gpu = compress(make_tiny_llama(5).cuda(), calibration=calib_tokens, method=method, progress=False, **kw)
-    mods = [m for m in gpu.modules() if isinstance(m, CURLinear)]
-    assert mods and all(m.C.is_cuda and m.U.is_cuda and m.R.is_cuda and m.rows.is_cuda for m in mods)
+    mods = [m for m in gpu.modules() if isinstance(m, FACTORED_LINEARS)]
+    assert mods and all(p.is_cuda for m in mods for p in m.parameters())
+    assert all(b.is_cuda for m in mods for b in m.buffers())
     assert count_parameters(gpu) == rep_gpu.params_after == rep_cpu.params_after
     assert [m.rank for m in rep_gpu.modules] == [m.rank for m in rep_cpu.modules]
     torch.testing.assert_close(
@@ -35,15 +37,17 @@ def test_compress_on_cuda_matches_cpu(method, calib_tokens, eval_tokens):
     )
 
 
-def test_save_load_and_heal_on_cuda(tmp_path, calib_tokens, eval_tokens):
-    model, _ = compress(make_tiny_llama(6).cuda(), calibration=calib_tokens, reduction=0.2, progress=False)
+@pytest.mark.parametrize("form", ["interpolative", "cur"])
+def test_save_load_and_heal_on_cuda(form, tmp_path, calib_tokens, eval_tokens):
+    model, _ = compress(make_tiny_llama(6).cuda(), calibration=calib_tokens, reduction=0.2, form=form, progress=False)
     save_compressed(model, tmp_path / "ckpt")
     back = load_compressed(tmp_path / "ckpt", device="cuda")
     ids = eval_tokens.cuda()
     torch.testing.assert_close(_logits(back, ids), _logits(model, ids), rtol=0, atol=0)
-    before = [m.U.detach().clone() for m in back.modules() if isinstance(m, CURLinear)]
+    core = "U" if form == "cur" else "P"
+    before = [getattr(m, core).detach().clone() for m in back.modules() if isinstance(m, FACTORED_LINEARS)]
     result = heal(back, data=calib_tokens, steps=3, batch_size=4, seqlen=16, progress=False)
-    after = [m.U for m in back.modules() if isinstance(m, CURLinear)]
+    after = [getattr(m, core) for m in back.modules() if isinstance(m, FACTORED_LINEARS)]
     assert result.steps_run == 3
     assert all(a.is_cuda for a in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))

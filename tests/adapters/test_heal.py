@@ -22,7 +22,7 @@ def pair(calib_tokens):
     teacher = make_tiny_llama()
     with torch.no_grad():
         teacher.lm_head.weight.mul_(10.0)
-    student, _ = compress(copy.deepcopy(teacher), calibration=calib_tokens, rank=8, progress=False)
+    student, _ = compress(copy.deepcopy(teacher), calibration=calib_tokens, rank=8, form="cur", progress=False)
     return student, teacher
 
 
@@ -32,7 +32,8 @@ def stream():
 
 
 def _cores(model):
-    return {n: m.U.detach().clone() for n, m in model.named_modules() if isinstance(m, CURLinear)}
+    """Every trainable core: ``U`` of a CURLinear, ``P`` of an InterpolativeLinear."""
+    return {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
 
 
 def _snapshot(model):
@@ -54,6 +55,22 @@ def test_only_u_changes(pair, stream):
     assert [p.requires_grad for p in student.parameters()] == flags
     assert not student.training and not teacher.training
     assert res.trainable_params == sum(student.get_submodule(n).U.numel() for n in cur_names)
+
+
+def test_interpolative_model_trains_only_p(calib_tokens, stream):
+    from adapters.layer import InterpolativeLinear
+
+    teacher = make_tiny_llama()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(10.0)
+    student, _ = compress(copy.deepcopy(teacher), calibration=calib_tokens, rank=8, form="interpolative", progress=False)
+    before = _snapshot(student)
+    res = heal(student, teacher=teacher, data=stream, lr=1e-2, **FAST)
+    after = _snapshot(student)
+    names = [n for n, m in student.named_modules() if isinstance(m, InterpolativeLinear)]
+    assert names and {k for k in before if not torch.equal(before[k], after[k])} == {f"{n}.P" for n in names}
+    assert res.trainable_params == sum(student.get_submodule(n).P.numel() for n in names)
+    assert set(trainable_parameters(student)) == {f"{n}.P" for n in names}
 
 
 def test_optional_norms_train(pair, stream):
@@ -304,7 +321,7 @@ def test_cli_heal(pair, tmp_path, stream, capsys):
         (m for m in student.modules() if isinstance(m, CURLinear)),
     ))
     assert cli.main(["heal", str(tmp_path / "dense"), "-o", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "holds no CURLinear" in capsys.readouterr().err
+    assert "holds no compressed (CURLinear/InterpolativeLinear) modules" in capsys.readouterr().err
 
 
 def test_non_finite_update_is_rolled_back(pair, stream, monkeypatch):

@@ -2,7 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from adapters.layer import CURLinear, break_even_rank, cur_params
+from adapters.layer import (
+    CURLinear,
+    InterpolativeLinear,
+    break_even_rank,
+    cur_params,
+    interpolative_break_even_rank,
+    interpolative_params,
+)
 
 
 def test_break_even_rank_is_largest_strictly_smaller():
@@ -43,3 +50,52 @@ def test_bad_shapes_raise():
         CURLinear(torch.randn(6, 2), torch.randn(2, 2), torch.randn(2, 4), bias=torch.randn(5))
     with pytest.raises(TypeError, match="2-D weight"):
         CURLinear.from_linear(nn.ReLU(), rows=[0], cols=[0], U=torch.ones(1, 1))
+
+
+def test_interpolative_break_even_is_every_rank_below_min_dim():
+    for m, n in [(576, 576), (192, 576), (1536, 576), (3, 2), (1, 1)]:
+        r = interpolative_break_even_rank(m, n)
+        assert r == min(m, n) - 1
+        assert all(interpolative_params(m, n, k) < m * n for k in range(1, r + 1))
+        assert interpolative_params(m, n, r + 1) >= m * n
+        # r^2 fewer than a rank-r SVD, 2 r^2 fewer than a rank-r CUR
+        assert interpolative_params(m, n, 7) == cur_params(m, n, 7) - 2 * 49
+
+
+def test_interpolative_layer_keeps_rows_exactly_and_interpolates_the_rest():
+    torch.manual_seed(3)
+    lin = nn.Linear(10, 7, bias=True)
+    rows = torch.tensor([5, 1, 3])
+    P = torch.randn(4, 3)
+    layer = InterpolativeLinear.from_linear(lin, rows=rows, P=P)
+    W = lin.weight.detach()
+    expected = torch.empty(7, 10)
+    expected[rows] = W[rows]
+    rest = torch.tensor([0, 2, 4, 6])
+    expected[rest] = P @ W[rows]
+    torch.testing.assert_close(layer.weight_product(), expected)
+    x = torch.randn(2, 3, 10)
+    y = layer(x)
+    torch.testing.assert_close(y, x @ expected.T + lin.bias, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[..., rows], lin(x)[..., rows], rtol=1e-5, atol=1e-5)
+    assert sum(p.numel() for p in layer.parameters()) == interpolative_params(7, 10, 3) + 7
+    torch.testing.assert_close(layer.to_linear()(x), y, rtol=1e-5, atol=1e-5)
+    assert "form=interpolative" in repr(layer) and "rank=3" in repr(layer)
+    y.sum().backward()
+    assert layer.P.grad is not None and layer.R.grad is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(P=torch.randn(4, 3), R=torch.randn(2, 10), rows=[0, 1]), "matching r"),
+        (dict(P=torch.randn(4, 3), R=torch.randn(3, 10), rows=[0, 1, 1]), "distinct indices"),
+        (dict(P=torch.randn(4, 3), R=torch.randn(3, 10), rows=[0, 1, 7]), "distinct indices"),
+        (dict(P=torch.randn(4, 3), R=torch.randn(3, 10), rows=[0, 1]), "distinct indices"),
+        (dict(P=torch.randn(4, 3), R=torch.randn(3, 10), rows=[0, 1, 2], bias=torch.randn(4)), "bias must"),
+    ],
+)
+def test_interpolative_bad_input_raises(kwargs, match):
+    P, R = kwargs.pop("P"), kwargs.pop("R")
+    with pytest.raises(ValueError, match=match):
+        InterpolativeLinear(P, R, **kwargs)

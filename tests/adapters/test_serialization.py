@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from adapters import CheckpointMismatchError, CURLinear, compress, load_compressed, save_compressed
+from adapters.layer import FACTORED_LINEARS, InterpolativeLinear
 
 from conftest import make_tiny_llama
 
@@ -13,10 +14,14 @@ def _logits(model, tokens):
         return model(tokens).logits
 
 
-@pytest.fixture(params=[False, True], ids=["untied", "tied"])
+@pytest.fixture(
+    params=[(False, "cur"), (True, "cur"), (False, "interpolative"), (True, "interpolative")],
+    ids=["untied-cur", "tied-cur", "untied-interpolative", "tied-interpolative"],
+)
 def compressed(request, calib_tokens):
-    model = make_tiny_llama(tie=request.param)
-    model, report = compress(model, calibration=calib_tokens, reduction=0.15, progress=False)
+    tie, form = request.param
+    model = make_tiny_llama(tie=tie)
+    model, report = compress(model, calibration=calib_tokens, reduction=0.15, form=form, progress=False)
     return model, report
 
 
@@ -27,7 +32,14 @@ def test_round_trip_identical_logits(compressed, eval_tokens, tmp_path):
     assert set(cfg["cur_compression"]["modules"]) == {m.name for m in report.modules}
     assert not list(path.glob("*.bin")) and not list(path.glob("*.pt"))
     loaded = load_compressed(path)
-    assert sum(isinstance(m, CURLinear) for m in loaded.modules()) == len(report.modules)
+    kind = InterpolativeLinear if report.options["form"] == "interpolative" else CURLinear
+    assert sum(isinstance(m, kind) for m in loaded.modules()) == len(report.modules)
+    assert sum(isinstance(m, FACTORED_LINEARS) for m in loaded.modules()) == len(report.modules)
+    assert all(
+        torch.equal(a.rows, b.rows) for a, b in zip(
+            (m for m in loaded.modules() if isinstance(m, kind)), (m for m in model.modules() if isinstance(m, kind))
+        )
+    )
     assert sum(p.numel() for p in loaded.parameters()) == report.params_after
     assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
 
@@ -89,3 +101,27 @@ def test_load_refuses_unknown_module_and_plain_checkpoint(compressed, tmp_path):
         load_compressed(path)
     with pytest.raises(FileNotFoundError):
         load_compressed(tmp_path / "missing")
+
+
+def test_load_refuses_damaged_interpolative_indices(calib_tokens, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, report = compress(make_tiny_llama(), calibration=calib_tokens, reduction=0.15, form="interpolative", progress=False)
+    path = save_compressed(model, tmp_path / "ckpt")
+    weights = load_file(str(path / "model.safetensors"))
+    key = f"{report.modules[0].name}.rows"
+    weights[key] = weights[key].clone()
+    weights[key][0] = weights[key][1]  # a duplicated row index: rows and rest no longer split the outputs
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError, match="not a split of range"):
+        load_compressed(path)
+
+
+def test_load_refuses_unknown_form(compressed, tmp_path):
+    model, report = compressed
+    path = save_compressed(model, tmp_path / "ckpt")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["cur_compression"]["modules"][report.modules[0].name]["form"] = "tucker"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match="form 'tucker'"):
+        load_compressed(path)
