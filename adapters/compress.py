@@ -89,13 +89,16 @@ class ModuleReport:
     rank : int
         CUR rank ``r``.
     rows, cols : list of int
-        Kept output rows of ``W`` and kept columns (of ``W`` for CURing, of the
-        activation-weighted ``W L`` for the default method).
+        Kept output rows and kept columns.  ``form="interpolative"``: the pivot rows (``R``
+        holds those rows of the activation-optimal rank-``r`` approximation), ``cols`` empty.
+        ``form="cur"``: rows of ``W``; columns of ``W`` for CURing, of the
+        activation-weighted ``W L`` for the activation method.
     params_before, params_after : int
         Weight (and bias) parameters before and after; C, U and R all count.
     rel_error : float
-        Activation-weighted relative error ``||(W - CUR) L||_F / ||W L||_F`` with
-        ``L L^T = X^T X`` the calibration input covariance (CURing: with the diagonal scaling).
+        Activation-weighted relative error ``||(W - W') L||_F / ||W L||_F`` of the stored
+        approximation ``W'``, with ``L L^T = X^T D X`` the (token-weighted) calibration input
+        covariance (CURing: with the diagonal scaling).
     seconds : float
         Time spent on this module's factorisation.
     """
@@ -562,8 +565,8 @@ def compress(
     tokenizer : transformers tokenizer, optional
         Needed when ``calibration`` is text.
     method : {"activation", "curing"}
-        ``"activation"`` (default): activation-aware CUR, fitted core, global rank allocation.
-        ``"curing"``: the CURing reproduction.
+        ``"activation"`` (default): activation-aware selection, fit to the layer outputs,
+        global rank allocation (see ``form``).  ``"curing"``: the CURing reproduction.
     reduction : float, optional
         Fraction of the model's parameters to remove (``"activation"`` only; default 0.1 when
         neither ``reduction``, ``target_params`` nor ``rank`` is given).
@@ -584,21 +587,31 @@ def compress(
         CURing's number of layers.
     nsamples, seqlen, batch_size : int
         Calibration windows drawn from a long stream (defaults 128 x 512 tokens, 8 per batch).
-    sequential : bool, default True
+    form : {"interpolative", "cur"}, optional
+        ``"activation"``: how each matrix is stored.  ``"interpolative"`` (default): an
+        :class:`~adapters.layer.InterpolativeLinear` (``r`` pivot rows and the interpolation
+        coefficients of the others, ``r (m + n) - r^2`` parameters).  ``"cur"``: a
+        :class:`~adapters.layer.CURLinear` (``C U R``, ``r (m + n) + r^2``), the previous
+        default.  ``method="curing"`` always builds ``"cur"``.
+    sequential : bool, optional
         ``"activation"``: collect each layer's statistics on the hidden states produced by the
-        already-compressed layers before it, and fit ``U`` to the dense model's outputs.
+        already-compressed layers before it, and fit to the dense model's outputs.  Default:
+        False for ``form="interpolative"``, True for ``form="cur"``, the better of the two for
+        each form on SmolLM2-135M (interpolative at -20%: 50.0 without, 303 with; see
+        docs/adapters.md).
     ridge : float, default 1e-6
         Relative Tikhonov shift of ``X^T X`` (times its mean diagonal).
     selector : {"deim", "qdeim", "maxvol"}, default "deim"
         ``"activation"`` only (``selector``, ``allocation`` and ``token_weighting`` do not
         apply to the CURing reproduction): the curlinalg selector applied to the leading
-        singular vectors of the whitened weight to pick rows and columns.
+        singular vectors of the whitened weight to pick rows (and, for ``"cur"``, columns).
     allocation : {"svd", "cur"}, default "svd"
         ``"activation"``: the error curves the ranks are allocated on.  ``"svd"``: the relative
-        best rank-``r`` whitened SVD error (a lower bound on the CUR error).  ``"cur"``: the
-        relative activation-weighted error of this method's own CUR at every rank (measured,
-        one pass per matrix, see Notes); it minimises the summed layer errors better but gave
-        *worse* perplexity on SmolLM2-135M (125 vs 78 at -10%), so it is not the default.
+        best rank-``r`` whitened SVD error (the error of ``"interpolative"``, a lower bound for
+        ``"cur"``).  ``"cur"``: for ``form="cur"``, the relative activation-weighted error of
+        that CUR at every rank (measured, one pass per matrix, see Notes); it minimises the
+        summed layer errors better but gave *worse* perplexity on SmolLM2-135M (125 vs 78 at
+        -10%), so it is not the default.  For ``"interpolative"`` the two are the same curve.
     token_weighting : {"norm", "clip", "none"}, default "norm"
         ``"activation"``: token weights of the input covariance, see
         :func:`adapters.calibration.token_weights`.  ``"norm"`` weighs every calibration token's
@@ -635,22 +648,43 @@ def compress(
     ``"activation"``: for each weight ``W`` (``m x n``) with calibration inputs ``X``, let
     ``H = X^T D X = L L^T`` (Cholesky; ``D`` the token weights of ``token_weighting``) and
     ``A = W L``, so that ``||(W - W') L||_F`` is the (weighted) output error over the
-    calibration tokens.  The selector (DEIM by default) on the leading ``r`` left and
-    right singular vectors of ``A`` picks rows ``I`` and columns ``J``: a CUR of ``A``, which
-    maps back to ``W ~ C U R`` with ``R = W[I, :]`` (rows of ``A`` are rows of ``W`` times
-    ``L``) and ``C = A[:, J]``, columns of the activation-weighted matrix.  The core
-    solves ``min_U ||X_c R^T U^T C^T - X_d W^T||_F``, i.e. ``C U = W X_d^T X_c R^T (R H R^T)^{-1}``
+    calibration tokens.
+
+    ``form="interpolative"``: the rank-``r`` matrix closest to ``W`` in that metric is
+    ``M = A_r L^{-1}`` (``A_r = P_r S_r Q_r^T`` the truncated SVD; with ``sequential=True`` the
+    reduced-rank regression of the dense outputs on the compressed inputs, ``A = W X_d^T X_c
+    L^{-T}``).  The selector (DEIM by default) on ``P_r`` picks ``r`` pivot rows ``I``, and
+    since every row of ``M`` is a combination of its pivot rows, ``M = X M[I, :]`` with
+    ``X = P_r P_r[I, :]^{-1}``, ``X[I, :] = I_r``: the layer stores ``R = M[I, :]`` and the
+    coefficients ``X[rest, :]``, bounded by the DEIM constant ``||P_r[I, :]^{-1}||_2``.  This
+    is the skeleton (CUR) form of ``M`` without its redundant identity block: ``r^2`` fewer
+    parameters than the same approximation as an SVD factorisation (the idea of PIFA, Zhao et
+    al. 2025), so at a given budget every matrix keeps a higher rank.  The rows are rows of
+    the activation-optimal approximation, not of ``W`` itself: keeping ``R = W[I, :]``
+    exactly and fitting the coefficients measured far worse in an exploratory run (see
+    docs/adapters.md, Quality).
+
+    ``form="cur"``: the selector on the leading ``r`` left and right singular vectors of
+    ``A`` picks rows ``I`` and columns ``J``: a CUR of ``A``, which maps back to
+    ``W ~ C U R`` with ``R = W[I, :]`` (rows of ``A`` are rows of ``W`` times ``L``) and
+    ``C = A[:, J]``, columns of the activation-weighted matrix.  The core solves
+    ``min_U ||X_c R^T U^T C^T - X_d W^T||_F``, i.e. ``C U = W X_d^T X_c R^T (R H R^T)^{-1}``
     then ``U = C^+ (C U)`` (``X_c``: inputs through the compressed prefix, ``X_d``: the dense
-    model's inputs; equal when ``sequential=False``).  Ranks come from :func:`allocate_ranks` on
-    relative error curves measured on the dense model, subject to ``r (m + n) + r^2 < m n``:
-    with ``allocation="cur"`` the error of this CUR at every rank, all from one pass per matrix
-    (DEIM selections are nested, so with orthonormal bases ``Q_C`` of ``A[:, J]`` and ``Q_R`` of
-    ``A[I, :]^T`` the rank-``r`` error is ``||A||_F^2 - ||(Q_C^T A Q_R)[:r, :r]||_F^2``); with
-    ``allocation="svd"`` the whitened spectra ``sum_{i>r} sigma_i(A)^2``, a lower bound.
+    model's inputs; equal when ``sequential=False``).
+
+    Ranks come from :func:`allocate_ranks` on relative error curves measured on the dense
+    model, subject to the form's break-even rank (``r < min(m, n)`` for ``"interpolative"``,
+    ``r (m + n) + r^2 < m n`` for ``"cur"``): with ``allocation="svd"`` the whitened spectra
+    ``sum_{i>r} sigma_i(A)^2`` (exact for ``"interpolative"`` without sequential fits, a lower
+    bound for ``"cur"``); with ``allocation="cur"`` and ``form="cur"`` the error of this CUR at
+    every rank, all from one pass per matrix (DEIM selections are nested, so with orthonormal
+    bases ``Q_C`` of ``A[:, J]`` and ``Q_R`` of ``A[I, :]^T`` the rank-``r`` error is
+    ``||A||_F^2 - ||(Q_C^T A Q_R)[:r, :r]||_F^2``).
 
     Budget: ranks are integers, so the model lands on ``target_params - slack`` with
-    ``0 <= slack`` below one rank step of one matrix (``m + n + 2 r + 1`` parameters, about 2,000
-    on SmolLM2-135M).  ``report.params_after`` is counted on the model and never exceeds
+    ``0 <= slack`` below one rank step of one matrix (``m + n - 2 r - 1`` parameters for
+    ``"interpolative"``, ``m + n + 2 r + 1`` for ``"cur"``; at most about 2,000 on
+    SmolLM2-135M).  ``report.params_after`` is counted on the model and never exceeds
     ``target_params``.  ``reduction=f`` means ``target_params = floor((1 - f) * params_before)``.
 
     All-or-nothing: any exception restores every replaced module before it propagates.
@@ -659,7 +693,8 @@ def compress(
     ----------
     CURing (2025), arXiv 2501.04211.  Sorensen & Embree (2016), DEIM-CUR.  Wang et al. (2024),
     "SVD-LLM", arXiv 2403.07378 (whitening).  Frantar & Alistarh (2023), SparseGPT (layer-wise
-    sequential calibration).
+    sequential calibration).  Zhao et al. (2025), "Pivoting Factorization", arXiv 2501.19090.
+    Cheng, Gimbutas, Martinsson & Rokhlin (2005), interpolative decomposition.
     """
     t0 = time.perf_counter()
     if method not in METHODS:

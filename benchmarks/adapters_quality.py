@@ -7,8 +7,12 @@ the calibration split.  Runs:
 * ``curing``: CURing's configuration (10 layers by angular distance, q/k/gate, rank 36)
 * ``default@curing``: the default method at exactly CURing's parameter count
 * ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``
-* ``default-curalloc@F``: the default method with ranks allocated on its own measured CUR
-  error curves (``allocation="cur"``) instead of the whitened SVD spectra (ablation)
+* ``default-seq@F``: the default with ``sequential=True`` (ablation)
+* ``cur@F``: ``form="cur"`` (C U R layers, the default before the interpolative form;
+  files written before that change, without a top-level ``default_form``, name these runs
+  ``default@F``)
+* ``cur-curalloc@F``: ``form="cur"`` with ranks allocated on its own measured CUR error
+  curves (``allocation="cur"``) instead of the whitened SVD spectra (ablation)
 * a ``+norm`` / ``+none`` suffix on a method name (``default+norm@0.2``,
   ``svd-whitened+norm@0.2``) sets ``token_weighting`` (ablation of the covariance weighting)
 
@@ -56,7 +60,7 @@ TARGETS = {"-8.8%": 35.0, "-20%": 80.0}
 def _all_runs(reductions) -> list[str]:
     runs = ["dense", "curing", "default@curing"]
     for f in reductions:
-        runs += [f"default@{f}", f"default-curalloc@{f}", f"svd-whitened@{f}", f"svd-plain@{f}"]
+        runs += [f"default@{f}", f"cur@{f}", f"svd-whitened@{f}", f"svd-plain@{f}"]
     return runs
 
 
@@ -98,6 +102,7 @@ def main(argv=None) -> int:
             "device": args.device,
         }
         results["reference_issue"] = REFERENCE
+        results["default_form"] = "interpolative"
         results["targets"] = TARGETS
         base, tok = load_model(SMOLLM2, device=args.device)
         data = load_wikitext2(tokenizer=tok)
@@ -138,6 +143,7 @@ def main(argv=None) -> int:
                 "compress_seconds": secs, "eval_tokens": ppl.tokens,
             }
             if report is not None:
+                entry.update(options=report.options)
                 entry.update(method=report.method, target_params=report.target_params,
                              layers=report.layers, n_matrices=len(report.modules),
                              ranks={m.name: m.rank for m in report.modules})
@@ -155,14 +161,19 @@ def _plot(results: dict, path: Path) -> None:
     runs = results["runs"]
     fig, ax = _common.subplots(figsize=(7, 4.5))
     series = {}
+    old = "default_form" not in results  # written when the default was form="cur"
     for key, r in runs.items():
         name = key.split("@")[0]
+        if old and name.startswith("default"):
+            name = "cur" + name[len("default"):]
         series.setdefault(name, []).append((100 * r["reduction"], r["ppl"]))
     styles = {
-        "default": ("C0", "o", "activation CUR (default: token_weighting='norm')"),
-        "default+none": ("C0", "o", "activation CUR, plain X^T X (token_weighting='none')"),
-        "default-curalloc": ("C4", "D", "activation CUR, ranks on measured CUR errors"),
-        "default-curalloc+none": ("C4", "D", "activation CUR, ranks on CUR errors, plain X^T X"),
+        "default": ("C0", "o", "activation, interpolative form (default)"),
+        "default-seq": ("C0", "o", "activation, interpolative form, sequential=True"),
+        "cur": ("C5", "v", "activation C U R (form='cur'; token_weighting='norm')"),
+        "cur+none": ("C5", "v", "activation C U R, plain X^T X (token_weighting='none')"),
+        "cur-curalloc": ("C4", "D", "activation C U R, ranks on measured CUR errors"),
+        "cur-curalloc+none": ("C4", "D", "activation C U R, ranks on CUR errors, plain X^T X"),
         "svd-whitened": ("C1", "s", "whitened SVD (SVD-LLM), global ranks"),
         "svd-whitened+norm": ("C1", "s", "whitened SVD, global ranks, token_weighting='norm'"),
         "svd-plain": ("C2", "^", "truncated SVD, global ranks"),
@@ -172,7 +183,7 @@ def _plot(results: dict, path: Path) -> None:
     for name, pts in series.items():
         pts.sort()
         c, m, label = styles.get(name, ("C7", ".", name))
-        dashed = "+" in name
+        dashed = "+" in name or name.endswith("-seq")
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker=m, color=c, label=label,
                 linestyle=("--" if dashed else "-") if len(pts) > 1 else "none",
                 alpha=0.5 if dashed else 1.0, markerfacecolor="none" if dashed else c)

@@ -11,7 +11,7 @@ Runs (each stored in the JSON as soon as it finishes, with the machine, versions
 * ``dense-ce-wikitext``: the domain-adaptation control.  The dense model trained with
   cross-entropy on the same WikiText calibration batches, same steps and learning-rate
   schedule, training the full weights of the linear layers the compressed model holds as
-  CURLinear (a superset of what healing can change).  What it gains is what adaptation to
+  compressed layers (a superset of what healing can change).  What it gains is what adaptation to
   WikiText alone is worth.
 
 The issue's protocol is the first 32,768 evaluation tokens in 2048-token windows and at most
@@ -41,7 +41,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import _common  # noqa: E402
-from adapters import CURLinear, compress, count_parameters, load_compressed, save_compressed  # noqa: E402
+from adapters import compress, count_parameters, load_compressed, save_compressed  # noqa: E402
+from adapters.heal import trainable_parameters  # noqa: E402
+from adapters.layer import FACTORED_LINEARS  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2, perplexity  # noqa: E402
 from adapters.heal import heal  # noqa: E402
@@ -70,7 +72,7 @@ def _shakespeare_text(max_chars: int) -> str:
 
 def _compressed(base, data, tok, f, args):
     """The compressed model for reduction ``f``, from the cache folder when it is there."""
-    path = Path(args.cache) / f"compressed-{f}-{args.nsamples}-{args.seed}"
+    path = Path(args.cache) / f"compressed-{f}-{args.nsamples}-{args.seed}-interpolative"
     if path.is_dir():
         return load_compressed(path), None
     t = time.perf_counter()
@@ -186,11 +188,11 @@ def main(argv=None) -> int:
                 continue
             cmodel, secs = _compressed(base, data, tok, f, args)
             cmodel.to(device)
-            names_compressed = [n for n, m in cmodel.named_modules() if isinstance(m, CURLinear)]
+            names_compressed = [n for n, m in cmodel.named_modules() if isinstance(m, FACTORED_LINEARS)]
             params = count_parameters(cmodel)
             entry = {"ppl": ppl(cmodel), "params": params, "reduction": 1 - params / count_parameters(base),
                      "compress_seconds": secs, "n_matrices": len(names_compressed),
-                     "u_params": sum(m.U.numel() for m in cmodel.modules() if isinstance(m, CURLinear))}
+                     "u_params": sum(p.numel() for p in trainable_parameters(cmodel).values())}
             results["runs"][f"compressed@{f}"] = entry
             store()
             print(f"compressed@{f} ppl {entry['ppl']:.3f} (-{100 * entry['reduction']:.2f}%)", flush=True)
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
         if "dense-ce-wikitext" in wanted and ("dense-ce-wikitext" not in results["runs"] or args.force):
             if names_compressed is None:
                 cm, _ = _compressed(base, data, tok, args.reductions[0], args)
-                names_compressed = [n for n, m in cm.named_modules() if isinstance(m, CURLinear)]
+                names_compressed = [n for n, m in cm.named_modules() if isinstance(m, FACTORED_LINEARS)]
                 del cm
             dense = copy.deepcopy(base)
             t = time.perf_counter()
