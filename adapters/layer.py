@@ -78,14 +78,42 @@ def break_even_rank(out_features: int, in_features: int, /) -> int:
     return r
 
 
-class CURLinear(nn.Module):
+class _FactoredLinear(nn.Module):
+    """What both factored layers share: folding back to dense, and the repr."""
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """Fold back into a dense :class:`torch.nn.Linear` with weight :meth:`weight_product`.
+
+        Returns
+        -------
+        torch.nn.Linear
+            Same device, dtype and bias.
+        """
+        lin = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None,
+            device=self.R.device, dtype=self.R.dtype,
+        )
+        lin.weight.copy_(self.weight_product())
+        if self.bias is not None:
+            lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class CURLinear(_FactoredLinear):
     """Linear map ``y = x R^T U^T C^T + b`` with ``W ~ C U R``.
 
     Parameters
     ----------
     C : torch.Tensor
         ``(out_features, rank)``: columns of the weight (CURing) or of the activation-weighted
-        weight ``W L``, ``L L^T = X^T X`` (the default method of :func:`adapters.compress`).
+        weight ``W L``, ``L L^T = X^T X`` (``form="cur"`` of :func:`adapters.compress`).
     U : torch.Tensor
         ``(rank, rank)`` core.
     R : torch.Tensor
@@ -191,29 +219,6 @@ class CURLinear(nn.Module):
         """The dense weight ``C @ U @ R`` (``out x in``); for inspection and :meth:`to_linear`."""
         return self.C @ (self.U @ self.R)
 
-    @torch.no_grad()
-    def to_linear(self) -> nn.Linear:
-        """Fold back into a dense :class:`torch.nn.Linear` with weight ``C U R``.
-
-        Returns
-        -------
-        torch.nn.Linear
-            Same device, dtype and bias.
-        """
-        lin = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.R.device, dtype=self.R.dtype,
-        )
-        lin.weight.copy_(self.weight_product())
-        if self.bias is not None:
-            lin.bias.copy_(self.bias)
-        return lin
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-            f"bias={self.bias is not None}"
-        )
 
 
 def interpolative_params(out_features: int, in_features: int, rank: int, /) -> int:
@@ -258,7 +263,7 @@ _ERR_ROWS = (
 )
 
 
-class InterpolativeLinear(nn.Module):
+class InterpolativeLinear(_FactoredLinear):
     """Linear map from kept weight rows: ``y[I] = R x``, ``y[rest] = P (R x)``, plus bias.
 
     The row interpolative decomposition ``W ~ X R`` with ``R = W[I, :]`` (``r`` kept rows) and
@@ -379,10 +384,8 @@ class InterpolativeLinear(nn.Module):
         W = self.R.new_empty(self.out_features, self.in_features)
         return W.index_copy(0, self.rows, self.R).index_copy(0, self.rest, self.P @ self.R)
 
-    to_linear = CURLinear.to_linear
-
     def extra_repr(self) -> str:
-        return CURLinear.extra_repr(self) + ", form=interpolative"
+        return super().extra_repr() + ", form=interpolative"
 
 
 #: The layer types :func:`adapters.compress` builds (what saving, loading and healing look for).

@@ -11,6 +11,21 @@ def test_parser_has_subcommands():
         p.parse_args(["compress", "smollm2", "-o", "out", "--reduction", "0.2", "--rank", "3"])
 
 
+def test_form_and_sequential_options_reach_compress():
+    p = cli._parser()
+    base = ["--quiet", "compress", "smollm2", "-o", "out"]
+    kw = cli._compress_kwargs(p.parse_args(base))
+    assert kw["form"] == "interpolative" and "sequential" not in kw  # compress() picks the form's default
+    kw = cli._compress_kwargs(p.parse_args(base + ["--form", "cur", "--no-sequential"]))
+    assert kw["form"] == "cur" and kw["sequential"] is False
+    kw = cli._compress_kwargs(p.parse_args(base + ["--sequential"]))
+    assert kw["sequential"] is True
+    kw = cli._compress_kwargs(p.parse_args(base + ["--method", "curing"]))
+    assert "form" not in kw
+    with pytest.raises(SystemExit):
+        p.parse_args(base + ["--form", "svd"])
+
+
 def test_load_model_refuses_remote_names():
     with pytest.raises(FileNotFoundError, match="no downloads"):
         cli.load_model("HuggingFaceTB/SmolLM2-135M")
