@@ -78,6 +78,13 @@ def break_even_rank(out_features: int, in_features: int, /) -> int:
     return r
 
 
+def _weight_of(linear: nn.Module) -> torch.Tensor:
+    W = getattr(linear, "weight", None)
+    if not isinstance(W, torch.Tensor) or W.ndim != 2:
+        raise TypeError(f"from_linear expects a module with a 2-D weight (nn.Linear), got {type(linear).__name__}")
+    return W
+
+
 class _FactoredLinear(nn.Module):
     """What both factored layers share: folding back to dense, and the repr."""
 
@@ -199,11 +206,7 @@ class CURLinear(_FactoredLinear):
         TypeError
             If ``linear`` has no 2-D ``weight``.
         """
-        W = getattr(linear, "weight", None)
-        if not isinstance(W, torch.Tensor) or W.ndim != 2:
-            raise TypeError(
-                f"from_linear expects a module with a 2-D weight (nn.Linear), got {type(linear).__name__}"
-            )
+        W = _weight_of(linear)
         rows = torch.as_tensor(rows, dtype=torch.long, device=W.device)
         cols = torch.as_tensor(cols, dtype=torch.long, device=W.device)
         with torch.no_grad():
@@ -363,11 +366,7 @@ class InterpolativeLinear(_FactoredLinear):
         TypeError
             If ``linear`` has no 2-D ``weight``.
         """
-        W = getattr(linear, "weight", None)
-        if not isinstance(W, torch.Tensor) or W.ndim != 2:
-            raise TypeError(
-                f"from_linear expects a module with a 2-D weight (nn.Linear), got {type(linear).__name__}"
-            )
+        W = _weight_of(linear)
         rows = torch.as_tensor(rows, dtype=torch.long, device=W.device)
         with torch.no_grad():
             R = W[rows, :] if R is None else R.to(W)

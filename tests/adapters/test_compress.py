@@ -64,17 +64,17 @@ def test_reduction_means_floor_of_fraction(tiny_llama, calib_tokens):
     assert report.target_params == int(np.floor(0.9 * before))
 
 
-def test_full_rank_reproduces_logits(calib_tokens, eval_tokens):
-    # 64x8 weights (v/k of a wide-head model): break-even rank 7 < 8, so use square-ish
-    # matrices where the full rank r = min(m, n) is still below break-even is impossible;
-    # instead check that CUR at rank min(m, n) of a rank-deficient weight is exact.
+@pytest.mark.parametrize("form", ["interpolative", "cur"])
+def test_full_rank_reproduces_logits(calib_tokens, eval_tokens, form):
+    # Full rank min(m, n) is above the break-even rank of C U R, so check instead that both forms
+    # are exact at the rank of a rank-deficient weight.
     model = make_tiny_llama(5)
     lin = model.model.layers[0].mlp.down_proj
     with torch.no_grad():
         lin.weight.copy_(torch.randn(32, 3) @ torch.randn(3, 64))
     ref = _logits(model, eval_tokens)
     model, report = compress(
-        model, calibration=calib_tokens, rank=3, targets=["down"], layers=[0], progress=False
+        model, calibration=calib_tokens, rank=3, targets=["down"], layers=[0], form=form, progress=False
     )
     assert report.modules[0].rel_error < 1e-4
     torch.testing.assert_close(_logits(model, eval_tokens), ref, rtol=1e-4, atol=1e-4)
@@ -318,19 +318,6 @@ def test_interpolative_form_counts_and_budget(calib_tokens, eval_tokens):
         assert m.params_after == interpolative_params(*m.shape, m.rank) < m.params_before
         assert mod.rows.tolist() == m.rows and m.cols == []
     assert torch.isfinite(_logits(model, eval_tokens)).all()
-
-
-def test_interpolative_full_rank_reproduces_logits(calib_tokens, eval_tokens):
-    model = make_tiny_llama(5)
-    lin = model.model.layers[0].mlp.down_proj
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(32, 3) @ torch.randn(3, 64))
-    ref = _logits(model, eval_tokens)
-    model, report = compress(
-        model, calibration=calib_tokens, rank=3, targets=["down"], layers=[0], form="interpolative", progress=False
-    )
-    assert report.modules[0].rel_error < 1e-4
-    torch.testing.assert_close(_logits(model, eval_tokens), ref, rtol=1e-4, atol=1e-4)
 
 
 def _rank_r_problem(seed, m=40, n=24, tokens=300):
