@@ -1,4 +1,4 @@
-"""Healing: a short U-only distillation run that recovers the quality lost to CUR compression.
+"""Healing: a short core-only distillation run that recovers the quality lost to compression.
 
 Only the small cores ``U`` of the :class:`~adapters.layer.CURLinear` modules train (for
 :class:`~adapters.layer.InterpolativeLinear`, the interpolation coefficients ``P``; optionally
@@ -36,7 +36,7 @@ _ERR_NO_CUR = (
     "with adapters.compress(...) or load a compressed checkpoint with adapters.load_compressed(...)"
 )
 _ERR_NONFINITE = (
-    "healing stopped at step {step}: the {what} is {value} (NaN or Inf). The U cores hold the "
+    "healing stopped at step {step}: the {what} is {value} (NaN or Inf). The cores (U or P) hold the "
     "last good values (after {good} completed steps), so nothing is lost. Check the data of this step, "
     "lower lr= (now {lr:g}) or max_grad_norm=, or run in float32; result.losses has the history"
 )
@@ -57,7 +57,7 @@ _ERR_NO_TEACHER = (
 
 
 class HealingError(RuntimeError):
-    """Healing stopped on a non-finite loss or gradient; the U cores hold their last good values.
+    """Healing stopped on a non-finite loss or gradient; the cores hold their last good values.
 
     Attributes
     ----------
@@ -351,12 +351,13 @@ def heal(
     eval_callback: Callable | None = None,
     eval_every: int | None = None,
 ) -> HealResult:
-    """Fine-tune the U cores of a CUR-compressed model, in place, by distillation and/or CE.
+    """Fine-tune the cores (``U``, or ``P``) of a compressed model, in place, by distillation and/or CE.
 
     Parameters
     ----------
     model : transformers causal LM
-        The compressed model (holding :class:`~adapters.layer.CURLinear` modules).  Modified in
+        The compressed model (holding :class:`~adapters.layer.CURLinear` or
+        :class:`~adapters.layer.InterpolativeLinear` modules).  Modified in
         place; only the trainable parameters change.
     teacher : transformers causal LM, optional
         The uncompressed model, same tokenizer and vocabulary.  Its outputs are computed on the
@@ -403,7 +404,7 @@ def heal(
     max_grad_norm : float, default 1.0
         Clip the global gradient norm of the trainable parameters (``inf`` to disable).
     train_bias, train_norms : bool, default False
-        Also train the CURLinear biases / the normalisation scales.
+        Also train the compressed layers' biases / the normalisation scales.
     share_weights : bool, default True
         Before training, make every teacher parameter that is equal to a frozen student
         parameter of the same name point at the student's storage (embeddings, norms, the
@@ -433,7 +434,7 @@ def heal(
     Raises
     ------
     ValueError
-        No CURLinear in the model; bad option values; token ids outside the vocabulary; text
+        No compressed layer in the model; bad option values; token ids outside the vocabulary; text
         from the evaluation split; teacher vocabulary that differs from the student's.
     TypeError
         Unsupported data kind; text without a tokenizer.
@@ -667,7 +668,7 @@ def heal(
                 finite = all(bool(torch.isfinite(p).all()) for p in params.values())
                 if not finite:
                     raise HealingError(
-                        _ERR_NONFINITE.format(step=step, what="updated U", value="non-finite", good=step, lr=cur_lr),
+                        _ERR_NONFINITE.format(step=step, what="updated core", value="non-finite", good=step, lr=cur_lr),
                         step=step, result=result,
                     )
                 for name, p in params.items():
@@ -751,7 +752,7 @@ def cli_main(argv, /) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m adapters heal",
-        description="Heal a CUR-compressed model: train only the U cores (adapters.heal.heal)",
+        description="Heal a CUR-compressed model: train only the cores U or P (adapters.heal.heal)",
     )
     add_arguments(parser)
     args = parser.parse_args(list(argv))

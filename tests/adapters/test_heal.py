@@ -341,7 +341,7 @@ def test_non_finite_update_is_rolled_back(pair, stream, monkeypatch):
         return out
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_then_poison)
-    with pytest.raises(HealingError, match="step 1: the updated U is non-finite"):
+    with pytest.raises(HealingError, match="step 1: the updated core is non-finite"):
         heal(student, teacher=teacher, data=stream, steps=5, **constant_lr)
     got, expected = _cores(student), _cores(reference)
     assert all(torch.equal(got[k], expected[k]) for k in got)

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from adapters import count_parameters, llama
 
