@@ -34,6 +34,7 @@ from .calibration import (
 from .layer import (
     CURLinear,
     InterpolativeLinear,
+    _complement,
     break_even_rank,
     cur_params,
     interpolative_break_even_rank,
@@ -394,6 +395,11 @@ def _ridged(H: torch.Tensor, ridge: float) -> torch.Tensor:
     return H + (ridge * scale) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
 
 
+def _weighted_rel_error(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor, /) -> float:
+    """``||E L||_F / ||W L||_F`` with ``L L^T = H``: the relative output error on the calibration."""
+    return math.sqrt(max(float(torch.sum((E @ H) * E)), 0.0) / max(float(torch.sum((W @ H) * W)), 1e-300))
+
+
 def _whitened(W: torch.Tensor, gram: torch.Tensor, ridge: float) -> torch.Tensor:
     """``A = W L`` in float64, ``L L^T`` the ridged ``gram`` (Cholesky): the activation metric."""
     return W.detach().to(torch.float64) @ torch.linalg.cholesky(_ridged(gram, ridge))
@@ -420,7 +426,7 @@ def _fit_activation(W: torch.Tensor, st, rank: int, ridge: float, selector: str 
     CU = torch.linalg.solve(N, T.T).T
     U = torch.linalg.lstsq(C, CU).solution
     E = W64 - C @ (U @ R)
-    err = math.sqrt(max(float(torch.sum((E @ H) * E)), 0.0) / max(float(torch.sum((W64 @ H) * W64)), 1e-300))
+    err = _weighted_rel_error(E, W64, H)
     return rows, cols, C, U, err
 
 
@@ -444,15 +450,13 @@ def _fit_interpolative(W: torch.Tensor, st, rank: int, ridge: float, selector: s
         B = torch.linalg.solve_triangular(L.T, W64 @ st.cross.T, upper=True, left=False)
     left, right = _top_singular_pairs(B, rank)
     rows = _select(left, selector)
-    keep = torch.zeros(W64.shape[0], dtype=torch.bool, device=W64.device)
-    keep[rows] = True
-    rest = torch.nonzero(~keep).reshape(-1)
+    rest = _complement(rows, W64.shape[0])
     R = torch.linalg.solve_triangular(L, (B[rows, :] @ right) @ right.T, upper=False, left=False)
     coef = torch.linalg.solve(left[rows, :].T, left[rest, :].T).T
     E = W64.clone()
     E[rows, :] -= R
     E[rest, :] -= coef @ R
-    err = math.sqrt(max(float(torch.sum((E @ H) * E)), 0.0) / max(float(torch.sum((W64 @ H) * W64)), 1e-300))
+    err = _weighted_rel_error(E, W64, H)
     return rows, coef, R, err
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._common import AdaptersWarning
-from .layer import FACTORED_LINEARS, CURLinear
+from .layer import FACTORED_LINEARS
 
 __all__ = ["HealResult", "HealingError", "add_arguments", "cli_main", "heal", "trainable_parameters"]
 
@@ -163,8 +163,7 @@ def trainable_parameters(model: nn.Module, /, *, train_bias: bool = False, train
         raise ValueError(_ERR_NO_CUR)
     out = {}
     for name, mod in curs.items():
-        core = "U" if isinstance(mod, CURLinear) else "P"
-        out[f"{name}.{core}"] = getattr(mod, core)
+        out[f"{name}.{mod.core}"] = getattr(mod, mod.core)
         if train_bias and mod.bias is not None:
             out[f"{name}.bias"] = mod.bias
     if train_norms:

@@ -78,6 +78,13 @@ def break_even_rank(out_features: int, in_features: int, /) -> int:
     return r
 
 
+def _complement(rows: torch.Tensor, size: int, /) -> torch.Tensor:
+    """The indices in ``range(size)`` not in ``rows``, increasing, on ``rows``' device."""
+    keep = torch.zeros(size, dtype=torch.bool, device=rows.device)
+    keep[rows] = True
+    return torch.nonzero(~keep).reshape(-1)
+
+
 def _weight_of(linear: nn.Module) -> torch.Tensor:
     W = getattr(linear, "weight", None)
     if not isinstance(W, torch.Tensor) or W.ndim != 2:
@@ -86,7 +93,14 @@ def _weight_of(linear: nn.Module) -> torch.Tensor:
 
 
 class _FactoredLinear(nn.Module):
-    """What both factored layers share: folding back to dense, and the repr."""
+    """What both factored layers share: folding back to dense, and the repr.
+
+    Subclasses name their storage ``form`` (recorded in checkpoints) and their trainable
+    ``core`` (the parameter :func:`adapters.heal.heal` trains).
+    """
+
+    form: str
+    core: str
 
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
@@ -155,6 +169,9 @@ class CURLinear(_FactoredLinear):
     >>> sum(p.numel() for p in layer.parameters()) == cur_params(4, 6, 2)
     True
     """
+
+    form = "cur"
+    core = "U"
 
     def __init__(self, C, U, R, /, *, bias=None, rows=None, cols=None):
         super().__init__()
@@ -314,6 +331,9 @@ class InterpolativeLinear(_FactoredLinear):
     True
     """
 
+    form = "interpolative"
+    core = "P"
+
     def __init__(self, P, R, /, *, rows, bias=None):
         super().__init__()
         if P.ndim != 2 or R.ndim != 2 or P.shape[1] != R.shape[0]:
@@ -329,8 +349,6 @@ class InterpolativeLinear(_FactoredLinear):
             raise ValueError(_ERR_ROWS.format(rank=rank, m=m, got=rows.tolist()[:10]))
         if bias is not None and bias.shape != (m,):
             raise ValueError(f"bias must have shape ({m},) to match P and R, got {tuple(bias.shape)}")
-        keep = torch.zeros(m, dtype=torch.bool)
-        keep[rows] = True
         self.in_features = R.shape[1]
         self.out_features = m
         self.rank = rank
@@ -338,7 +356,7 @@ class InterpolativeLinear(_FactoredLinear):
         self.R = nn.Parameter(R.detach().clone(memory_format=torch.contiguous_format))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(memory_format=torch.contiguous_format))
         self.register_buffer("rows", rows.to(R.device))
-        self.register_buffer("rest", torch.nonzero(~keep).reshape(-1).to(R.device))
+        self.register_buffer("rest", _complement(rows, m).to(R.device))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, /, *, rows, P, R=None) -> "InterpolativeLinear":
@@ -384,7 +402,7 @@ class InterpolativeLinear(_FactoredLinear):
         return W.index_copy(0, self.rows, self.R).index_copy(0, self.rest, self.P @ self.R)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", form=interpolative"
+        return super().extra_repr() + f", form={self.form}"
 
 
 #: The layer types :func:`adapters.compress` builds (what saving, loading and healing look for).

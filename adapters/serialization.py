@@ -37,7 +37,7 @@ def _cur_modules(model: nn.Module) -> dict[str, dict]:
             "in_features": mod.in_features,
             "rank": mod.rank,
             "bias": mod.bias is not None,
-            "form": "interpolative" if isinstance(mod, InterpolativeLinear) else "cur",
+            "form": mod.form,
         }
         for name, mod in model.named_modules()
         if isinstance(mod, FACTORED_LINEARS)
