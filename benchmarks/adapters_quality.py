@@ -9,8 +9,8 @@ the calibration split.  Runs:
 * ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``
 * ``default-seq@F``: the default with ``sequential=True`` (ablation)
 * ``cur@F``: ``form="cur"`` (C U R layers, the default before the interpolative form;
-  files written before that change, without a top-level ``default_form``, name these runs
-  ``default@F``)
+  files begun before that change name these runs ``default@F``: their top-level
+  ``default_form`` is ``"cur"`` or absent, and the plot labels them by form)
 * ``cur-curalloc@F``: ``form="cur"`` with ranks allocated on its own measured CUR error
   curves (``allocation="cur"``) instead of the whitened SVD spectra (ablation)
 * a ``+norm`` / ``+none`` suffix on a method name (``default+norm@0.2``,
@@ -102,7 +102,11 @@ def main(argv=None) -> int:
             "device": args.device,
         }
         results["reference_issue"] = REFERENCE
-        results["default_form"] = "interpolative"
+        # What the un-suffixed "default" runs of this file are: files begun before the
+        # interpolative default hold C U R runs under that name and keep saying so.
+        results.setdefault(
+            "default_form", "cur" if any(k.startswith("default") for k in results["runs"]) else "interpolative"
+        )
         results["targets"] = TARGETS
         base, tok = load_model(SMOLLM2, device=args.device)
         data = load_wikitext2(tokenizer=tok)
@@ -161,10 +165,11 @@ def _plot(results: dict, path: Path) -> None:
     runs = results["runs"]
     fig, ax = _common.subplots(figsize=(7, 4.5))
     series = {}
-    old = "default_form" not in results  # written when the default was form="cur"
+    file_form = results.get("default_form", "cur")  # files without the key predate the change
     for key, r in runs.items():
         name = key.split("@")[0]
-        if old and name.startswith("default"):
+        form = r.get("options", {}).get("form", file_form)
+        if form == "cur" and name.startswith("default"):
             name = "cur" + name[len("default"):]
         series.setdefault(name, []).append((100 * r["reduction"], r["ppl"]))
     styles = {

@@ -42,11 +42,10 @@ sys.path.insert(0, str(HERE.parent))
 
 import _common  # noqa: E402
 from adapters import compress, count_parameters, load_compressed, save_compressed  # noqa: E402
-from adapters.heal import trainable_parameters  # noqa: E402
 from adapters.layer import FACTORED_LINEARS  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2, perplexity  # noqa: E402
-from adapters.heal import heal  # noqa: E402
+from adapters.heal import heal, trainable_parameters  # noqa: E402
 
 TARGETS = {"0.088": 25.0, "0.2": 35.0}
 
@@ -68,6 +67,10 @@ def _shakespeare_text(max_chars: int) -> str:
         if total >= max_chars:
             break
     return "\n\n".join(parts)[:max_chars]
+
+
+def _compressed_names(model) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, FACTORED_LINEARS)]
 
 
 def _compressed(base, data, tok, f, args):
@@ -188,7 +191,7 @@ def main(argv=None) -> int:
                 continue
             cmodel, secs = _compressed(base, data, tok, f, args)
             cmodel.to(device)
-            names_compressed = [n for n, m in cmodel.named_modules() if isinstance(m, FACTORED_LINEARS)]
+            names_compressed = _compressed_names(cmodel)
             params = count_parameters(cmodel)
             entry = {"ppl": ppl(cmodel), "params": params, "reduction": 1 - params / count_parameters(base),
                      "compress_seconds": secs, "n_matrices": len(names_compressed),
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
         if "dense-ce-wikitext" in wanted and ("dense-ce-wikitext" not in results["runs"] or args.force):
             if names_compressed is None:
                 cm, _ = _compressed(base, data, tok, args.reductions[0], args)
-                names_compressed = [n for n, m in cm.named_modules() if isinstance(m, FACTORED_LINEARS)]
+                names_compressed = _compressed_names(cm)
                 del cm
             dense = copy.deepcopy(base)
             t = time.perf_counter()
