@@ -266,6 +266,18 @@ def interpolative_params(out_features: int, in_features: int, rank: int, /) -> i
 def interpolative_break_even_rank(out_features: int, in_features: int, /) -> int:
     """Largest rank at which a row interpolative factorisation is smaller than the dense weight.
 
+    Parameters
+    ----------
+    out_features, in_features : int
+        Shape of the weight.
+
+    Returns
+    -------
+    int
+        ``min(m, n) - 1`` (0 for a ``1 x n`` or ``m x 1`` weight).
+
+    Notes
+    -----
     ``r n + (m - r) r < m n`` is ``(m - r)(n - r) > 0``, so every ``r < min(m, n)`` saves
     parameters.
 
