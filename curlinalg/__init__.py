@@ -12,25 +12,35 @@ from .bounds import Certificate, certify, deim_bound, maxvol_bound, qdeim_bound,
 from .cores import cross_core, optimal_core
 from .cur import CURResult, cur
 from .deim import deim, qdeim
+from .interpolative import IDResult, interpolative
 from .leverage import LeverageSample, LeverageScores, leverage_sample, leverage_scores
 from .maxvol import maxvol, rect_maxvol
+from .metric import WeightedCUR, Whitening, weighted_cur, weighted_norm, whitening
+from .allocation import Allocation, allocate_ranks, cur_error_curve, svd_error_curve
 from .sketch import TruncatedSVD, range_finder, truncated_svd
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CURResult",
+    "Allocation",
     "CURWarning",
     "Certificate",
+    "IDResult",
     "LeverageSample",
     "LeverageScores",
     "RankDeficiencyWarning",
     "TruncatedSVD",
+    "WeightedCUR",
+    "Whitening",
+    "allocate_ranks",
     "certify",
     "cross_core",
     "cur",
+    "cur_error_curve",
     "deim",
     "deim_bound",
+    "interpolative",
     "leverage_sample",
     "leverage_scores",
     "maxvol",
@@ -41,5 +51,9 @@ __all__ = [
     "range_finder",
     "rect_maxvol",
     "selection_constant",
+    "svd_error_curve",
     "truncated_svd",
+    "weighted_cur",
+    "weighted_norm",
+    "whitening",
 ]

@@ -1,0 +1,272 @@
+r"""Error curves at every rank from one factorisation, and ranks for an exact budget.
+
+Compressing many matrices to one total size asks, per matrix, for the error at *every* rank
+(:func:`svd_error_curve`, :func:`cur_error_curve`: one factorisation each), then for the ranks
+that minimise the summed error at the budget (:func:`allocate_ranks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import array_api_compat as aac
+import numpy as np
+
+from . import _validation
+from .metric import gram_svd, select
+
+__all__ = ["Allocation", "allocate_ranks", "cur_error_curve", "svd_error_curve"]
+
+_ERR_NEED = "cannot remove {need:,} parameters; at most {most:,} at rank 1 everywhere"
+_ERR_LENGTHS = (
+    "errors and savings must pair up (one curve per matrix, equal lengths), got {a} curves and "
+    "{b} savings; build savings[j][r - 1] for the same ranks as errors[j][r - 1]"
+)
+
+
+def _host(x: Any) -> np.ndarray:
+    if aac.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "get"):
+        return x.get()
+    return np.asarray(x)
+
+
+def svd_error_curve(A: Any, /, *, max_rank: int | None = None, relative: bool = True) -> np.ndarray:
+    r"""Squared error of the best rank-``r`` approximation of ``A``, for ``r = 1..max_rank``.
+
+    Parameters
+    ----------
+    A : array, shape (m, n)
+        Real float matrix (float64 recommended: the curve comes from a Gram matrix).
+    max_rank : int, optional
+        Last rank; default ``min(m, n) - 1``. May be 0 (empty curve).
+    relative : bool, default True
+        Divide by :math:`\|A\|_F^2`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (max_rank,)
+        ``curve[r - 1]`` :math:`= \sum_{i > r}\sigma_i^2` (relative), non-increasing.
+
+    Notes
+    -----
+    One symmetric eigendecomposition of the smaller Gram matrix :math:`AA^T` or :math:`A^TA`
+    gives every :math:`\sigma_i^2` (clamped at 0); the tail sums are cumulative sums. By
+    Eckart-Young-Mirsky this is the error of every rank at once. Applied to :math:`B = WL`
+    (:mod:`curlinalg.metric`) it is the activation-weighted error, which the interpolative
+    decomposition with ``skeleton="truncation"`` attains.
+
+    References
+    ----------
+    .. [1] C. Eckart and G. Young, "The approximation of one matrix by another of lower
+       rank", Psychometrika 1(3), 1936.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg import svd_error_curve
+    >>> svd_error_curve(np.diag([3.0, 2.0, 1.0]), relative=False)
+    array([5., 1.])
+    """
+    xp = _validation.check_matrix(A)
+    m, n = A.shape
+    max_rank = min(m, n) - 1 if max_rank is None else _validation.check_int(max_rank, "max_rank", minimum=0)
+    G = A @ A.T if m <= n else A.T @ A
+    vals = xp.linalg.eigvalsh(G)
+    sq = _host(xp.clip(xp.flip(vals, axis=-1), min=0.0))
+    tail = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
+    curve = tail[1 : max_rank + 1]
+    return curve / max(float(sq.sum()), 1e-300) if relative else curve
+
+
+def cur_error_curve(A: Any, /, *, max_rank: int, relative: bool = True) -> np.ndarray:
+    r"""Squared Frobenius error of the DEIM-CUR with the optimal core, at every rank ``1..max_rank``.
+
+    Parameters
+    ----------
+    A : array, shape (m, n)
+        Real float matrix (float64 recommended).
+    max_rank : int
+        Last rank, ``<= min(m, n)``; 0 gives an empty curve.
+    relative : bool, default True
+        Divide by :math:`\|A\|_F^2`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (max_rank,)
+
+    Notes
+    -----
+    DEIM selections are nested: the first ``r`` picks on :math:`U_{r^*}` are the rank-``r``
+    picks. With orthonormal bases :math:`Q_C` of :math:`A[:,J]` and :math:`Q_R` of
+    :math:`A[I,:]^T` (one QR each, in selection order), the rank-``r`` CUR with
+    :math:`U = C^+AR^+` has error
+    :math:`\|A\|_F^2 - \|(Q_C^TAQ_R)_{:r,:r}\|_F^2`: every rank from one pass.
+
+    References
+    ----------
+    .. [1] D. C. Sorensen and M. Embree, "A DEIM induced CUR factorization", SIAM J. Sci.
+       Comput. 38(3), 2016.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg import cur_error_curve
+    >>> A = np.random.default_rng(0).standard_normal((8, 6))
+    >>> curve = cur_error_curve(A, max_rank=6)
+    >>> bool(abs(curve[-1]) < 1e-12)
+    True
+    """
+    xp = _validation.check_matrix(A)
+    max_rank = _validation.check_int(max_rank, "max_rank", minimum=0)
+    if max_rank < 1:
+        return np.zeros(0)
+    _validation.check_rank(max_rank, min(A.shape))
+    P, Q, _ = gram_svd(A, max_rank)
+    rows = select(P, "deim")
+    Qc = xp.linalg.qr(xp.take(A, select(Q, "deim"), axis=1)).Q
+    Qr = xp.linalg.qr(xp.take(A, rows, axis=0).T).Q
+    B2 = (Qc.T @ A @ Qr) ** 2
+    kept = xp.linalg.diagonal(xp.cumulative_sum(xp.cumulative_sum(B2, axis=0), axis=1))
+    total = float(xp.sum(A * A))
+    err = _host(xp.clip(total - kept, min=0.0))
+    return err / max(total, 1e-300) if relative else err
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Result of :func:`allocate_ranks`.
+
+    Attributes
+    ----------
+    ranks : list of int
+        Per matrix; 0 means "keep it as it is".
+    slack : int
+        Savings beyond ``need`` (``>= 0``), less than the cheapest rank step left.
+    error : float
+        Sum of the chosen errors (0 for matrices kept).
+    """
+
+    ranks: list
+    slack: int
+    error: float
+
+
+def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: int) -> Allocation:
+    r"""Per-matrix ranks saving at least ``need`` at the least total error.
+
+    Parameters
+    ----------
+    errors : sequence of 1-D arrays
+        ``errors[j][r - 1]``: error of matrix ``j`` at rank ``r`` (e.g. from
+        :func:`svd_error_curve`); keeping the matrix has error 0.
+    savings : sequence of 1-D int arrays
+        ``savings[j][r - 1]``: what rank ``r`` saves (parameters, bytes, flops), decreasing
+        in ``r``.
+    need : int
+        Total saving required, ``> 0``.
+
+    Returns
+    -------
+    Allocation
+
+    Raises
+    ------
+    ValueError
+        Curves and savings do not pair up, or even rank 1 everywhere cannot save ``need``.
+
+    Notes
+    -----
+    Lagrangian relaxation: for a multiplier :math:`\mu` each matrix independently takes the
+    option minimising :math:`e_j(r) - \mu\,s_j(r)` (or stays whole); :math:`\mu` is bisected to
+    the smallest value whose total saving reaches ``need``. The overshoot is then given back
+    greedily, one rank step (or a return to whole) at a time, best error decrease per unit of
+    saving first, while the saving stays ``>= need``: the budget is met to within one step.
+
+    References
+    ----------
+    .. [1] H. Everett, "Generalized Lagrange multiplier method for solving problems of optimum
+       allocation of resources", Operations Research 11(3), 1963.
+    .. [2] Y. Shoham and A. Gersho, "Efficient bit allocation for an arbitrary set of
+       quantizers", IEEE Trans. ASSP 36(9), 1988.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg import allocate_ranks
+    >>> errs = [np.array([4.0, 1.0, 0.0]), np.array([1.0, 0.5, 0.0])]
+    >>> saves = [np.array([30, 20, 10]), np.array([30, 20, 10])]
+    >>> allocate_ranks(errs, saves, need=40).ranks   # saves 10 + 30 at error 0 + 1
+    [3, 1]
+    """
+    errors = [np.asarray(e, dtype=np.float64) for e in errors]
+    saved = [np.asarray(s, dtype=np.int64) for s in savings]
+    if len(errors) != len(saved) or any(len(e) != len(s) for e, s in zip(errors, saved)):
+        raise ValueError(_ERR_LENGTHS.format(a=len(errors), b=len(saved)))
+    need = _validation.check_int(int(need), "need", minimum=1)
+    most = sum(int(s[0]) for s in saved if len(s))
+    if most < need:
+        raise ValueError(_ERR_NEED.format(need=need, most=most))
+    ranks, total = _bisect(errors, saved, need, most)
+    ranks, total = _give_back(errors, saved, ranks, total, need)
+    err = sum(float(e[r - 1]) for e, r in zip(errors, ranks) if r)
+    return Allocation(ranks, total - need, err)
+
+
+def _choose(errors, saved, mu):
+    ranks, total = [], 0
+    for e, s in zip(errors, saved):
+        if not len(e):
+            ranks.append(0)
+            continue
+        obj = e - mu * s
+        k = int(np.argmin(obj))
+        if obj[k] < 0.0:
+            ranks.append(k + 1)
+            total += int(s[k])
+        else:
+            ranks.append(0)
+    return ranks, total
+
+
+def _bisect(errors, saved, need, most):
+    lo, hi = 0.0, 1.0
+    while _choose(errors, saved, hi)[1] < need:
+        hi *= 2.0
+        if hi > 1e300:
+            break
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _choose(errors, saved, mid)[1] >= need:
+            hi = mid
+        else:
+            lo = mid
+    ranks, total = _choose(errors, saved, hi)
+    if total < need:
+        return [1 if len(e) else 0 for e in errors], most
+    return ranks, total
+
+
+def _give_back(errors, saved, ranks, total, need):
+    ranks = list(ranks)
+    while True:
+        best = None
+        for j, (e, s) in enumerate(zip(errors, saved)):
+            r = ranks[j]
+            if r == 0:
+                continue
+            options = [(r + 1, e[r - 1] - e[r], int(s[r - 1] - s[r]))] if r < len(e) else []
+            options.append((0, e[r - 1], int(s[r - 1])))
+            for new_r, gain, price in options:
+                if price <= 0 or total - price < need:
+                    continue
+                ratio = gain / price
+                if best is None or ratio > best[0]:
+                    best = (ratio, j, new_r, price)
+        if best is None:
+            return ranks, total
+        _, j, new_r, price = best
+        ranks[j] = new_r
+        total -= price

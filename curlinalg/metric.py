@@ -1,0 +1,375 @@
+r"""The activation metric :math:`\|(A - A')L\|_F` with :math:`LL^T = H`, and CUR in it.
+
+A linear layer ``y = W x`` fed calibration inputs ``X`` (tokens x features) makes an output
+error :math:`\|(W - W')X^T\|_F^2 = \mathrm{tr}((W - W')H(W - W')^T)` with the Gram
+:math:`H = X^TX`. With any factor :math:`LL^T = H` this is :math:`\|(W - W')L\|_F^2`: the
+problem becomes an ordinary low-rank problem for the *whitened* matrix :math:`B = WL`, and an
+approximation :math:`B'` of it maps back to :math:`W' = B'L^{-1}`.
+
+:func:`whitening` computes the factor robustly (``H`` from few tokens or dead features is
+singular); :class:`Whitening` maps matrices in and out of the metric; :func:`weighted_norm`
+measures it; :func:`weighted_cur` is a CUR selected in it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat as aac
+
+from . import _backend, _validation
+from .bounds import selection_constant
+
+__all__ = ["WeightedCUR", "Whitening", "whitening", "weighted_norm", "weighted_cur", "SELECTORS"]
+
+#: Selectors accepted by :func:`weighted_cur` and :func:`curlinalg.interpolative.interpolative`.
+SELECTORS = ("deim", "qdeim", "maxvol")
+
+_ERR_GRAM = (
+    "expected a square symmetric Gram matrix H = X^T X of shape (n, n), got shape {shape}; "
+    "pass the input covariance of the layer (features x features)"
+)
+_ERR_SHAPES = "A has {n} columns but the metric is {k} x {k}; pass the Gram of A's inputs"
+#: The shift grows tenfold per failed Cholesky from ``ridge`` up to this relative size.
+MAX_RELATIVE_SHIFT = 1e-2
+
+
+def _eye(n: int, like: Any, xp: Any) -> Any:
+    return xp.eye(n, dtype=like.dtype, device=aac.device(like))
+
+
+def _cholesky(H: Any, xp: Any) -> Any | None:
+    """The Cholesky factor, or None when ``H`` is not numerically positive definite."""
+    try:
+        L = xp.linalg.cholesky(H)
+    except Exception as exc:  # numpy.linalg.LinAlgError, torch.linalg.LinAlgError, cupy
+        if "LinAlgError" in type(exc).__name__ or "positive" in str(exc).lower():
+            return None
+        raise
+    return L if bool(xp.all(xp.isfinite(L))) else None
+
+
+def solve_right(B: Any, T: Any, /, *, lower: bool) -> Any:
+    """``B T^{-1}`` for a triangular ``T`` (``X T = B``), on ``B``'s backend and device."""
+    if aac.is_torch_array(B):
+        import torch
+
+        return torch.linalg.solve_triangular(T, B, upper=not lower, left=False)
+    if _backend.is_host(B):
+        import scipy.linalg as sla
+
+        return sla.solve_triangular(T.T, B.T, lower=not lower).T
+    xp = aac.array_namespace(B)
+    return xp.linalg.solve(T.T, B.T).T
+
+
+@dataclass(frozen=True)
+class Whitening:
+    r"""A factor :math:`LL^T = H + \delta I` of a Gram matrix: the metric :math:`\|\cdot\,L\|_F`.
+
+    Attributes
+    ----------
+    gram : array, shape (n, n)
+        The Gram matrix ``H`` as given (float64).
+    L : array, shape (n, n)
+        Lower triangular, :math:`LL^T = H + \delta I` (float64).
+    shift : float
+        :math:`\delta`, the absolute shift added to the diagonal.
+    route : {"cholesky", "eigh"}
+        ``"eigh"`` when even the largest shift failed and the eigenvalues of ``H`` were
+        clamped at :math:`\delta` before the factorisation.
+    """
+
+    gram: Any
+    L: Any
+    shift: float
+    route: str
+
+    def shifted_gram(self) -> Any:
+        """:math:`H + \\delta I`, formed as the factor's input was."""
+        xp = aac.array_namespace(self.gram)
+        return self.gram + self.shift * _eye(self.gram.shape[0], self.gram, xp)
+
+    def whiten(self, A: Any, /, *, cross: Any = None) -> Any:
+        r"""The whitened matrix :math:`B = AL`, or :math:`B = A\,K^T L^{-T}` with ``cross=K``.
+
+        With ``cross`` :math:`K = X_c^T X_d` (inputs of a compressed path against the dense
+        inputs ``X_d``), :math:`\min_{\mathrm{rank}\,M\le r}\|MX_c^T - AX_d^T\|_F` is solved
+        by :math:`M = B_rL^{-1}`: reduced-rank regression (Izenman 1975).
+        """
+        if A.shape[1] != self.L.shape[0]:
+            raise ValueError(_ERR_SHAPES.format(n=A.shape[1], k=self.L.shape[0]))
+        if cross is None:
+            return A @ self.L
+        return solve_right(A @ cross.T, self.L.T, lower=False)
+
+    def unwhiten(self, B: Any, /) -> Any:
+        """Map a whitened matrix back: :math:`BL^{-1}`."""
+        return solve_right(B, self.L, lower=True)
+
+
+def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
+    r"""Factor a Gram matrix :math:`H = X^TX` for the activation metric, robustly.
+
+    Parameters
+    ----------
+    H : array, shape (n, n)
+        Symmetric positive semi-definite; cast to float64.
+    ridge : float, default 1e-6
+        First relative shift: :math:`\delta = \mathrm{ridge}\cdot\mathrm{mean}(\mathrm{diag}\,H)`
+        (the mean diagonal is taken as 1 when it is 0).
+
+    Returns
+    -------
+    Whitening
+
+    Raises
+    ------
+    ValueError
+        ``H`` is not square, or holds NaN or Inf; ``ridge`` is negative.
+
+    Notes
+    -----
+    Shifted Cholesky with an adaptive ridge: :math:`L = \mathrm{chol}(H + \delta I)`; when the
+    factorisation fails (``H`` singular and ``ridge`` too small for the rounding errors),
+    :math:`\delta` grows tenfold per try up to ``1e-2`` times the mean diagonal. If that fails
+    too, the eigendecomposition route: :math:`H = Q\Lambda Q^T`, eigenvalues clamped at
+    :math:`\delta`, and the Cholesky factor of :math:`Q\max(\Lambda, \delta)Q^T`. Never a raw
+    ``LinAlgError``. The error :math:`\|EL\|_F^2 = \mathrm{tr}(E(H + \delta I)E^T)` then
+    differs from the unshifted metric by :math:`\delta\|E\|_F^2`.
+
+    References
+    ----------
+    .. [1] X. Wang et al., "SVD-LLM: truncation-aware singular value decomposition for large
+       language model compression", arXiv 2403.07378, 2024 (whitening by a Cholesky factor).
+    .. [2] N. J. Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., SIAM 2002,
+       ch. 10 (Cholesky of semi-definite matrices).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg.metric import whitening
+    >>> X = np.random.default_rng(0).standard_normal((50, 4))
+    >>> w = whitening(X.T @ X, ridge=0.0)
+    >>> bool(np.allclose(w.L @ w.L.T, X.T @ X)), w.route
+    (True, 'cholesky')
+    """
+    xp = _backend.namespace(H)
+    if H.ndim != 2 or H.shape[0] != H.shape[1] or H.shape[0] == 0:
+        raise ValueError(_ERR_GRAM.format(shape=tuple(H.shape)))
+    ridge = _validation.check_tol(ridge, "ridge")
+    H = xp.astype(H, xp.float64)
+    if not bool(xp.all(xp.isfinite(H))):
+        raise ValueError("the Gram matrix contains NaN or Inf; check the calibration inputs")
+    n = H.shape[0]
+    scale = _backend.to_float(xp.mean(xp.linalg.diagonal(H))) or 1.0
+    I = _eye(n, H, xp)
+    shift = ridge * scale
+    while True:
+        L = _cholesky(H + shift * I, xp)
+        if L is not None:
+            return Whitening(H, L, shift, "cholesky")
+        if shift >= MAX_RELATIVE_SHIFT * scale:
+            break
+        shift = max(10.0 * shift, 1e-15 * scale)
+    vals, vecs = xp.linalg.eigh(H)
+    floor = max(shift, float(xp.finfo(H.dtype).eps) * n * abs(scale))
+    clamped = (vecs * xp.where(vals > floor, vals, floor)) @ vecs.T
+    L = _cholesky((clamped + clamped.T) / 2, xp)
+    if L is None:  # pragma: no cover - a clamped spectrum is positive definite
+        raise ValueError("could not factor the Gram matrix even after clamping its spectrum")
+    return Whitening(H, L, floor, "eigh")
+
+
+def weighted_norm(E: Any, /, *, gram: Any) -> float:
+    r""":math:`\|EL\|_F = \sqrt{\mathrm{tr}(EHE^T)}` for :math:`LL^T = H`, without a factor.
+
+    Parameters
+    ----------
+    E : array, shape (m, n)
+    gram : array, shape (n, n)
+        Symmetric positive semi-definite ``H``.
+
+    Returns
+    -------
+    float
+        The weighted Frobenius norm (rounding below 0 is clamped to 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg.metric import weighted_norm
+    >>> weighted_norm(np.ones((2, 3)), gram=np.eye(3))
+    2.449489742783178
+    """
+    xp = _backend.namespace(E, gram)
+    return math.sqrt(max(_backend.to_float(xp.sum((E @ gram) * E)), 0.0))
+
+
+def gram_svd(A: Any, rank: int, /) -> tuple[Any, Any, Any]:
+    r"""Leading ``rank`` singular triplets of ``A`` from the eigendecomposition of its smaller Gram.
+
+    Returns ``(U_k, V_k, s)`` with ``s`` every singular value (descending). One ``eigh`` of
+    :math:`AA^T` or :math:`A^TA` gives one side; the other is :math:`A^TU_k/s_k` (or
+    :math:`AV_k/s_k`), re-orthonormalised by a QR so that directions with :math:`s` at rounding
+    level still give an orthonormal basis. Cheaper than an SVD for the tall or wide matrices of
+    neural networks; in float64 the squared condition number is harmless for the leading
+    vectors.
+    """
+    xp = aac.array_namespace(A)
+    m, n = A.shape
+    left_first = m <= n
+    G = A @ A.T if left_first else A.T @ A
+    vals, vecs = xp.linalg.eigh(G)
+    top = xp.flip(vecs[:, vecs.shape[1] - rank :], axis=-1)
+    top = xp.asarray(top, copy=True)
+    s_all = xp.sqrt(xp.clip(xp.flip(vals, axis=-1), min=float(xp.finfo(A.dtype).tiny)))
+    s = s_all[:rank]
+    other = (A.T @ top) / s if left_first else (A @ top) / s
+    other = xp.linalg.qr(other).Q
+    return ((top, other) if left_first else (other, top)) + (s_all,)
+
+
+def select(V: Any, method: str, /) -> Any:
+    """Row indices of the tall orthonormal ``V`` chosen by ``method`` (one of :data:`SELECTORS`)."""
+    from .deim import deim, qdeim
+    from .maxvol import maxvol
+
+    _validation.check_choice(method, "method", SELECTORS)
+    if method == "maxvol":
+        return maxvol(V)[0]
+    return deim(V) if method == "deim" else qdeim(V)
+
+
+@dataclass(frozen=True)
+class WeightedCUR:
+    r"""A CUR :math:`A \approx CUR` chosen and fitted in the metric :math:`\|\cdot\,L\|_F`.
+
+    Attributes
+    ----------
+    C : array, shape (m, k)
+        Columns ``cols`` of the whitened matrix :math:`B = AL`.
+    U : array, shape (k, k)
+        The core fitted in the metric.
+    R : array, shape (k, n)
+        Rows ``rows`` of ``A``.
+    rows, cols : int64 arrays
+    rank : int
+    method : str
+    eta_rows, eta_cols : float
+        Selection constants on the singular vectors of :math:`B`.
+    sigma_next : float
+        :math:`\sigma_{k+1}(B)` (from the Gram eigendecomposition: accurate to about
+        :math:`\sqrt{\epsilon}\,\sigma_1`).
+    """
+
+    C: Any
+    U: Any
+    R: Any
+    rows: Any
+    cols: Any
+    rank: int
+    method: str
+    eta_rows: float
+    eta_cols: float
+    sigma_next: float
+
+    __array_ufunc__ = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.C.shape[0], self.R.shape[1])
+
+    @property
+    def factors(self) -> tuple[Any, Any]:
+        """``(C U, R)``: the approximation is their product."""
+        return self.C @ self.U, self.R
+
+    def to_dense(self) -> Any:
+        """:math:`CUR` as a dense array."""
+        return self.C @ (self.U @ self.R)
+
+
+def weighted_cur(
+    A: Any, metric: Whitening, /, *, rank: int, method: str = "deim", cross: Any = None
+) -> WeightedCUR:
+    r"""CUR of ``A`` selected and fitted in the metric :math:`\|(A - A')L\|_F`.
+
+    Parameters
+    ----------
+    A : array, shape (m, n)
+        Real float32 or float64 matrix (computed in float64).
+    metric : Whitening
+        From :func:`whitening` of the Gram ``H`` of ``A``'s inputs.
+    rank : int
+        ``1 <= rank <= min(m, n)``.
+    method : {"deim", "qdeim", "maxvol"}, default "deim"
+        Selector applied to the leading singular vectors of :math:`B = AL`.
+    cross : array, shape (n, n), optional
+        :math:`K = X_c^TX_d`: fit the core to the outputs :math:`AX_d^T` from inputs
+        :math:`X_c` (layer-wise sequential calibration) instead of :math:`X_d = X_c`.
+
+    Returns
+    -------
+    WeightedCUR
+        ``R = A[rows, :]`` (actual rows of ``A``), ``C = B[:, cols]`` (columns of the whitened
+        matrix), the fitted core ``U``; ``eta_rows``, ``eta_cols`` and ``sigma_next`` refer to
+        ``B``.
+
+    Notes
+    -----
+    Rows of :math:`B` are rows of :math:`A` times :math:`L`, so the rows picked on :math:`B`'s
+    left singular vectors are rows of :math:`A` itself. The core minimises
+    :math:`\|X_cR^TU^TC^T - X_dA^T\|_F`: :math:`CU = AK^TR^T(R(H + \delta I)R^T)^{-1}` with
+    :math:`K = H` when ``cross`` is None, then :math:`U = C^+(CU)`. In the metric, with the
+    exact core of :math:`B` the DEIM-CUR bound of Sorensen & Embree applies to :math:`B`:
+    :math:`\|B - CU_BR_B\|_2 \le (\eta_p + \eta_q)\sigma_{k+1}(B)`.
+
+    References
+    ----------
+    .. [1] D. C. Sorensen and M. Embree, "A DEIM induced CUR factorization", SIAM J. Sci.
+       Comput. 38(3), 2016.
+    .. [2] X. Wang et al., "SVD-LLM", arXiv 2403.07378, 2024.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg.metric import weighted_cur, whitening
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((20, 3)) @ rng.standard_normal((3, 12))
+    >>> X = rng.standard_normal((100, 12))
+    >>> res = weighted_cur(A, whitening(X.T @ X, ridge=0.0), rank=3)
+    >>> bool(np.allclose(res.to_dense(), A))
+    True
+    """
+    xp = _validation.check_matrix(A)
+    rank = _validation.check_rank(rank, min(A.shape))
+    _validation.check_choice(method, "method", SELECTORS)
+    A = xp.astype(A, xp.float64)
+    B = metric.whiten(A)
+    P, Q, s = gram_svd(B, rank)
+    rows, cols = select(P, method), select(Q, method)
+    C = xp.take(B, cols, axis=1)
+    R = xp.take(A, rows, axis=0)
+    K = metric.gram if cross is None else cross
+    T = A @ (K.T @ R.T)
+    N = R @ metric.shifted_gram() @ R.T
+    CU = xp.linalg.solve(N, T.T).T
+    U = _lstsq(C, CU)
+    sigma_next = _backend.to_float(s[rank]) if s.shape[0] > rank else 0.0
+    return WeightedCUR(
+        C, U, R, rows, cols, rank, method,
+        selection_constant(P, rows), selection_constant(Q, cols), sigma_next,
+    )
+
+
+def _lstsq(C: Any, Y: Any) -> Any:
+    """Least-squares solution of ``C Z = Y`` (full column rank ``C``)."""
+    if aac.is_torch_array(C):
+        import torch
+
+        return torch.linalg.lstsq(C, Y).solution
+    xp = aac.array_namespace(C)
+    return xp.linalg.pinv(C) @ Y

@@ -1,0 +1,92 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curlinalg import allocate_ranks, cur, cur_error_curve, svd_error_curve
+from curlinalg.testing.strategies import problems
+
+
+@given(problem=problems(max_dim=40))
+def test_svd_curve_is_the_spectral_tail(problem):
+    A = problem.A
+    curve = svd_error_curve(A, relative=False)
+    s2 = problem.s**2
+    tail = np.array([s2[r:].sum() for r in range(1, len(s2))])
+    np.testing.assert_allclose(curve, tail, rtol=1e-8, atol=1e-10 * s2.sum())
+    rel = svd_error_curve(A, max_rank=2)
+    assert len(rel) == min(2, len(tail))
+    assert np.all(np.diff(curve) <= 1e-12 * s2.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cur_curve_is_the_deim_cur_error_at_every_rank(seed):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((30, 18)) * np.logspace(0, -1, 18)
+    curve = cur_error_curve(A, max_rank=18, relative=False)
+    assert len(curve) == 18
+    for r in range(1, 19):
+        res = cur(A, rank=r, method="deim")
+        assert curve[r - 1] == pytest.approx(np.linalg.norm(A - res.to_dense()) ** 2, rel=1e-6, abs=1e-12 * np.sum(A * A))
+    svd = svd_error_curve(A, relative=False)
+    assert np.all(curve[:17] >= svd - 1e-9)
+    assert len(cur_error_curve(A, max_rank=0)) == 0
+
+
+@st.composite
+def allocation_problems(draw):
+    count = draw(st.integers(1, 3))
+    errors, savings = [], []
+    for _ in range(count):
+        length = draw(st.integers(1, 4))
+        drops = draw(st.lists(st.floats(0.0, 10.0), min_size=length, max_size=length))
+        errors.append(np.cumsum(drops[::-1])[::-1])          # non-increasing in the rank
+        steps = draw(st.lists(st.integers(1, 20), min_size=length, max_size=length))
+        savings.append(np.cumsum(steps[::-1])[::-1])        # decreasing in the rank
+    most = sum(int(s[0]) for s in savings)
+    need = draw(st.integers(1, most))
+    return errors, savings, need
+
+
+@given(allocation_problems())
+def test_allocation_meets_the_budget_within_one_step(problem):
+    errors, savings, need = problem
+    res = allocate_ranks(errors, savings, need=need)
+    saved = sum(int(s[r - 1]) for s, r in zip(savings, res.ranks) if r)
+    assert saved - need == res.slack >= 0
+    assert res.error == pytest.approx(sum(float(e[r - 1]) for e, r in zip(errors, res.ranks) if r))
+    # No single step back (one rank up, or back to whole) stays within the budget.
+    for j, (e, s) in enumerate(zip(errors, savings)):
+        r = res.ranks[j]
+        if r:
+            assert int(s[r - 1]) > res.slack
+            if r < len(e):
+                assert int(s[r - 1] - s[r]) > res.slack or e[r - 1] - e[r] <= 0
+
+
+@given(allocation_problems())
+def test_allocation_is_close_to_the_brute_force_optimum(problem):
+    errors, savings, need = problem
+    res = allocate_ranks(errors, savings, need=need)
+    best = min(
+        sum(float(e[r - 1]) for e, r in zip(errors, ranks) if r)
+        for ranks in itertools.product(*[range(len(e) + 1) for e in errors])
+        if sum(int(s[r - 1]) for s, r in zip(savings, ranks) if r) >= need
+    )
+    total = sum(float(e[0]) for e in errors)
+    assert res.error >= best - 1e-9
+    assert res.error <= best + total  # never worse than compressing everything at rank 1
+
+
+def test_allocation_prefers_the_cheap_error():
+    steep = np.array([100.0 / k**3 for k in range(1, 21)])
+    flat = np.array([100.0 * (1 - k / 21) for k in range(1, 21)])
+    saves = np.array([1600 - 80 * k for k in range(1, 21)])
+    res = allocate_ranks([steep, flat], [saves, saves], need=900)
+    assert res.ranks[0] > 0 and res.ranks[0] <= res.ranks[1] or res.ranks[1] == 0
+    with pytest.raises(ValueError, match="cannot remove"):
+        allocate_ranks([steep, flat], [saves, saves], need=10_000)
+    with pytest.raises(ValueError, match="must pair up"):
+        allocate_ranks([steep], [saves, saves], need=10)

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curlinalg import IDResult, certify, interpolative, whitening
+from curlinalg.testing.strategies import problems
+
+SELECTORS = ["deim", "qdeim", "maxvol"]
+
+
+def _slack(A, res, eps):
+    """Rounding allowance: a few ulps of ||A||_2, amplified by the coefficient size eta."""
+    return 50 * eps * max(A.shape) * (1.0 + res.eta) * np.linalg.norm(A, 2)
+
+
+@pytest.mark.parametrize("method", SELECTORS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=problems(max_dim=40))
+def test_row_id_bound_holds_at_every_rank(problem, method, dtype):
+    A = problem.A.astype(dtype)
+    res = interpolative(A, rank=problem.rank, method=method)
+    err = np.linalg.norm(A.astype(np.float64) - res.to_dense().astype(np.float64), 2)
+    sigma_next = problem.s[problem.rank] if problem.rank < len(problem.s) else 0.0
+    eps = np.finfo(dtype).eps
+    assert err <= res.eta * sigma_next + _slack(A, res, eps)
+    np.testing.assert_array_equal(res.skeleton, A[res.indices])
+    assert sorted(np.concatenate([res.indices, res.rest]).tolist()) == list(range(A.shape[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(problem=problems(max_dim=40))
+def test_truncation_skeleton_reproduces_the_truncated_svd(problem, dtype):
+    A = problem.A.astype(dtype)
+    k = problem.rank
+    res = interpolative(A, rank=k, skeleton="truncation")
+    m, n = A.shape
+    assert res.parameters == k * (m + n) - k * k
+    err = np.linalg.norm(A.astype(np.float64) - res.to_dense().astype(np.float64), 2)
+    sigma_next = problem.s[k] if k < len(problem.s) else 0.0
+    assert err <= sigma_next + _slack(A, res, np.finfo(dtype).eps)
+
+
+@given(problem=problems(max_dim=30, kinds=("exponential", "polynomial")))
+def test_exact_at_full_rank(problem):
+    A = problem.A
+    res = interpolative(A, rank=min(A.shape))
+    assert res.sigma_next == 0.0
+    np.testing.assert_allclose(res.to_dense(), A, atol=_slack(A, res, np.finfo(float).eps))
+
+
+@given(problem=problems(max_dim=30))
+def test_columns_are_the_row_id_of_the_transpose(problem):
+    A = problem.A
+    cols = interpolative(A, rank=problem.rank, axis="columns")
+    rows = interpolative(A.T, rank=problem.rank)
+    np.testing.assert_array_equal(cols.indices, rows.indices)
+    np.testing.assert_allclose(cols.to_dense(), rows.to_dense().T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(cols.skeleton, A[:, cols.indices])
+    assert cols.shape == A.shape
+
+
+@given(problem=problems(max_dim=30))
+def test_gram_basis_picks_the_same_subspace(problem):
+    A = problem.A
+    res = interpolative(A, rank=problem.rank, skeleton="truncation", basis="gram")
+    err = np.linalg.norm(A - res.to_dense(), 2)
+    sigma_next = problem.s[problem.rank] if problem.rank < len(problem.s) else 0.0
+    # The Gram route resolves singular values only to sqrt(eps) sigma_1.
+    assert err <= sigma_next + 1e-6 * (1 + res.eta) * problem.s[0]
+
+
+@pytest.mark.parametrize("rtol", [1e-1, 1e-4, 1e-10])
+def test_tolerance_meets_the_certificate(rtol):
+    from curlinalg.testing import exponential_spectrum, known_spectrum
+
+    s = exponential_spectrum(30, decay=0.5)
+    A = known_spectrum(40, 30, s, rng=3)
+    res = interpolative(A, rtol=rtol, rng=0)
+    assert res.certificate is not None
+    assert res.certificate.bound <= rtol * s[0] or res.rank == 30
+    assert res.bound <= rtol * s[0]
+    if res.rank > 1:
+        assert interpolative(A, rank=res.rank - 1).bound > rtol * s[0]
+    capped = interpolative(A, rtol=1e-14, rank=3)
+    assert capped.rank == 3
+
+
+def test_metric_error_is_the_whitened_problems_error():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((24, 16))
+    X = rng.standard_normal((200, 16)) * np.logspace(0, -2, 16)
+    w = whitening(X.T @ X, ridge=0.0)
+    B = A @ w.L
+    for k in (1, 5, 12):
+        res = interpolative(A, rank=k, metric=w, skeleton="truncation")
+        weighted = np.linalg.norm((A - res.to_dense()) @ w.L)
+        tail = np.sqrt(np.sum(np.linalg.svd(B, compute_uv=False)[k:] ** 2))
+        assert weighted == pytest.approx(tail, rel=1e-9)
+        plain = interpolative(B, rank=k, skeleton="truncation")
+        np.testing.assert_array_equal(res.indices, plain.indices)
+        rows = interpolative(A, rank=k, metric=X.T @ X)
+        np.testing.assert_array_equal(rows.skeleton, A[rows.indices])
+        assert np.linalg.norm((A - rows.to_dense()) @ w.L, 2) <= rows.bound * (1 + 1e-6)
+
+
+def test_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+    A = torch.randn(20, 12, dtype=torch.float64) @ torch.randn(12, 15, dtype=torch.float64)
+    res = interpolative(A, rank=6, skeleton="truncation")
+    assert isinstance(res.skeleton, torch.Tensor) and isinstance(res.indices, torch.Tensor)
+    assert res.indices.dtype == torch.int64 and res.coefficients.device == A.device
+    ref = interpolative(A.numpy(), rank=6, skeleton="truncation")
+    np.testing.assert_array_equal(res.indices.numpy(), ref.indices)
+    np.testing.assert_allclose(res.to_dense().numpy(), ref.to_dense(), rtol=1e-10, atol=1e-10)
+
+
+def test_certify_reads_an_id():
+    A = np.random.default_rng(1).standard_normal((30, 20))
+    res = interpolative(A, rank=8)
+    assert isinstance(res, IDResult)
+    c = certify(A, res, ord="fro")
+    assert c.bound == pytest.approx(np.linalg.norm(A - res.to_dense()), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(), ValueError, "rank=, rtol= or atol="),
+        (dict(rank=3, axis="diag"), ValueError, "axis must be one of"),
+        (dict(rank=3, method="random"), ValueError, "method must be one of"),
+        (dict(rank=3, skeleton="svd"), ValueError, "skeleton must be one of"),
+        (dict(rank=3, axis="columns", metric=np.eye(6)), ValueError, "axis='rows'"),
+        (dict(rank=3, cross=np.eye(6)), ValueError, "only applies with metric"),
+        (dict(rank=0), ValueError, "rank must satisfy"),
+    ],
+)
+def test_bad_options(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        interpolative(np.ones((8, 6)), **kwargs)
