@@ -5,8 +5,11 @@ need only numpy.
 """
 
 from .matrices import (
+    clustered_spectrum,
+    duplicated_columns,
     exponential_spectrum,
     graded,
+    hilbert_like,
     kahan,
     known_spectrum,
     polynomial_spectrum,
@@ -15,8 +18,11 @@ from .matrices import (
 )
 
 __all__ = [
+    "clustered_spectrum",
+    "duplicated_columns",
     "exponential_spectrum",
     "graded",
+    "hilbert_like",
     "kahan",
     "known_spectrum",
     "polynomial_spectrum",

@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "clustered_spectrum",
+    "duplicated_columns",
+    "hilbert_like",
     "exponential_spectrum",
     "polynomial_spectrum",
     "step_spectrum",
@@ -139,3 +142,42 @@ def graded(m: int, n: int, /, *, ratio: float = 1e-8, rng: Any = None) -> np.nda
     gen = np.random.default_rng(rng)
     scale = np.geomspace(1.0, float(ratio), m)
     return scale[:, None] * gen.standard_normal((m, n))
+
+
+def clustered_spectrum(n: int, /, *, clusters: int = 3, spread: float = 1e-3) -> np.ndarray:
+    """``n`` values in ``clusters`` groups at :math:`10^{-4c}`, each spread by a relative ``spread``.
+
+    Examples
+    --------
+    >>> clustered_spectrum(4, clusters=2, spread=0.0).tolist()
+    [1.0, 1.0, 0.0001, 0.0001]
+    """
+    _check_count(n)
+    group = np.arange(n) * clusters // n
+    within = np.arange(n) - np.searchsorted(group, group)
+    return 10.0 ** (-4.0 * group) * (1.0 - spread * within / max(n, 1))
+
+
+def hilbert_like(m: int, n: int, /, *, shift: float = 1.0) -> np.ndarray:
+    """The ``(m, n)`` Cauchy matrix :math:`1/(i + j + \\mathrm{shift})` (Hilbert for shift 1):
+    singular values that fall geometrically to the rounding level.
+
+    Examples
+    --------
+    >>> hilbert_like(2, 2).tolist()
+    [[1.0, 0.5], [0.5, 0.3333333333333333]]
+    """
+    return 1.0 / (np.arange(m)[:, None] + np.arange(n)[None, :] + float(shift))
+
+
+def duplicated_columns(A: Any, /, *, copies: int = 2, rng: Any = None) -> np.ndarray:
+    """``A`` with ``copies - 1`` extra copies of each of its columns, in a random order.
+
+    Examples
+    --------
+    >>> duplicated_columns(np.eye(2), copies=2, rng=0).shape
+    (2, 4)
+    """
+    A = np.asarray(A, dtype=np.float64)
+    gen = np.random.default_rng(rng)
+    return np.tile(A, (1, int(copies)))[:, gen.permutation(A.shape[1] * int(copies))]

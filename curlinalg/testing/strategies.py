@@ -13,14 +13,19 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .matrices import (
+    clustered_spectrum,
+    duplicated_columns,
     exponential_spectrum,
+    graded,
+    hilbert_like,
+    kahan,
     known_spectrum,
     polynomial_spectrum,
     rank_deficient_spectrum,
     step_spectrum,
 )
 
-__all__ = ["Problem", "spectra", "problems"]
+__all__ = ["HARD_KINDS", "HardProblem", "Problem", "hard_problems", "problems", "spectra"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +67,60 @@ def problems(
     kind, s = draw(spectra(kmax, rank, kinds))
     seed = draw(st.integers(0, 2**32 - 1))
     return Problem(known_spectrum(m, n, s, rng=seed), np.sort(s)[::-1], rank, kind, seed)
+
+
+#: Every structure :func:`hard_problems` draws.
+HARD_KINDS = (
+    "exponential", "polynomial", "step", "deficient", "clustered", "graded", "hilbert", "kahan",
+    "duplicated",
+)
+
+
+@dataclass(frozen=True)
+class HardProblem:
+    """A test matrix in a chosen precision, its singular values (of that matrix, in float64), and
+    a rank anywhere in ``[1, min(m, n)]``, past the numerical rank included."""
+
+    A: np.ndarray
+    s: np.ndarray
+    rank: int
+    kind: str
+    dtype: str
+    seed: int
+
+
+@st.composite
+def hard_problems(draw, *, min_dim: int = 4, max_dim: int = 48, kinds=HARD_KINDS,
+                  dtypes=("float64", "float32")):
+    """Draw a :class:`HardProblem` where CUR bounds are easy to get wrong: fast-decaying spectra
+    whose tail is below the rounding level (Hilbert-like, graded rows, Kahan), clustered and step
+    spectra, exactly repeated columns, in float32 and float64, at every rank."""
+    m = draw(st.integers(min_dim, max_dim))
+    n = draw(st.integers(min_dim, max_dim))
+    kmax = min(m, n)
+    kind = draw(st.sampled_from(kinds))
+    seed = draw(st.integers(0, 2**32 - 1))
+    if kind in ("exponential", "polynomial", "step", "deficient"):
+        _, s = draw(spectra(kmax, draw(st.integers(1, kmax)), (kind,)))
+        A = known_spectrum(m, n, s, rng=seed)
+    elif kind == "clustered":
+        s = clustered_spectrum(kmax, clusters=draw(st.integers(2, 4)), spread=draw(
+            st.sampled_from([0.0, 1e-8, 1e-3])))
+        A = known_spectrum(m, n, s, rng=seed)
+    elif kind == "graded":
+        A = graded(m, n, ratio=draw(st.sampled_from([1e-4, 1e-8, 1e-14])), rng=seed)
+    elif kind == "hilbert":
+        A = hilbert_like(m, n, shift=draw(st.sampled_from([1.0, 0.5, 3.0])))
+    elif kind == "kahan":
+        A = kahan(kmax, theta=draw(st.sampled_from([1.2, 0.5])))
+        A = np.pad(A, ((0, m - kmax), (0, n - kmax)))
+    else:
+        half = max(1, n // 2)
+        base = known_spectrum(m, half, exponential_spectrum(min(m, half), decay=0.3), rng=seed)
+        A = duplicated_columns(base, copies=2, rng=seed)[:, :n]
+        if A.shape[1] < n:
+            A = np.concatenate([A, base[:, : n - A.shape[1]]], axis=1)
+    dtype = draw(st.sampled_from(dtypes))
+    A = np.ascontiguousarray(A, dtype=dtype)
+    s = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+    return HardProblem(A, s, draw(st.integers(1, kmax)), kind, dtype, seed)

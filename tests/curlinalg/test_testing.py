@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 
 from curlinalg.testing import graded, kahan, known_spectrum, step_spectrum
-from curlinalg.testing.strategies import problems
+from curlinalg.testing.strategies import HARD_KINDS, hard_problems, problems
 
 
 @given(problems())
@@ -21,3 +21,25 @@ def test_builders():
         known_spectrum(3, 2, [1.0])
     with pytest.raises(ValueError, match="gap"):
         step_spectrum(3, rank=1, gap=2.0)
+
+
+@given(hard_problems())
+def test_hard_problems_state_their_spectrum_and_precision(problem):
+    m, n = problem.A.shape
+    assert problem.A.dtype == np.dtype(problem.dtype)
+    assert 1 <= problem.rank <= min(m, n)
+    assert problem.kind in HARD_KINDS
+    s = np.linalg.svd(problem.A.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(s, problem.s, rtol=1e-10, atol=1e-14)
+
+
+def test_new_builders():
+    from curlinalg.testing import clustered_spectrum, duplicated_columns, hilbert_like
+
+    s = clustered_spectrum(9, clusters=3, spread=0.0)
+    assert sorted(set(s.tolist()), reverse=True) == [1.0, 1e-4, 1e-8]
+    H = hilbert_like(5, 4)
+    assert H[2, 3] == 1 / 6
+    D = duplicated_columns(np.arange(6.0).reshape(2, 3), copies=3, rng=0)
+    assert D.shape == (2, 9) and sorted(map(tuple, D.T.tolist())) == sorted(
+        [(0.0, 3.0), (1.0, 4.0), (2.0, 5.0)] * 3)
