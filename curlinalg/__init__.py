@@ -7,9 +7,9 @@ Every function takes its namespace from its input (through ``array-api-compat``)
 result on the input's device.
 """
 
-from ._errors import CURWarning, RankDeficiencyWarning
+from ._errors import ConvergenceWarning, CURWarning, RankDeficiencyWarning
 from .bounds import Certificate, certify, deim_bound, maxvol_bound, qdeim_bound, selection_constant
-from .cores import cross_core, optimal_core
+from .cores import CoreFactors, cross_core, cross_core_factors, optimal_core, optimal_core_factors
 from .cur import CURResult, cur
 from .deim import deim, qdeim
 from .interpolative import IDResult, interpolative
@@ -25,7 +25,9 @@ __all__ = [
     "CURResult",
     "Allocation",
     "CURWarning",
+    "CoreFactors",
     "Certificate",
+    "ConvergenceWarning",
     "IDResult",
     "LeverageSample",
     "LeverageScores",
@@ -36,6 +38,7 @@ __all__ = [
     "allocate_ranks",
     "certify",
     "cross_core",
+    "cross_core_factors",
     "cur",
     "cur_error_curve",
     "deim",
@@ -46,6 +49,7 @@ __all__ = [
     "maxvol",
     "maxvol_bound",
     "optimal_core",
+    "optimal_core_factors",
     "qdeim",
     "qdeim_bound",
     "range_finder",

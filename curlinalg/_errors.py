@@ -5,7 +5,7 @@ Messages are module constants so that tests (and users) can ``match=`` them.
 
 from __future__ import annotations
 
-__all__ = ["CURWarning", "RankDeficiencyWarning"]
+__all__ = ["CURWarning", "ConvergenceWarning", "RankDeficiencyWarning"]
 
 
 class CURWarning(UserWarning):
@@ -17,6 +17,11 @@ class RankDeficiencyWarning(CURWarning):
 
     The computation continues at the numerical rank; the result's ``rank`` says which.
     """
+
+
+
+class ConvergenceWarning(CURWarning):
+    """An iteration stopped at its budget before meeting its tolerance (see the message)."""
 
 
 NOT_2D = "expected a 2-D array, got an array with shape {shape}; reshape it to (m, n)"
@@ -39,3 +44,23 @@ MIXED = (
     "move them to one (e.g. with xp.asarray(x, device=...)) first"
 )
 TALL = "expected a tall basis of shape (n, k) with n >= k >= 1, got shape {shape}"
+CORE_RTOL = "core_rtol applies to core='cross' only, got core={core!r}; drop core_rtol"
+UNREACHABLE = (
+    "tolerance {target:.3g} not reached: the smallest certified error found is {error:.3g}, at "
+    "rank {rank} (the ranks tried go up to {limit}, the numerical rank or the rank cap); "
+    "returning that rank. Ask for a larger tolerance, or use float64 input"
+)
+LEVERAGE_DEFICIENT = (
+    "{method} selection gave {found} indices spanning fewer than rank {k} directions of the "
+    "basis; added Q-DEIM's indices ({total} kept) so the bound stays finite. "
+    "method='qdeim' or 'deim' picks k well-conditioned indices directly"
+)
+LEVERAGE_POOR = (
+    "{method} selection is poorly conditioned: its constant eta = {eta:.3g} is {ratio:.3g} times "
+    "Q-DEIM's on the same basis, and the error bound grows with it. Leverage scores ignore how "
+    "rows combine; use method='qdeim' or 'deim' for a small error"
+)
+MAXVOL_NOT_CONVERGED = (
+    "maxvol stopped after max_iters={iters} swaps with max |B| = {top:.4g} > tol = {tol}; "
+    "the selection is valid but its constant is looser. Raise max_iters"
+)

@@ -17,6 +17,8 @@ __all__ = [
     "deim_bound",
     "qdeim_bound",
     "maxvol_bound",
+    "power_iterations_needed",
+    "spectral_norm_bound",
 ]
 
 #: ``ord=2`` certificates are exact (an SVD of the residual) up to this many entries.
@@ -111,7 +113,9 @@ class Certificate:
         Upper bound on the error; holds with probability at least ``1 - failure_probability``
         over the probes (certainly when ``exact``).
     estimate : float
-        A point estimate of the error (the exact value when ``exact``).
+        The exact value when ``exact``; for the power-iteration spectral certificate, the
+        largest Rayleigh quotient, a lower bound on the error that always holds; for the one-pass
+        certificates, the largest (``ord=2``) or mean-square (``"fro"``) probe residual norm.
     ord : {2, "fro"}
     failure_probability : float
         0.0 when ``exact``.
@@ -128,18 +132,22 @@ class Certificate:
     exact: bool
 
 
-def _as_matmat(A: Any) -> tuple[Callable[[Any], Any] | None, Any | None]:
-    """Split ``A`` into (a product callable, or None) and (a dense array, or None)."""
+def _as_products(A: Any) -> tuple[Any, Any, Any]:
+    """Split ``A`` into (forward product or None, adjoint product or None, dense array or None)."""
     if aac.is_array_api_obj(A):
-        return None, A
+        return None, None, A
     if hasattr(A, "matmat") or hasattr(A, "matvec"):
-        if hasattr(A, "matmat"):
-            return A.matmat, None
-        return (lambda X: _columns(A.matvec, X)), None
+        forward = A.matmat if hasattr(A, "matmat") else (lambda X: _columns(A.matvec, X))
+        adjoint = None
+        if hasattr(A, "rmatmat"):
+            adjoint = A.rmatmat
+        elif hasattr(A, "rmatvec"):
+            adjoint = lambda Y: _columns(A.rmatvec, Y)  # noqa: E731
+        return forward, adjoint, None
     if isinstance(A, tuple) and len(A) == 2 and all(callable(f) for f in A):
-        return (lambda X: _columns(A[0], X)), None
+        return (lambda X: _columns(A[0], X)), (lambda Y: _columns(A[1], Y)), None
     if callable(A):
-        return A, None
+        return A, None, None
     raise TypeError(
         "A must be an array, a scipy LinearOperator, a callable X -> A @ X, or a pair "
         f"(matvec, rmatvec) of callables; got {type(A).__name__}"
@@ -166,15 +174,18 @@ def certify(
     Parameters
     ----------
     A : array, scipy.sparse.linalg.LinearOperator, callable, or (matvec, rmatvec) pair
-        The matrix, dense, or only through products :math:`X \mapsto AX` (only the forward
-        product is used).
+        The matrix, dense, or only through products. A LinearOperator with ``rmatmat`` /
+        ``rmatvec``, or a pair, also gives :math:`A^TY`, which the sharp spectral certificate
+        needs; a bare callable :math:`X \mapsto AX` gets the looser one-pass certificate.
     result : CURResult
-        The approximation to certify.
+        The approximation to certify (anything with ``shape`` and the stable ``factors``
+        ``(left, right)``, as :class:`curlinalg.CURResult` has).
     ord : {2, "fro"}, default 2
     failure_probability : float, default 1e-6
         :math:`\delta`, in ``(0, 1)``: the bound fails with probability at most this.
     probes : int, optional
-        Number of Gaussian probes. Default 20 for ``ord=2`` and
+        Number of Gaussian probes. Default 4 independent power-iteration starts for ``ord=2``
+        (20 one-pass probes when only :math:`AX` is available), and
         :math:`\lceil 16\ln(1/\delta)\rceil` for ``"fro"``.
     rng : None, int or Generator
         Seed of the probes.
@@ -192,12 +203,22 @@ def certify(
 
     Notes
     -----
-    With :math:`E = A - CUR` and i.i.d. standard Gaussian probes :math:`\omega_1..\omega_r`:
+    With :math:`E = A - CUR` (evaluated in the result's stable factored form):
 
-    * ``ord=2``: :math:`\|E\|_2 \le \alpha\sqrt{2/\pi}\max_i\|E\omega_i\|` except with probability
-      :math:`\alpha^{-r}` (Halko et al. 2011, Lemma 4.1 and eq. (4.3)); we take
-      :math:`\alpha = \delta^{-1/r}`. For a dense ``A`` with at most :math:`2^{18}` entries the
-      norm is computed exactly instead.
+    * ``ord=2``, exact: for a dense ``A`` with at most :math:`2^{18}` entries, an SVD of
+      :math:`E`.
+    * ``ord=2``, power iterations (when :math:`A^TY` is available): ``probes`` independent
+      Gaussian starts :math:`x_0`, each iterated :math:`t` times as
+      :math:`x \leftarrow E^TEx/\|E^TEx\|`; ``estimate`` is the largest Rayleigh quotient
+      :math:`\sqrt{\mu} = \max\|Ex_t\|`, a lower bound on :math:`\|E\|_2` that always holds, and
+      ``bound`` is :math:`\sqrt{\mu/(1-\epsilon)} = 1.5\sqrt{\mu}` (:math:`\epsilon = 5/9`), so the
+      certificate is never more than 1.5 times the true error. By Kuczyński & Woźniakowski
+      (1992, Theorem 4.1), one start fails (:math:`\mu < (1-\epsilon)\|E\|_2^2`) with probability
+      at most :math:`0.824\sqrt{n}\,(1-\epsilon)^{t}`; the starts are independent, so :math:`t`
+      is the smallest with :math:`[0.824\sqrt n\,(1-\epsilon)^t]^{\mathrm{probes}} \le \delta`.
+    * ``ord=2``, one pass (only :math:`AX` available):
+      :math:`\|E\|_2 \le \alpha\sqrt{2/\pi}\max_i\|E\omega_i\|` except with probability
+      :math:`\alpha^{-r}` (Halko et al. 2011, Lemma 4.1); we take :math:`\alpha = \delta^{-1/r}`.
     * ``"fro"``: for a dense ``A`` the residual is formed in row blocks and the norm is exact.
       Otherwise :math:`T = \frac1r\sum_i\|E\omega_i\|^2` is a weighted sum of
       :math:`\chi^2_1` variables with mean :math:`\|E\|_F^2`, and the Laurent-Massart lower tail
@@ -205,10 +226,14 @@ def certify(
       :math:`\delta`, so :math:`\|E\|_F \le \sqrt{T/(1 - 2\sqrt{\ln(1/\delta)/r})}`
       (requires :math:`r > 4\ln(1/\delta)`).
 
+    The certificate bounds the residual as evaluated in the input's precision.
+
     References
     ----------
     .. [1] N. Halko, P.-G. Martinsson and J. A. Tropp, SIAM Review 53(2), 2011.
-    .. [2] B. Laurent and P. Massart, "Adaptive estimation of a quadratic functional by model
+    .. [2] J. Kuczyński and H. Woźniakowski, "Estimating the largest eigenvalue by the power and
+       Lanczos algorithms with a random start", SIAM J. Matrix Anal. Appl. 13(4), 1992.
+    .. [3] B. Laurent and P. Massart, "Adaptive estimation of a quadratic functional by model
        selection", Ann. Statist. 28(5), 2000, Lemma 1.
 
     Examples
@@ -226,36 +251,45 @@ def certify(
     delta = _validation.check_tol(failure_probability, "failure_probability")
     if not 0 < delta < 1:
         raise ValueError(f"failure_probability must be in (0, 1), got {failure_probability!r}")
-    matmat, dense = _as_matmat(A)
-    C, U, R = result.C, result.U, result.R
-    xp = _backend.namespace(C, U, R)
-    m, n = C.shape[0], R.shape[1]
+    matmat, rmatmat, dense = _as_products(A)
+    left, right = result.factors
+    xp = _backend.namespace(left, right)
+    m, n = result.shape
     if dense is not None:
         _validation.check_matrix(dense)
-        _backend.namespace(dense, C)
+        _backend.namespace(dense, left)
         if tuple(dense.shape) != (m, n):
             raise ValueError(f"A has shape {tuple(dense.shape)} but the CUR is {m} x {n}")
         if ord == "fro":
-            return _exact_fro(dense, C, U @ R, xp)
+            return _exact_fro(dense, left, right, xp)
         if m * n <= EXACT_SPECTRAL_MAX_ENTRIES:
-            err = _backend.to_float(xp.linalg.svdvals(dense - C @ (U @ R))[0])
+            err = _backend.to_float(xp.linalg.svdvals(dense - left @ right)[0])
             return Certificate(err, err, 2, 0.0, 0, True)
         matmat = lambda X: dense @ X  # noqa: E731
+        rmatmat = lambda Y: dense.T @ Y  # noqa: E731
     log_inv = math.log(1.0 / delta)
+    power = ord == 2 and rmatmat is not None
     if probes is None:
-        probes = 20 if ord == 2 else int(math.ceil(16 * log_inv))
+        probes = (POWER_STARTS if power else 20) if ord == 2 else int(math.ceil(16 * log_inv))
     probes = _validation.check_int(probes, "probes", minimum=1)
     if ord == "fro" and probes <= 4 * log_inv:
         raise ValueError(
             f"ord='fro' needs probes > 4 ln(1/failure_probability) = {4 * log_inv:.1f}, "
             f"got {probes}; pass more probes or a larger failure_probability"
         )
-    omega = _backend.Random(rng, C).normal((n, probes))
-    AX = matmat(omega)
-    if tuple(AX.shape) != (m, probes):
-        raise ValueError(f"A @ X returned shape {tuple(AX.shape)}, expected {(m, probes)}")
-    E = AX - C @ (U @ (R @ omega))
-    col_sq = xp.sum(E * E, axis=0)
+
+    def residual(X: Any) -> Any:
+        AX = matmat(X)
+        if tuple(AX.shape) != (m, X.shape[1]):
+            raise ValueError(f"A @ X returned shape {tuple(AX.shape)}, expected {(m, X.shape[1])}")
+        return AX - left @ (right @ X)
+
+    omega = _backend.Random(rng, left).normal((n, probes))
+    if power:
+        adjoint = lambda Y: rmatmat(Y) - right.T @ (left.T @ Y)  # noqa: E731
+        top, bound = spectral_norm_bound(residual, adjoint, omega, delta)
+        return Certificate(bound, top, 2, delta, probes, False)
+    col_sq = xp.sum(residual(omega) ** 2, axis=0)
     if ord == 2:
         alpha = delta ** (-1.0 / probes)
         top = math.sqrt(_backend.to_float(xp.max(col_sq)))
@@ -265,10 +299,55 @@ def certify(
     return Certificate(math.sqrt(mean_sq / shrink), math.sqrt(mean_sq), "fro", delta, probes, False)
 
 
-def _exact_fro(A: Any, C: Any, UR: Any, xp: Any) -> Certificate:
+#: Independent starts of the power-iteration certificate.
+POWER_STARTS = 4
+#: The power-iteration certificate is at most this factor above the true spectral norm.
+SPECTRAL_OVERESTIMATE = 1.5
+
+
+def power_iterations_needed(n: int, starts: int, failure_probability: float) -> int:
+    r"""Iterations :math:`t` for which ``starts`` independent power iterations on an ``n``-column
+    operator all miss :math:`(1-\epsilon)\|E\|_2^2` with probability at most
+    ``failure_probability``, with :math:`1/\sqrt{1-\epsilon} =` :data:`SPECTRAL_OVERESTIMATE`.
+
+    :math:`t` is the smallest integer with
+    :math:`[0.824\sqrt n\,(1-\epsilon)^t]^{\mathrm{starts}} \le \delta` (Kuczyński &
+    Woźniakowski 1992, Theorem 4.1, with their exponent :math:`t + 1/2` rounded down to ``t``).
+
+    Examples
+    --------
+    >>> power_iterations_needed(2000, 4, 1e-6)
+    9
+    """
+    one_minus_eps = 1.0 / SPECTRAL_OVERESTIMATE**2
+    per_start = failure_probability ** (1.0 / starts)
+    need = math.log(0.824 * math.sqrt(max(n, 1)) / per_start) / -math.log(one_minus_eps)
+    return max(1, int(math.ceil(need)))
+
+
+def spectral_norm_bound(
+    apply: Callable[[Any], Any], adjoint: Callable[[Any], Any], X: Any, delta: float, /
+) -> tuple[float, float]:
+    """``(estimate, bound)`` on the 2-norm of the operator ``apply`` (adjoint ``adjoint``), from
+    independent power iterations started at the columns of the Gaussian ``X`` (see
+    :func:`certify`); ``bound`` fails with probability at most ``delta``."""
+    xp = aac.array_namespace(X)
+    iters = power_iterations_needed(X.shape[0], X.shape[1], delta)
+    for _ in range(iters):
+        X = adjoint(apply(X))
+        norms = xp.sqrt(xp.sum(X * X, axis=0))
+        X = X / xp.where(norms > 0, norms, xp.ones_like(norms))[None, :]
+    Y = apply(X)
+    x_sq = xp.sum(X * X, axis=0)
+    ratio = xp.sum(Y * Y, axis=0) / xp.where(x_sq > 0, x_sq, xp.ones_like(x_sq))
+    top = math.sqrt(_backend.to_float(xp.max(ratio)))
+    return top, SPECTRAL_OVERESTIMATE * top
+
+
+def _exact_fro(A: Any, left: Any, right: Any, xp: Any) -> Certificate:
     total = 0.0
     for start in range(0, A.shape[0], _BLOCK_ROWS):
-        block = A[start : start + _BLOCK_ROWS, :] - C[start : start + _BLOCK_ROWS, :] @ UR
+        block = A[start : start + _BLOCK_ROWS, :] - left[start : start + _BLOCK_ROWS, :] @ right
         total += _backend.to_float(xp.sum(block * block))
     err = math.sqrt(total)
     return Certificate(err, err, "fro", 0.0, 0, True)

@@ -5,25 +5,32 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import _backend, _errors, _validation
 from .bounds import Certificate, certify, selection_constant
-from .cores import cross_core, optimal_core
+from .cores import CoreFactors, cross_core_factors, optimal_core_factors
 from .deim import deim, qdeim
 from .leverage import leverage_sample
 from .maxvol import maxvol
-from .sketch import EXACT_SVD_MAX_DIM, TruncatedSVD, _truncated_svd
+from .sketch import EXACT_SVD_MAX_DIM, RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
 
-__all__ = ["CURResult", "cur", "METHODS", "CORES"]
+__all__ = ["CURResult", "cur", "METHODS", "CORES", "ROUNDING_FACTOR", "TOLERANCE_RANK_FACTOR"]
 
 METHODS = ("deim", "qdeim", "maxvol", "leverage", "leverage_sampling", "randomized")
 CORES = ("optimal", "cross")
+#: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`.
+ROUNDING_FACTOR = 4.0
+#: Tolerance mode returns a rank at most this factor above the smallest rank whose certificate
+#: it saw fail (plus one).
+TOLERANCE_RANK_FACTOR = 1.1
+#: Leverage selections whose constant exceeds Q-DEIM's on the same basis by this factor warn.
+LEVERAGE_WARN_RATIO = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CURResult:
     r"""A CUR approximation :math:`A \approx C\,U\,R` and the constants that bound its error.
 
@@ -38,18 +45,32 @@ class CURResult:
     rows, cols : int64 arrays
         Selected indices, in the input's namespace and device.
     rank : int
-        Target rank ``k`` of the selection (``c = r = k`` except for ``"leverage_sampling"``,
-        which keeps the distinct sampled indices).
+        Target rank ``k`` of the selection (``c = r = k`` except for the leverage methods, which
+        may keep more indices: the distinct sampled ones, or Q-DEIM's added where the leverage
+        choice alone was rank deficient).
     method, core : str
         How rows/columns and the core were chosen.
     basis : {"exact", "randomized"}
         Which truncated SVD supplied the bases :math:`U_k, V_k` the selection was made on.
     eta_rows, eta_cols : float
         Selection constants :math:`\eta_p = \|(P^TU_k)^+\|_2` and :math:`\eta_q = \|(Q^TV_k)^+\|_2`
-        for the bases used.
+        for the bases used (always finite).
     sigma_next : float
-        :math:`\sigma_{k+1}` of the basis computation (exact when ``basis == "exact"``, the
-        sketch's estimate otherwise; 0 when ``k = min(m, n)``).
+        Upper bound on the basis residuals :math:`\|(I - U_kU_k^T)A\|_2` and
+        :math:`\|A(I - V_kV_k^T)\|_2`: :math:`\sigma_{k+1}` when ``basis == "exact"`` (0 when
+        ``k = min(m, n)``); the sketch's :math:`\hat\sigma_{k+1}` plus its certified residual
+        when randomized.
+    rounding : float
+        :math:`\rho = c\,\max(m,n)\,u\,\|A\|_2` (``c`` = :data:`ROUNDING_FACTOR`, ``u`` the unit
+        roundoff of the dtype): what truncating ``C`` and ``R`` at their numerical rank and
+        rounding in the stable evaluation add to :math:`\sigma_{k+1}`.
+    failure_probability : float
+        Probability that :attr:`bound` fails: 0 for an exact basis, the sketch residual's
+        (:data:`curlinalg.sketch.RESIDUAL_FAILURE_PROBABILITY`) for a randomized one.
+    factors : tuple of arrays
+        ``(left, right)`` with :math:`CUR = \mathrm{left}\cdot\mathrm{right}` in exact arithmetic,
+        formed without dividing by small singular values (see
+        :func:`curlinalg.cores.optimal_core_factors`); :meth:`to_dense` and ``@`` use them.
     certificate : Certificate or None
         The certified a posteriori bound, when the rank was chosen by a tolerance.
     """
@@ -66,36 +87,71 @@ class CURResult:
     eta_rows: float
     eta_cols: float
     sigma_next: float
+    rounding: float
+    failure_probability: float
+    factors: tuple[Any, Any]
     certificate: Certificate | None = None
 
     # Let numpy defer ``X @ result`` to ``__rmatmul__`` instead of treating the result as an array.
     __array_ufunc__ = None
 
     @property
-    def bound(self) -> float:
-        r"""A priori bound :math:`(\eta_p + \eta_q)\,\sigma_{k+1}` on :math:`\|A - CUR\|_2`.
+    def bound(self) -> float | None:
+        r"""Bound on :math:`\|A - CUR\|_2` for the computed result, or None for the cross core.
 
-        Rigorous for ``core="optimal"`` with ``basis="exact"`` (Sorensen & Embree 2016,
-        Theorem 4.1); with a randomized basis :math:`\sigma_{k+1}` is only estimated, and
-        :func:`curlinalg.certify` gives a certified bound instead.
+        :math:`(\eta_p + \eta_q)\,(\sigma_{k+1} + \rho)` for ``core="optimal"``: Sorensen & Embree
+        (2016, Theorem 4.1) for the exact-arithmetic part, plus the rounding term
+        :attr:`rounding`. It holds with certainty for an exact basis and with probability at least
+        ``1 - failure_probability`` for a randomized one. The cross core has no bound of this
+        kind; :func:`curlinalg.certify` certifies it a posteriori.
         """
-        return (self.eta_rows + self.eta_cols) * self.sigma_next
+        if self.core == "cross":
+            return None
+        return (self.eta_rows + self.eta_cols) * (self.sigma_next + self.rounding)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.C.shape[0], self.R.shape[1])
 
     def to_dense(self) -> Any:
-        """Form :math:`CUR` as a dense ``(m, n)`` array."""
-        return self.C @ (self.U @ self.R)
+        """Form :math:`CUR` as a dense ``(m, n)`` array, from the stable :attr:`factors`."""
+        left, right = self.factors
+        return left @ right
 
     def __matmul__(self, X: Any) -> Any:
-        """:math:`C(U(RX))`, without forming :math:`CUR`."""
-        return self.C @ (self.U @ (self.R @ X))
+        """:math:`CUR\\,X` without forming :math:`CUR`."""
+        left, right = self.factors
+        return left @ (right @ X)
 
     def __rmatmul__(self, X: Any) -> Any:
-        """:math:`((XC)U)R`, without forming :math:`CUR`."""
-        return ((X @ self.C) @ self.U) @ self.R
+        """:math:`X\\,CUR` without forming :math:`CUR`."""
+        left, right = self.factors
+        return (X @ left) @ right
+
+    def __repr__(self) -> str:
+        bound = "None" if self.bound is None else f"{self.bound:.3g}"
+        cert = "" if self.certificate is None else f", certified={self.certificate.bound:.3g}"
+        return (
+            f"CURResult(shape={self.shape}, rank={self.rank}, method={self.method!r}, "
+            f"core={self.core!r}, basis={self.basis!r}, bound={bound}{cert})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Same metadata, and equal indices and factors (element by element)."""
+        if not isinstance(other, CURResult):
+            return NotImplemented
+        meta = ("shape", "rank", "method", "core", "basis")
+        if any(getattr(self, f) != getattr(other, f) for f in meta):
+            return False
+        pairs = zip((self.rows, self.cols, self.C, self.U, self.R),
+                    (other.rows, other.cols, other.C, other.U, other.R))
+        try:
+            return all(a.shape == b.shape and bool(_backend.namespace(a, b).all(a == b))
+                       for a, b in pairs)
+        except TypeError:  # different namespaces or devices
+            return False
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _streams(rng: Any, count: int) -> list[Any]:
@@ -106,44 +162,91 @@ def _streams(rng: Any, count: int) -> list[Any]:
     return [int(s) for s in gen.integers(0, 2**62, size=count)]
 
 
+def _count_above(s: Any, threshold: float, xp: Any) -> int:
+    return int(_backend.to_float(xp.sum(xp.astype(s > threshold, xp.int64))))
+
+
 def _numerical_rank(s: Any, shape: tuple[int, int], xp: Any) -> int:
     top = _backend.to_float(s[0])
-    cutoff = top * max(shape) * float(xp.finfo(s.dtype).eps)
-    return int(_backend.to_float(xp.sum(xp.astype(s > cutoff, xp.int64)))) if top > 0 else 0
+    return _count_above(s, top * max(shape) * float(xp.finfo(s.dtype).eps), xp) if top > 0 else 0
 
 
 def _top_k(scores: Any, k: int, xp: Any) -> Any:
     return xp.astype(xp.argsort(scores, descending=True, stable=True)[:k], xp.int64)
 
 
-def _select(basis: Any, method: str, k: int, oversample: int, rng: Any, xp: Any) -> Any:
+def _select(basis: Any, method: str, k: int, oversample: int, rng: Any, xp: Any) -> tuple[Any, str]:
+    """Indices of ``basis`` chosen by ``method``, and a warning message ('' when none)."""
     if method == "deim":
-        return deim(basis)
+        return deim(basis), ""
     if method in ("qdeim", "randomized"):
-        return qdeim(basis)
+        return qdeim(basis), ""
     if method == "maxvol":
-        return maxvol(basis)[0]
+        return _maxvol_rows(basis), ""
     scores = xp.sum(basis * basis, axis=1)
     if method == "leverage":
-        return _top_k(scores, k, xp)
-    return leverage_sample(scores, samples=k + oversample, rng=rng).indices
+        chosen = _top_k(scores, k, xp)
+    else:
+        chosen = leverage_sample(scores, samples=k + oversample, rng=rng).indices
+    return _complete_leverage(basis, chosen, method, k, xp)
 
 
-def _cur_at_rank(
-    A: Any, svd: TruncatedSVD, k: int, *, method: str, core: str, oversample: int,
-    seeds: list[Any], xp: Any,
-) -> CURResult:
+def _maxvol_rows(basis: Any) -> Any:
+    with warnings.catch_warnings():
+        # cur() reports the selection constant; a swap budget cut short only loosens it.
+        warnings.simplefilter("ignore", _errors.ConvergenceWarning)
+        return maxvol(basis)[0]
+
+
+def _complete_leverage(basis: Any, chosen: Any, method: str, k: int, xp: Any) -> tuple[Any, str]:
+    """Add Q-DEIM's rows where a leverage choice leaves ``basis[chosen]`` rank deficient, and say
+    when the constant is far above Q-DEIM's on the same basis."""
+    reference = qdeim(basis)
+    eta = selection_constant(basis, chosen)
+    eta_ref = selection_constant(basis, reference)
+    if math.isinf(eta):
+        found = chosen.shape[0]
+        chosen = xp.unique_values(xp.concat([chosen, reference]))
+        return chosen, _errors.LEVERAGE_DEFICIENT.format(
+            method=method, found=found, k=k, total=chosen.shape[0]
+        )
+    if eta > LEVERAGE_WARN_RATIO * eta_ref:
+        return chosen, _errors.LEVERAGE_POOR.format(method=method, eta=eta, ratio=eta / eta_ref)
+    return chosen, ""
+
+
+@dataclass(frozen=True)
+class _Options:
+    method: str
+    core: str
+    core_rtol: float | None
+    oversample: int
+    seeds: list[Any]
+
+
+def _cur_at_rank(A: Any, svd: TruncatedSVD, k: int, opts: _Options, xp: Any) -> tuple[CURResult, list[str]]:
     Uk, Vk = svd.U[:, :k], svd.V[:, :k]
-    rows = _select(Uk, method, k, oversample, seeds[0], xp)
-    cols = _select(Vk, method, k, oversample, seeds[1], xp)
-    C = xp.take(A, cols, axis=1)
-    R = xp.take(A, rows, axis=0)
-    U = optimal_core(A, C, R) if core == "optimal" else cross_core(A, rows, cols)
-    sigma_next = _backend.to_float(svd.s[k]) if svd.s.shape[0] > k else 0.0
-    return CURResult(
-        C, U, R, rows, cols, k, method, core, svd.kind,
-        selection_constant(Uk, rows), selection_constant(Vk, cols), sigma_next,
+    rows, note_rows = _select(Uk, opts.method, k, opts.oversample, opts.seeds[0], xp)
+    cols, note_cols = _select(Vk, opts.method, k, opts.oversample, opts.seeds[1], xp)
+    norm_est = _backend.to_float(svd.s[0]) + svd.residual
+    if opts.core == "optimal":
+        f: CoreFactors = optimal_core_factors(
+            A, xp.take(A, cols, axis=1), xp.take(A, rows, axis=0)
+        )
+    else:
+        rtol = opts.core_rtol
+        if rtol is None:  # cut the cross matrix at the noise level sigma_{k+1} / sigma_1
+            rtol = max(svd.tail(k) / norm_est if norm_est > 0 else 0.0,
+                       max(rows.shape[0], cols.shape[0]) * float(xp.finfo(A.dtype).eps))
+        f = cross_core_factors(A, rows, cols, rtol=rtol)
+    C, R = xp.take(A, cols, axis=1), xp.take(A, rows, axis=0)
+    rounding = ROUNDING_FACTOR * max(A.shape) * float(xp.finfo(A.dtype).eps) * norm_est
+    res = CURResult(
+        C, f.U, R, rows, cols, k, opts.method, opts.core, svd.kind,
+        selection_constant(Uk, rows), selection_constant(Vk, cols), svd.tail(k), rounding,
+        RESIDUAL_FAILURE_PROBABILITY if svd.kind == "randomized" else 0.0, (f.left, f.right),
     )
+    return res, [n for n in (note_rows, note_cols) if n]
 
 
 def cur(
@@ -155,6 +258,7 @@ def cur(
     atol: float | None = None,
     method: str = "deim",
     core: str = "optimal",
+    core_rtol: float | None = None,
     oversample: int = 10,
     power_iters: int = 2,
     basis: str = "auto",
@@ -170,7 +274,7 @@ def cur(
     rank : int, optional
         Target rank ``k``, ``1 <= k <= min(m, n)``. With a tolerance too, it caps the rank.
     rtol, atol : float, optional
-        Grow the rank until the certified bound on :math:`\|A-CUR\|_2` is at most
+        Find the smallest rank whose certified bound on :math:`\|A-CUR\|_2` is at most
         :math:`\max(\mathrm{atol}, \mathrm{rtol}\,\|A\|_2)`; whichever of ``rank`` and the
         tolerance is met first wins. The result's ``certificate`` holds the bound reached.
     method : {"deim", "qdeim", "maxvol", "leverage", "leverage_sampling", "randomized"}
@@ -179,9 +283,14 @@ def cur(
         Mahoney-Drineas sampling of ``k + oversample`` draws, or ``"randomized"``: Q-DEIM on
         a randomized (sketched) SVD whatever the size.
     core : {"optimal", "cross"}
-        :math:`U = C^+AR^+` (:func:`curlinalg.cores.optimal_core`) or the
-        :math:`\epsilon`-pseudo-inverse of :math:`A[\mathrm{rows},\mathrm{cols}]`
+        :math:`U = C^+AR^+` (:func:`curlinalg.cores.optimal_core`) or the truncated
+        pseudo-inverse of :math:`A[\mathrm{rows},\mathrm{cols}]`
         (:func:`curlinalg.cores.cross_core`).
+    core_rtol : float, optional
+        ``core="cross"`` only: singular values of :math:`A[\mathrm{rows},\mathrm{cols}]` below
+        ``core_rtol`` times the largest are dropped. Default: the basis' estimate of
+        :math:`\sigma_{k+1}/\sigma_1` (at least ``max(r, c) * eps``), which keeps the cross core
+        within a small factor of the optimal one.
     oversample, power_iters : int
         Randomized SVD parameters (:func:`curlinalg.sketch.range_finder`).
     basis : {"auto", "exact", "randomized"}
@@ -200,12 +309,16 @@ def cur(
         Not an array; integer, bool, complex or half-precision dtype; rank not an int.
     ValueError
         Not 2-D, empty, NaN/Inf; rank out of range; no stopping rule; negative tolerance;
-        unknown ``method``/``core``/``basis``.
+        unknown ``method``/``core``/``basis``; ``core_rtol`` with ``core="optimal"``.
 
     Warns
     -----
     RankDeficiencyWarning
         ``rank`` exceeds the numerical rank: the numerical rank is used instead.
+    CURWarning
+        The tolerance cannot be reached (the result is the best rank found, with its certified
+        error); or a leverage selection was rank deficient (Q-DEIM's indices were added) or far
+        worse conditioned than Q-DEIM's.
 
     Notes
     -----
@@ -215,10 +328,20 @@ def cur(
 
     which for an exact basis is :math:`(\eta_p + \eta_q)\,\sigma_{k+1}` in the 2-norm
     (Sorensen & Embree 2016, Theorem 4.1; the proof holds verbatim with pseudo-inverses when more
-    than ``k`` indices are kept). A priori, :math:`\eta \le \sqrt{n-k+1}\sqrt{4^k+6k-1}/3` for
+    than ``k`` indices are kept). The result is evaluated as :math:`Q_C(Q_C^TAQ_R)Q_R^T` with
+    ``C`` and ``R`` cut at their numerical rank, so the computed error stays within
+    :attr:`CURResult.bound` :math:`= (\eta_p + \eta_q)(\sigma_{k+1} + \rho)` at every rank,
+    past the numerical rank too. A priori, :math:`\eta \le \sqrt{n-k+1}\sqrt{4^k+6k-1}/3` for
     Q-DEIM, :math:`\sqrt{k + 1.05^2k(n-k)}` for maxvol, and for randomized bases
     :math:`\|(I-QQ^T)A\|_2 \le [1+11\sqrt{(k+p)\min(m,n)}]^{1/(2q+1)}\sigma_{k+1}` with
-    probability :math:`\ge 1 - 6p^{-p}` (Halko et al. 2011).
+    probability :math:`\ge 1 - 6p^{-p}` (Halko et al. 2011); the reported bound uses a certified
+    a posteriori value of :math:`\|(I-QQ^T)A\|_2` instead.
+
+    Tolerance mode reads the rank off the singular values (exact, or from a sketch grown until it
+    resolves the tolerance), certifies the CUR at that rank with :func:`curlinalg.certify`, and
+    moves the rank by the observed ratio of certified error to :math:`\sigma_{k+1}`, then bisects,
+    until the returned rank is at most :data:`TOLERANCE_RANK_FACTOR` times one more than a rank
+    whose certificate failed.
 
     References
     ----------
@@ -229,6 +352,8 @@ def cur(
     .. [4] M. W. Mahoney and P. Drineas, "CUR matrix decompositions for improved data
        analysis", PNAS 106(3), 2009.
     .. [5] N. Halko, P.-G. Martinsson and J. A. Tropp, SIAM Review 53(2), 2011.
+    .. [6] T. Park and Y. Nakatsukasa, "Accuracy and stability of CUR decompositions with
+       oversampling", arXiv:2405.06375, 2024.
 
     Examples
     --------
@@ -254,10 +379,14 @@ def cur(
         rank = _validation.check_rank(rank, kmax)
     rtol = _validation.check_tol(rtol, "rtol")
     atol = _validation.check_tol(atol, "atol")
+    core_rtol = _validation.check_tol(core_rtol, "core_rtol")
+    if core_rtol is not None and core != "cross":
+        raise ValueError(_errors.CORE_RTOL.format(core=core))
     if rank is None and rtol is None and atol is None:
         raise ValueError(_errors.NO_STOP)
     kind = "randomized" if method == "randomized" else basis
     seeds = _streams(rng, 4)
+    opts = _Options(method, core, core_rtol, oversample, seeds[1:3])
 
     def svd_at(k: int) -> TruncatedSVD:
         return _truncated_svd(A, k, kind, oversample, power_iters, seeds[0], xp)
@@ -273,54 +402,113 @@ def cur(
                 stacklevel=stacklevel,
             )
             k = max(numerical, 1)
-        return _cur_at_rank(
-            A, svd, k, method=method, core=core, oversample=oversample, seeds=seeds[1:3], xp=xp
-        )
+        res, notes = _cur_at_rank(A, svd, k, opts, xp)
+        for note in notes:
+            warnings.warn(note, _errors.CURWarning, stacklevel=stacklevel)
+        return res
 
     if rtol is None and atol is None:
         return build(svd_at(rank), rank)
-    return _cur_to_tolerance(A, kind, svd_at, build, rank or kmax, rtol, atol, seeds[3], xp)
+    search = _ToleranceSearch(A, kind, svd_at, build, rank, seeds[3], xp)
+    return search.run(rtol, atol)
 
 
-def _cur_to_tolerance(
-    A: Any, kind: str, svd_at: Any, build: Any, kcap: int, rtol: float | None, atol: float | None,
-    seed: Any, xp: Any,
-) -> CURResult:
-    """Grow the rank until the certificate meets the tolerance or the cap is reached.
+class _ToleranceSearch:
+    """The smallest rank whose certificate meets a tolerance (see :func:`cur`, Notes)."""
 
-    With an exact SVD the first rank tried is the smallest with sigma_{k+1} <= tolerance (no
-    CUR does better than the truncated SVD), then the rank grows by a quarter at a time; with
-    sketches it starts at 16 and doubles.
-    """
-    kmax = min(A.shape)
-    if kind == "exact" or (kind == "auto" and kmax <= EXACT_SVD_MAX_DIM):
-        full = _truncated_svd(A, kmax, "exact", 0, 0, None, xp)
-        svd_at = lambda k: full  # noqa: E731
-        k = kmax
-    else:
-        k = min(kcap, 16)
-    first = svd_at(k)
-    norm2 = _backend.to_float(first.s[0])  # exact, or a sketch's lower estimate: conservative
-    target = max(atol or 0.0, (rtol or 0.0) * norm2)
-    above = int(_backend.to_float(xp.sum(xp.astype(first.s > target, xp.int64))))
-    k = max(1, min(kcap, above if first.kind == "exact" else k))
-    best = None
-    while True:
-        svd = svd_at(k)
-        res = build(svd, k, stacklevel=4)
-        res = replace(res, certificate=certify(A, res, ord=2, rng=seed))
-        if best is not None and res.certificate.bound >= best.certificate.bound:
-            warnings.warn(
-                f"tolerance {target:.3g} not reached: the certified error stopped improving at "
-                f"rank {best.rank} ({best.certificate.bound:.3g}), the rounding floor of a CUR "
-                "of this matrix in this precision; returning that rank",
-                _errors.CURWarning,
-                stacklevel=3,
-            )
-            return best
-        best = res
-        if res.certificate.bound <= target or res.rank >= kcap or res.rank < k:
-            return res
-        above = int(_backend.to_float(xp.sum(xp.astype(svd.s > target, xp.int64))))
-        growth = 1.25 if svd.kind == "exact" else 2.0
-        k = min(kcap, max(k + 1, int(math.ceil(growth * k)), min(above, kcap)))
+    def __init__(
+        self, A: Any, kind: str, svd_at: Callable[[int], TruncatedSVD],
+        build: Callable[..., CURResult], rank: int | None, seed: Any, xp: Any,
+    ):
+        self.A, self.svd_at, self.build, self.seed, self.xp = A, svd_at, build, seed, xp
+        self.kmax = min(A.shape)
+        self.capped = rank is not None
+        self.kcap = self.kmax if rank is None else rank
+        self.exact = kind == "exact" or (kind == "auto" and self.kmax <= EXACT_SVD_MAX_DIM)
+        self.svd: TruncatedSVD | None = None
+
+    def _spectrum(self, rank: int) -> TruncatedSVD:
+        """A basis of at least ``rank`` triplets (one exact SVD, or a sketch grown to ``rank``)."""
+        if self.exact:
+            if self.svd is None:
+                self.svd = _truncated_svd(self.A, self.kmax, "exact", 0, 0, None, self.xp)
+            return self.svd
+        have = 0 if self.svd is None else self.svd.U.shape[1]
+        if rank > have:
+            self.svd = self.svd_at(min(self.kmax, max(rank, 2 * have)))
+        return self.svd
+
+    def _resolvable(self, svd: TruncatedSVD) -> int:
+        """The numerical rank where the spectrum shows it; the largest rank otherwise."""
+        numerical = _numerical_rank(svd.s, self.A.shape, self.xp)
+        if numerical < svd.s.shape[0] or svd.s.shape[0] >= self.kmax:
+            return max(numerical, 1)
+        return self.kmax
+
+    def _first_at_or_below(self, svd: TruncatedSVD, level: float, limit: int) -> int | None:
+        """The smallest ``k`` in [1, limit] with ``s[k] <= level`` (None past the spectrum)."""
+        above = _count_above(svd.s, level, self.xp)
+        if above < svd.s.shape[0] or svd.s.shape[0] >= self.kmax:
+            return max(1, min(above, limit))
+        return None
+
+    def _certified(self, svd: TruncatedSVD, k: int) -> CURResult:
+        res = self.build(svd, k, stacklevel=5)
+        return replace(res, certificate=certify(self.A, res, ord=2, rng=self.seed))
+
+    def run(self, rtol: float | None, atol: float | None) -> CURResult:
+        svd = self._spectrum(min(self.kcap, 32))
+        while True:  # grow the sketch until it resolves the tolerance (or covers the cap)
+            norm2 = _backend.to_float(svd.s[0]) + svd.residual
+            target = max(atol or 0.0, (rtol or 0.0) * norm2)
+            limit = min(self.kcap, self._resolvable(svd))
+            k = self._first_at_or_below(svd, target, limit)
+            if k is not None or svd.U.shape[1] >= self.kcap:
+                break
+            svd = self._spectrum(2 * svd.U.shape[1])
+        k = limit if k is None else k
+        # No rank below k meets the target: sigma_k > target and no CUR beats the truncated SVD
+        # (a sketch's singular values are lower bounds of the true ones).
+        failed, passed, best = k - 1, None, None
+        while True:
+            svd = self._spectrum(k)
+            res = self._certified(svd, k)
+            k = res.rank
+            bound = res.certificate.bound
+            if best is None or bound < best.certificate.bound:
+                best = res
+            if bound <= target:
+                passed = res
+            else:
+                failed = max(failed, k)
+            if passed is not None and passed.rank <= TOLERANCE_RANK_FACTOR * (failed + 1):
+                return passed
+            if passed is None and k >= limit:
+                if self.capped and limit == self.kcap:
+                    return res  # the rank cap was met first
+                return self._unreachable(best, target, limit)
+            k = self._next_rank(svd, res, target, failed, passed, limit)
+
+    def _next_rank(
+        self, svd: TruncatedSVD, res: CURResult, target: float, failed: int,
+        passed: CURResult | None, limit: int,
+    ) -> int:
+        if passed is not None:  # bracketed: bisect
+            return max(failed + 1, (failed + passed.rank) // 2)
+        # the certified error over sigma_{k+1} at this rank predicts the rank that meets it
+        tiny = float(self.xp.finfo(res.U.dtype).tiny)
+        level = target * svd.tail(res.rank) / max(res.certificate.bound, tiny)
+        guess = self._first_at_or_below(svd, level, limit)
+        if guess is None:  # past the sketch: grow it once
+            guess = self._first_at_or_below(self._spectrum(2 * svd.U.shape[1]), level, limit)
+        return min(limit, max(res.rank + 1, guess if guess is not None else 2 * res.rank))
+
+    def _unreachable(self, best: CURResult, target: float, limit: int) -> CURResult:
+        warnings.warn(
+            _errors.UNREACHABLE.format(
+                target=target, limit=limit, error=best.certificate.bound, rank=best.rank
+            ),
+            _errors.CURWarning,
+            stacklevel=4,
+        )
+        return best

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import array_api_compat as aac
 import numpy as np
 
-from . import _backend, _numba, _validation
+from . import _backend, _errors, _numba, _validation
 
 __all__ = ["maxvol", "rect_maxvol"]
 
@@ -57,6 +58,12 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
     TypeError
         Non-floating input.
 
+    Warns
+    -----
+    ConvergenceWarning
+        ``max_iters`` swaps were made and ``max |B| > tol`` still (the rows are valid, the
+        bound below holds with ``max |B|`` in place of ``tol``).
+
     Notes
     -----
     Starts from the LU partial-pivoting rows (DEIM) and swaps row ``i`` into slot ``j`` while
@@ -98,10 +105,19 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
         )
     B = _coefficients(A, rows, xp)
     if aac.is_numpy_array(B) and n * k >= _NUMBA_MIN_ENTRIES and _numba.available():
-        return _numba.maxvol_swaps(np.ascontiguousarray(B), rows, tol, max_iters)
-    if _backend.is_host(B):
-        return _swap_loop_xp(B, rows, tol, max_iters, xp)
-    return _swap_loop_device(B, rows, tol, max_iters, xp)
+        rows, B = _numba.maxvol_swaps(np.ascontiguousarray(B), rows, tol, max_iters)
+    elif _backend.is_host(B):
+        rows, B = _swap_loop_xp(B, rows, tol, max_iters, xp)
+    else:
+        rows, B = _swap_loop_device(B, rows, tol, max_iters, xp)
+    top = _backend.to_float(xp.max(xp.abs(B)))
+    if top > tol:
+        warnings.warn(
+            _errors.MAXVOL_NOT_CONVERGED.format(iters=max_iters, top=top, tol=tol),
+            _errors.ConvergenceWarning,
+            stacklevel=2,
+        )
+    return rows, B
 
 
 def _swap_loop_xp(B: Any, rows: Any, tol: float, max_iters: int, xp: Any) -> tuple[Any, Any]:
@@ -167,8 +183,8 @@ def rect_maxvol(
     A : array, shape (n, k)
         Tall full column rank matrix.
     tol : float, default 1.0
-        Stop adding rows once every row of the coefficients has norm :math:`\le` ``tol``.
-        Must be ``> 0``.
+        Stop adding rows once every row of the coefficients outside ``rows`` has norm
+        :math:`\le` ``tol``. Must be ``> 0``.
     max_rank : int, optional
         Maximum number of rows to return (``k <= max_rank <= n``); default ``n``.
     maxvol_tol : float, default 1.05
@@ -179,8 +195,11 @@ def rect_maxvol(
     rows : int64 array, shape (r,)
         ``k <= r <= max_rank`` selected rows.
     B : array, shape (n, r)
-        Coefficients :math:`B = A\,A[\mathrm{rows}]^+`, with ``max_i ||B[i]||_2 <= tol`` unless
-        ``max_rank`` rows were reached first.
+        Coefficients :math:`B = A\,A[\mathrm{rows}]^+`. Every row outside ``rows`` has
+        :math:`\|B_{i,:}\|_2 \le` ``tol`` unless ``max_rank`` rows were reached first (then a
+        ``ConvergenceWarning`` says so); the selected rows are rows of the orthogonal projector
+        :math:`B[\mathrm{rows}]` and have norm at most 1, so :math:`\max_i\|B_{i,:}\|_2 \le
+        \max(\mathrm{tol}, 1)`.
 
     Raises
     ------
@@ -223,7 +242,10 @@ def rect_maxvol(
     max_rank = n if max_rank is None else _validation.check_int(max_rank, "max_rank", minimum=k)
     if max_rank > n:
         raise ValueError(f"max_rank must satisfy k={k} <= max_rank <= n={n}, got {max_rank}")
-    rows, B = maxvol(A, tol=maxvol_tol)
+    with warnings.catch_warnings():
+        # An unconverged seed only makes the greedy phase add more rows.
+        warnings.simplefilter("ignore", _errors.ConvergenceWarning)
+        rows, B = maxvol(A, tol=maxvol_tol)
     chosen = [int(r) for r in rows]
     device = aac.device(A)
     idx = xp.arange(n, device=device)
@@ -242,4 +264,14 @@ def rect_maxvol(
         alive = xp.where(idx == i, xp.zeros_like(alive), alive)
         norms = (norms - ell * v * v) * alive
         chosen.append(i)
+    # The downdated norms drift by rounding: check the postcondition on B itself.
+    outside = xp.max(xp.sum(B * B, axis=1) * alive)
+    if len(chosen) >= max_rank and _backend.to_float(outside) > tol * tol:
+        warnings.warn(
+            f"rect_maxvol reached max_rank={max_rank} rows with a row norm "
+            f"{_backend.to_float(outside) ** 0.5:.4g} > tol = {tol} outside them; raise max_rank "
+            "or tol",
+            _errors.ConvergenceWarning,
+            stacklevel=2,
+        )
     return xp.asarray(chosen, dtype=xp.int64, device=device), B

@@ -13,6 +13,10 @@ __all__ = ["range_finder", "TruncatedSVD", "truncated_svd", "randomized_failure_
 #: Below this ``min(m, n)`` (or when ``k + oversample`` is a large share of it) an exact SVD is
 #: cheaper than sketching and gives exact bounds.
 EXACT_SVD_MAX_DIM = 512
+#: Gaussian probes behind the a posteriori bound on a sketch's residual ``||(I - QQ^T)A||_2``.
+RESIDUAL_PROBES = 10
+#: Probability that the sketch's residual bound fails (over its probes).
+RESIDUAL_FAILURE_PROBABILITY = 1e-6
 
 
 def range_finder(
@@ -67,8 +71,9 @@ def range_finder(
 
 
 def _range_finder(A: Any, size: int, power_iters: int, rng: Any, xp: Any) -> Any:
-    """:func:`range_finder` on input already validated."""
-    omega = _backend.Random(rng, A).normal((A.shape[1], size))
+    """:func:`range_finder` on input already validated (``rng`` may be a ``Random`` already)."""
+    gen = rng if isinstance(rng, _backend.Random) else _backend.Random(rng, A)
+    omega = gen.normal((A.shape[1], size))
     Q, _ = xp.linalg.qr(A @ omega)
     for _ in range(power_iters):
         Z, _ = xp.linalg.qr(A.T @ Q)
@@ -89,12 +94,23 @@ class TruncatedSVD:
     V : array, shape (n, k)
     kind : {"exact", "randomized"}
         How the triplets were computed.
+    residual : float
+        Upper bound on :math:`\\|(I - QQ^T)A\\|_2` for the sketch's basis ``Q`` (0 when exact),
+        failing with probability at most :data:`RESIDUAL_FAILURE_PROBABILITY`. For every
+        ``j <= k``, :math:`\\|(I - U_jU_j^T)A\\|_2` and :math:`\\|A(I - V_jV_j^T)\\|_2` are at
+        most ``s[j] + residual``.
     """
 
     U: Any
     s: Any
     V: Any
     kind: str
+    residual: float = 0.0
+
+    def tail(self, k: int, /) -> float:
+        """Upper bound on the rank-``k`` basis residuals (``s[k] + residual``; exact when exact)."""
+        s_next = _backend.to_float(self.s[k]) if self.s.shape[0] > k else 0.0
+        return s_next + self.residual
 
 
 def truncated_svd(
@@ -166,9 +182,22 @@ def _truncated_svd(
     if kind == "exact":
         U, s, Vt = xp.linalg.svd(A, full_matrices=False)
         return TruncatedSVD(U[:, :rank], s, Vt[:rank, :].T, "exact")
-    Q = _range_finder(A, size, power_iters, rng, xp)
+    gen = _backend.Random(rng, A)
+    Q = _range_finder(A, size, power_iters, gen, xp)
     Ub, s, Vt = xp.linalg.svd(Q.T @ A, full_matrices=False)
-    return TruncatedSVD(Q @ Ub[:, :rank], s, Vt[:rank, :].T, "randomized")
+    residual = _residual_bound(A, Q, gen, xp) if size < min(m, n) else 0.0
+    return TruncatedSVD(Q @ Ub[:, :rank], s, Vt[:rank, :].T, "randomized", residual)
+
+
+def _residual_bound(A: Any, Q: Any, gen: Any, xp: Any) -> float:
+    r"""One-pass bound :math:`\alpha\sqrt{2/\pi}\max_i\|(I-QQ^T)A\omega_i\|` on
+    :math:`\|(I-QQ^T)A\|_2`, failing with probability :math:`\alpha^{-r}` (Halko et al. 2011,
+    Lemma 4.1), :math:`\alpha = \delta^{-1/r}`."""
+    Y = A @ gen.normal((A.shape[1], RESIDUAL_PROBES))
+    Y = Y - Q @ (Q.T @ Y)
+    top = math.sqrt(_backend.to_float(xp.max(xp.sum(Y * Y, axis=0))))
+    alpha = RESIDUAL_FAILURE_PROBABILITY ** (-1.0 / RESIDUAL_PROBES)
+    return alpha * math.sqrt(2.0 / math.pi) * top
 
 
 def randomized_failure_factor(k: int, p: int, q: int, min_dim: int) -> float:

@@ -7,6 +7,12 @@ from hypothesis import strategies as st
 from scipy.sparse.linalg import aslinearoperator
 
 from curlinalg import certify, cur, deim_bound, maxvol_bound, qdeim_bound, selection_constant
+from curlinalg.bounds import (
+    POWER_STARTS,
+    SPECTRAL_OVERESTIMATE,
+    power_iterations_needed,
+    spectral_norm_bound,
+)
 from curlinalg.testing import known_spectrum, polynomial_spectrum
 
 # 620 x 500 > 2**18 entries: the spectral-norm certificate is probabilistic, not exact.
@@ -38,9 +44,13 @@ def test_spectral_certificate_is_an_upper_bound(seed, kind):
         "pair": (lambda x: A_BIG @ x, lambda y: A_BIG.T @ y),
     }[kind]
     cert = certify(A, RES_BIG, rng=seed)
-    assert not cert.exact and cert.probes == 20
+    assert not cert.exact and cert.probes == (20 if kind == "callable" else POWER_STARTS)
     assert cert.bound >= ERR2
-    assert cert.bound <= 10 * ERR2  # and it is not vacuous
+    if kind == "callable":  # only A @ X: the one-pass certificate
+        assert cert.bound <= 10 * ERR2
+    else:  # power iterations: a certain lower estimate, a bound never above 1.5 times the error
+        assert cert.estimate <= ERR2 * (1 + 1e-10)
+        assert cert.bound <= SPECTRAL_OVERESTIMATE * ERR2 * (1 + 1e-10)
 
 
 @given(st.integers(0, 2**32 - 1))
@@ -88,3 +98,40 @@ class NoProducts:
 def test_bad_input(A, kwargs, err, match):
     with pytest.raises(err, match=match):
         certify(A, RES_BIG, **kwargs)
+
+
+@pytest.mark.parametrize("n, starts, delta", [(10, 1, 0.5), (2000, 4, 1e-6), (10**6, 8, 1e-12)])
+def test_power_iterations_meet_the_failure_probability(n, starts, delta):
+    t = power_iterations_needed(n, starts, delta)
+    fail = lambda t: (0.824 * math.sqrt(n) * (1 / SPECTRAL_OVERESTIMATE**2) ** t) ** starts  # noqa: E731
+    assert fail(t) <= delta
+    assert t == 1 or fail(t - 1) > delta
+
+
+def test_power_certificate_is_sharp_on_a_hard_spectrum():
+    """Two nearly equal top singular values and a long flat tail: the estimate is a lower bound,
+    the bound an upper bound within the stated factor."""
+    A = known_spectrum(700, 500, np.r_[1.0, 0.999, np.full(498, 0.5)], rng=3)
+    X = np.random.default_rng(0).standard_normal((500, POWER_STARTS))
+    est, bound = spectral_norm_bound(lambda X: A @ X, lambda Y: A.T @ Y, X, 1e-6)
+    assert est <= 1.0 + 1e-12 and bound >= 1.0
+    assert bound == pytest.approx(SPECTRAL_OVERESTIMATE * est)
+
+
+@pytest.mark.slow
+def test_power_certificate_failure_rate_over_many_seeds():
+    """With failure_probability=0.5 the bound may fail for at most about half of the seeds; the
+    theorem is worst-case, so no failure is expected in practice."""
+    failures = sum(
+        certify(A_BIG, RES_BIG, failure_probability=0.5, rng=seed).bound < ERR2
+        for seed in range(200)
+    )
+    assert failures <= 100
+
+
+def test_certificate_of_the_zero_residual():
+    A = known_spectrum(700, 400, np.r_[np.ones(5), np.zeros(395)], rng=0)
+    res = cur(A, rank=5, rng=0)
+    cert = certify(A, res, rng=0)
+    assert not cert.exact and np.isfinite(cert.bound)
+    assert cert.bound <= 1e-12

@@ -44,3 +44,31 @@ def test_mixed_backends_rejected():
     A = np.ones((4, 4))
     with pytest.raises(TypeError, match="different namespaces"):
         optimal_core(A, torch.ones((4, 2), dtype=torch.float64), A[:2])
+
+
+def test_stable_factors_beat_the_plain_product_near_the_numerical_rank():
+    """The factored evaluation is accurate where C @ (U @ R) is not (finding 1's cause)."""
+    from curlinalg import deim, optimal_core_factors, cross_core_factors
+    from curlinalg.testing import known_spectrum
+
+    A = known_spectrum(300, 250, np.exp(-np.arange(250) / 8), rng=1)
+    U_, s, Vt = np.linalg.svd(A, full_matrices=False)
+    k = 200
+    rows, cols = deim(U_[:, :k]), deim(Vt[:k].T)
+    C, R = A[:, cols], A[rows]
+    f = optimal_core_factors(A, C, R)
+    stable = np.linalg.norm(A - f.left @ f.right, 2)
+    plain = np.linalg.norm(A - C @ (f.U @ R), 2)
+    assert stable < 1e-9 < plain
+    np.testing.assert_allclose(f.left.T @ f.left, np.eye(f.rank), atol=1e-12)
+    g = cross_core_factors(A, rows, cols, rtol=s[k] / s[0])
+    assert np.linalg.norm(A - g.left @ g.right, 2) < 1e-6
+
+
+def test_optimal_core_truncation_option():
+    from curlinalg import optimal_core_factors
+
+    A = np.diag([1.0, 1e-3, 1e-9])
+    full = optimal_core_factors(A, A, A)
+    cut = optimal_core_factors(A, A, A, rtol=1e-6)
+    assert full.rank == 3 and cut.rank == 2

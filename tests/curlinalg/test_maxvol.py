@@ -102,3 +102,40 @@ def test_device_swap_loop_matches_the_host_loop(max_iters):
     )
     np.testing.assert_array_equal(rows.numpy(), ref_rows)
     np.testing.assert_allclose(B.numpy(), ref_B, rtol=1e-10, atol=1e-12)
+
+
+def test_maxvol_reports_non_convergence():
+    """Finding 6: max_iters=3 returned max |B| = 1.18 > tol silently."""
+    import warnings
+
+    from curlinalg import ConvergenceWarning
+
+    M = np.random.default_rng(0).standard_normal((500, 20))
+    with pytest.warns(ConvergenceWarning, match="max_iters=3"):
+        rows, B = maxvol(M, max_iters=3)
+    assert np.abs(B).max() > 1.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows, B = maxvol(M)
+    assert np.abs(B).max() <= 1.05
+
+
+@pytest.mark.parametrize("tol", [0.5, 0.8, 1.0, 2.0])
+def test_rect_maxvol_agrees_with_its_docstring(tol):
+    """Finding 6: rect_maxvol(Q, tol=0.5) returned rows with ||B_i|| > 0.5."""
+    Q = np.linalg.qr(np.random.default_rng(1).standard_normal((300, 10)))[0]
+    rows, B = rect_maxvol(Q, tol=tol)
+    norms = np.linalg.norm(B, axis=1)
+    outside = np.setdiff1d(np.arange(300), rows)
+    assert norms[outside].max() <= tol * (1 + 1e-10)
+    assert norms[rows].max() <= 1 + 1e-10
+    np.testing.assert_allclose(B, Q @ np.linalg.pinv(Q[rows]), atol=1e-10)
+
+
+def test_rect_maxvol_warns_when_max_rank_stops_it():
+    from curlinalg import ConvergenceWarning
+
+    Q = np.linalg.qr(np.random.default_rng(1).standard_normal((300, 10)))[0]
+    with pytest.warns(ConvergenceWarning, match="max_rank=12"):
+        rows, _ = rect_maxvol(Q, tol=0.1, max_rank=12)
+    assert rows.shape == (12,)

@@ -51,3 +51,17 @@ def test_randomized_cur_probabilistic_bound_over_many_seeds(power_iters):
         err = np.linalg.norm(A - res.to_dense(), 2)
         failures += err > (res.eta_rows + res.eta_cols) * (1 + F) * s[k]
     assert failures <= binom.isf(1e-6, trials, 6 * p**-p)
+
+
+def test_randomized_residual_bounds_the_basis_error():
+    from curlinalg.sketch import truncated_svd
+    from curlinalg.testing import exponential_spectrum, known_spectrum
+
+    A = known_spectrum(900, 700, exponential_spectrum(700, decay=0.02), rng=0)
+    t = truncated_svd(A, rank=20, kind="randomized", rng=0)
+    U, V = t.U, t.V
+    for j in (5, 20):
+        assert np.linalg.norm(A - U[:, :j] @ (U[:, :j].T @ A), 2) <= t.tail(j)
+        assert np.linalg.norm(A - (A @ V[:, :j]) @ V[:, :j].T, 2) <= t.tail(j)
+    assert t.residual > 0
+    assert truncated_svd(A[:100, :80], rank=5, kind="exact").residual == 0.0
