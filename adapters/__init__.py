@@ -1,50 +1,79 @@
-"""CUR compression of Hugging Face transformer models, built on :mod:`curlinalg`.
+"""Compression of Hugging Face transformer models, a thin map of :mod:`curlinalg` onto layers.
 
-Compressed layers are :class:`InterpolativeLinear` (pivot rows plus interpolation coefficients,
-the default) or :class:`CURLinear` (``C U R``).
+A config says what to do (:mod:`adapters.configs`; the default is
+:class:`InterpolativeConfig`: pivot rows plus interpolation coefficients); :func:`plan` says
+what it will do without touching the model; :func:`compress` does it.
 
 Note: the import name ``adapters`` is also used by AdapterHub's ``adapters`` package on PyPI;
 the two cannot be installed in the same environment.
 
->>> import adapters                                     # doctest: +SKIP
->>> model, report = adapters.compress(model, calibration=text, tokenizer=tok, reduction=0.1)  # doctest: +SKIP
->>> adapters.save_compressed(model, "out/smol-cur", tokenizer=tok)  # doctest: +SKIP
+>>> import adapters                                                                 # doctest: +SKIP
+>>> p = adapters.plan(model, adapters.InterpolativeConfig(reduction=0.2), calibration=text, tokenizer=tok)  # doctest: +SKIP
+>>> model, report = adapters.compress(model, p, calibration=text, tokenizer=tok)   # doctest: +SKIP
+>>> adapters.save_compressed(model, "out/smol", tokenizer=tok)                     # doctest: +SKIP
 """
 
+from . import llama
 from ._common import AdaptersWarning, count_parameters
 from .calibration import CalibrationError, prepare_calibration
-from .compress import CompressionReport, ModuleReport, allocate_ranks, compress, find_targets
-from .heal import HealingError, HealResult, heal
+from .compression import CompressionReport, ModuleReport, compress
+from .configs import (
+    CompressionConfig,
+    CURConfig,
+    CURingConfig,
+    InterpolativeConfig,
+    SVDConfig,
+    config_from_dict,
+)
+from .healing import HealingError, HealResult, heal
 from .layer import (
     CURLinear,
     InterpolativeLinear,
+    LowRankLinear,
     break_even_rank,
     cur_params,
     interpolative_break_even_rank,
     interpolative_params,
 )
+from .planning import ModulePlan, Plan, allocate_ranks, plan
+from .presets import MISTRAL as mistral
+from .presets import QWEN2 as qwen2
 from .serialization import CheckpointMismatchError, load_compressed, save_compressed
+from .targets import find_targets
 
 __all__ = [
     "AdaptersWarning",
+    "CURConfig",
     "CURLinear",
+    "CURingConfig",
     "CalibrationError",
     "CheckpointMismatchError",
+    "CompressionConfig",
     "CompressionReport",
     "HealResult",
     "HealingError",
+    "InterpolativeConfig",
     "InterpolativeLinear",
+    "LowRankLinear",
+    "ModulePlan",
     "ModuleReport",
+    "Plan",
+    "SVDConfig",
     "allocate_ranks",
     "break_even_rank",
     "compress",
+    "config_from_dict",
     "count_parameters",
     "cur_params",
     "find_targets",
     "heal",
     "interpolative_break_even_rank",
     "interpolative_params",
+    "llama",
     "load_compressed",
+    "mistral",
+    "plan",
     "prepare_calibration",
+    "qwen2",
     "save_compressed",
 ]

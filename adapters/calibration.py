@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
+
+from .tokens import EvaluationOverlapError, token_ids
 
 __all__ = [
     "CalibrationError",
@@ -24,6 +26,7 @@ __all__ = [
     "token_weights",
     "angular_distance",
     "record_layer",
+    "default_calibration",
     "find_decoder_layers",
     "prepare_calibration",
 ]
@@ -32,10 +35,6 @@ _ERR_NONFINITE = (
     "calibration activations entering {name!r} contain NaN or Inf (batch {batch}); expected "
     "finite values. Check the calibration tokens, run the model in float32/bfloat16 instead of "
     "float16, or drop the offending samples"
-)
-_ERR_KIND = (
-    "calibration must be a token tensor, a string or list of strings (with tokenizer=), or an "
-    "iterable of token batches (tensors or dicts with 'input_ids'); got {kind}"
 )
 
 
@@ -86,6 +85,9 @@ def prepare_calibration(
     Parameters
     ----------
     calibration : str, list of str, torch.Tensor or iterable
+        Parsed by :func:`adapters.tokens.token_ids` (text from the WikiText-2 evaluation split
+        is refused):
+
         * a string or list of strings: tokenized with ``tokenizer`` (strings joined by blank
           lines), then ``nsamples`` windows of ``seqlen`` tokens are drawn at random;
         * a 1-D token tensor: windows drawn the same way;
@@ -109,17 +111,14 @@ def prepare_calibration(
     TypeError
         For an unsupported kind, or text without a tokenizer.
     CalibrationError
-        If the text is shorter than one window or the result is empty.
+        If the text is shorter than one window, from the evaluation split, or the result is
+        empty.
     """
-    if isinstance(calibration, str) or (
-        isinstance(calibration, (list, tuple)) and calibration and all(isinstance(s, str) for s in calibration)
-    ):
-        if tokenizer is None:
-            raise TypeError("calibration is text, so tokenizer= is needed to encode it; pass the model's tokenizer")
-        text = calibration if isinstance(calibration, str) else "\n\n".join(calibration)
-        calibration = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
-    if isinstance(calibration, torch.Tensor):
-        ids = calibration.long()
+    try:
+        ids = token_ids(calibration, tokenizer=tokenizer, what="calibration")
+    except EvaluationOverlapError as exc:
+        raise CalibrationError(str(exc)) from None
+    if isinstance(ids, torch.Tensor):
         if ids.ndim == 2:
             batches = _as_batches(ids, batch_size)
         elif ids.ndim == 1:
@@ -133,19 +132,47 @@ def prepare_calibration(
             batches = _as_batches(torch.stack([ids[s : s + seqlen] for s in starts.tolist()]), batch_size)
         else:
             raise CalibrationError(f"calibration token tensor must be 1-D or 2-D, got shape {tuple(ids.shape)}")
-    elif isinstance(calibration, Iterable) and not isinstance(calibration, (str, bytes)):
-        batches = []
-        for item in calibration:
-            if isinstance(item, dict):
-                item = item["input_ids"]
-            if not isinstance(item, torch.Tensor):
-                raise TypeError(_ERR_KIND.format(kind=f"an iterable of {type(item).__name__}"))
-            batches.append(item.long().reshape(-1, item.shape[-1]))
     else:
-        raise TypeError(_ERR_KIND.format(kind=type(calibration).__name__))
+        batches = list(ids)
     if not batches:
         raise CalibrationError("calibration is empty; expected at least one token batch")
     return batches
+
+
+_ERR_NO_TOKENIZER = (
+    "no calibration= was given, so the bundled WikiText-2 calibration split is used, which needs "
+    "the model's tokenizer; none was found (tried tokenizer=, model.tokenizer and "
+    "AutoTokenizer.from_pretrained(model.config._name_or_path={path!r}, local_files_only=True)). "
+    "Pass tokenizer=AutoTokenizer.from_pretrained(...), or calibration= token ids "
+    "(a (samples, seqlen) int64 tensor) or text with tokenizer="
+)
+
+
+def default_calibration(model: nn.Module, /, *, tokenizer=None):
+    """The bundled WikiText-2 calibration split and a tokenizer for it: ``(text, tokenizer)``.
+
+    The tokenizer is ``tokenizer``, else ``model.tokenizer``, else the one saved beside the
+    model (``model.config._name_or_path``, local files only).
+
+    Raises
+    ------
+    CalibrationError
+        If no tokenizer can be found; the message says how to pass one.
+    """
+    from .eval import load_wikitext2
+
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    if tok is None and path:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any failure means "no tokenizer here"
+            tok = None
+    if tok is None:
+        raise CalibrationError(_ERR_NO_TOKENIZER.format(path=path))
+    return load_wikitext2(tokenizer=tok).calibration_text, tok
 
 
 class _Stop(Exception):

@@ -8,13 +8,16 @@ parameter count, WikiText-2 perplexity before and after, and the time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["load_model", "main"]
+from .configs import CONFIGS, CompressionConfig
+
+__all__ = ["config_from_args", "load_model", "main"]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,52 +77,68 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
     model = model if device is None else model.to(device)
+    model.tokenizer = tok  # what adapters.calibration.default_calibration looks for
     return model.eval(), tok
 
 
-def _add_compress_options(p: argparse.ArgumentParser, *, nsamples: int = 128) -> None:
-    p.add_argument("--method", default="activation", choices=["activation", "curing"])
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--reduction", type=float, help="fraction of parameters to remove (default 0.1)")
-    g.add_argument("--target-params", type=int, help="parameter budget of the whole model")
-    g.add_argument("--rank", type=int, help="fixed rank for every compressed matrix")
-    p.add_argument("--targets", nargs="+", help="q k v o gate up down (or module name endings)")
-    p.add_argument("--layers", nargs="+", type=int, help="decoder-layer indices")
-    p.add_argument("--nsamples", type=int, default=nsamples, help=f"calibration windows (default {nsamples})")
-    p.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
-    p.add_argument("--form", default="interpolative", choices=["interpolative", "cur"],
-                   help="activation method: store each matrix as kept rows + interpolation coefficients "
-                        "(default) or as C U R")
-    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
-                   help="calibrate each layer on the outputs of the compressed layers before it "
-                        "(default: the compress() default for the form)")
-    p.add_argument("--selector", default="deim", choices=["deim", "qdeim", "maxvol"],
-                   help="curlinalg selector for rows and columns (activation method)")
-    p.add_argument("--token-weighting", default="norm", choices=["norm", "clip", "none"],
-                   help="token weights of the input covariance (activation method; default norm)")
-    p.add_argument("--seed", type=int, default=0)
+#: Config fields the CLI does not offer (set them in Python, or through a plan).
+_NOT_ON_CLI = {"overrides"}
+
+
+def _config_fields() -> dict[str, tuple]:
+    """Every config field once: ``{name: (field, {methods having it})}``."""
+    out: dict[str, tuple] = {}
+    for method, cls in CONFIGS.items():
+        for f in dataclasses.fields(cls):
+            if f.name not in _NOT_ON_CLI:
+                out.setdefault(f.name, (f, set()))[1].add(method)
+    return out
+
+
+def _add_compress_options(p: argparse.ArgumentParser) -> None:
+    """One option per config field (``--token-weighting`` for ``token_weighting``), generated."""
+    p.add_argument("--method", default="interpolative", choices=list(CONFIGS),
+                   help="compression method: the config class (default interpolative)")
+    for name, (f, methods) in _config_fields().items():
+        flag = "--" + name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        where = "" if len(methods) == len(CONFIGS) else f" ({', '.join(sorted(methods))})"
+        help_ = f"config field {name}{where}; default {default!r}"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif isinstance(default, (tuple, list)) or name in ("layers",):
+            kind = int if name == "layers" else str
+            p.add_argument(flag, nargs="+", type=kind, default=None, help=help_)
+        elif isinstance(default, (int, float, str)) and not isinstance(default, bool):
+            kind = type(default)
+            p.add_argument(flag, type=kind, default=None, help=help_)
+        else:
+            kind = {"reduction": float, "target_params": int, "rank": int}.get(name, str)
+            p.add_argument(flag, type=kind, default=None, help=help_)
+
+
+def config_from_args(args) -> CompressionConfig:
+    """The config of the parsed options (unset options keep the config's defaults).
+
+    Raises
+    ------
+    SystemExit
+        Through ``argparse`` when an option does not belong to ``--method`` or a value is bad.
+    """
+    cls = CONFIGS[args.method]
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {name: getattr(args, name) for name in _config_fields() if getattr(args, name, None) is not None}
+    stray = sorted(set(given) - names)
+    if stray:
+        raise ValueError(f"--method {args.method} has no option(s) {['--' + s.replace('_', '-') for s in stray]}")
+    if "targets" in given and len(given["targets"]) == 1 and given["targets"][0] == "all-linear":
+        given["targets"] = "all-linear"
+    return cls.with_options(**given)
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tokens", type=int, default=32768, help="evaluation tokens (default 32768; 0 = all)")
     p.add_argument("--eval-seqlen", type=int, default=2048)
-
-
-def _compress_kwargs(args) -> dict:
-    kw = dict(
-        method=args.method, targets=args.targets, layers=args.layers, nsamples=args.nsamples,
-        seqlen=args.seqlen, seed=args.seed, progress=not args.quiet,
-    )
-    if args.sequential is not None:
-        kw["sequential"] = args.sequential
-    if args.method == "activation":
-        kw["form"] = args.form
-        kw["selector"] = args.selector
-        kw["token_weighting"] = args.token_weighting
-    for key in ("reduction", "target_params", "rank"):
-        if getattr(args, key) is not None:
-            kw[key] = getattr(args, key)
-    return kw
 
 
 def _ppl(model, tok, data, args):
@@ -133,10 +152,11 @@ def _cmd_demo(args) -> int:
     import torch
 
     from ._common import count_parameters
-    from .compress import compress
+    from .compression import compress
     from .eval import load_wikitext2
 
-    torch.manual_seed(args.seed)
+    config = config_from_args(args)
+    torch.manual_seed(config.seed)
     t0 = time.perf_counter()
     model, tok = load_model(SMOLLM2, device=args.device)
     print(f"loaded SmolLM2-135M-Instruct ({SMOLLM2_GGUF}) in {time.perf_counter() - t0:.1f}s")
@@ -145,7 +165,7 @@ def _cmd_demo(args) -> int:
     ppl0 = _ppl(model, tok, data, args)
     print(f"dense:      {before:,} parameters, WikiText-2 perplexity {ppl0.ppl:.2f} ({ppl0.tokens:,} tokens)")
     t1 = time.perf_counter()
-    model, report = compress(model, calibration=data.calibration_text, tokenizer=tok, **_compress_kwargs(args))
+    model, report = compress(model, config, calibration=data.calibration_text, tokenizer=tok, progress=not args.quiet)
     t_comp = time.perf_counter() - t1
     ppl1 = _ppl(model, tok, data, args)
     print(
@@ -162,16 +182,17 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compress(args) -> int:
-    from .compress import compress
+    from .compression import compress
     from .eval import load_wikitext2
     from .serialization import save_compressed
 
+    config = config_from_args(args)
     model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device)
     if args.calibration:
         text = Path(args.calibration).read_text(encoding="utf-8")
     else:
         text = load_wikitext2(tokenizer=tok).calibration_text
-    model, report = compress(model, calibration=text, tokenizer=tok, **_compress_kwargs(args))
+    model, report = compress(model, config, calibration=text, tokenizer=tok, progress=not args.quiet)
     print(report.summary())
     save_compressed(model, args.output, tokenizer=tok, overwrite=args.overwrite)
     if args.report:
@@ -191,17 +212,71 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _cmd_heal(args, rest) -> int:
-    if importlib.util.find_spec("adapters.heal") is None:
-        print(
-            "error: 'heal' needs the module adapters.heal, which is not part of this installation; "
-            "use 'compress' and 'eval', or update adapters",
-            file=sys.stderr,
-        )
-        return 2
-    from .heal import cli_main
+def _add_heal_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a compressed folder written by adapters.save_compressed")
+    p.add_argument("--output", "-o", required=True, help="folder for the healed model")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--teacher", default=None,
+                   help="'smollm2', or a local folder with the uncompressed model (default: none, cross-entropy only)")
+    p.add_argument("--teacher-gguf-file", help="GGUF file name inside the teacher folder")
+    p.add_argument("--data", help="text file to heal on (default: WikiText-2 calibration split)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-3, help="relative step size (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--alpha", type=float, help="distillation weight (default 1 with a teacher, 0 without)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--hidden-weight", type=float, default=0.0)
+    p.add_argument("--train-bias", action="store_true")
+    p.add_argument("--train-norms", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", help="write the HealResult as JSON here")
+    _add_eval_options(p)
+    p.set_defaults(eval_tokens=0)
 
-    return cli_main(rest + (["--quiet"] if getattr(args, "quiet", False) else []))
+
+def _cmd_heal(args) -> int:
+    import torch
+
+    from .eval import load_wikitext2, perplexity
+    from .healing import heal
+    from .layer import FACTORED_LINEARS
+    from .serialization import save_compressed
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(args.model)
+    if not any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
+        print(f"error: {args.model} holds no compressed (CURLinear/InterpolativeLinear) modules; compress it first "
+              "with 'python -m adapters compress'", file=sys.stderr)
+        return 2
+    model.to(device)
+    teacher = None
+    if args.teacher:
+        teacher, _ = load_model(args.teacher, gguf_file=args.teacher_gguf_file)
+        teacher.to(device)
+    data = Path(args.data).read_text(encoding="utf-8") if args.data else None
+
+    def ppl():
+        text = load_wikitext2(tokenizer=tok).eval_text
+        return perplexity(model, tok, text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
+                          progress=not args.quiet).ppl
+
+    before = ppl() if args.eval_tokens else None
+    result = heal(
+        model, teacher=teacher, data=data, tokenizer=tok, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, seqlen=args.seqlen, alpha=args.alpha, temperature=args.temperature,
+        hidden_weight=args.hidden_weight, train_bias=args.train_bias, train_norms=args.train_norms,
+        seed=args.seed, progress=not args.quiet,
+    )
+    print(f"healed {result.steps_run} steps in {result.seconds:.1f}s: loss {result.losses[0]:.4f} -> "
+          f"{result.losses[-1]:.4f} ({result.trainable_params:,} trainable parameters)")
+    if args.eval_tokens:
+        print(f"WikiText-2 perplexity {before:.3f} -> {ppl():.3f} ({args.eval_tokens} evaluation tokens)")
+    save_compressed(model, args.output, tokenizer=tok, overwrite=args.overwrite)
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    print(f"saved to {args.output}")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,9 +285,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this torch device, e.g. cuda (default: cpu)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="SmolLM2-135M: compress at the default budget, perplexity before/after")
-    # The benchmark's calibration size (128 x 512 tokens): with 32 x 512 the default token
+    # The config's calibration size, 128 x 512 tokens: with 32 x 512 the default token
     # weighting is noisier (perplexity 124 instead of 62 at -10%, docs/adapters.md, Quality).
-    _add_compress_options(d, nsamples=128)
+    _add_compress_options(d)
     _add_eval_options(d)
     d.add_argument("--output", help="also save the compressed model here")
     c = sub.add_parser("compress", help="compress a model and save it")
@@ -227,7 +302,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="'smollm2', a compressed folder or a local model folder")
     e.add_argument("--gguf-file")
     _add_eval_options(e)
-    sub.add_parser("heal", help="fine-tune a compressed model (adapters.heal)", add_help=False)
+    h = sub.add_parser("heal", help="fine-tune the cores of a compressed model (adapters.heal)")
+    _add_heal_options(h)
+    for command in (d, c, e, h):  # also accepted after the command's name
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     return p
 
 
@@ -235,9 +313,11 @@ def main(argv=None) -> int:
     """Entry point of ``python -m adapters``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if "heal" in argv:
-        i = argv.index("heal")
-        args = parser.parse_args(argv[: i + 1])
-        return _cmd_heal(args, argv[i + 1 :])
     args = parser.parse_args(argv)
-    return {"demo": _cmd_demo, "compress": _cmd_compress, "eval": _cmd_eval}[args.command](args)
+    if args.command in ("demo", "compress"):
+        try:
+            config_from_args(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+    commands = {"demo": _cmd_demo, "compress": _cmd_compress, "eval": _cmd_eval, "heal": _cmd_heal}
+    return commands[args.command](args)

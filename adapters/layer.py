@@ -8,12 +8,16 @@ from torch import nn
 
 __all__ = [
     "FACTORED_LINEARS",
+    "LAYERS",
     "CURLinear",
     "InterpolativeLinear",
+    "LowRankLinear",
     "break_even_rank",
     "cur_params",
     "interpolative_break_even_rank",
     "interpolative_params",
+    "svd_break_even_rank",
+    "svd_params",
 ]
 
 _ERR_SHAPES = (
@@ -231,6 +235,15 @@ class CURLinear(_FactoredLinear):
             R = W[rows, :] if R is None else R.to(W)
             return cls(C, U.to(W), R, bias=linear.bias, rows=rows, cols=cols)
 
+    @classmethod
+    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype) -> "CURLinear":
+        """A zero-filled shell of the given shape, for loading a checkpoint into."""
+        if rank < 1:
+            raise ValueError(f"a CURLinear needs rank >= 1, got {rank}")
+        z = dict(dtype=dtype)
+        return cls(torch.zeros(m, rank, **z), torch.zeros(rank, rank, **z), torch.zeros(rank, n, **z),
+                   bias=torch.zeros(m, **z) if bias else None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(nn.functional.linear(nn.functional.linear(x, self.R), self.U), self.C)
         return y if self.bias is None else y + self.bias
@@ -402,6 +415,15 @@ class InterpolativeLinear(_FactoredLinear):
             R = W[rows, :] if R is None else R.to(W)
             return cls(P.to(W), R, rows=rows, bias=linear.bias)
 
+    @classmethod
+    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype) -> "InterpolativeLinear":
+        """A zero-filled shell of the given shape, for loading a checkpoint into."""
+        if not 0 < rank < min(m, n):
+            raise ValueError(f"an InterpolativeLinear needs 0 < rank < min(out, in) = {min(m, n)}, got {rank}")
+        z = dict(dtype=dtype)
+        return cls(torch.zeros(m - rank, rank, **z), torch.zeros(rank, n, **z), rows=range(rank),
+                   bias=torch.zeros(m, **z) if bias else None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = nn.functional.linear(x, self.R)
         y = z.new_empty(*z.shape[:-1], self.out_features)
@@ -417,5 +439,57 @@ class InterpolativeLinear(_FactoredLinear):
         return super().extra_repr() + f", form={self.form}"
 
 
-#: The layer types :func:`adapters.compress` builds (what saving, loading and healing look for).
+def svd_params(out_features: int, in_features: int, rank: int, /) -> int:
+    """Parameters of a rank-``rank`` factorisation ``A B`` of an ``out x in`` weight: ``r (m + n)``.
+
+    Examples
+    --------
+    >>> svd_params(576, 576, 36)
+    41472
+    """
+    return rank * (out_features + in_features)
+
+
+def svd_break_even_rank(out_features: int, in_features: int, /) -> int:
+    """Largest ``r`` with ``r (m + n) < m n``.
+
+    Examples
+    --------
+    >>> svd_break_even_rank(576, 576)
+    287
+    """
+    return (out_features * in_features - 1) // (out_features + in_features)
+
+
+class LowRankLinear(nn.Module):
+    """``y = x B^T A^T + b`` with ``A`` (out x r) and ``B`` (r x in): the SVD baselines' layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> LowRankLinear(torch.ones(4, 2), torch.ones(2, 6))(torch.ones(3, 6)).shape
+    torch.Size([3, 4])
+    """
+
+    def __init__(self, A, B, /, *, bias=None):
+        super().__init__()
+        if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
+            raise ValueError(f"expected A (m x r) and B (r x n), got {tuple(A.shape)} and {tuple(B.shape)}")
+        self.out_features, self.rank = A.shape
+        self.in_features = B.shape[1]
+        self.A = nn.Parameter(A.detach().clone(memory_format=torch.contiguous_format))
+        self.B = nn.Parameter(B.detach().clone(memory_format=torch.contiguous_format))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def forward(self, x):
+        y = nn.functional.linear(nn.functional.linear(x, self.B), self.A)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+#: The layer types :func:`adapters.compress` builds that checkpoints hold and healing trains.
 FACTORED_LINEARS = (CURLinear, InterpolativeLinear)
+#: Recorded form -> layer class (what a checkpoint's ``form`` field names).
+LAYERS = {cls.form: cls for cls in FACTORED_LINEARS}

@@ -1,29 +1,29 @@
-"""Preset for the Llama family (Llama 2/3, SmolLM2, TinyLlama, ...): :func:`compress`."""
+"""Preset for the Llama family (Llama 2/3, SmolLM2, TinyLlama, ...): :func:`compress`, :func:`plan`."""
 
 from __future__ import annotations
 
-from .compress import compress as _compress
+from .presets import LLAMA
 
-__all__ = ["LLAMA_TARGETS", "compress"]
+__all__ = ["LLAMA_TARGETS", "compress", "plan"]
 
-LLAMA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LLAMA_TARGETS = LLAMA.targets
 
 
-def compress(model, /, *, calibration, method: str = "activation", **options):
-    """Compress a Llama-family model with CUR, in place.
+def compress(model, config=None, /, *, calibration=None, tokenizer=None, progress=True, heal=False, **options):
+    """Compress a Llama-family model, in place, with the Llama module names fixed.
 
     Parameters
     ----------
-    model : transformers LlamaForCausalLM (or same module layout)
-        Modified in place.
-    calibration : str, list of str, torch.Tensor or iterable of batches
-        See :func:`adapters.calibration.prepare_calibration`.
-    method : {"activation", "curing"}, default "activation"
-        ``"curing"`` reproduces CURing: q/k/gate of the 10 layers of smallest angular distance,
-        rank ``min(r*, 256)`` (pass ``rank=`` to override).
-    **options
-        Keyword options of :func:`adapters.compress.compress` (``reduction``, ``target_params``,
-        ``targets``, ``layers``, ``rank``, ``tokenizer``, ``seed``, ``progress``, ...).
+    model : transformers LlamaForCausalLM
+        ``model.config.model_type`` must be ``"llama"``; modified in place.
+    config : CompressionConfig or Plan, optional
+        Default :class:`adapters.InterpolativeConfig` (-10% parameters); its ``targets`` must
+        be a subset of ``q k v o gate up down``.
+    calibration : optional
+        Default: the bundled WikiText-2 calibration split, encoded with ``tokenizer``, the
+        model's ``tokenizer`` attribute, or the tokenizer saved beside the model.
+    tokenizer, progress, heal, **options
+        As :func:`adapters.compress`.
 
     Returns
     -------
@@ -32,16 +32,24 @@ def compress(model, /, *, calibration, method: str = "activation", **options):
     Raises
     ------
     ValueError
-        As :func:`adapters.compress.compress`; in particular when the model does not have the
-        Llama module names (the message lists the names found and how to pass ``targets=``).
-
-    Notes
-    -----
-    The preset only fixes the module names (``q_proj ... down_proj`` under ``model.layers``);
-    the algorithms live in :mod:`adapters.compress`.
+        A model of another family (e.g. Phi-3, whose fused ``qkv_proj`` this preset would
+        miss), or targets outside the Llama names.
+    adapters.CalibrationError
+        No calibration given and no tokenizer found; the message says how to pass one.
 
     References
     ----------
     CURing (2025), arXiv 2501.04211.
+
+    Examples
+    --------
+    >>> import adapters                                         # doctest: +SKIP
+    >>> model, report = adapters.llama.compress(model)         # doctest: +SKIP
     """
-    return _compress(model, calibration=calibration, method=method, **options)
+    return LLAMA.compress(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,
+                          heal=heal, **options)
+
+
+def plan(model, config=None, /, *, calibration=None, tokenizer=None, progress=True, **options):
+    """:func:`adapters.plan` with the Llama names fixed (see :func:`compress`)."""
+    return LLAMA.plan(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress, **options)

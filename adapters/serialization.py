@@ -2,8 +2,8 @@
 
 The folder is a normal Hugging Face checkpoint whose ``config.json`` carries one extra section,
 ``cur_compression``, recording every :class:`~adapters.layer.CURLinear` and
-:class:`~adapters.layer.InterpolativeLinear` (name, form, shape, rank, bias).  No pickles are
-written or read.
+:class:`~adapters.layer.InterpolativeLinear` (name, form, shape, rank, bias) and the
+compression config (``config``, see :mod:`adapters.configs`).  No pickles are written or read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .layer import FACTORED_LINEARS, CURLinear, InterpolativeLinear
+from .configs import config_from_dict
+from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
@@ -104,6 +105,9 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     try:
         config = model.config.to_dict()
         config[SECTION] = {"format_version": FORMAT_VERSION, "library": "adapters", "modules": modules}
+        used = getattr(model, "compression_config", None)
+        if used is not None:
+            config[SECTION]["config"] = used.to_dict()
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
         save_file(_unique_state(model), str(tmp / WEIGHTS), metadata={"format": "pt", SECTION: str(FORMAT_VERSION)})
         if tokenizer is not None:
@@ -136,6 +140,8 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
     -------
     transformers PreTrainedModel
         In eval mode, with the compressed modules restored; logits identical to the saved model.
+        ``model.compression_config`` holds the saved config (checkpoints written before configs
+        were saved have none and load all the same).
 
     Raises
     ------
@@ -186,18 +192,14 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
             raise CheckpointMismatchError(
                 f"{name}: config says {m}x{n}, architecture has {tuple(old.weight.shape)}"
             )
-        z = dict(dtype=stored_dtype)
-        bias = torch.zeros(m, **z) if spec["bias"] else None
-        form = spec.get("form", "cur")
-        if form == "interpolative" and 0 < r < min(m, n):
-            new = InterpolativeLinear(torch.zeros(m - r, r, **z), torch.zeros(r, n, **z), rows=range(r), bias=bias)
-        elif form == "cur" and r > 0:
-            new = CURLinear(torch.zeros(m, r, **z), torch.zeros(r, r, **z), torch.zeros(r, n, **z), bias=bias)
-        else:
+        form = spec.get("form", "cur")  # checkpoints written before the form was recorded
+        try:
+            new = LAYERS[form].empty(m, n, r, bias=bool(spec["bias"]), dtype=stored_dtype)
+        except (KeyError, ValueError):
             raise CheckpointMismatchError(
                 f"{name}: config records form {form!r} with rank {r} for a {m}x{n} weight; expected "
-                "form 'cur' or 'interpolative' with 0 < rank (< min(out, in) for 'interpolative')"
-            )
+                f"a form in {sorted(LAYERS)} with 0 < rank (< min(out, in) for 'interpolative')"
+            ) from None
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
     model.tie_weights()
@@ -230,6 +232,8 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
                     f"{name}: the stored rows and rest indices are not a split of range({mod.out_features}); "
                     f"{w_file} is damaged or was edited, re-save with adapters.save_compressed"
                 )
+    if "config" in section:
+        model.compression_config = config_from_dict(section["config"])
     model.to(device)
     if dtype is not None:
         model.to(dtype)

@@ -15,7 +15,6 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import scipy.linalg as sl
@@ -25,8 +24,10 @@ import _common  # noqa: E402  (puts the repository root on sys.path)
 from adapters.calibration import LayerRunner, prepare_calibration, record_layer  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2  # noqa: E402
+from adapters.targets import find_targets  # noqa: E402
+from curlinalg import deim  # noqa: E402
+from curlinalg.metric import gram_svd, whitening  # noqa: E402
 
-cm = importlib.import_module("adapters.compress")
 
 
 def _errors(A, rows, cols):
@@ -39,8 +40,8 @@ def _errors(A, rows, cols):
 
 
 def _cur(A, r):
-    P, Q = cm._top_singular_pairs(A, r)
-    return _errors(A, cm._deim(P), cm._deim(Q))[2]
+    P, Q, _ = gram_svd(A, r)
+    return _errors(A, deim(P), deim(Q))[2]
 
 
 def _massive_activations(model, ids):
@@ -73,12 +74,12 @@ def main() -> int:
     runner = LayerRunner(model, batches, progress=False)
     hidden = runner.hidden
     for i in range(21):
-        found = cm.find_targets(model, layers=[i])
+        found = find_targets(model, layers=[i])
         stats, out = record_layer(runner, i, hidden, {n: m for n, (_, m) in found.items()})
         if i in (0, 5, 20):
             for n, (_, lin) in found.items():
                 W = lin.weight.detach().double()
-                H = cm._ridged(stats[n].gram, 1e-6)
+                H = whitening(stats[n].gram, ridge=1e-6).shifted_gram()
                 vals, vecs = torch.linalg.eigh(H)
                 roots = {"sqrt": (vecs * vals.clamp_min(0).sqrt()) @ vecs.T, "chol": torch.linalg.cholesky(H)}
                 e = {k: _cur(W @ S, 64) for k, S in roots.items()}
@@ -88,8 +89,8 @@ def main() -> int:
                     s = torch.linalg.svdvals(A)
                     for r in (48, 128):
                         svd = float(torch.sqrt((s[r:] ** 2).sum() / (s ** 2).sum()))
-                        P, Q = cm._top_singular_pairs(A, r)
-                        d = _errors(A, cm._deim(P), cm._deim(Q))
+                        P, Q, _ = gram_svd(A, r)
+                        d = _errors(A, deim(P), deim(Q))
                         _, _, pc = sl.qr(A.numpy(), pivoting=True, mode="economic")
                         _, _, pr = sl.qr(A.numpy().T, pivoting=True, mode="economic")
                         q = _errors(A, torch.as_tensor(pr[:r]), torch.as_tensor(pc[:r]))

@@ -45,7 +45,7 @@ from adapters import compress, count_parameters, load_compressed, save_compresse
 from adapters.layer import FACTORED_LINEARS  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2, perplexity  # noqa: E402
-from adapters.heal import heal, trainable_parameters  # noqa: E402
+from adapters.healing import heal, trainable_parameters  # noqa: E402
 
 TARGETS = {"0.088": 25.0, "0.2": 35.0}
 
@@ -88,7 +88,8 @@ def _compressed(base, data, tok, f, args):
 
 def _dense_control(model, *, names, data_ids, steps, lr, batch_size, seqlen, seed, progress, eval_cb, eval_every):
     """CE fine-tuning of the dense model's linears ``names``, same batches and schedule as heal."""
-    from adapters.heal import _Batches, _lr_at
+    from adapters.distillation import lr_at
+    from adapters.tokens import TokenBatches
 
     params = [model.get_submodule(n).weight for n in names]
     for p in model.parameters():
@@ -98,7 +99,7 @@ def _dense_control(model, *, names, data_ids, steps, lr, batch_size, seqlen, see
     # The same relative learning rate as heal(): each weight's rate is lr times its RMS.
     opt = torch.optim.AdamW([{"params": [q], "scale": float(q.detach().pow(2).mean().sqrt())} for q in params],
                             lr=lr, weight_decay=0.0)
-    batches = _Batches(data_ids, tokenizer=None, batch_size=batch_size, seqlen=seqlen,
+    batches = TokenBatches(data_ids, tokenizer=None, batch_size=batch_size, seqlen=seqlen,
                        generator=torch.Generator().manual_seed(seed))
     warmup = max(1, steps // 10)
     evals = [(0, eval_cb(model, 0))]
@@ -107,7 +108,7 @@ def _dense_control(model, *, names, data_ids, steps, lr, batch_size, seqlen, see
     for step in range(steps):
         ids = batches.next()
         for g in opt.param_groups:
-            g["lr"] = g["scale"] * _lr_at(step, lr=lr, steps=steps, warmup=warmup, min_lr_ratio=0.0)
+            g["lr"] = g["scale"] * lr_at(step, lr=lr, steps=steps, warmup=warmup, min_lr_ratio=0.0)
         logits = model(input_ids=ids, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)

@@ -49,3 +49,21 @@ def calib_tokens():
 def eval_tokens():
     gen = torch.Generator().manual_seed(2)
     return torch.randint(0, 128, (2, 32), generator=gen)
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer built in memory (no downloads)."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(33 + i): i for i in range(94)} | {"[UNK]": 94}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]")
+
+
+def save_char_tokenizer(path):
+    tok = char_tokenizer()
+    tok.save_pretrained(path)
+    return tok

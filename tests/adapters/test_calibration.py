@@ -26,7 +26,9 @@ def test_prepare_calibration_kinds_and_seed():
     assert len(prepare_calibration(torch.zeros(5, 7, dtype=torch.long), batch_size=2)) == 3
     text = prepare_calibration("hello world " * 20, tokenizer=_Tok(), nsamples=2, seqlen=8)
     assert text[0].shape == (2, 8)
-    assert len(prepare_calibration([{"input_ids": torch.zeros(1, 4)}, torch.zeros(4)])) == 2
+    assert len(prepare_calibration([{"input_ids": torch.zeros(1, 4, dtype=torch.long)}, torch.zeros(4, dtype=torch.long)])) == 2
+    with pytest.raises(TypeError, match="integer ids"):
+        prepare_calibration([torch.zeros(1, 4)])
 
 
 def test_prepare_calibration_errors():

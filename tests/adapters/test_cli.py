@@ -1,29 +1,48 @@
+import dataclasses
+
 import pytest
 
-from adapters import cli
+from adapters import CURConfig, CURingConfig, InterpolativeConfig, cli
 
 
-def test_parser_has_subcommands():
+def _config(argv):
     p = cli._parser()
-    args = p.parse_args(["compress", "smollm2", "-o", "out", "--reduction", "0.2", "--targets", "q", "k"])
-    assert args.reduction == 0.2 and args.targets == ["q", "k"]
-    with pytest.raises(SystemExit):
-        p.parse_args(["compress", "smollm2", "-o", "out", "--reduction", "0.2", "--rank", "3"])
+    return cli.config_from_args(p.parse_args(["--quiet", "compress", "smollm2", "-o", "out", *argv]))
 
 
-def test_form_and_sequential_options_reach_compress():
+def test_options_are_generated_from_every_config_field():
     p = cli._parser()
-    base = ["--quiet", "compress", "smollm2", "-o", "out"]
-    kw = cli._compress_kwargs(p.parse_args(base))
-    assert kw["form"] == "interpolative" and "sequential" not in kw  # compress() picks the form's default
-    kw = cli._compress_kwargs(p.parse_args(base + ["--form", "cur", "--no-sequential"]))
-    assert kw["form"] == "cur" and kw["sequential"] is False
-    kw = cli._compress_kwargs(p.parse_args(base + ["--sequential"]))
-    assert kw["sequential"] is True
-    kw = cli._compress_kwargs(p.parse_args(base + ["--method", "curing"]))
-    assert "form" not in kw
-    with pytest.raises(SystemExit):
-        p.parse_args(base + ["--form", "svd"])
+    compress = p._subparsers._group_actions[0].choices["compress"]
+    flags = {a.option_strings[0] for a in compress._actions if a.option_strings}
+    for cls in (InterpolativeConfig, CURConfig, CURingConfig):
+        for f in dataclasses.fields(cls):
+            if f.name not in cli._NOT_ON_CLI:
+                assert "--" + f.name.replace("_", "-") in flags
+
+
+def test_options_reach_the_config():
+    assert _config([]) == InterpolativeConfig()
+    assert _config(["--reduction", "0.2", "--targets", "q", "k", "--exclude", "k"]) == InterpolativeConfig(
+        reduction=0.2, targets=("q", "k"), exclude=("k",))
+    cfg = _config(["--method", "cur", "--no-sequential", "--selector", "qdeim", "--allocation", "cur"])
+    assert cfg == CURConfig(sequential=False, selector="qdeim", allocation="cur")
+    assert _config(["--sequential"]).sequential is True
+    assert _config(["--method", "curing", "--rank", "5", "--n-layers", "2"]) == CURingConfig(rank=5, n_layers=2)
+    assert _config(["--targets", "all-linear"]).targets == "all-linear"
+
+
+def test_bad_options_exit_with_usage(capsys):
+    for argv in (["--reduction", "0.2", "--rank", "3"], ["--method", "curing", "--reduction", "0.2"],
+                 ["--selector", "svd"], ["--method", "tucker"]):
+        with pytest.raises(SystemExit):
+            cli.main(["--quiet", "compress", "smollm2", "-o", "out", *argv])
+    assert "error" in capsys.readouterr().err
+
+
+def test_an_output_folder_named_heal_is_just_a_folder(tmp_path):
+    p = cli._parser()
+    args = p.parse_args(["compress", "smollm2", "-o", "heal"])
+    assert args.command == "compress" and args.output == "heal"
 
 
 def test_load_model_refuses_remote_names():
@@ -32,21 +51,17 @@ def test_load_model_refuses_remote_names():
 
 
 def test_compress_and_eval_commands_on_tiny_model(tmp_path, calib_tokens, capsys):
-    from conftest import make_tiny_llama
+    from conftest import make_tiny_llama, save_char_tokenizer
 
     src = tmp_path / "tiny"
     make_tiny_llama().save_pretrained(src)
-    pytest.importorskip("tokenizers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(33 + i): i for i in range(94)} | {"[UNK]": 94}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]").save_pretrained(src)
+    save_char_tokenizer(src)
     out = tmp_path / "cur"
     assert cli.main(["--quiet", "compress", str(src), "-o", str(out), "--reduction", "0.1", "--nsamples", "4",
                      "--seqlen", "32"]) == 0
     assert (out / "model.safetensors").is_file()
     assert cli.main(["--quiet", "eval", str(out), "--eval-tokens", "2048", "--eval-seqlen", "64"]) == 0
     assert "perplexity" in capsys.readouterr().out
+    from adapters import load_compressed
+
+    assert load_compressed(out).compression_config == InterpolativeConfig(reduction=0.1, nsamples=4, seqlen=32)

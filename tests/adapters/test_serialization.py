@@ -125,3 +125,24 @@ def test_load_refuses_unknown_form(compressed, tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match="form 'tucker'"):
         load_compressed(path)
+
+
+def test_config_travels_with_the_checkpoint(compressed, tmp_path):
+    model, _ = compressed
+    path = save_compressed(model, tmp_path / "ckpt")
+    assert load_compressed(path).compression_config == model.compression_config
+
+
+def test_checkpoints_written_before_configs_still_load(compressed, eval_tokens, tmp_path):
+    """Earlier checkpoints have no config (and no form for C U R layers) in their section."""
+    model, report = compressed
+    path = save_compressed(model, tmp_path / "ckpt")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["cur_compression"]["config"]
+    for spec in cfg["cur_compression"]["modules"].values():
+        if spec["form"] == "cur":
+            del spec["form"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    loaded = load_compressed(path)
+    assert getattr(loaded, "compression_config", None) is None
+    assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adapters import AdaptersWarning, CURLinear, compress, load_compressed, save_compressed
-from adapters.heal import HealingError, heal, trainable_parameters
+from adapters.healing import HealingError, heal, trainable_parameters
 
 from conftest import make_tiny_llama
 

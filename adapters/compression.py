@@ -1,0 +1,346 @@
+"""Apply a plan: replace the planned linears by factored layers, in place, all or nothing."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._common import count_parameters
+from .calibration import InputRecorder, accumulate_statistics
+from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
+from .methods import Method, Metrics, method_for
+from .planning import Calibration, Plan, build_plan
+
+__all__ = ["CompressionReport", "ModuleReport", "compress"]
+
+
+@dataclass
+class ModuleReport:
+    """What happened to one linear layer.
+
+    Attributes
+    ----------
+    name : str
+        Dotted module name.
+    layer : int
+        Decoder-layer index.
+    shape : tuple of int
+        ``(out_features, in_features)``.
+    rank : int
+    rows, cols : list of int
+        Kept output rows and columns. Interpolative form: the pivot rows (``R`` holds those rows
+        of the activation-optimal rank-``r`` approximation), ``cols`` empty. C U R form: rows of
+        ``W``; columns of ``W`` for CURing, of the activation-weighted ``W L`` otherwise.
+    params_before, params_after : int
+        Weight (and bias) parameters before and after.
+    rel_error : float
+        Measured relative activation-weighted error ``||(W - W') L||_F / ||W L||_F`` of the
+        stored ``W'`` (``L L^T = X^T D X``; CURing: the diagonal scaling).
+    seconds : float
+        Time of this module's fit.
+    predicted_error : float or None
+        The plan's prediction of ``rel_error``.
+    """
+
+    name: str
+    layer: int
+    shape: tuple
+    rank: int
+    rows: list
+    cols: list
+    params_before: int
+    params_after: int
+    rel_error: float
+    seconds: float
+    predicted_error: float | None = None
+
+
+@dataclass
+class CompressionReport:
+    """Result of :func:`compress`: the plan, with measured errors and times.
+
+    Attributes
+    ----------
+    method : str
+        ``config.method``.
+    modules : list of ModuleReport
+        The compressed modules.
+    params_before, params_after : int
+        Parameters of the whole model (tied weights once), measured on the model.
+    target_params : int or None
+        The budget (None for fixed ranks); ``params_after <= target_params``.
+    seconds : float
+        Wall time of the call, calibration included.
+    layers : list of int
+        Decoder layers touched.
+    angular_distances : list of float or None
+        CURing's per-layer scores, when computed.
+    options : dict
+        ``config.to_dict()``, the layer ``form`` and the calibration token count.
+    heal : dict or None
+        :meth:`adapters.healing.HealResult.to_dict` of the healing run, when ``heal=`` was given.
+    """
+
+    method: str
+    modules: list
+    params_before: int
+    params_after: int
+    target_params: int | None
+    seconds: float
+    layers: list
+    angular_distances: list | None = None
+    options: dict = field(default_factory=dict)
+    heal: dict | None = None
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of parameters removed."""
+        return 1.0 - self.params_after / self.params_before
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A short human-readable table."""
+        lines = [
+            f"method={self.method}  params {self.params_before:,} -> {self.params_after:,} "
+            f"(-{100 * self.reduction:.2f}%)"
+            + ("" if self.target_params is None else f"  target {self.target_params:,}")
+            + f"  time {self.seconds:.1f}s",
+            f"{'module':48s} {'shape':>12s} {'rank':>5s} {'rel.err':>8s}",
+        ]
+        for m in self.modules:
+            lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}")
+        return "\n".join(lines)
+
+
+def _resolve(config, options) -> tuple[CompressionConfig, Plan | None]:
+    if isinstance(config, Plan):
+        if options:
+            raise ValueError(f"a Plan fixes every option; got {sorted(options)} as well. Edit the plan instead")
+        return config.config, config
+    if config is None:
+        return (config_from_options(**options) if options else InterpolativeConfig()), None
+    if not isinstance(config, CompressionConfig):
+        raise TypeError(
+            f"compress expects a config (e.g. adapters.InterpolativeConfig(...)) or a Plan, got "
+            f"{type(config).__name__}"
+        )
+    return (type(config).with_options(config, **options) if options else config), None
+
+
+def _swap(model, name, new, swaps):
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    swaps.append((parent, attr, getattr(parent, attr)))
+    setattr(parent, attr, new)
+
+
+class _Applier:
+    """Fits the planned modules layer by layer, reading kept statistics or recording them."""
+
+    def __init__(self, model, plan: Plan, method: Method, calib: Calibration, metrics: Metrics, progress):
+        self.model, self.plan, self.method, self.calib, self.metrics = model, plan, method, calib, metrics
+        self.config = plan.config
+        self.progress = progress
+        self.swaps: list = []
+        self.reports: list[ModuleReport] = []
+        self.planned = {m.name: m for m in plan.modules if m.rank > 0}
+
+    def fit(self, name, lin, stats) -> None:
+        mp = self.planned[name]
+        t = time.perf_counter()
+        res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
+        before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
+        self.reports.append(ModuleReport(
+            name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows, cols=res.cols,
+            params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
+            rel_error=res.rel_error, seconds=time.perf_counter() - t, predicted_error=mp.predicted_error,
+        ))
+        _swap(self.model, name, res.module, self.swaps)
+
+    @torch.no_grad()
+    def run(self) -> None:
+        mods_of: dict[int, dict] = {}
+        for name in self.planned:
+            mods_of.setdefault(self.planned[name].layer, {})[name] = self.model.get_submodule(name)
+        kept = self.plan._kept
+        todo = [i for i, mods in mods_of.items() if not all(n in kept for n in mods)]
+        last = max(todo) if todo else -1
+        if todo:
+            self._record_and_fit(mods_of, last)
+        for i in sorted(i for i in mods_of if i > last):
+            for name, lin in mods_of[i].items():
+                self.fit(name, lin, kept[name])
+
+    def _record_and_fit(self, mods_of, last) -> None:
+        """Layers ``0..last`` in order; a layer is swapped only after its inputs were recorded."""
+        sequential = isinstance(self.config, ActivationConfig) and self.config.sequential
+        weighting = getattr(self.config, "token_weighting", "none")
+        kept = self.plan._kept
+        runner = self.calib.runner
+        h_d = h_c = runner.hidden
+        for i in tqdm(range(last + 1), desc="compress", disable=not self.progress, leave=False):
+            mods = {n: m for n, m in mods_of.get(i, {}).items() if n not in kept}
+            ready = {n: m for n, m in mods_of.get(i, {}).items() if n in kept}
+            if not mods:
+                diverged = h_c is not h_d
+                h_d = runner.run_layer(i, h_d)
+                h_c = runner.run_layer(i, h_c) if diverged else h_d
+                for name, lin in ready.items():
+                    self.fit(name, lin, kept[name])
+                continue
+            stats: dict = {}
+            out_d = []
+            with InputRecorder(mods) as rec:
+                for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
+                    rec.batch = b
+                    y = runner.layers[i](hd, **kw)
+                    out_d.append(y[0] if isinstance(y, tuple) else y)
+                    xd = rec.take()
+                    if sequential and hc is not hd:
+                        runner.layers[i](hc, **kw)
+                        accumulate_statistics(stats, rec.take(), reference=xd, weighting=weighting)
+                    else:
+                        accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
+            for name, lin in ready.items():
+                self.fit(name, lin, kept[name])
+            for name, lin in mods.items():
+                self.fit(name, lin, stats[name])
+            for s in {id(s): s for s in stats.values()}.values():
+                self.metrics.drop(s)
+            h_c = runner.run_layer(i, h_c) if sequential else out_d
+            h_d = out_d
+
+
+def compress(
+    model: nn.Module,
+    config: CompressionConfig | Plan | None = None,
+    /,
+    *,
+    calibration=None,
+    tokenizer=None,
+    filter_fn=None,
+    progress: bool = True,
+    heal: bool | dict = False,
+    **options,
+):
+    """Compress the linear layers of a decoder model, in place: plan (unless given one), then apply.
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+        A decoder-only model; modified in place, nothing is copied.
+    config : CompressionConfig or Plan, default InterpolativeConfig()
+        What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
+        :func:`adapters.plan` (possibly edited) to apply as it is.
+    calibration : str, list of str, torch.Tensor or iterable of batches, optional
+        See :func:`adapters.calibration.prepare_calibration`. Default: the bundled WikiText-2
+        calibration split, encoded with ``tokenizer`` or the model's own
+        (:func:`adapters.calibration.default_calibration`; raises if none is found).
+    tokenizer : transformers tokenizer, optional
+        Needed when ``calibration`` is text.
+    filter_fn : callable, optional
+        ``filter_fn(module, fqn) -> bool``: a further target condition (torchao's ``quantize_``).
+    progress : bool, default True
+        tqdm progress bars.
+    heal : bool or dict, default False
+        Then run :func:`adapters.healing.heal`: ``True`` for cross-entropy on the calibration
+        data, a dict for its options (e.g. ``{"teacher": dense_copy, "steps": 200}``).
+    **options
+        Fields of the config to override, or the earlier keyword interface
+        (``method="activation"|"curing"``, ``form="interpolative"|"cur"``, ``reduction=``,
+        ...), mapped by :func:`adapters.configs.config_from_options`.
+
+    Returns
+    -------
+    model : nn.Module
+        The same object, with factored layers in place of the planned linears;
+        ``model.compression_config`` holds the config (saved with the checkpoint).
+    report : CompressionReport
+
+    Raises
+    ------
+    ValueError
+        Bad options; no matching layers; infeasible budget (before the model is touched).
+    TypeError
+        ``config`` of an unknown type.
+    adapters.calibration.CalibrationError
+        NaN/Inf calibration activations, unusable calibration data, or no calibration and no
+        tokenizer for the default.
+
+    Notes
+    -----
+    Ranks come from :func:`curlinalg.allocate_ranks` on relative error curves measured on the
+    dense model (:mod:`adapters.methods`), subject to the form's break-even rank; the budget is
+    met to within one rank step of one matrix and ``report.params_after`` (counted on the
+    model) never exceeds it. Without sequential calibration the dense statistics recorded for
+    the curves are reused for the fits: one Gram and one Cholesky factor per shared input
+    (q/k/v share theirs). Any exception restores every replaced module before it propagates.
+    The factorisations are in docs/adapters.md (Methods).
+
+    References
+    ----------
+    CURing (2025), arXiv 2501.04211. Sorensen & Embree (2016), DEIM-CUR. Wang et al. (2024),
+    "SVD-LLM", arXiv 2403.07378. Frantar & Alistarh (2023), SparseGPT. Zhao et al. (2025),
+    "Pivoting Factorization", arXiv 2501.19090. Cheng, Gimbutas, Martinsson & Rokhlin (2005).
+
+    Examples
+    --------
+    >>> import adapters                                                       # doctest: +SKIP
+    >>> cfg = adapters.InterpolativeConfig(reduction=0.2)                     # doctest: +SKIP
+    >>> model, report = adapters.compress(model, cfg, calibration=text, tokenizer=tok)  # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    config, given_plan = _resolve(config, options)
+    method = method_for(config)
+    metrics = Metrics(getattr(config, "ridge", 0.0))
+    calib = Calibration(model, config, calibration, tokenizer, progress)
+    was_training = model.training
+    model.eval()
+    applier = None
+    try:
+        keep = not (isinstance(config, ActivationConfig) and config.sequential)
+        the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep)
+        applier = _Applier(model, the_plan, method, calib, metrics, progress)
+        applier.run()
+        params_after = count_parameters(model)
+        if params_after != the_plan.params_after(method):
+            raise RuntimeError(
+                f"parameter count {params_after:,} differs from the planned {the_plan.params_after(method):,}; "
+                "this is a bug, please report it"
+            )
+    except BaseException:
+        for parent, attr, old in reversed(applier.swaps if applier else []):
+            setattr(parent, attr, old)
+        raise
+    finally:
+        model.train(was_training)
+    order = {m.name: k for k, m in enumerate(the_plan.modules)}
+    reports = sorted(applier.reports, key=lambda r: order[r.name])
+    model.compression_config = config
+    heal_result = _heal(model, heal, calib, config, progress) if heal else None
+    options_out = config.to_dict() | {"form": method.form}
+    if calib._runner is not None:
+        options_out["calibration_tokens"] = int(sum(h.shape[0] * h.shape[1] for h in calib.runner.hidden))
+    return model, CompressionReport(
+        method=config.method, modules=reports, params_before=the_plan.params_before, params_after=params_after,
+        target_params=the_plan.target_params, seconds=time.perf_counter() - t0,
+        layers=sorted({r.layer for r in reports}), angular_distances=the_plan.angular_distances,
+        options=options_out, heal=heal_result,
+    )
+
+
+def _heal(model, heal, calib, config, progress) -> dict:
+    from .healing import heal as run_heal
+
+    opts = {} if heal is True else dict(heal)
+    for key, value in (("data", calib.data), ("tokenizer", calib.tokenizer), ("seed", config.seed),
+                       ("progress", progress)):
+        opts.setdefault(key, value)
+    return run_heal(model, **opts).to_dict()

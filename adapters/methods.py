@@ -1,0 +1,236 @@
+"""The map of each config type onto curlinalg: cost, break-even rank, error curve and fit.
+
+Nothing numerical lives here: every factorisation, metric and error curve is a curlinalg
+routine; a method only says which one, on which matrix, and which layer stores the result.
+:func:`method_for` is the one dispatch, by config type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+import curlinalg
+from curlinalg.metric import Whitening, weighted_norm, whitening
+
+from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, SVDConfig
+from .layer import (
+    CURLinear,
+    InterpolativeLinear,
+    LowRankLinear,
+    break_even_rank,
+    cur_params,
+    interpolative_break_even_rank,
+    interpolative_params,
+    svd_break_even_rank,
+    svd_params,
+)
+
+__all__ = ["Fit", "Method", "METHODS", "method_for"]
+
+
+@dataclass
+class Fit:
+    """One fitted layer: the module, its kept indices and its relative weighted error."""
+
+    module: nn.Module
+    rows: list
+    cols: list
+    rel_error: float
+
+
+def _rel(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
+    """``||E L||_F / ||W L||_F`` with ``L L^T = H``: the relative output error on the calibration."""
+    return weighted_norm(E, gram=H) / max(weighted_norm(W, gram=H), 1e-150)
+
+
+class Metrics:
+    """One :class:`~curlinalg.metric.Whitening` per shared input (q/k/v share one factor)."""
+
+    def __init__(self, ridge: float):
+        self.ridge = ridge
+        self._cache: dict[int, tuple[object, Whitening]] = {}
+
+    def of(self, stats) -> Whitening:
+        hit = self._cache.get(id(stats))
+        if hit is None or hit[0] is not stats:
+            hit = (stats, whitening(stats.gram, ridge=self.ridge))
+            self._cache[id(stats)] = hit
+        return hit[1]
+
+    def drop(self, stats) -> None:
+        """Forget the factor of ``stats`` (its layer will be recorded again)."""
+        self._cache.pop(id(stats), None)
+
+
+class Method:
+    """How one config type maps onto curlinalg and a layer class.
+
+    Attributes
+    ----------
+    form : str
+        The layer form built (recorded in checkpoints).
+    needs_gram : bool
+        Whether the fit needs the input Gram (CURing needs only column norms).
+    """
+
+    form = ""
+    needs_gram = True
+
+    def params(self, m: int, n: int, r: int, /) -> int:
+        raise NotImplementedError
+
+    def max_rank(self, m: int, n: int, /) -> int:
+        raise NotImplementedError
+
+    def curve(self, config, weight, stats, metrics: Metrics) -> np.ndarray:
+        """Relative squared error at every rank ``1..max_rank`` (the allocator's input)."""
+        raise NotImplementedError(f"{type(config).__name__} has no error curve; it fixes its ranks")
+
+    def fit(self, config, linear, stats, metrics: Metrics, rank: int) -> Fit:
+        raise NotImplementedError
+
+
+class _Interpolative(Method):
+    form = "interpolative"
+
+    def params(self, m, n, r, /):
+        return interpolative_params(m, n, r)
+
+    def max_rank(self, m, n, /):
+        return interpolative_break_even_rank(m, n)
+
+    def curve(self, config, weight, stats, metrics):
+        W = weight.detach().to(torch.float64)
+        return curlinalg.svd_error_curve(metrics.of(stats).whiten(W), max_rank=self.max_rank(*W.shape))
+
+    def fit(self, config, linear, stats, metrics, rank):
+        W = linear.weight.detach().to(torch.float64)
+        res = curlinalg.interpolative(
+            W, rank=rank, metric=metrics.of(stats), cross=stats.cross, skeleton="truncation",
+            basis="gram", method=config.selector,
+        )
+        E = W.clone()
+        E[res.indices, :] -= res.skeleton
+        E[res.rest, :] -= res.coefficients @ res.skeleton
+        new = InterpolativeLinear.from_linear(linear, rows=res.indices, P=res.coefficients, R=res.skeleton)
+        return Fit(new, res.indices.tolist(), [], _rel(E, W, stats.gram))
+
+
+class _CUR(Method):
+    form = "cur"
+
+    def params(self, m, n, r, /):
+        return cur_params(m, n, r)
+
+    def max_rank(self, m, n, /):
+        return break_even_rank(m, n)
+
+    def curve(self, config, weight, stats, metrics):
+        W = weight.detach().to(torch.float64)
+        B = metrics.of(stats).whiten(W)
+        if config.allocation == "cur":
+            return curlinalg.cur_error_curve(B, max_rank=self.max_rank(*W.shape))
+        return curlinalg.svd_error_curve(B, max_rank=self.max_rank(*W.shape))
+
+    def fit(self, config, linear, stats, metrics, rank):
+        W = linear.weight.detach().to(torch.float64)
+        res = curlinalg.weighted_cur(W, metrics.of(stats), rank=rank, method=config.selector, cross=stats.cross)
+        E = W - res.to_dense()
+        new = CURLinear.from_linear(linear, rows=res.rows, cols=res.cols, U=res.U, C=res.C)
+        return Fit(new, res.rows.tolist(), res.cols.tolist(), _rel(E, W, stats.gram))
+
+
+class _CURing(Method):
+    form = "cur"
+    needs_gram = False
+
+    def params(self, m, n, r, /):
+        return cur_params(m, n, r)
+
+    def max_rank(self, m, n, /):
+        return break_even_rank(m, n)
+
+    def fit(self, config, linear, stats, metrics, rank):
+        W = linear.weight.detach().to(torch.float64)
+        d = stats.sq_sum.to(torch.float64)
+        S = W.abs() * torch.sqrt(d)  # the WANDA score |W| ||x||_2
+        svd = curlinalg.truncated_svd(S, rank=rank, kind="exact")
+        rows, cols = curlinalg.deim(svd.U[:, :rank].contiguous()), curlinalg.deim(svd.V[:, :rank].contiguous())
+        C, R = W[:, cols], W[rows, :]
+        U = curlinalg.optimal_core(W, C, R)
+        new = CURLinear.from_linear(linear, rows=rows, cols=cols, U=U)
+        return Fit(new, rows.tolist(), cols.tolist(), _rel(W - C @ (U @ R), W, torch.diag(d)))
+
+
+class _SVD(Method):
+    form = "svd"
+
+    def params(self, m, n, r, /):
+        return svd_params(m, n, r)
+
+    def max_rank(self, m, n, /):
+        return svd_break_even_rank(m, n)
+
+    def _source(self, config, W, stats, metrics):
+        """``(M, unmap)``: the matrix whose truncated SVD is taken, and how to map ``B`` back."""
+        if config.kind == "plain":
+            return W, lambda B: B
+        if config.kind == "scaled":
+            d = torch.sqrt(torch.diagonal(metrics.of(stats).shifted_gram()) / max(stats.tokens, 1))
+            return W * d, lambda B: B / d
+        w = metrics.of(stats)
+        return w.whiten(W), w.unwhiten
+
+    def curve(self, config, weight, stats, metrics):
+        W = weight.detach().to(torch.float64)
+        M, _ = self._source(config, W, stats, metrics)
+        return curlinalg.svd_error_curve(M, max_rank=self.max_rank(*W.shape))
+
+    def fit(self, config, linear, stats, metrics, rank):
+        W = linear.weight.detach().to(torch.float64)
+        M, unmap = self._source(config, W, stats, metrics)
+        left, right, _ = curlinalg.metric.gram_svd(M, rank)
+        A, B = M @ right, unmap(right.T)
+        err = _rel(W - A @ B, W, stats.gram) if stats.gram is not None else float(
+            torch.linalg.norm(W - A @ B) / torch.linalg.norm(W)
+        )
+        new = LowRankLinear(A.to(linear.weight), B.to(linear.weight), bias=linear.bias)
+        return Fit(new, [], [], err)
+
+
+#: Config type -> its method (the one dispatch by type; subclasses find their base's entry).
+METHODS: dict[type, Method] = {
+    InterpolativeConfig: _Interpolative(),
+    CURConfig: _CUR(),
+    CURingConfig: _CURing(),
+    SVDConfig: _SVD(),
+}
+
+
+def method_for(config: CompressionConfig, /) -> Method:
+    """The :class:`Method` registered for ``type(config)`` (or its nearest registered base).
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a registered config; the message names them.
+    """
+    for cls in type(config).__mro__:
+        if cls in METHODS:
+            return METHODS[cls]
+    raise TypeError(
+        f"no compression method is registered for {type(config).__name__}; pass one of "
+        f"{[c.__name__ for c in METHODS]} (or register yours in adapters.methods.METHODS)"
+    )
+
+
+def rank_for_fraction(method: Method, m: int, n: int, fraction: float, /) -> int:
+    """Largest rank whose layer keeps at most ``fraction`` of the ``m x n`` parameters (at least 1)."""
+    r = 1
+    while r < method.max_rank(m, n) and method.params(m, n, r + 1) <= fraction * m * n:
+        r += 1
+    return r

@@ -1,0 +1,84 @@
+"""Per-family presets: the family's target names fixed, models of other families refused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .compression import compress
+from .configs import CompressionConfig, InterpolativeConfig, config_from_options
+from .planning import Plan, plan
+from .targets import TARGET_ALIASES
+
+__all__ = ["LLAMA", "MISTRAL", "PRESETS", "Preset", "QWEN2"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model family: which ``config.model_type`` values it covers and its linear layers.
+
+    Attributes
+    ----------
+    name : str
+    model_types : tuple of str
+        Accepted ``model.config.model_type`` values.
+    targets : tuple of str
+        The family's compressible linears (short names, :data:`adapters.targets.TARGET_ALIASES`).
+    """
+
+    name: str
+    model_types: tuple
+    targets: tuple
+
+    def check(self, model: nn.Module, /) -> None:
+        """Raise ``ValueError`` unless ``model`` belongs to this family."""
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        if kind not in self.model_types:
+            raise ValueError(
+                f"adapters.{self.name} compresses {self.model_types} models (config.model_type), got "
+                f"{kind!r}; use the preset of that family, or adapters.compress(model, config) with "
+                "targets= naming its linear layers"
+            )
+
+    def config(self, config: CompressionConfig | None = None, /, **options) -> CompressionConfig:
+        """``config`` (default the interpolative method) with the family's targets filled in."""
+        if config is None:
+            config = config_from_options(**options) if options else InterpolativeConfig()
+        elif options:
+            config = type(config).with_options(config, **options)
+        targets = config.targets
+        names = set(self.targets) | {TARGET_ALIASES[t] for t in self.targets}
+        if isinstance(targets, str) or not set(targets) <= names:
+            raise ValueError(
+                f"the {self.name} preset fixes its target names to {self.targets}; got targets={targets!r}. "
+                "Pass a subset of them, or use adapters.compress(model, config) for other layers"
+            )
+        return config
+
+    def plan(self, model, config=None, /, *, calibration=None, tokenizer=None, progress=True, **options) -> Plan:
+        """:func:`adapters.plan` for this family (the model is checked first)."""
+        self.check(model)
+        return plan(model, self.config(config, **options), calibration=calibration, tokenizer=tokenizer,
+                    progress=progress)
+
+    def compress(self, model, config=None, /, *, calibration=None, tokenizer=None, progress=True, heal=False,
+                 **options):
+        """:func:`adapters.compress` for this family (the model is checked first).
+
+        With no ``calibration`` the bundled WikiText-2 calibration split is used with
+        ``tokenizer`` or the model's own (:func:`adapters.calibration.default_calibration`).
+        """
+        self.check(model)
+        if isinstance(config, Plan):
+            return compress(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress, heal=heal)
+        return compress(model, self.config(config, **options), calibration=calibration, tokenizer=tokenizer,
+                        progress=progress, heal=heal)
+
+
+_SEVEN = ("q", "k", "v", "o", "gate", "up", "down")
+#: Llama 2/3, SmolLM2, TinyLlama.
+LLAMA = Preset("llama", ("llama",), _SEVEN)
+MISTRAL = Preset("mistral", ("mistral",), _SEVEN)
+QWEN2 = Preset("qwen2", ("qwen2",), _SEVEN)
+PRESETS = {p.name: p for p in (LLAMA, MISTRAL, QWEN2)}

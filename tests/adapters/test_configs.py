@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from adapters.configs import (
+    CONFIGS,
+    CURConfig,
+    CURingConfig,
+    InterpolativeConfig,
+    SVDConfig,
+    config_from_dict,
+    config_from_options,
+)
+
+EXAMPLES = [
+    InterpolativeConfig(),
+    InterpolativeConfig(reduction=0.25, targets="all-linear", exclude=("down",), layers=(0, 2),
+                        overrides={"model.layers.0.mlp.up_proj": 4, "o_proj": 0.5}, selector="maxvol"),
+    CURConfig(target_params=1000, allocation="cur", sequential=False, token_weighting="clip"),
+    CURingConfig(rank=5, n_layers=2),
+    SVDConfig(kind="plain", rank=3),
+]
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda c: c.method)
+def test_json_round_trip(config):
+    data = json.loads(config.to_json())
+    assert data["method"] == config.method and data["version"] == 1
+    back = config_from_dict(data)
+    assert back == config and type(back) is type(config)
+
+
+def test_every_method_is_registered_by_its_name():
+    assert set(CONFIGS) == {"interpolative", "cur", "curing", "svd"}
+    assert all(cls.method == name for name, cls in CONFIGS.items())
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: InterpolativeConfig(reduction=1.5), "reduction must lie in"),
+        (lambda: InterpolativeConfig(reduction=0.1, target_params=10), "not both"),
+        (lambda: InterpolativeConfig(rank=0), "rank must be a positive int"),
+        (lambda: InterpolativeConfig(rank=2, reduction=0.1), "cannot be combined"),
+        (lambda: InterpolativeConfig(selector="random"), "selector must be one of"),
+        (lambda: InterpolativeConfig(overrides={"q": 0}), r"overrides\['q'\]"),
+        (lambda: InterpolativeConfig(overrides={"q": 1.5}), r"overrides\['q'\]"),
+        (lambda: SVDConfig(kind="nope"), "kind must be one of"),
+        (lambda: InterpolativeConfig.with_options(n_layers=3), r"unknown option\(s\) \['n_layers'\]"),
+        (lambda: config_from_dict({"method": "tucker"}), "config method must be one of"),
+        (lambda: config_from_dict({**InterpolativeConfig().to_dict(), "version": 99}), "version 99"),
+    ],
+)
+def test_bad_values_raise_when_built(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_earlier_keyword_options_map_onto_configs():
+    assert config_from_options() == InterpolativeConfig()
+    assert config_from_options(form="cur", reduction=0.2) == CURConfig(reduction=0.2)
+    assert config_from_options(form="cur", sequential=None).sequential is True
+    assert config_from_options(method="curing", rank=3) == CURingConfig(rank=3)
+    for kwargs, match in [(dict(method="nope"), "method must be one of"), (dict(form="svd"), "form must be one of"),
+                          (dict(method="curing", form="interpolative"), "form must be one of"),
+                          (dict(method="curing", reduction=0.1), "unknown option")]:
+        with pytest.raises(ValueError, match=match):
+            config_from_options(**kwargs)
+
+
+def test_budget_target():
+    assert InterpolativeConfig().target(1000) == 900
+    assert InterpolativeConfig(reduction=0.25).target(1001) == 750
+    assert InterpolativeConfig(target_params=77).target(1000) == 77
+    assert InterpolativeConfig(rank=3).target(1000) is None
