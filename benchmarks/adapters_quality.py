@@ -135,9 +135,9 @@ def main(argv=None) -> int:
                     form_kw = {"form": "cur"} if name.startswith("cur") else {}
                     if name == "default-seq":
                         form_kw["sequential"] = True
-                    alloc = "cur" if name == "cur-curalloc" else "svd"
-                    model, report = compress(model, selector=args.selector, allocation=alloc, **form_kw, **kw,
-                                             **weight_kw, **common)
+                    if name.startswith("cur"):  # the interpolative form has one curve, no allocation option
+                        form_kw["allocation"] = "cur" if name == "cur-curalloc" else "svd"
+                    model, report = compress(model, selector=args.selector, **form_kw, **kw, **weight_kw, **common)
                 else:
                     model, report = compress_svd(model, kind=name.split("-", 1)[1], **kw, **weight_kw, **common)
             secs = time.perf_counter() - t
