@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .tokens import EvaluationOverlapError, token_ids
+from .wikitext import load_wikitext2
 
 __all__ = [
     "CalibrationError",
@@ -159,8 +160,6 @@ def default_calibration(model: nn.Module, /, *, tokenizer=None):
     CalibrationError
         If no tokenizer can be found; the message says how to pass one.
     """
-    from .eval import load_wikitext2
-
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     if tok is None and path:

@@ -28,6 +28,7 @@ from ._common import AdaptersWarning
 from .layer import FACTORED_LINEARS
 from .distillation import HealingError, Loss, Session, lr_at
 from .tokens import TokenBatches
+from .wikitext import load_wikitext2
 
 __all__ = ["HealResult", "HealingError", "heal", "trainable_parameters"]
 
@@ -320,8 +321,6 @@ def heal(
                 "data=None heals on the WikiText-2 calibration split, which needs tokenizer= "
                 "to encode it; pass the model's tokenizer, or pass token tensors as data="
             )
-        from .eval import load_wikitext2
-
         data = load_wikitext2(tokenizer=tokenizer).calibration_text
     batches = TokenBatches(data, tokenizer=tokenizer, batch_size=batch_size, seqlen=seqlen, generator=generator)
     loss = Loss(alpha=alpha, temperature=temperature, hidden_weight=hidden_weight)

@@ -7,6 +7,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .wikitext import load_wikitext2, split_articles
+
 __all__ = ["EvaluationOverlapError", "TokenBatches", "as_batch", "check_not_evaluation_text", "token_ids"]
 
 _ERR_KIND = (
@@ -27,12 +29,10 @@ class EvaluationOverlapError(ValueError):
 
 @lru_cache(maxsize=1)
 def _eval_probes() -> tuple[str, ...]:
-    from .eval import _split_articles, load_wikitext2
-
     # The opening of every evaluation article's body: a text that holds any whole evaluation
     # article holds one of these.
     probes = []
-    for article in _split_articles(load_wikitext2().eval_text):
+    for article in split_articles(load_wikitext2().eval_text):
         body = article.split("\n", 2)[-1].strip()
         if len(body) >= 200:
             probes.append(body[:200])

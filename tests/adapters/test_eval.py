@@ -3,21 +3,9 @@ import math
 import pytest
 import torch
 
-from adapters.eval import load_wikitext2, perplexity
+from adapters.eval import perplexity
 
 from conftest import make_tiny_llama
-
-
-def test_wikitext2_split_by_article():
-    data = load_wikitext2()
-    assert data.split_unit == "characters"
-    assert data.eval_articles > 0 and data.calibration_articles > 0
-    assert data.eval_text.startswith(" = ") and data.calibration_text.startswith(" = ")
-    assert "\r" not in data.eval_text
-    total = len(data.eval_text) + len(data.calibration_text)
-    assert 0.75 <= len(data.eval_text) / total < 0.8
-    with pytest.raises(ValueError, match="eval_fraction"):
-        load_wikitext2(eval_fraction=1.0)
 
 
 def test_perplexity_matches_direct_nll():
