@@ -1,0 +1,18 @@
+"""Every docstring example of adapters runs and prints what it shows (model-level ones are skipped)."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import adapters
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(adapters.__path__, prefix="adapters.") if m.name != "adapters.__main__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
