@@ -100,3 +100,16 @@ def test_the_package_exposes_the_api():
         assert hasattr(adapters, name)
     compression, healing = (importlib.import_module(f"adapters.{m}") for m in ("compression", "healing"))
     assert compression.compress is adapters.compress and healing.heal is adapters.heal
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 150_000])
+def test_statistics_beyond_the_memory_cap_are_recorded_again(calib_tokens, monkeypatch, keep_bytes):
+    """Kept or recorded again, the fit sees the same dense statistics: identical layers."""
+    import adapters.planning as planning
+
+    cfg = InterpolativeConfig(reduction=0.2)
+    kept, _ = compress(make_tiny_llama(3, layers=3), cfg, calibration=calib_tokens, progress=False)
+    monkeypatch.setattr(planning, "KEEP_BYTES", keep_bytes)
+    capped, _ = compress(make_tiny_llama(3, layers=3), cfg, calibration=calib_tokens, progress=False)
+    a, b = kept.state_dict(), capped.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
