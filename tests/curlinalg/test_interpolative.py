@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from curlinalg import IDResult, certify, interpolative, whitening
 from curlinalg.testing.strategies import problems
