@@ -26,6 +26,12 @@ ROUNDING_FACTOR = 4.0
 #: Tolerance mode returns a rank at most this factor above the smallest rank whose certificate
 #: it saw fail (plus one).
 TOLERANCE_RANK_FACTOR = 1.1
+#: Tolerance mode first tries the rank where this many times sigma_{k+1} meets the target (a CUR
+#: of rank k is typically about twice the truncated SVD's error), capped to stay within
+#: TOLERANCE_RANK_FACTOR of the SVD's rank, so that one certificate often settles the search.
+INITIAL_ERROR_RATIO = 2.0
+#: A sketch grown for rank k gets this many times k columns, so the ranks tried next fit in it.
+SKETCH_HEADROOM = 1.3
 #: Leverage selections whose constant exceeds Q-DEIM's on the same basis by this factor warn.
 LEVERAGE_WARN_RATIO = 10.0
 
@@ -435,8 +441,21 @@ class _ToleranceSearch:
             return self.svd
         have = 0 if self.svd is None else self.svd.U.shape[1]
         if rank > have:
-            self.svd = self.svd_at(min(self.kmax, max(rank, 2 * have)))
+            grown = max(math.ceil(SKETCH_HEADROOM * rank), 2 * have) if have else rank
+            self.svd = self.svd_at(min(self.kmax, grown))
         return self.svd
+
+    def _extrapolated(self, svd: TruncatedSVD, level: float) -> int:
+        """The rank where the log-linear trend of the sketch's tail reaches ``level`` (at least
+        twice the sketch), for the next sketch's size."""
+        size = svd.s.shape[0]
+        have = svd.U.shape[1]
+        first, last = _backend.to_float(svd.s[size // 2]), _backend.to_float(svd.s[-1])
+        if not 0 < last < first or level <= 0:
+            return 2 * have
+        slope = (math.log(last) - math.log(first)) / (size - 1 - size // 2)
+        reach = size - 1 + (math.log(level) - math.log(last)) / slope
+        return int(min(self.kmax, max(2 * have, math.ceil(reach))))
 
     def _resolvable(self, svd: TruncatedSVD) -> int:
         """The numerical rank where the spectrum shows it; the largest rank otherwise."""
@@ -462,14 +481,16 @@ class _ToleranceSearch:
             norm2 = _backend.to_float(svd.s[0]) + svd.residual
             target = max(atol or 0.0, (rtol or 0.0) * norm2)
             limit = min(self.kcap, self._resolvable(svd))
-            k = self._first_at_or_below(svd, target, limit)
-            if k is not None or svd.U.shape[1] >= self.kcap:
+            k_svd = self._first_at_or_below(svd, target, limit)
+            if k_svd is not None or svd.U.shape[1] >= self.kcap:
                 break
-            svd = self._spectrum(2 * svd.U.shape[1])
-        k = limit if k is None else k
-        # No rank below k meets the target: sigma_k > target and no CUR beats the truncated SVD
-        # (a sketch's singular values are lower bounds of the true ones).
-        failed, passed, best = k - 1, None, None
+            svd = self._spectrum(self._extrapolated(svd, target))
+        k_svd = limit if k_svd is None else k_svd
+        # No rank below k_svd meets the target: sigma_k > target and no CUR beats the truncated
+        # SVD (a sketch's singular values are lower bounds of the true ones).
+        failed, passed, best = k_svd - 1, None, None
+        within = max(k_svd, int(TOLERANCE_RANK_FACTOR * k_svd))
+        k = min(within, self._first_at_or_below(svd, target / INITIAL_ERROR_RATIO, limit) or within)
         while True:
             svd = self._spectrum(k)
             res = self._certified(svd, k)
@@ -497,7 +518,8 @@ class _ToleranceSearch:
             return max(failed + 1, (failed + passed.rank) // 2)
         # the certified error over sigma_{k+1} at this rank predicts the rank that meets it
         tiny = float(self.xp.finfo(res.U.dtype).tiny)
-        level = target * svd.tail(res.rank) / max(res.certificate.bound, tiny)
+        s_next = _backend.to_float(svd.s[res.rank]) if svd.s.shape[0] > res.rank else 0.0
+        level = target * s_next / max(res.certificate.bound, tiny)
         guess = self._first_at_or_below(svd, level, limit)
         if guess is None:  # past the sketch: grow it once
             guess = self._first_at_or_below(self._spectrum(2 * svd.U.shape[1]), level, limit)
