@@ -17,6 +17,10 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
+from curlinalg.metric import SELECTORS
+
+from .calibration import TOKEN_WEIGHTINGS
+
 __all__ = [
     "CONFIGS",
     "CURConfig",
@@ -31,8 +35,6 @@ __all__ = [
 
 #: Short names of the seven linear layers of a Llama-style decoder block.
 DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-TOKEN_WEIGHTINGS = ("none", "norm", "clip")
-SELECTORS = ("deim", "qdeim", "maxvol")
 
 _ERR_UNKNOWN = (
     "unknown option(s) {names} for {cls}; its options are {known}. Pick the config of the method "
