@@ -10,7 +10,7 @@ result on the input's device.
 from ._errors import ConvergenceWarning, CURWarning, RankDeficiencyWarning
 from .bounds import Certificate, certify, deim_bound, maxvol_bound, qdeim_bound, selection_constant
 from .cores import CoreFactors, cross_core, cross_core_factors, optimal_core, optimal_core_factors
-from .cur import CURResult, cur
+from .cur import CURBatch, CURResult, cur
 from .deim import deim, qdeim
 from .interpolative import IDResult, interpolative
 from .leverage import LeverageSample, LeverageScores, leverage_sample, leverage_scores
@@ -22,6 +22,7 @@ from .sketch import TruncatedSVD, range_finder, truncated_svd
 __version__ = "0.1.0"
 
 __all__ = [
+    "CURBatch",
     "CURResult",
     "Allocation",
     "CURWarning",

@@ -24,15 +24,39 @@ class ConvergenceWarning(CURWarning):
     """An iteration stopped at its budget before meeting its tolerance (see the message)."""
 
 
-NOT_2D = "expected a 2-D array, got an array with shape {shape}; reshape it to (m, n)"
+NOT_2D = (
+    "expected a matrix (m, n), or a stack of matrices (b, m, n) where the function takes one, "
+    "got shape {shape}; reshape it to (m, n), or to (b, m, n) for a stack"
+)
 EMPTY = "expected a non-empty matrix, got shape {shape}"
 NOT_FINITE = "the {name} contains NaN or Inf; clean it (e.g. xp.nan_to_num) before calling"
 BAD_DTYPE = (
     "expected a real floating dtype (float32 or float64), got {dtype}; cast first, "
     "e.g. A.astype(float64) or A.to(torch.float64)"
 )
+COMPLEX = (
+    "complex matrices are not supported (got {dtype}); pass the real matrix "
+    "[[A.real, -A.imag], [A.imag, A.real]] (2m x 2n; it has A's singular values, each twice, and "
+    "column j or m + i of it is column j or row i of A), which loses nothing"
+)
 NOT_ARRAY = (
-    "expected an array from numpy, torch or cupy (anything array-api-compat knows), got {kind}"
+    "expected a matrix: an array from numpy, torch or cupy (anything array-api-compat knows), a "
+    "scipy.sparse matrix or a scipy.sparse.linalg.LinearOperator; got {kind}. Convert it, e.g. "
+    "np.asarray(A)"
+)
+OPERATOR_SHAPE = "the LinearOperator's {what} returned shape {got}, expected {want}"
+OPERATOR_ADJOINT = (
+    "the LinearOperator needs rmatvec or rmatmat (A.T @ y): CUR selects rows through it; build "
+    "it with scipy.sparse.linalg.LinearOperator(shape, matvec=..., rmatvec=...)"
+)
+INT_TYPE = "{name} must be an int, got {kind}"
+RNG_KIND = (
+    "rng must be None, an int seed, a numpy Generator, or a Generator of the input's own backend "
+    "({backend}); got {kind}. Pass an int seed to use the same seed on any backend"
+)
+NOT_A_RESULT = (
+    "result must be a CURResult (or anything with shape and factors = (left, right)), got "
+    "{kind}; pass the value returned by cur()"
 )
 RANK_TYPE = "rank must be an int, got {kind}"
 RANK_RANGE = "rank must satisfy 1 <= rank <= min(m, n) = {kmax}, got {rank}"

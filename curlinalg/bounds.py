@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import array_api_compat as aac
+import numpy as np
 
-from . import _backend, _validation
+from . import _backend, _errors, _validation
+from .operands import Operand, _is_operator, _is_sparse, as_operand
 
 __all__ = [
     "Certificate",
@@ -134,6 +136,10 @@ class Certificate:
 
 def _as_products(A: Any) -> tuple[Any, Any, Any]:
     """Split ``A`` into (forward product or None, adjoint product or None, dense array or None)."""
+    if isinstance(A, np.matrix) or _is_sparse(A) or _is_operator(A) and hasattr(A, "rmatvec"):
+        A = as_operand(A)
+    if isinstance(A, Operand):
+        return (None, None, A.A) if A.kind == "dense" else (A.matmat, A.rmatmat, None)
     if aac.is_array_api_obj(A):
         return None, None, A
     if hasattr(A, "matmat") or hasattr(A, "matvec"):
@@ -173,8 +179,8 @@ def certify(
 
     Parameters
     ----------
-    A : array, scipy.sparse.linalg.LinearOperator, callable, or (matvec, rmatvec) pair
-        The matrix, dense, or only through products. A LinearOperator with ``rmatmat`` /
+    A : array, scipy.sparse matrix, scipy.sparse.linalg.LinearOperator, callable, or (matvec, rmatvec) pair
+        The matrix, dense, sparse, or only through products. A LinearOperator with ``rmatmat`` /
         ``rmatvec``, or a pair, also gives :math:`A^TY`, which the sharp spectral certificate
         needs; a bare callable :math:`X \mapsto AX` gets the looser one-pass certificate.
     result : CURResult
@@ -252,6 +258,8 @@ def certify(
     if not 0 < delta < 1:
         raise ValueError(f"failure_probability must be in (0, 1), got {failure_probability!r}")
     matmat, rmatmat, dense = _as_products(A)
+    if not hasattr(result, "factors") or not hasattr(result, "shape"):
+        raise TypeError(_errors.NOT_A_RESULT.format(kind=type(result).__name__))
     left, right = result.factors
     xp = _backend.namespace(left, right)
     m, n = result.shape

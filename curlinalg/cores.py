@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _backend
+from .operands import Operand, as_operand
 
 __all__ = ["CoreFactors", "optimal_core", "cross_core", "optimal_core_factors", "cross_core_factors"]
 
@@ -49,7 +50,7 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
 
     Parameters
     ----------
-    A : array, shape (m, n)
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
     C : array, shape (m, c)
         Selected columns of ``A``.
     R : array, shape (r, n)
@@ -79,12 +80,21 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
     (write :math:`A = CY + E` with :math:`\|Y\| \le \eta_q`), which the rounding term of
     :attr:`curlinalg.CURResult.bound` covers.
     """
-    xp = _backend.namespace(A, C, R)
+    op = as_operand(A)
+    if op.kind == "dense":
+        _backend.namespace(A, C, R)
+    C, R = (X.toarray() if hasattr(X, "toarray") else X for X in (C, R))
+    return _optimal_factors(op, C, R, rtol)
+
+
+def _optimal_factors(op: Operand, C: Any, R: Any, rtol: float | None) -> CoreFactors:
+    """:func:`optimal_core_factors` with dense ``C``, ``R`` and ``A`` given by its products."""
+    xp = op.xp
     if rtol is None:
-        rtol = _default_rtol(A.shape, A.dtype, xp)
+        rtol = _default_rtol(op.shape, op.dtype, xp)
     Qc, sc, Vc = _truncated_range(C, rtol, xp)
     Qr, sr, Vr = _truncated_range(R.T, rtol, xp)
-    M = (Qc.T @ A) @ Qr
+    M = op.rmatmat(Qc).T @ Qr
     U = (Vc / sc[None, :]) @ M @ (Vr / sr[None, :]).T
     return CoreFactors(U, Qc, M @ Qr.T, min(Qc.shape[1], Qr.shape[1]))
 
@@ -97,7 +107,7 @@ def cross_core_factors(
 
     Parameters
     ----------
-    A : array, shape (m, n)
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
     rows, cols : int arrays
     rtol : float, optional
         Singular values of ``W`` below ``rtol * sigma_max(W)`` are dropped; default
@@ -118,12 +128,20 @@ def cross_core_factors(
     .. [1] T. Park and Y. Nakatsukasa, "Accuracy and stability of CUR decompositions with
        oversampling", arXiv:2405.06375, 2024.
     """
-    xp = _backend.namespace(A, rows, cols)
-    C = xp.take(A, cols, axis=1)
-    R = xp.take(A, rows, axis=0)
+    op = as_operand(A)
+    if op.kind == "dense":
+        _backend.namespace(A, rows, cols)
+    return _cross_factors(op, rows, cols, rtol)
+
+
+def _cross_factors(op: Operand, rows: Any, cols: Any, rtol: float | None) -> CoreFactors:
+    """:func:`cross_core_factors` for any operand."""
+    xp = op.xp
+    C = op.dense_columns(cols)
+    R = op.dense_rows(rows)
     W = xp.take(R, cols, axis=1)
     if rtol is None:
-        rtol = _default_rtol(W.shape, A.dtype, xp)
+        rtol = _default_rtol(W.shape, op.dtype, xp)
     Uw, sw, Vwt = xp.linalg.svd(W, full_matrices=False)
     top = _backend.to_float(sw[0])
     t = int(_backend.to_float(xp.sum(xp.astype(sw > rtol * top, xp.int64)))) if top > 0 else 0
@@ -136,7 +154,7 @@ def optimal_core(A: Any, C: Any, R: Any, /) -> Any:
 
     Parameters
     ----------
-    A : array, shape (m, n)
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
     C : array, shape (m, c)
         Selected columns of ``A``.
     R : array, shape (r, n)
@@ -183,7 +201,7 @@ def cross_core(A: Any, rows: Any, cols: Any, /, *, rtol: float | None = None) ->
 
     Parameters
     ----------
-    A : array, shape (m, n)
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
     rows, cols : int arrays
         Selected row and column indices.
     rtol : float, optional

@@ -4,34 +4,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
+import array_api_compat as aac
 import numpy as np
 
 from . import _backend, _errors, _validation
-from .bounds import Certificate, certify, selection_constant
-from .cores import CoreFactors, cross_core_factors, optimal_core_factors
+from .bounds import Certificate, selection_constant
+from .cores import CoreFactors, _cross_factors, _optimal_factors
 from .deim import deim, qdeim
 from .leverage import leverage_sample
 from .maxvol import maxvol
-from .sketch import EXACT_SVD_MAX_DIM, RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
+from .operands import Operand, as_operand
+from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
+from .tolerance import TOLERANCE_RANK_FACTOR, ToleranceSearch, numerical_rank
 
-__all__ = ["CURResult", "cur", "METHODS", "CORES", "ROUNDING_FACTOR", "TOLERANCE_RANK_FACTOR"]
+__all__ = [
+    "CURBatch", "CURResult", "cur", "METHODS", "CORES", "ROUNDING_FACTOR", "TOLERANCE_RANK_FACTOR",
+]
 
 METHODS = ("deim", "qdeim", "maxvol", "leverage", "leverage_sampling", "randomized")
 CORES = ("optimal", "cross")
 #: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`.
 ROUNDING_FACTOR = 4.0
-#: Tolerance mode returns a rank at most this factor above the smallest rank whose certificate
-#: it saw fail (plus one).
-TOLERANCE_RANK_FACTOR = 1.1
-#: Tolerance mode first tries the rank where this many times sigma_{k+1} meets the target (a CUR
-#: of rank k is typically about twice the truncated SVD's error), capped to stay within
-#: TOLERANCE_RANK_FACTOR of the SVD's rank, so that one certificate often settles the search.
-INITIAL_ERROR_RATIO = 2.0
-#: A sketch grown for rank k gets this many times k columns, so the ranks tried next fit in it.
-SKETCH_HEADROOM = 1.3
 #: Leverage selections whose constant exceeds Q-DEIM's on the same basis by this factor warn.
 LEVERAGE_WARN_RATIO = 10.0
 
@@ -151,13 +147,81 @@ class CURResult:
             return False
         pairs = zip((self.rows, self.cols, self.C, self.U, self.R),
                     (other.rows, other.cols, other.C, other.U, other.R))
-        try:
-            return all(a.shape == b.shape and bool(_backend.namespace(a, b).all(a == b))
-                       for a, b in pairs)
-        except TypeError:  # different namespaces or devices
-            return False
+        return all(_same(a, b) for a, b in pairs)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class CURBatch:
+    """Per-matrix CUR results of a stack ``(b, m, n)``, each with its own guarantees.
+
+    Indexing, ``len`` and iteration give the :class:`CURResult` of each matrix; :meth:`to_dense`
+    and ``@`` act on the whole stack.
+
+    Attributes
+    ----------
+    results : tuple of CURResult
+    """
+
+    results: tuple[CURResult, ...]
+
+    __array_ufunc__ = None
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> CURResult:
+        return self.results[i]
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.results), *self.results[0].shape)
+
+    @property
+    def bounds(self) -> list[float | None]:
+        """Each matrix's :attr:`CURResult.bound`."""
+        return [r.bound for r in self.results]
+
+    def to_dense(self) -> Any:
+        """The ``(b, m, n)`` stack of approximations."""
+        dense = [r.to_dense() for r in self.results]
+        return aac.array_namespace(*dense).stack(dense)
+
+    def __matmul__(self, X: Any) -> Any:
+        """``(b, m, p)``: each approximation times ``X[i]`` (``X`` of shape ``(b, n, p)``), or
+        times the same ``X`` of shape ``(n, p)``."""
+        parts = [r @ (X[i] if X.ndim == 3 else X) for i, r in enumerate(self.results)]
+        return aac.array_namespace(*parts).stack(parts)
+
+    def __repr__(self) -> str:
+        first = self.results[0]
+        return (
+            f"CURBatch(shape={self.shape}, ranks={[r.rank for r in self.results]}, "
+            f"method={first.method!r}, core={first.core!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CURBatch):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Element-wise equality of two arrays or two scipy.sparse matrices (False across kinds)."""
+    if a.shape != b.shape:
+        return False
+    if hasattr(a, "nnz") and hasattr(b, "nnz"):
+        return (a != b).nnz == 0
+    try:
+        return bool(_backend.namespace(a, b).all(a == b))
+    except TypeError:  # different namespaces, devices or kinds
+        return False
 
 
 def _streams(rng: Any, count: int) -> list[Any]:
@@ -166,15 +230,6 @@ def _streams(rng: Any, count: int) -> list[Any]:
         return [rng] * count
     gen = np.random.default_rng(_backend.seed_of(rng))
     return [int(s) for s in gen.integers(0, 2**62, size=count)]
-
-
-def _count_above(s: Any, threshold: float, xp: Any) -> int:
-    return int(_backend.to_float(xp.sum(xp.astype(s > threshold, xp.int64))))
-
-
-def _numerical_rank(s: Any, shape: tuple[int, int], xp: Any) -> int:
-    top = _backend.to_float(s[0])
-    return _count_above(s, top * max(shape) * float(xp.finfo(s.dtype).eps), xp) if top > 0 else 0
 
 
 def _top_k(scores: Any, k: int, xp: Any) -> Any:
@@ -230,25 +285,23 @@ class _Options:
     seeds: list[Any]
 
 
-def _cur_at_rank(A: Any, svd: TruncatedSVD, k: int, opts: _Options, xp: Any) -> tuple[CURResult, list[str]]:
+def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tuple[CURResult, list[str]]:
+    xp = op.xp
     Uk, Vk = svd.U[:, :k], svd.V[:, :k]
     rows, note_rows = _select(Uk, opts.method, k, opts.oversample, opts.seeds[0], xp)
     cols, note_cols = _select(Vk, opts.method, k, opts.oversample, opts.seeds[1], xp)
     norm_est = _backend.to_float(svd.s[0]) + svd.residual
     if opts.core == "optimal":
-        f: CoreFactors = optimal_core_factors(
-            A, xp.take(A, cols, axis=1), xp.take(A, rows, axis=0)
-        )
+        f: CoreFactors = _optimal_factors(op, op.dense_columns(cols), op.dense_rows(rows), None)
     else:
         rtol = opts.core_rtol
         if rtol is None:  # cut the cross matrix at the noise level sigma_{k+1} / sigma_1
             rtol = max(svd.tail(k) / norm_est if norm_est > 0 else 0.0,
-                       max(rows.shape[0], cols.shape[0]) * float(xp.finfo(A.dtype).eps))
-        f = cross_core_factors(A, rows, cols, rtol=rtol)
-    C, R = xp.take(A, cols, axis=1), xp.take(A, rows, axis=0)
-    rounding = ROUNDING_FACTOR * max(A.shape) * float(xp.finfo(A.dtype).eps) * norm_est
+                       max(rows.shape[0], cols.shape[0]) * float(xp.finfo(op.dtype).eps))
+        f = _cross_factors(op, rows, cols, rtol)
+    rounding = ROUNDING_FACTOR * max(op.shape) * float(xp.finfo(op.dtype).eps) * norm_est
     res = CURResult(
-        C, f.U, R, rows, cols, k, opts.method, opts.core, svd.kind,
+        op.columns(cols), f.U, op.rows(rows), rows, cols, k, opts.method, opts.core, svd.kind,
         selection_constant(Uk, rows), selection_constant(Vk, cols), svd.tail(k), rounding,
         RESIDUAL_FAILURE_PROBABILITY if svd.kind == "randomized" else 0.0, (f.left, f.right),
     )
@@ -269,14 +322,17 @@ def cur(
     power_iters: int = 2,
     basis: str = "auto",
     rng: Any = None,
-) -> CURResult:
+) -> CURResult | CURBatch:
     r"""CUR decomposition :math:`A \approx C\,U\,R` with ``C`` columns and ``R`` rows of ``A``.
 
     Parameters
     ----------
-    A : array, shape (m, n)
-        Real float32 or float64 matrix; numpy, torch (CPU or CUDA) or cupy. The result keeps
-        its namespace, device and dtype.
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n); or a stack (b, m, n)
+        Real float32 or float64 matrix: numpy, torch (CPU or CUDA) or cupy arrays (the result
+        keeps their namespace, device and dtype); ``scipy.sparse`` matrices (``C`` and ``R`` are
+        sparse cuts, every product costs ``O(nnz)``); ``scipy.sparse.linalg.LinearOperator``
+        (matrix-free: columns :math:`AE_J`, rows :math:`(A^TE_I)^T`). A stack of dense matrices
+        gives a :class:`CURBatch`, one :class:`CURResult` per matrix.
     rank : int, optional
         Target rank ``k``, ``1 <= k <= min(m, n)``. With a tolerance too, it caps the rank.
     rtol, atol : float, optional
@@ -307,12 +363,14 @@ def cur(
 
     Returns
     -------
-    CURResult
+    CURResult, or CURBatch for a stack
 
     Raises
     ------
     TypeError
-        Not an array; integer, bool, complex or half-precision dtype; rank not an int.
+        Not a supported kind of input; integer, bool, complex or half-precision dtype; an option
+        of the wrong type (``rank``, ``oversample``, ``power_iters`` integers, tolerances real
+        numbers); an ``rng`` of another backend than the input's.
     ValueError
         Not 2-D, empty, NaN/Inf; rank out of range; no stopping rule; negative tolerance;
         unknown ``method``/``core``/``basis``; ``core_rtol`` with ``core="optimal"``.
@@ -373,8 +431,14 @@ def cur(
     >>> bool(np.allclose(res.to_dense(), A))
     True
     """
-    xp = _validation.check_matrix(A)
-    m, n = A.shape
+    if aac.is_array_api_obj(A) and getattr(A, "ndim", 2) == 3:
+        return _cur_batch(
+            A, rank=rank, rtol=rtol, atol=atol, method=method, core=core, core_rtol=core_rtol,
+            oversample=oversample, power_iters=power_iters, basis=basis, rng=rng,
+        )
+    op = as_operand(A)
+    xp = op.xp
+    m, n = op.shape
     kmax = min(m, n)
     _validation.check_choice(method, "method", METHODS)
     _validation.check_choice(core, "core", CORES)
@@ -390,16 +454,17 @@ def cur(
         raise ValueError(_errors.CORE_RTOL.format(core=core))
     if rank is None and rtol is None and atol is None:
         raise ValueError(_errors.NO_STOP)
+    _validation.check_rng(rng, op.like)
     kind = "randomized" if method == "randomized" else basis
     seeds = _streams(rng, 4)
     opts = _Options(method, core, core_rtol, oversample, seeds[1:3])
 
     def svd_at(k: int) -> TruncatedSVD:
-        return _truncated_svd(A, k, kind, oversample, power_iters, seeds[0], xp)
+        return _truncated_svd(op, k, kind, oversample, power_iters, seeds[0], xp)
 
     def build(svd: TruncatedSVD, k: int, stacklevel: int = 3) -> CURResult:
         # stacklevel: the caller of cur() is 3 frames up from here, 4 via _cur_to_tolerance.
-        numerical = _numerical_rank(svd.s, (m, n), xp)
+        numerical = numerical_rank(svd.s, (m, n), xp)
         if k > max(numerical, 1):
             warnings.warn(
                 f"rank {k} exceeds the numerical rank {numerical} of the {m} x {n} input; "
@@ -408,129 +473,22 @@ def cur(
                 stacklevel=stacklevel,
             )
             k = max(numerical, 1)
-        res, notes = _cur_at_rank(A, svd, k, opts, xp)
+        res, notes = _cur_at_rank(op, svd, k, opts)
         for note in notes:
             warnings.warn(note, _errors.CURWarning, stacklevel=stacklevel)
         return res
 
     if rtol is None and atol is None:
         return build(svd_at(rank), rank)
-    search = _ToleranceSearch(A, kind, svd_at, build, rank, seeds[3], xp)
+    search = ToleranceSearch(op, kind, svd_at, build, rank, seeds[3])
     return search.run(rtol, atol)
 
 
-class _ToleranceSearch:
-    """The smallest rank whose certificate meets a tolerance (see :func:`cur`, Notes)."""
-
-    def __init__(
-        self, A: Any, kind: str, svd_at: Callable[[int], TruncatedSVD],
-        build: Callable[..., CURResult], rank: int | None, seed: Any, xp: Any,
-    ):
-        self.A, self.svd_at, self.build, self.seed, self.xp = A, svd_at, build, seed, xp
-        self.kmax = min(A.shape)
-        self.capped = rank is not None
-        self.kcap = self.kmax if rank is None else rank
-        self.exact = kind == "exact" or (kind == "auto" and self.kmax <= EXACT_SVD_MAX_DIM)
-        self.svd: TruncatedSVD | None = None
-
-    def _spectrum(self, rank: int) -> TruncatedSVD:
-        """A basis of at least ``rank`` triplets (one exact SVD, or a sketch grown to ``rank``)."""
-        if self.exact:
-            if self.svd is None:
-                self.svd = _truncated_svd(self.A, self.kmax, "exact", 0, 0, None, self.xp)
-            return self.svd
-        have = 0 if self.svd is None else self.svd.U.shape[1]
-        if rank > have:
-            grown = max(math.ceil(SKETCH_HEADROOM * rank), 2 * have) if have else rank
-            self.svd = self.svd_at(min(self.kmax, grown))
-        return self.svd
-
-    def _extrapolated(self, svd: TruncatedSVD, level: float) -> int:
-        """The rank where the log-linear trend of the sketch's tail reaches ``level`` (at least
-        twice the sketch), for the next sketch's size."""
-        size = svd.s.shape[0]
-        have = svd.U.shape[1]
-        first, last = _backend.to_float(svd.s[size // 2]), _backend.to_float(svd.s[-1])
-        if not 0 < last < first or level <= 0:
-            return 2 * have
-        slope = (math.log(last) - math.log(first)) / (size - 1 - size // 2)
-        reach = size - 1 + (math.log(level) - math.log(last)) / slope
-        return int(min(self.kmax, max(2 * have, math.ceil(reach))))
-
-    def _resolvable(self, svd: TruncatedSVD) -> int:
-        """The numerical rank where the spectrum shows it; the largest rank otherwise."""
-        numerical = _numerical_rank(svd.s, self.A.shape, self.xp)
-        if numerical < svd.s.shape[0] or svd.s.shape[0] >= self.kmax:
-            return max(numerical, 1)
-        return self.kmax
-
-    def _first_at_or_below(self, svd: TruncatedSVD, level: float, limit: int) -> int | None:
-        """The smallest ``k`` in [1, limit] with ``s[k] <= level`` (None past the spectrum)."""
-        above = _count_above(svd.s, level, self.xp)
-        if above < svd.s.shape[0] or svd.s.shape[0] >= self.kmax:
-            return max(1, min(above, limit))
-        return None
-
-    def _certified(self, svd: TruncatedSVD, k: int) -> CURResult:
-        res = self.build(svd, k, stacklevel=5)
-        return replace(res, certificate=certify(self.A, res, ord=2, rng=self.seed))
-
-    def run(self, rtol: float | None, atol: float | None) -> CURResult:
-        svd = self._spectrum(min(self.kcap, 32))
-        while True:  # grow the sketch until it resolves the tolerance (or covers the cap)
-            norm2 = _backend.to_float(svd.s[0]) + svd.residual
-            target = max(atol or 0.0, (rtol or 0.0) * norm2)
-            limit = min(self.kcap, self._resolvable(svd))
-            k_svd = self._first_at_or_below(svd, target, limit)
-            if k_svd is not None or svd.U.shape[1] >= self.kcap:
-                break
-            svd = self._spectrum(self._extrapolated(svd, target))
-        k_svd = limit if k_svd is None else k_svd
-        # No rank below k_svd meets the target: sigma_k > target and no CUR beats the truncated
-        # SVD (a sketch's singular values are lower bounds of the true ones).
-        failed, passed, best = k_svd - 1, None, None
-        within = max(k_svd, int(TOLERANCE_RANK_FACTOR * k_svd))
-        k = min(within, self._first_at_or_below(svd, target / INITIAL_ERROR_RATIO, limit) or within)
-        while True:
-            svd = self._spectrum(k)
-            res = self._certified(svd, k)
-            k = res.rank
-            bound = res.certificate.bound
-            if best is None or bound < best.certificate.bound:
-                best = res
-            if bound <= target:
-                passed = res
-            else:
-                failed = max(failed, k)
-            if passed is not None and passed.rank <= TOLERANCE_RANK_FACTOR * (failed + 1):
-                return passed
-            if passed is None and k >= limit:
-                if self.capped and limit == self.kcap:
-                    return res  # the rank cap was met first
-                return self._unreachable(best, target, limit)
-            k = self._next_rank(svd, res, target, failed, passed, limit)
-
-    def _next_rank(
-        self, svd: TruncatedSVD, res: CURResult, target: float, failed: int,
-        passed: CURResult | None, limit: int,
-    ) -> int:
-        if passed is not None:  # bracketed: bisect
-            return max(failed + 1, (failed + passed.rank) // 2)
-        # the certified error over sigma_{k+1} at this rank predicts the rank that meets it
-        tiny = float(self.xp.finfo(res.U.dtype).tiny)
-        s_next = _backend.to_float(svd.s[res.rank]) if svd.s.shape[0] > res.rank else 0.0
-        level = target * s_next / max(res.certificate.bound, tiny)
-        guess = self._first_at_or_below(svd, level, limit)
-        if guess is None:  # past the sketch: grow it once
-            guess = self._first_at_or_below(self._spectrum(2 * svd.U.shape[1]), level, limit)
-        return min(limit, max(res.rank + 1, guess if guess is not None else 2 * res.rank))
-
-    def _unreachable(self, best: CURResult, target: float, limit: int) -> CURResult:
-        warnings.warn(
-            _errors.UNREACHABLE.format(
-                target=target, limit=limit, error=best.certificate.bound, rank=best.rank
-            ),
-            _errors.CURWarning,
-            stacklevel=4,
-        )
-        return best
+def _cur_batch(A: Any, /, *, rng: Any, **options: Any) -> CURBatch:
+    """One :func:`cur` per matrix of the stack; each gets its own seed from ``rng``."""
+    if A.shape[0] == 0:
+        raise ValueError(_errors.EMPTY.format(shape=tuple(A.shape)))
+    _validation.check_matrix(A[0])  # the first matrix's checks, before any work on the others
+    _validation.check_rng(rng, A)
+    seeds = _streams(rng, A.shape[0])
+    return CURBatch(tuple(cur(A[i], rng=seeds[i], **options) for i in range(A.shape[0])))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _backend, _validation
+from .operands import Operand, as_operand
 
 __all__ = ["range_finder", "TruncatedSVD", "truncated_svd", "randomized_failure_factor"]
 
@@ -26,7 +27,7 @@ def range_finder(
 
     Parameters
     ----------
-    A : array, shape (m, n)
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
     size : int
         Number of columns of the sketch, ``1 <= size <= min(m, n)`` (rank plus oversampling).
     power_iters : int, default 2
@@ -61,23 +62,24 @@ def range_finder(
     >>> bool(np.allclose(Q @ (Q.T @ A), A))
     True
     """
-    xp = _validation.check_matrix(A)
-    m, n = A.shape
+    op = as_operand(A)
+    m, n = op.shape
     size = _validation.check_int(size, "size", minimum=1)
     if size > min(m, n):
         raise ValueError(f"size must be <= min(m, n) = {min(m, n)}, got {size}")
     power_iters = _validation.check_int(power_iters, "power_iters", minimum=0)
-    return _range_finder(A, size, power_iters, rng, xp)
+    _validation.check_rng(rng, op.like)
+    return _range_finder(op, size, power_iters, rng, op.xp)
 
 
-def _range_finder(A: Any, size: int, power_iters: int, rng: Any, xp: Any) -> Any:
+def _range_finder(op: Operand, size: int, power_iters: int, rng: Any, xp: Any) -> Any:
     """:func:`range_finder` on input already validated (``rng`` may be a ``Random`` already)."""
-    gen = rng if isinstance(rng, _backend.Random) else _backend.Random(rng, A)
-    omega = gen.normal((A.shape[1], size))
-    Q, _ = xp.linalg.qr(A @ omega)
+    gen = rng if isinstance(rng, _backend.Random) else _backend.Random(rng, op.like)
+    omega = gen.normal((op.shape[1], size))
+    Q, _ = xp.linalg.qr(op.matmat(omega))
     for _ in range(power_iters):
-        Z, _ = xp.linalg.qr(A.T @ Q)
-        Q, _ = xp.linalg.qr(A @ Z)
+        Z, _ = xp.linalg.qr(op.rmatmat(Q))
+        Q, _ = xp.linalg.qr(op.matmat(Z))
     return Q
 
 
@@ -127,12 +129,14 @@ def truncated_svd(
 
     Parameters
     ----------
-    A : array, shape (m, n)
+    A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
     rank : int
         Number of triplets, ``1 <= rank <= min(m, n)``.
     kind : {"auto", "exact", "randomized"}
         ``"auto"`` is exact when ``min(m, n) <= 512`` or when ``rank + oversample`` exceeds
-        a quarter of ``min(m, n)``, randomized otherwise.
+        a quarter of ``min(m, n)``, randomized otherwise; sparse and matrix-free input is
+        densified for an exact SVD only when it has at most
+        :data:`curlinalg.operands.DENSIFY_MAX_ENTRIES` entries.
     oversample, power_iters, rng
         Randomized SVD parameters (see :func:`range_finder`).
 
@@ -162,38 +166,39 @@ def truncated_svd(
     >>> t.kind, t.U.shape, t.V.shape
     ('exact', (40, 3), (30, 3))
     """
-    xp = _validation.check_matrix(A)
-    rank = _validation.check_rank(rank, min(A.shape))
+    op = as_operand(A)
+    rank = _validation.check_rank(rank, min(op.shape))
     _validation.check_choice(kind, "kind", ("auto", "exact", "randomized"))
     oversample = _validation.check_int(oversample, "oversample", minimum=0)
     power_iters = _validation.check_int(power_iters, "power_iters", minimum=0)
-    return _truncated_svd(A, rank, kind, oversample, power_iters, rng, xp)
+    _validation.check_rng(rng, op.like)
+    return _truncated_svd(op, rank, kind, oversample, power_iters, rng, op.xp)
 
 
 def _truncated_svd(
-    A: Any, rank: int, kind: str, oversample: int, power_iters: int, rng: Any, xp: Any
+    op: Operand, rank: int, kind: str, oversample: int, power_iters: int, rng: Any, xp: Any
 ) -> TruncatedSVD:
     """:func:`truncated_svd` on input already validated (the driver scans ``A`` once)."""
-    m, n = A.shape
+    m, n = op.shape
     size = min(rank + oversample, min(m, n))
     if kind == "auto":
         small = min(m, n) <= EXACT_SVD_MAX_DIM or 4 * size > min(m, n)
-        kind = "exact" if small else "randomized"
+        kind = "exact" if small and op.densifiable else "randomized"
     if kind == "exact":
-        U, s, Vt = xp.linalg.svd(A, full_matrices=False)
+        U, s, Vt = xp.linalg.svd(op.dense(), full_matrices=False)
         return TruncatedSVD(U[:, :rank], s, Vt[:rank, :].T, "exact")
-    gen = _backend.Random(rng, A)
-    Q = _range_finder(A, size, power_iters, gen, xp)
-    Ub, s, Vt = xp.linalg.svd(Q.T @ A, full_matrices=False)
-    residual = _residual_bound(A, Q, gen, xp) if size < min(m, n) else 0.0
+    gen = _backend.Random(rng, op.like)
+    Q = _range_finder(op, size, power_iters, gen, xp)
+    Ub, s, Vt = xp.linalg.svd(op.rmatmat(Q).T, full_matrices=False)
+    residual = _residual_bound(op, Q, gen, xp) if size < min(m, n) else 0.0
     return TruncatedSVD(Q @ Ub[:, :rank], s, Vt[:rank, :].T, "randomized", residual)
 
 
-def _residual_bound(A: Any, Q: Any, gen: Any, xp: Any) -> float:
+def _residual_bound(op: Operand, Q: Any, gen: Any, xp: Any) -> float:
     r"""One-pass bound :math:`\alpha\sqrt{2/\pi}\max_i\|(I-QQ^T)A\omega_i\|` on
     :math:`\|(I-QQ^T)A\|_2`, failing with probability :math:`\alpha^{-r}` (Halko et al. 2011,
     Lemma 4.1), :math:`\alpha = \delta^{-1/r}`."""
-    Y = A @ gen.normal((A.shape[1], RESIDUAL_PROBES))
+    Y = op.matmat(gen.normal((op.shape[1], RESIDUAL_PROBES)))
     Y = Y - Q @ (Q.T @ Y)
     top = math.sqrt(_backend.to_float(xp.max(xp.sum(Y * Y, axis=0))))
     alpha = RESIDUAL_FAILURE_PROBABILITY ** (-1.0 / RESIDUAL_PROBES)

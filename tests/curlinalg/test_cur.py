@@ -166,14 +166,18 @@ A_OK = np.random.default_rng(0).standard_normal((6, 5))
 @pytest.mark.parametrize(
     "A, kwargs, err, match",
     [
-        (np.ones(5), {"rank": 1}, ValueError, "2-D"),
+        (np.ones(5), {"rank": 1}, ValueError, "expected a matrix"),
+        (np.ones((2, 3, 4, 5)), {"rank": 1}, ValueError, "stack of matrices"),
         (np.ones((0, 3)), {"rank": 1}, ValueError, "non-empty"),
         (np.full((3, 3), np.inf), {"rank": 1}, ValueError, "NaN or Inf"),
         (np.ones((3, 3), dtype=int), {"rank": 1}, TypeError, "float32 or float64"),
         (np.ones((3, 3), dtype=bool), {"rank": 1}, TypeError, "float32 or float64"),
         (np.ones((3, 3), dtype=np.float16), {"rank": 1}, TypeError, "float32 or float64"),
-        (np.ones((3, 3), dtype=complex), {"rank": 1}, TypeError, "float32 or float64"),
+        (np.ones((3, 3), dtype=complex), {"rank": 1}, TypeError, "A.imag, A.real"),
         ([[1.0, 2.0]], {"rank": 1}, TypeError, "numpy, torch or cupy"),
+        (A_OK, {"rtol": "1e-3"}, TypeError, "rtol must be"),
+        (A_OK, {"rank": 2, "oversample": 2.0}, TypeError, "oversample must be an int"),
+        (A_OK, {"rank": np.bool_(True)}, TypeError, "rank must be an int"),
         (A_OK, {"rank": 0}, ValueError, "1 <= rank"),
         (A_OK, {"rank": 6}, ValueError, "1 <= rank"),
         (A_OK, {"rank": 2.0}, TypeError, "rank must be an int"),
@@ -218,7 +222,7 @@ def test_unreachable_tolerance_warning_points_at_the_caller():
     assert not any(issubclass(w.category, RankDeficiencyWarning) for w in caught)
 
 
-cur_module = importlib.import_module("curlinalg.cur")  # the package attribute is the function
+tolerance_module = importlib.import_module("curlinalg.tolerance")
 
 
 def spectral_error(A, res):
@@ -267,7 +271,9 @@ def test_hilbert_bound_holds(method):
 def test_unreachable_or_floor_tolerance_returns_the_best_rank(rtol, monkeypatch):
     """Finding 2: rtol=1e-20 returned rank 243 with error 1.0e-4 (rank 157 gives 1.8e-8)."""
     calls = []
-    monkeypatch.setattr(cur_module, "certify", lambda *a, **k: calls.append(1) or certify(*a, **k))
+    monkeypatch.setattr(
+        tolerance_module, "certify", lambda *a, **k: calls.append(1) or certify(*a, **k)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = cur(FINDING_A, rtol=rtol, rng=0)

@@ -83,7 +83,7 @@ def test_indices_distinct_and_on_the_input_backend(xp, select):
     "bad, err, match",
     [
         (np.ones((3, 5)), ValueError, "tall basis"),
-        (np.ones(5), ValueError, "2-D"),
+        (np.ones(5), ValueError, "expected a matrix"),
         (np.full((5, 2), np.nan), ValueError, "NaN or Inf"),
         (np.ones((5, 2), dtype=np.int64), TypeError, "float32 or float64"),
         (np.ones((0, 2)), ValueError, "non-empty"),

@@ -1,0 +1,207 @@
+"""What the drivers need of a matrix, for each kind of input a user has.
+
+:func:`as_operand` validates its input once, before any work, and wraps it in an
+:class:`Operand`: products with dense blocks, selected columns and rows (in the input's own kind:
+sparse stays sparse), the intersection of selected rows and columns, and the dense matrix where
+the driver may afford it. Kinds:
+
+* dense arrays of any array-API namespace (numpy, torch, cupy), and ``numpy.matrix`` (viewed as an
+  array);
+* ``scipy.sparse`` matrices and arrays (CSR, CSC, COO, ...): products cost ``O(nnz)`` per column,
+  ``C`` and ``R`` are sparse column and row cuts;
+* ``scipy.sparse.linalg.LinearOperator`` (matrix-free): columns are :math:`AE_J`, rows
+  :math:`(A^TE_I)^T`; nothing but products is ever asked of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat as aac
+import numpy as np
+
+from . import _backend, _errors, _validation
+
+__all__ = ["Operand", "as_operand"]
+
+#: Sparse and matrix-free operands are densified (for an exact SVD or certificate) only up to
+#: this many entries.
+DENSIFY_MAX_ENTRIES = 1 << 20
+
+
+class Operand:
+    """A validated ``(m, n)`` input: its products, cuts and dense form.
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : dtype of the dense results
+    xp : namespace of the dense results (numpy for sparse and matrix-free input)
+    kind : {"dense", "sparse", "operator"}
+    like : array
+        A small dense array of the result's namespace, device and dtype (for random numbers).
+    """
+
+    kind = "dense"
+
+    def __init__(self, A: Any, xp: Any):
+        self.A, self.xp = A, xp
+        self.shape = (int(A.shape[0]), int(A.shape[1]))
+        self.dtype = A.dtype
+        self.like = A
+
+    @property
+    def densifiable(self) -> bool:
+        """Whether :meth:`dense` is cheap enough for an exact SVD."""
+        return True
+
+    def matmat(self, X: Any) -> Any:
+        return self.A @ X
+
+    def rmatmat(self, Y: Any) -> Any:
+        return self.A.T @ Y
+
+    def columns(self, J: Any) -> Any:
+        return self.xp.take(self.A, J, axis=1)
+
+    def rows(self, I: Any) -> Any:
+        return self.xp.take(self.A, I, axis=0)
+
+    def dense_columns(self, J: Any) -> Any:
+        return self.columns(J)
+
+    def dense_rows(self, I: Any) -> Any:
+        return self.rows(I)
+
+    def cross(self, I: Any, J: Any) -> Any:
+        return self.xp.take(self.dense_rows(I), J, axis=1)
+
+    def dense(self) -> Any:
+        return self.A
+
+
+class _Sparse(Operand):
+    kind = "sparse"
+
+    def __init__(self, A: Any):
+        import array_api_compat.numpy as npx
+
+        super().__init__(A, npx)
+        self._csr, self._csc = A.tocsr(), A.tocsc()
+        self.like = np.empty((1, 1), dtype=A.dtype)
+
+    @property
+    def densifiable(self) -> bool:
+        return self.shape[0] * self.shape[1] <= DENSIFY_MAX_ENTRIES
+
+    def matmat(self, X: Any) -> Any:
+        return np.asarray(self._csr @ X)
+
+    def rmatmat(self, Y: Any) -> Any:
+        return np.asarray(self._csc.T @ Y)
+
+    def columns(self, J: Any) -> Any:
+        return self._csc[:, np.asarray(J)]
+
+    def rows(self, I: Any) -> Any:
+        return self._csr[np.asarray(I), :]
+
+    def dense_columns(self, J: Any) -> Any:
+        return self.columns(J).toarray()
+
+    def dense_rows(self, I: Any) -> Any:
+        return self.rows(I).toarray()
+
+    def dense(self) -> Any:
+        return self._csr.toarray()
+
+
+class _Operator(Operand):
+    kind = "operator"
+
+    def __init__(self, A: Any):
+        import array_api_compat.numpy as npx
+
+        super().__init__(A, npx)
+        self.like = np.empty((1, 1), dtype=A.dtype)
+
+    @property
+    def densifiable(self) -> bool:
+        return self.shape[0] * self.shape[1] <= DENSIFY_MAX_ENTRIES
+
+    def _checked(self, out: Any, rows: int, cols: int, what: str) -> np.ndarray:
+        out = np.asarray(out, dtype=self.dtype)
+        if out.shape != (rows, cols):
+            raise ValueError(_errors.OPERATOR_SHAPE.format(what=what, got=out.shape, want=(rows, cols)))
+        return out
+
+    def matmat(self, X: Any) -> Any:
+        return self._checked(self.A.matmat(X), self.shape[0], X.shape[1], "A @ X")
+
+    def rmatmat(self, Y: Any) -> Any:
+        return self._checked(self.A.rmatmat(Y), self.shape[1], Y.shape[1], "A.T @ Y")
+
+    def _unit(self, index: Any, size: int) -> np.ndarray:
+        E = np.zeros((size, index.shape[0]), dtype=self.dtype)
+        E[np.asarray(index), np.arange(index.shape[0])] = 1.0
+        return E
+
+    def columns(self, J: Any) -> Any:
+        return self.matmat(self._unit(J, self.shape[1]))
+
+    def rows(self, I: Any) -> Any:
+        return self.rmatmat(self._unit(I, self.shape[0])).T
+
+    def dense(self) -> Any:
+        return self.matmat(np.eye(self.shape[1], dtype=self.dtype))
+
+
+def _is_sparse(A: Any) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return False
+    return sp.issparse(A)
+
+
+def _is_operator(A: Any) -> bool:
+    try:
+        from scipy.sparse.linalg import LinearOperator
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(A, LinearOperator)
+
+
+def as_operand(A: Any, /) -> Operand:
+    """Validate ``A`` (before any work) and wrap it; see the module docstring for the kinds.
+
+    Raises
+    ------
+    TypeError
+        An unsupported kind, or a dtype other than float32/float64 (complex with advice that
+        loses nothing).
+    ValueError
+        Not 2-D (a stack of matrices is a separate call), empty, or holding NaN/Inf.
+    """
+    if isinstance(A, Operand):
+        return A
+    if isinstance(A, np.matrix):
+        A = np.asarray(A)
+    if _is_sparse(A):
+        _validation.check_shape(A.shape)
+        _validation.check_dtype(A.dtype, np)
+        data = A.tocoo().data
+        if not np.all(np.isfinite(data)):
+            raise ValueError(_errors.NOT_FINITE.format(name="matrix"))
+        return _Sparse(A)
+    if _is_operator(A):
+        _validation.check_shape(A.shape)
+        _validation.check_dtype(np.dtype(A.dtype), np)
+        try:  # scipy gives every LinearOperator an rmatvec, which fails when none was defined
+            A.rmatvec(np.zeros(A.shape[0], dtype=A.dtype))
+        except (TypeError, NotImplementedError, AttributeError):
+            raise TypeError(_errors.OPERATOR_ADJOINT) from None
+        return _Operator(A)
+    if not aac.is_array_api_obj(A):
+        raise TypeError(_errors.NOT_ARRAY.format(kind=type(A).__name__))
+    return Operand(A, _validation.check_matrix(A))
