@@ -72,7 +72,7 @@ class Whitening:
     Attributes
     ----------
     gram : array, shape (n, n)
-        The Gram matrix ``H`` as given (float64).
+        The Gram matrix ``H`` (the input itself when it is float64, not a copy).
     L : array, shape (n, n)
         Lower triangular, :math:`LL^T = H + \delta I` (float64).
     shift : float
@@ -160,7 +160,8 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     if H.ndim != 2 or H.shape[0] != H.shape[1] or H.shape[0] == 0:
         raise ValueError(_ERR_GRAM.format(shape=tuple(H.shape)))
     ridge = _validation.check_tol(ridge, "ridge")
-    H = xp.astype(H, xp.float64)
+    if H.dtype != xp.float64:  # astype copies by default; a float64 Gram is used as it is
+        H = xp.astype(H, xp.float64)
     if not bool(xp.all(xp.isfinite(H))):
         raise ValueError("the Gram matrix contains NaN or Inf; check the calibration inputs")
     n = H.shape[0]
