@@ -88,3 +88,12 @@ MAXVOL_NOT_CONVERGED = (
     "maxvol stopped after max_iters={iters} swaps with max |B| = {top:.4g} > tol = {tol}; "
     "the selection is valid but its constant is looser. Raise max_iters"
 )
+DASK_UNKNOWN_CHUNKS = (
+    "the dask array has unknown chunk sizes (shape {shape}), e.g. after boolean indexing or "
+    "from_delayed without a shape; expected known chunks. Call A = A.compute_chunk_sizes() "
+    "(one pass over A), or give shape= / chunks= when building it"
+)
+DASK_NOT_FINITE = (
+    "the dask array contains NaN or Inf (found by one pass, da.isfinite(A).all()); expected "
+    "finite entries. Clean it lazily before calling, e.g. A = da.nan_to_num(A)"
+)

@@ -136,7 +136,11 @@ class Certificate:
 
 def _as_products(A: Any) -> tuple[Any, Any, Any]:
     """Split ``A`` into (forward product or None, adjoint product or None, dense array or None)."""
-    if isinstance(A, np.matrix) or _is_sparse(A) or _is_operator(A) and hasattr(A, "rmatvec"):
+    from . import _dask
+
+    if isinstance(A, np.matrix) or _is_sparse(A) or _dask.is_dask(A) or (
+        _is_operator(A) and hasattr(A, "rmatvec")
+    ):
         A = as_operand(A)
     if isinstance(A, Operand):
         return (None, None, A.A) if A.kind == "dense" else (A.matmat, A.rmatmat, None)

@@ -187,6 +187,10 @@ def as_operand(A: Any, /) -> Operand:
         return A
     if isinstance(A, np.matrix):
         A = np.asarray(A)
+    from . import _dask
+
+    if _dask.is_dask(A):
+        return _dask.as_dask_operand(A)
     if _is_sparse(A):
         _validation.check_shape(A.shape)
         _validation.check_dtype(A.dtype, np)
