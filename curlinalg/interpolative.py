@@ -2,6 +2,7 @@ r"""The interpolative decomposition: :math:`A \approx X\,A[I,:]` (rows) or :math
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -9,6 +10,7 @@ import array_api_compat as aac
 
 from . import _backend, _errors, _validation
 from .bounds import Certificate, certify, selection_constant
+from .cur import ROUNDING_FACTOR
 from .metric import SELECTORS, Whitening, gram_svd, select, whitening
 
 __all__ = ["IDResult", "interpolative", "SKELETONS", "AXES"]
@@ -59,6 +61,7 @@ class IDResult:
     kind: str
     eta: float
     sigma_next: float
+    rounding: float = 0.0
     certificate: Certificate | None = None
 
     __array_ufunc__ = None
@@ -67,10 +70,17 @@ class IDResult:
     def bound(self) -> float:
         r"""A priori bound on :math:`\|A - A'\|_2` (in the metric, when one was given).
 
-        :math:`\eta\,\sigma_{k+1}` for ``kind="rows"``; :math:`\sigma_{k+1}`, the error of the
-        truncation itself, for ``kind="truncation"``.
+        :math:`\eta\,(\sigma_{k+1} + \rho) + \eta\rho` for ``kind="rows"``;
+        :math:`\sigma_{k+1} + \rho + \eta\rho`, the error of the truncation itself plus
+        rounding, for ``kind="truncation"``. :math:`\rho` is :attr:`rounding`: the
+        :attr:`curlinalg.CURResult.rounding` term :math:`4\max(m,n)\,u\,\sigma_1` (with
+        ``basis="gram"``, at least :math:`4\sqrt{\max(m,n)\,u}\,\sigma_1`, the accuracy of
+        singular values from a Gram matrix); the second :math:`\eta\rho` is the rounding of
+        the coefficients, whose size is :math:`\eta`. The bound holds for the computed result
+        at every rank, in float32 and float64.
         """
-        return self.sigma_next if self.kind == "truncation" else self.eta * self.sigma_next
+        base = self.sigma_next + self.rounding
+        return (base if self.kind == "truncation" else self.eta * base) + self.eta * self.rounding
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -143,7 +153,18 @@ def _row_id(
         S = xp.take(A, rows, axis=0) if kind == "rows" and cross is None else metric.unwhiten(S)
     coef = xp.linalg.solve(xp.take(left, rows, axis=0).T, xp.take(left, rest, axis=0).T).T
     sigma_next = _backend.to_float(s[k]) if s.shape[0] > k else 0.0
-    return IDResult(rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), sigma_next)
+    return IDResult(
+        rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), sigma_next,
+        _rounding(B, _backend.to_float(s[0]), basis, xp),
+    )
+
+
+def _rounding(B: Any, norm: float, basis: str, xp: Any) -> float:
+    """The rounding term of :attr:`IDResult.bound` (see there)."""
+    scaled = max(B.shape) * float(xp.finfo(B.dtype).eps)
+    if basis == "gram":
+        scaled = max(scaled, math.sqrt(scaled))
+    return ROUNDING_FACTOR * scaled * norm
 
 
 def _transposed(res: IDResult) -> IDResult:
