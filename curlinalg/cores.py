@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from . import _backend
 from .operands import Operand, as_operand
 
@@ -83,7 +85,8 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
     op = as_operand(A)
     if op.kind == "dense":
         _backend.namespace(A, C, R)
-    C, R = (X.toarray() if hasattr(X, "toarray") else X for X in (C, R))
+    if op.kind != "dense":  # sparse or lazy cuts of the input: gather them (k columns, k rows)
+        C, R = (np.asarray(X.toarray() if hasattr(X, "toarray") else X) for X in (C, R))
     return _optimal_factors(op, C, R, rtol)
 
 

@@ -72,3 +72,15 @@ def test_optimal_core_truncation_option():
     full = optimal_core_factors(A, A, A)
     cut = optimal_core_factors(A, A, A, rtol=1e-6)
     assert full.rank == 3 and cut.rank == 2
+
+
+def test_public_cores_take_sparse_input_and_cuts():
+    import scipy.sparse as sp
+
+    from curlinalg import cur, optimal_core_factors
+
+    S = sp.random(120, 80, density=0.1, random_state=0, format="csr")
+    res = cur(S, rank=6)
+    f = optimal_core_factors(S, res.C, res.R)
+    np.testing.assert_allclose(f.U, res.U, atol=1e-12)
+    np.testing.assert_allclose(f.left @ f.right, res.to_dense(), atol=1e-12)

@@ -220,3 +220,12 @@ def test_not_finite_is_refused_before_any_product(monkeypatch, matrix):
 def test_curlinalg_imports_without_dask():
     code = "import sys, curlinalg; assert 'dask' not in sys.modules, 'dask imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_core_takes_the_lazy_cuts(distributed_matrix, matrix):
+    from curlinalg import optimal_core_factors
+
+    A, _ = distributed_matrix
+    res = cur(A, rank=8, rng=0)
+    f = optimal_core_factors(A, res.C, res.R)
+    np.testing.assert_allclose(f.left @ f.right, res.to_dense(), atol=1e-10)
