@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import _errors, _validation
-from .operands import DENSIFY_MAX_ENTRIES, Operand
+from ._operand import DENSIFY_MAX_ENTRIES, Operand
 
 __all__ = ["is_dask", "as_dask_operand"]
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import array_api_compat as aac
 import numpy as np
 
-from . import _backend, _errors, _validation
+from . import _backend, _dask, _errors, _validation
 from .operands import Operand, _is_operator, _is_sparse, as_operand
 
 __all__ = [
@@ -136,8 +136,6 @@ class Certificate:
 
 def _as_products(A: Any) -> tuple[Any, Any, Any]:
     """Split ``A`` into (forward product or None, adjoint product or None, dense array or None)."""
-    from . import _dask
-
     if isinstance(A, np.matrix) or _is_sparse(A) or _dask.is_dask(A) or (
         _is_operator(A) and hasattr(A, "rmatvec")
     ):

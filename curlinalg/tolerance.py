@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from . import _backend, _errors
 from .bounds import certify
 from .operands import Operand
+from .results import CURResult
 from .sketch import EXACT_SVD_MAX_DIM, TruncatedSVD, _truncated_svd
-
-if TYPE_CHECKING:
-    from .cur import CURResult
 
 __all__ = ["ToleranceSearch", "TOLERANCE_RANK_FACTOR", "numerical_rank"]
 
