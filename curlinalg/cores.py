@@ -42,9 +42,14 @@ def _truncated_range(X: Any, rtol: float, xp: Any) -> tuple[Any, Any, Any]:
     of the small triangular factor)."""
     Q, T = xp.linalg.qr(X)
     Ut, st, Vtt = xp.linalg.svd(T, full_matrices=False)
-    top = _backend.to_float(st[0]) if st.shape[0] else 0.0
-    t = int(_backend.to_float(xp.sum(xp.astype(st > rtol * top, xp.int64)))) if top > 0 else 0
+    t = _kept(st, rtol, xp)
     return Q @ Ut[:, :t], st[:t], Vtt[:t, :].T
+
+
+def _kept(s: Any, rtol: float, xp: Any) -> int:
+    """How many of the descending singular values ``s`` exceed ``rtol`` times the largest."""
+    top = _backend.to_float(s[0]) if s.shape[0] else 0.0
+    return int(_backend.to_float(xp.sum(xp.astype(s > rtol * top, xp.int64)))) if top > 0 else 0
 
 
 def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None) -> CoreFactors:
@@ -146,8 +151,7 @@ def _cross_factors(op: Operand, rows: Any, cols: Any, rtol: float | None) -> Cor
     if rtol is None:
         rtol = _default_rtol(W.shape, op.dtype, xp)
     Uw, sw, Vwt = xp.linalg.svd(W, full_matrices=False)
-    top = _backend.to_float(sw[0])
-    t = int(_backend.to_float(xp.sum(xp.astype(sw > rtol * top, xp.int64)))) if top > 0 else 0
+    t = _kept(sw, rtol, xp)
     Vw = Vwt[:t, :].T / sw[None, :t]
     return CoreFactors(Vw @ Uw[:, :t].T, C @ Vw, Uw[:, :t].T @ R, t)
 
