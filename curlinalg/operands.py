@@ -120,6 +120,15 @@ def _is_operator(A: Any) -> bool:
 def as_operand(A: Any, /) -> Operand:
     """Validate ``A`` (before any work) and wrap it; see the module docstring for the kinds.
 
+    Parameters
+    ----------
+    A : array, numpy.matrix, scipy.sparse matrix, LinearOperator, dask array, or Operand
+        An ``Operand`` is returned as it is.
+
+    Returns
+    -------
+    Operand
+
     Raises
     ------
     TypeError
@@ -127,6 +136,13 @@ def as_operand(A: Any, /) -> Operand:
         loses nothing).
     ValueError
         Not 2-D (a stack of matrices is a separate call), empty, or holding NaN/Inf.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> op = as_operand(sp.eye(4, 3, format="csr"))
+    >>> op.kind, op.shape, op.rows(np.array([1])).nnz
+    ('sparse', (4, 3), 1)
     """
     if isinstance(A, Operand):
         return A
