@@ -11,7 +11,7 @@ import array_api_compat as aac
 import numpy as np
 
 from . import _backend, _errors, _validation
-from .bounds import Certificate, selection_constant
+from .bounds import selection_constant
 from .cores import CoreFactors, _cross_factors, _optimal_factors
 from .deim import deim, qdeim
 from .leverage import leverage_sample

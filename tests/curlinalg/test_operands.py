@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
-from curlinalg import CURBatch, CURWarning, certify, cur, truncated_svd
+from curlinalg import CURBatch, certify, cur, truncated_svd
 from curlinalg.operands import as_operand
 from curlinalg.testing import exponential_spectrum, known_spectrum
 from curlinalg.testing.strategies import hard_problems
