@@ -69,6 +69,7 @@ class _Operator(Operand):
 
         super().__init__(A, npx)
         self.like = np.empty((1, 1), dtype=A.dtype)
+        self._last: dict[str, tuple[bytes, np.ndarray]] = {}
 
     @property
     def densifiable(self) -> bool:
@@ -92,10 +93,17 @@ class _Operator(Operand):
         return E
 
     def columns(self, J: Any) -> Any:
-        return self.matmat(self._unit(J, self.shape[1]))
+        return self._cut("columns", J, lambda: self.matmat(self._unit(J, self.shape[1])))
 
     def rows(self, I: Any) -> Any:
-        return self.rmatmat(self._unit(I, self.shape[0])).T
+        return self._cut("rows", I, lambda: self.rmatmat(self._unit(I, self.shape[0])).T)
+
+    def _cut(self, side: str, index: Any, compute: Any) -> np.ndarray:
+        """The last cut of each side is kept: the driver asks for it twice (core and result)."""
+        key = np.asarray(index).tobytes()
+        if self._last.get(side, (None,))[0] != key:
+            self._last[side] = (key, compute())
+        return self._last[side][1]
 
     def dense(self) -> Any:
         return self.matmat(np.eye(self.shape[1], dtype=self.dtype))

@@ -192,3 +192,23 @@ def test_bad_sparse_and_other_inputs(A, match):
         as_operand(A)
     with pytest.raises((TypeError, ValueError), match=match):
         cur(A, rank=1)
+
+
+def test_linear_operator_cuts_cost_one_product_each():
+    A = known_spectrum(80, 60, exponential_spectrum(60, decay=0.2), rng=0)
+    calls = {"matmat": 0, "rmatmat": 0}
+
+    def matmat(X):
+        calls["matmat"] += 1
+        return A @ X
+
+    def rmatmat(Y):
+        calls["rmatmat"] += 1
+        return A.T @ Y
+
+    op = LinearOperator(A.shape, matvec=lambda x: A @ x, rmatvec=lambda y: A.T @ y,
+                        matmat=matmat, rmatmat=rmatmat, dtype=np.float64)
+    res = cur(op, rank=5, basis="randomized", power_iters=0, rng=0)
+    # range finder 1 + residual 1 + columns 1 = 3 forward; sketch B 1 + core 1 + rows 1 = 3 adjoint
+    assert calls == {"matmat": 3, "rmatmat": 3}
+    assert spectral_error(A, res) <= res.bound
