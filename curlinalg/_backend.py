@@ -23,7 +23,9 @@ import scipy.linalg as sla
 
 from . import _errors
 
-__all__ = ["namespace", "is_host", "lu_row_order", "pivoted_rows", "Random", "to_float"]
+__all__ = [
+    "namespace", "is_host", "lu_row_order", "pivoted_rows", "Random", "to_float", "count_above",
+]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -73,6 +75,12 @@ def _from_host(a: np.ndarray, like: Any) -> Any:
 def to_float(x: Any) -> float:
     """A 0-d array as a Python float (a device sync where the array lives on a device)."""
     return float(x)
+
+
+def count_above(s: Any, threshold: float, /) -> int:
+    """How many entries of the array ``s`` exceed ``threshold`` (one host sync)."""
+    xp = aac.array_namespace(s)
+    return int(to_float(xp.sum(xp.astype(s > threshold, xp.int64))))
 
 
 def _first_k_of_swaps(piv: np.ndarray, k: int) -> np.ndarray:

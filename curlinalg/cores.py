@@ -49,7 +49,7 @@ def _truncated_range(X: Any, rtol: float, xp: Any) -> tuple[Any, Any, Any]:
 def _kept(s: Any, rtol: float, xp: Any) -> int:
     """How many of the descending singular values ``s`` exceed ``rtol`` times the largest."""
     top = _backend.to_float(s[0]) if s.shape[0] else 0.0
-    return int(_backend.to_float(xp.sum(xp.astype(s > rtol * top, xp.int64)))) if top > 0 else 0
+    return _backend.count_above(s, rtol * top) if top > 0 else 0
 
 
 def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None) -> CoreFactors:

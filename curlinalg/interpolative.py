@@ -303,7 +303,7 @@ def interpolative(
     target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(s[0]))
     kcap = rank or kmax
     # No rank-k approximation beats sigma_{k+1}: start at the first rank the SVD allows.
-    k = max(1, min(kcap, int(_backend.to_float(xp.sum(xp.astype(s > target, xp.int64))))))
+    k = max(1, min(kcap, _backend.count_above(s, target)))
     res = at(k)
     while res.bound > target and k < kcap:
         k += 1

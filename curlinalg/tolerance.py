@@ -26,13 +26,11 @@ INITIAL_ERROR_RATIO = 2.0
 SKETCH_HEADROOM = 1.3
 
 
-def count_above(s: Any, threshold: float, xp: Any) -> int:
-    return int(_backend.to_float(xp.sum(xp.astype(s > threshold, xp.int64))))
-
-
 def numerical_rank(s: Any, shape: tuple[int, int], xp: Any) -> int:
     top = _backend.to_float(s[0])
-    return count_above(s, top * max(shape) * float(xp.finfo(s.dtype).eps), xp) if top > 0 else 0
+    if top <= 0:
+        return 0
+    return _backend.count_above(s, top * max(shape) * float(xp.finfo(s.dtype).eps))
 
 
 class ToleranceSearch:
@@ -84,7 +82,7 @@ class ToleranceSearch:
 
     def _first_at_or_below(self, svd: TruncatedSVD, level: float, limit: int) -> int | None:
         """The smallest ``k`` in [1, limit] with ``s[k] <= level`` (None past the spectrum)."""
-        above = count_above(svd.s, level, self.xp)
+        above = _backend.count_above(svd.s, level)
         if above < svd.s.shape[0] or svd.s.shape[0] >= self.kmax:
             return max(1, min(above, limit))
         return None
