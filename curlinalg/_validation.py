@@ -34,9 +34,19 @@ def check_matrix(A: Any, /, *, name: str = "matrix") -> Any:
     xp = _backend.namespace(A)
     check_shape(A.shape)
     check_dtype(A.dtype, xp)
-    if not bool(xp.all(xp.isfinite(A))):
+    if not all_finite(A, xp):
         raise ValueError(_errors.NOT_FINITE.format(name=name))
     return xp
+
+
+def all_finite(A: Any, xp: Any, /) -> bool:
+    """Whether every entry of ``A`` is finite: one reduction (a NaN or Inf makes the sum
+    non-finite), and the elementwise test only when the sum is not finite (it may overflow)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = _backend.to_float(xp.sum(A))
+    if math.isfinite(total):
+        return True
+    return bool(xp.all(xp.isfinite(A)))
 
 
 def check_basis(V: Any, /) -> Any:
