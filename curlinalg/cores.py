@@ -95,14 +95,20 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
     return _optimal_factors(op, C, R, rtol)
 
 
-def _optimal_factors(op: Operand, C: Any, R: Any, rtol: float | None) -> CoreFactors:
-    """:func:`optimal_core_factors` with dense ``C``, ``R`` and ``A`` given by its products."""
+def _optimal_factors(
+    op: Operand, C: Any, R: Any, rtol: float | None, project: Any = None
+) -> CoreFactors:
+    """:func:`optimal_core_factors` with dense ``C``, ``R`` and ``A`` given by its products.
+
+    ``project(Q_C, Q_R)`` replaces :math:`Q_C^TAQ_R` (one pass over ``A``) when given: the
+    sketch core projects an approximation of ``A`` instead.
+    """
     xp = op.xp
     if rtol is None:
         rtol = _default_rtol(op.shape, op.dtype, xp)
     Qc, sc, Vc = _truncated_range(C, rtol, xp)
     Qr, sr, Vr = _truncated_range(R.T, rtol, xp)
-    M = op.rmatmat(Qc).T @ Qr
+    M = op.rmatmat(Qc).T @ Qr if project is None else project(Qc, Qr)
     U = (Vc / sc[None, :]) @ M @ (Vr / sr[None, :]).T
     return CoreFactors(U, Qc, M @ Qr.T, min(Qc.shape[1], Qr.shape[1]))
 

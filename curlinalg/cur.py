@@ -13,7 +13,6 @@ import numpy as np
 from . import _backend, _errors, _validation
 from .bounds import selection_constant
 from .cores import CoreFactors, _cross_factors, _optimal_factors
-from .deim import deim, qdeim
 from .leverage import leverage_sample
 from .maxvol import maxvol
 from .operands import Operand, as_operand
@@ -26,7 +25,7 @@ __all__ = [
 ]
 
 METHODS = ("deim", "qdeim", "maxvol", "leverage", "leverage_sampling", "randomized")
-CORES = ("optimal", "cross")
+CORES = ("optimal", "cross", "sketch")
 #: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`.
 ROUNDING_FACTOR = 4.0
 #: Leverage selections whose constant exceeds Q-DEIM's on the same basis by this factor warn.
@@ -47,10 +46,11 @@ def _top_k(scores: Any, k: int, xp: Any) -> Any:
 
 def _select(basis: Any, method: str, k: int, oversample: int, rng: Any, xp: Any) -> tuple[Any, str]:
     """Indices of ``basis`` chosen by ``method``, and a warning message ('' when none)."""
+    # The bases come from the validated input: the selectors' own checks are skipped.
     if method == "deim":
-        return deim(basis), ""
+        return _backend.lu_row_order(basis), ""
     if method in ("qdeim", "randomized"):
-        return qdeim(basis), ""
+        return _backend.pivoted_rows(basis), ""
     if method == "maxvol":
         return _maxvol_rows(basis), ""
     scores = xp.sum(basis * basis, axis=1)
@@ -71,7 +71,7 @@ def _maxvol_rows(basis: Any) -> Any:
 def _complete_leverage(basis: Any, chosen: Any, method: str, k: int, xp: Any) -> tuple[Any, str]:
     """Add Q-DEIM's rows where a leverage choice leaves ``basis[chosen]`` rank deficient, and say
     when the constant is far above Q-DEIM's on the same basis."""
-    reference = qdeim(basis)
+    reference = _backend.pivoted_rows(basis)
     eta = selection_constant(basis, chosen)
     eta_ref = selection_constant(basis, reference)
     if math.isinf(eta):
@@ -100,8 +100,14 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
     rows, note_rows = _select(Uk, opts.method, k, opts.oversample, opts.seeds[0], xp)
     cols, note_cols = _select(Vk, opts.method, k, opts.oversample, opts.seeds[1], xp)
     norm_est = _backend.to_float(svd.s[0]) + svd.residual
-    if opts.core == "optimal":
+    sketched = opts.core == "sketch" and svd.sketch is not None
+    if opts.core == "optimal" or (opts.core == "sketch" and not sketched):
         f: CoreFactors = _optimal_factors(op, op.dense_columns(cols), op.dense_rows(rows), None)
+    elif sketched:  # Q_C^T (QQ^T A) Q_R = (Q_C^T U_l) diag(s) (V_l^T Q_R): no pass over A
+        U_l, V_l = svd.sketch
+        l = U_l.shape[1]
+        project = lambda Qc, Qr: ((Qc.T @ U_l) * svd.s[None, :l]) @ (V_l.T @ Qr)  # noqa: E731
+        f = _optimal_factors(op, op.dense_columns(cols), op.dense_rows(rows), None, project)
     else:
         rtol = opts.core_rtol
         if rtol is None:  # cut the cross matrix at the noise level sigma_{k+1} / sigma_1
@@ -113,6 +119,7 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
         op.columns(cols), f.U, op.rows(rows), rows, cols, k, opts.method, opts.core, svd.kind,
         selection_constant(Uk, rows), selection_constant(Vk, cols), svd.tail(k), rounding,
         RESIDUAL_FAILURE_PROBABILITY if svd.kind == "randomized" else 0.0, (f.left, f.right),
+        sketch_residual=svd.residual if sketched else 0.0,
     )
     return res, [n for n in (note_rows, note_cols) if n]
 
@@ -153,10 +160,14 @@ def cur(
         DEIM (LU pivoting), Q-DEIM (pivoted QR), maxvol, top-``k`` leverage scores,
         Mahoney-Drineas sampling of ``k + oversample`` draws, or ``"randomized"``: Q-DEIM on
         a randomized (sketched) SVD whatever the size.
-    core : {"optimal", "cross"}
-        :math:`U = C^+AR^+` (:func:`curlinalg.cores.optimal_core`) or the truncated
+    core : {"optimal", "cross", "sketch"}
+        :math:`U = C^+AR^+` (:func:`curlinalg.cores.optimal_core`); the truncated
         pseudo-inverse of :math:`A[\mathrm{rows},\mathrm{cols}]`
-        (:func:`curlinalg.cores.cross_core`).
+        (:func:`curlinalg.cores.cross_core`); or, on a randomized basis,
+        :math:`U = C^+(QQ^TA)R^+` from the sketch :math:`QQ^TA` already computed: one pass over
+        ``A`` fewer than ``"optimal"``, at the price of the sketch's certified residual
+        :math:`\|(I-QQ^T)A\|_2` added to the bound (:attr:`CURResult.sketch_residual`). On an
+        exact basis ``"sketch"`` is ``"optimal"``.
     core_rtol : float, optional
         ``core="cross"`` only: singular values of :math:`A[\mathrm{rows},\mathrm{cols}]` below
         ``core_rtol`` times the largest are dropped. Default: the basis' estimate of

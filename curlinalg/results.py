@@ -56,6 +56,10 @@ class CURResult:
         :func:`curlinalg.cores.optimal_core_factors`); :meth:`to_dense` and ``@`` use them.
     certificate : Certificate or None
         The certified a posteriori bound, when the rank was chosen by a tolerance.
+    sketch_residual : float
+        ``core="sketch"`` on a randomized basis: the certified bound on
+        :math:`\|(I-QQ^T)A\|_2` of the sketch the core projected (0 otherwise), a term of
+        :attr:`bound`.
     """
 
     C: Any
@@ -74,6 +78,7 @@ class CURResult:
     failure_probability: float
     factors: tuple[Any, Any]
     certificate: Certificate | None = None
+    sketch_residual: float = 0.0
 
     # Let numpy defer ``X @ result`` to ``__rmatmul__`` instead of treating the result as an array.
     __array_ufunc__ = None
@@ -85,12 +90,14 @@ class CURResult:
         :math:`(\eta_p + \eta_q)\,(\sigma_{k+1} + \rho)` for ``core="optimal"``: Sorensen & Embree
         (2016, Theorem 4.1) for the exact-arithmetic part, plus the rounding term
         :attr:`rounding`. It holds with certainty for an exact basis and with probability at least
-        ``1 - failure_probability`` for a randomized one. The cross core has no bound of this
-        kind; :func:`curlinalg.certify` certifies it a posteriori.
+        ``1 - failure_probability`` for a randomized one. ``core="sketch"`` adds
+        :attr:`sketch_residual`: with :math:`P_C, P_R` the projectors onto the ranges of ``C``
+        and ``R^T``, :math:`A - P_CQQ^TAP_R = (A - P_CAP_R) + P_C(I-QQ^T)AP_R`. The cross core
+        has no bound of this kind; :func:`curlinalg.certify` certifies it a posteriori.
         """
         if self.core == "cross":
             return None
-        return (self.eta_rows + self.eta_cols) * (self.sigma_next + self.rounding)
+        return (self.eta_rows + self.eta_cols) * (self.sigma_next + self.rounding) + self.sketch_residual
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -43,15 +43,20 @@ def range_finder(
 
     Notes
     -----
-    :math:`Y = A\Omega`, then ``power_iters`` times :math:`Q \leftarrow \mathrm{qr}(A\,
-    \mathrm{qr}(A^TQ))`, re-orthonormalizing at every half step to keep the small singular
-    directions from being lost to rounding (Halko et al. 2011, Alg. 4.4).
+    :math:`Y = A\Omega`, then ``power_iters`` times :math:`Y \leftarrow A\,\mathrm{lu}(A^T
+    \mathrm{lu}(Y))` and finally :math:`Q = \mathrm{qr}(Y)`: subspace iteration (Halko et al.
+    2011, Alg. 4.4) with the intermediate steps normalised by the permuted unit-lower factor of
+    an LU factorisation (:func:`curlinalg._backend.lu_normalize`; Li et al. 2017), which keeps
+    the small singular directions from being lost to rounding at about half the cost of a
+    Householder QR. Only the last step needs orthonormal columns.
 
     References
     ----------
     .. [1] N. Halko, P.-G. Martinsson and J. A. Tropp, "Finding structure with randomness:
        probabilistic algorithms for constructing approximate matrix decompositions",
        SIAM Review 53(2), 2011.
+    .. [2] H. Li, G. C. Linderman, A. Szlam, K. P. Stanton, Y. Kluger and M. Tygert,
+       "Algorithm 971", ACM Trans. Math. Softw. 43(3), 2017.
 
     Examples
     --------
@@ -75,11 +80,10 @@ def range_finder(
 def _range_finder(op: Operand, size: int, power_iters: int, rng: Any, xp: Any) -> Any:
     """:func:`range_finder` on input already validated (``rng`` may be a ``Random`` already)."""
     gen = rng if isinstance(rng, _backend.Random) else _backend.Random(rng, op.like)
-    omega = gen.normal((op.shape[1], size))
-    Q, _ = xp.linalg.qr(op.matmat(omega))
+    Y = op.matmat(gen.normal((op.shape[1], size)))
     for _ in range(power_iters):
-        Z, _ = xp.linalg.qr(op.rmatmat(Q))
-        Q, _ = xp.linalg.qr(op.matmat(Z))
+        Y = op.matmat(_backend.lu_normalize(op.rmatmat(_backend.lu_normalize(Y))))
+    Q, _ = xp.linalg.qr(Y)
     return Q
 
 
@@ -101,6 +105,10 @@ class TruncatedSVD:
         failing with probability at most :data:`RESIDUAL_FAILURE_PROBABILITY`. For every
         ``j <= k``, :math:`\\|(I - U_jU_j^T)A\\|_2` and :math:`\\|A(I - V_jV_j^T)\\|_2` are at
         most ``s[j] + residual``.
+    sketch : tuple of arrays or None
+        Randomized only: ``(U_l, V_l)``, all ``l = k + oversample`` left and right vectors of
+        the sketch, with :math:`QQ^TA = U_l\\,\\mathrm{diag}(s)\\,V_l^T` exactly (``U`` and
+        ``V`` are their first ``k`` columns); what ``core="sketch"`` projects onto.
     """
 
     U: Any
@@ -108,6 +116,7 @@ class TruncatedSVD:
     V: Any
     kind: str
     residual: float = 0.0
+    sketch: tuple[Any, Any] | None = None
 
     def tail(self, k: int, /) -> float:
         """Upper bound on the rank-``k`` basis residuals (``s[k] + residual``; exact when exact)."""
@@ -189,20 +198,31 @@ def _truncated_svd(
         return TruncatedSVD(U[:, :rank], s, Vt[:rank, :].T, "exact")
     gen = _backend.Random(rng, op.like)
     Q = _range_finder(op, size, power_iters, gen, xp)
-    Ub, s, Vt = xp.linalg.svd(op.rmatmat(Q).T, full_matrices=False)
-    residual = _residual_bound(op, Q, gen, xp) if size < min(m, n) else 0.0
-    return TruncatedSVD(Q @ Ub[:, :rank], s, Vt[:rank, :].T, "randomized", residual)
+    Bt, residual = _project(op, Q, gen, xp, probes=size < min(m, n))
+    Ub, s, Vt = xp.linalg.svd(Bt.T, full_matrices=False)
+    U_l, V_l = Q @ Ub, Vt.T
+    return TruncatedSVD(U_l[:, :rank], s, V_l[:, :rank], "randomized", residual, (U_l, V_l))
 
 
-def _residual_bound(op: Operand, Q: Any, gen: Any, xp: Any) -> float:
-    r"""One-pass bound :math:`\alpha\sqrt{2/\pi}\max_i\|(I-QQ^T)A\omega_i\|` on
-    :math:`\|(I-QQ^T)A\|_2`, failing with probability :math:`\alpha^{-r}` (Halko et al. 2011,
-    Lemma 4.1), :math:`\alpha = \delta^{-1/r}`."""
-    Y = op.matmat(gen.normal((op.shape[1], RESIDUAL_PROBES)))
-    Y = Y - Q @ (Q.T @ Y)
+def _project(op: Operand, Q: Any, gen: Any, xp: Any, *, probes: bool) -> tuple[Any, float]:
+    r""":math:`A^TQ`, and a bound on :math:`\|(I-QQ^T)A\|_2` from the same pass over ``A``.
+
+    The bound is :math:`\alpha\sqrt{2/\pi}\max_i\|A^T(I-QQ^T)\omega_i\|` over
+    ``RESIDUAL_PROBES`` Gaussian :math:`\omega_i` drawn after ``Q``, failing with probability
+    :math:`\alpha^{-r} = \delta` (Halko et al. 2011, Lemma 4.1, applied to
+    :math:`A^T(I-QQ^T)`, whose norm is that of :math:`(I-QQ^T)A`). The probes ride along with
+    ``Q`` in one product, so the certificate costs no pass of its own.
+    """
+    if not probes:
+        return op.rmatmat(Q), 0.0
+    l = Q.shape[1]
+    G = gen.normal((op.shape[0], RESIDUAL_PROBES))
+    G = G - Q @ (Q.T @ G)
+    W = op.rmatmat(xp.concat([Q, G], axis=1))
+    Y = W[:, l:]
     top = math.sqrt(_backend.to_float(xp.max(xp.sum(Y * Y, axis=0))))
     alpha = RESIDUAL_FAILURE_PROBABILITY ** (-1.0 / RESIDUAL_PROBES)
-    return alpha * math.sqrt(2.0 / math.pi) * top
+    return W[:, :l], alpha * math.sqrt(2.0 / math.pi) * top
 
 
 def randomized_failure_factor(k: int, p: int, q: int, min_dim: int) -> float:

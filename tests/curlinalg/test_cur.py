@@ -11,7 +11,7 @@ import scipy.linalg as sla
 
 from curlinalg import CURWarning, RankDeficiencyWarning, certify, cur, selection_constant
 from curlinalg.cur import METHODS, TOLERANCE_RANK_FACTOR
-from curlinalg.testing import exponential_spectrum, known_spectrum, step_spectrum
+from curlinalg.testing import exponential_spectrum, known_spectrum, polynomial_spectrum, step_spectrum
 from curlinalg.testing.strategies import hard_problems, problems
 
 EPS = np.finfo(np.float64).eps
@@ -239,6 +239,32 @@ def test_bound_holds_in_floating_point_at_every_rank(problem, method):
     assert res.U.dtype == problem.A.dtype
     assert np.isfinite(res.bound)
     assert spectral_error(problem.A, res) <= res.bound
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(hard_problems(), st.sampled_from(METHODS))
+def test_sketch_core_bound_holds_on_randomized_bases(problem, method):
+    """core="sketch" projects QQ^T A instead of A: its bound adds the certified residual."""
+    res = cur(problem.A, rank=problem.rank, method=method, basis="randomized", core="sketch",
+              oversample=2, power_iters=1, rng=problem.seed)
+    assert res.core == "sketch" and res.basis == "randomized"
+    assert spectral_error(problem.A, res) <= res.bound
+
+
+def test_sketch_core_skips_a_pass_and_pays_the_sketch_residual():
+    A = known_spectrum(400, 300, polynomial_spectrum(300, power=0.5), rng=3)
+    opt = cur(A, rank=20, method="randomized", rng=0)
+    sk = cur(A, rank=20, method="randomized", core="sketch", rng=0)
+    np.testing.assert_array_equal(opt.rows, sk.rows)  # same sketch, same selection
+    assert opt.sketch_residual == 0.0 and sk.sketch_residual > 0.0
+    assert not np.allclose(opt.U, sk.U)  # the option changes the core
+    base = (sk.eta_rows + sk.eta_cols) * (sk.sigma_next + sk.rounding)
+    assert sk.bound == pytest.approx(base + sk.sketch_residual)
+    assert spectral_error(A, sk) <= sk.bound
+    # On an exact basis there is no sketch: the same core as "optimal", and no extra term.
+    ex_opt, ex_sk = cur(A, rank=20, basis="exact"), cur(A, rank=20, basis="exact", core="sketch")
+    np.testing.assert_allclose(ex_sk.U, ex_opt.U)
+    assert ex_sk.sketch_residual == 0.0
 
 
 FINDING_A = known_spectrum(300, 250, np.exp(-np.arange(250) / 8), rng=1)

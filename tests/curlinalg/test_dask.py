@@ -14,7 +14,7 @@ import pytest
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
-from curlinalg import CURBatch, certify, cur, truncated_svd  # noqa: E402
+from curlinalg import CURBatch, certify, cur, interpolative, truncated_svd  # noqa: E402
 from curlinalg import _dask, _errors  # noqa: E402
 from curlinalg.bounds import POWER_STARTS, power_iterations_needed  # noqa: E402
 from curlinalg.operands import as_operand  # noqa: E402
@@ -89,15 +89,16 @@ def test_chunks_are_spread_over_both_workers(client, distributed_matrix):
     assert A.chunks == ((ROW_BLOCK,) * 4, (COL_BLOCK,) * 2)
 
 
+@pytest.mark.parametrize("core, core_passes", [("optimal", 1), ("sketch", 0)])
 def test_randomized_cur_matches_numpy_stays_lazy_and_costs_the_documented_passes(
-    distributed_matrix, matrix, passes
+    distributed_matrix, matrix, passes, core, core_passes
 ):
     A, _ = distributed_matrix
     q = 2
-    res = cur(A, rank=12, basis="randomized", power_iters=q, rng=0)
-    ref = cur(matrix, rank=12, basis="randomized", power_iters=q, rng=0)
-    # (2q + 1) range finder + 1 for Q^T A + 1 residual probes + 1 core, then the two cuts
-    assert passes["matmat"] == q + 2 and passes["rmatmat"] == q + 2
+    res = cur(A, rank=12, basis="randomized", power_iters=q, core=core, rng=0)
+    ref = cur(matrix, rank=12, basis="randomized", power_iters=q, core=core, rng=0)
+    # (2q + 1) range finder + 1 for Q^T A with the residual probes + the core's, then the cuts
+    assert passes["matmat"] == q + 1 and passes["rmatmat"] == q + 1 + core_passes
     assert passes["dense_columns"] == 1 and passes["dense_rows"] == 1 and passes["dense"] == 0
     assert res.basis == "randomized" and res.failure_probability > 0
     np.testing.assert_array_equal(res.rows, ref.rows)
@@ -133,6 +134,15 @@ def test_certify_on_dask_input_costs_2t_plus_1_thin_passes(distributed_matrix, m
     err = spectral_error(matrix, res)
     assert cert.estimate <= err * (1 + 1e-10) and err <= cert.bound
     assert certify(A, res, ord="fro", rng=0).bound >= np.linalg.norm(matrix - res.to_dense())
+
+
+def test_interpolative_on_dask_input(distributed_matrix, matrix):
+    A, _ = distributed_matrix
+    for axis in ("rows", "columns"):
+        res = interpolative(A, rank=10, axis=axis, basis="randomized", rng=0)
+        skeleton = matrix[res.indices] if axis == "rows" else matrix[:, res.indices]
+        np.testing.assert_allclose(res.skeleton, skeleton)
+        assert spectral_error(matrix, res) <= res.bound and res.failure_probability > 0
 
 
 def test_tolerance_mode_on_dask_input(client):

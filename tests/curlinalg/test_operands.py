@@ -209,6 +209,11 @@ def test_linear_operator_cuts_cost_one_product_each():
     op = LinearOperator(A.shape, matvec=lambda x: A @ x, rmatvec=lambda y: A.T @ y,
                         matmat=matmat, rmatmat=rmatmat, dtype=np.float64)
     res = cur(op, rank=5, basis="randomized", power_iters=0, rng=0)
-    # range finder 1 + residual 1 + columns 1 = 3 forward; sketch B 1 + core 1 + rows 1 = 3 adjoint
-    assert calls == {"matmat": 3, "rmatmat": 3}
+    # range finder 1 + columns 1 = 2 forward; sketch B with the residual probes 1 + core 1 +
+    # rows 1 = 3 adjoint
+    assert calls == {"matmat": 2, "rmatmat": 3}
+    assert spectral_error(A, res) <= res.bound
+    calls.update(matmat=0, rmatmat=0)
+    res = cur(op, rank=5, basis="randomized", power_iters=0, core="sketch", rng=0)
+    assert calls == {"matmat": 2, "rmatmat": 2}  # the core comes from the sketch
     assert spectral_error(A, res) <= res.bound
