@@ -97,3 +97,8 @@ DASK_NOT_FINITE = (
     "the dask array contains NaN or Inf (found by one pass, da.isfinite(A).all()); expected "
     "finite entries. Clean it lazily before calling, e.g. A = da.nan_to_num(A)"
 )
+
+ID_OPERAND = (
+    "{what} needs a dense array, got a {kind} input (or basis={basis!r}); convert it with "
+    "A.toarray() / np.asarray(A) when it fits in memory, or drop the option"
+)

@@ -12,12 +12,17 @@ from . import _backend, _errors, _validation
 from .bounds import Certificate, certify, selection_constant
 from .cur import ROUNDING_FACTOR
 from .metric import SELECTORS, Whitening, gram_svd, select, whitening
+from .operands import Operand, as_operand
+from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
 
 __all__ = ["IDResult", "interpolative", "SKELETONS", "AXES"]
 
 #: Where the skeleton comes from: rows of ``A`` itself, or rows of its rank-``k`` truncation.
 SKELETONS = ("rows", "truncation")
 AXES = ("rows", "columns")
+BASES = ("auto", "svd", "gram", "randomized")
+#: Oversampling and power iterations of ``basis="randomized"``.
+OVERSAMPLE, POWER_ITERS = 10, 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,10 @@ class IDResult:
         :math:`\sigma_{k+1}` of ``A`` (of the whitened matrix with ``metric``); 0 at full rank.
     certificate : Certificate or None
         Set when the rank was chosen by a tolerance.
+    failure_probability : float
+        Probability that :attr:`bound` fails: 0 for an exact basis; for ``basis="randomized"``
+        that of the sketch's certified residual (``sigma_next`` is then the sketch's
+        :math:`\hat\sigma_{k+1}` plus that residual).
     """
 
     indices: Any
@@ -63,6 +72,7 @@ class IDResult:
     sigma_next: float
     rounding: float = 0.0
     certificate: Certificate | None = None
+    failure_probability: float = 0.0
 
     __array_ufunc__ = None
 
@@ -139,10 +149,14 @@ def _svd(B: Any, k: int, basis: str, xp: Any) -> tuple[Any, Any, Any]:
 
 
 def _row_id(
-    A: Any, k: int, method: str, kind: str, basis: str, metric: Whitening | None, cross: Any, xp: Any
+    A: Any, k: int, method: str, kind: str, basis: str, metric: Whitening | None, cross: Any, xp: Any,
+    dec: tuple[Any, Any, Any] | None = None,
 ) -> IDResult:
+    """Row ID at rank ``k``; ``dec`` is the whitened matrix' decomposition with at least ``k``
+    vectors, when the caller (tolerance mode, trying several ranks) has it already."""
     B = A if metric is None else metric.whiten(A, cross=cross)
-    left, right, s = _svd(B, k, basis, xp)
+    left, right, s = _svd(B, k, basis, xp) if dec is None else dec
+    left, right = left[:, :k], right[:, :k]
     rows = select(left, method)
     rest = _complement(rows, B.shape[0], xp)
     if kind == "truncation":
@@ -171,6 +185,104 @@ def _transposed(res: IDResult) -> IDResult:
     return replace(res, skeleton=res.skeleton.T, axis="columns")
 
 
+class _Adjoint(Operand):
+    """:math:`A^T` of an operand, for the column ID: products and cuts swap sides."""
+
+    def __init__(self, op: Operand):
+        self.op, self.xp, self.kind, self.like = op, op.xp, op.kind, op.like
+        self.shape, self.dtype = op.shape[::-1], op.dtype
+
+    @property
+    def densifiable(self) -> bool:
+        return self.op.densifiable
+
+    def matmat(self, X: Any) -> Any:
+        return self.op.rmatmat(X)
+
+    def rmatmat(self, Y: Any) -> Any:
+        return self.op.matmat(Y)
+
+    def dense_rows(self, I: Any) -> Any:
+        return self.op.dense_columns(I).T
+
+    def dense_columns(self, J: Any) -> Any:
+        return self.op.dense_rows(J).T
+
+    def dense(self) -> Any:
+        return self.op.dense().T
+
+
+def _operand_row_id(op: Operand, svd: TruncatedSVD, k: int, method: str, kind: str) -> IDResult:
+    """Row ID of an operand from (the first ``k`` vectors of) a truncated SVD of it."""
+    xp = op.xp
+    left, right = svd.U[:, :k], svd.V[:, :k]
+    rows = select(left, method)
+    rest = _complement(rows, op.shape[0], xp)
+    S = op.dense_rows(rows)
+    if kind == "truncation":
+        S = (S @ right) @ right.T
+    coef = xp.linalg.solve(xp.take(left, rows, axis=0).T, xp.take(left, rest, axis=0).T).T
+    norm = _backend.to_float(svd.s[0]) + svd.residual
+    rounding = ROUNDING_FACTOR * max(op.shape) * float(xp.finfo(op.dtype).eps) * norm
+    randomized = svd.kind == "randomized"
+    return IDResult(
+        rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), svd.tail(k),
+        rounding, failure_probability=RESIDUAL_FAILURE_PROBABILITY if randomized else 0.0,
+    )
+
+
+def _operand_id(
+    op: Operand, rank: int | None, rtol: float | None, atol: float | None, axis: str,
+    method: str, kind: str, basis: str, rng: Any,
+) -> IDResult:
+    """:func:`interpolative` of a sparse, matrix-free or dask input (or a dense one with
+    ``basis="randomized"``): one truncated SVD, grown until it resolves the tolerance."""
+    work = op if axis == "rows" else _Adjoint(op)
+    kmax = min(op.shape)
+    exact = basis != "randomized" and op.densifiable
+    svd_kind = "exact" if exact else "randomized"
+
+    def svd_at(size: int) -> TruncatedSVD:
+        return _truncated_svd(work, size, svd_kind, OVERSAMPLE, POWER_ITERS, rng, work.xp)
+
+    def at(svd: TruncatedSVD, k: int) -> IDResult:
+        res = _operand_row_id(work, svd, k, method, kind)
+        return res if axis == "rows" else _transposed(res)
+
+    if rtol is None and atol is None:
+        return at(svd_at(rank), rank)
+    kcap = rank or kmax
+    size = kcap if exact else min(kcap, 32)
+    svd = svd_at(size)
+    # sigma_1 from the first sketch: at most ||A||_2, so the target errs on the safe side.
+    target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(svd.s[0]))
+    while svd.tail(size) > target and size < kcap:  # no rank below this one can meet it
+        size = min(kcap, 2 * size)
+        svd = svd_at(size)
+    k = max(1, min(size, _backend.count_above(svd.s[:size], target)))
+    return _first_meeting(lambda j: at(svd, j), k, size, target)
+
+
+def _first_meeting(at: Any, k: int, kcap: int, target: float) -> IDResult:
+    r"""A rank in ``[k, kcap]`` whose bound meets ``target`` with the rank below it failing
+    (or ``kcap``): steps of 1, 2, 4, ... from ``k`` (no rank below ``k`` can meet it, since
+    every bound is at least :math:`\sigma_{k+1}`), then bisection; ``O(log)`` ranks tried."""
+    res, step, failed = at(k), 1, k
+    while res.bound > target and res.rank < kcap:
+        failed = res.rank
+        res = at(min(kcap, failed + step))
+        step *= 2
+    lo = failed  # fails (or is k itself, when k met the target at once)
+    while res.rank - lo > 1 and res.bound <= target:
+        mid = (lo + res.rank) // 2
+        trial = at(mid)
+        if trial.bound <= target:
+            res = trial
+        else:
+            lo = mid
+    return res
+
+
 def interpolative(
     A: Any,
     /,
@@ -183,15 +295,18 @@ def interpolative(
     skeleton: str = "rows",
     metric: Any = None,
     cross: Any = None,
-    basis: str = "svd",
+    basis: str = "auto",
     rng: Any = None,
 ) -> IDResult:
     r"""Interpolative decomposition :math:`A \approx X\,A[I,:]` (rows) or :math:`A[:,J]\,Z` (columns).
 
     Parameters
     ----------
-    A : array, shape (m, n)
-        Real float32 or float64 matrix; numpy, torch or cupy (the result follows it).
+    A : array, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
+        Real float32 or float64 matrix. numpy, torch or cupy arrays: the result follows them.
+        Sparse, matrix-free and dask input (no ``metric``): only products with ``A`` and
+        :math:`A^T` and the ``k`` skeleton rows (:math:`(A^TE_I)^T` for an operator) are
+        asked of it; the result is dense numpy.
     rank : int, optional
         ``1 <= rank <= min(m, n)``. With a tolerance too, it caps the rank.
     rtol, atol : float, optional
@@ -214,13 +329,18 @@ def interpolative(
     cross : array, optional
         With ``metric``: the cross-Gram :math:`K = X_c^TX_d`, giving the reduced-rank
         regression of :meth:`Whitening.whiten`.
-    basis : {"svd", "gram"}, default "svd"
-        How :math:`U_k, V_k` are computed: a full SVD, or the eigendecomposition of the smaller
+    basis : {"auto", "svd", "gram", "randomized"}, default "auto"
+        How :math:`U_k, V_k` are computed: a full SVD; the eigendecomposition of the smaller
         Gram matrix (:func:`curlinalg.metric.gram_svd`; several times faster for tall or wide
         matrices, the leading vectors accurate in float64, but ``sigma_next`` only to about
-        :math:`\sqrt{\epsilon}\,\sigma_1`).
+        :math:`\sqrt{\epsilon}\,\sigma_1`); or a randomized SVD (10 extra columns, 2 power
+        iterations, :func:`curlinalg.sketch.truncated_svd`) whose certified residual is part of
+        ``sigma_next``, so the bound holds with probability ``1 - failure_probability``.
+        ``"auto"`` is ``"svd"`` for dense arrays and for other inputs that densify cheaply
+        (at most :data:`curlinalg.operands.DENSIFY_MAX_ENTRIES` entries), ``"randomized"``
+        otherwise.
     rng : None, int or Generator
-        Seed of the certificate's probes (tolerances only).
+        Seed of the randomized basis and of the certificate's probes.
 
     Returns
     -------
@@ -270,18 +390,29 @@ def interpolative(
     >>> bool(np.allclose(res.to_dense(), A))
     True
     """
-    xp = _validation.check_matrix(A)
+    op = as_operand(A)
     _validation.check_choice(axis, "axis", AXES)
     _validation.check_choice(method, "method", SELECTORS)
     _validation.check_choice(skeleton, "skeleton", SKELETONS)
-    _validation.check_choice(basis, "basis", ("svd", "gram"))
-    kmax = min(A.shape)
+    _validation.check_choice(basis, "basis", BASES)
+    kmax = min(op.shape)
     if rank is not None:
         rank = _validation.check_rank(rank, kmax)
     rtol = _validation.check_tol(rtol, "rtol")
     atol = _validation.check_tol(atol, "atol")
     if rank is None and rtol is None and atol is None:
         raise ValueError(_errors.NO_STOP)
+    _validation.check_rng(rng, op.like)
+    if op.kind != "dense" or basis == "randomized":
+        if metric is not None or cross is not None or basis == "gram":
+            what = "metric=/cross=" if basis != "gram" else "basis='gram'"
+            raise ValueError(_errors.ID_OPERAND.format(what=what, kind=op.kind, basis=basis))
+        res = _operand_id(op, rank, rtol, atol, axis, method, skeleton, basis, rng)
+        if rtol is not None or atol is not None:
+            res = replace(res, certificate=certify(op, res, ord=2, rng=rng))
+        return res
+    A, xp = op.A, op.xp
+    basis = "svd" if basis == "auto" else basis
     if metric is not None:
         if axis != "rows":
             raise ValueError("metric= weighs the columns of A (its inputs); use axis='rows' with a metric")
@@ -292,22 +423,20 @@ def interpolative(
         raise ValueError("cross= only applies with metric=; pass the Gram of the inputs as metric=")
     work = A if axis == "rows" else A.T
 
-    def at(k: int) -> IDResult:
-        res = _row_id(work, k, method, skeleton, basis, metric, cross, xp)
+    def at(k: int, dec: Any = None) -> IDResult:
+        res = _row_id(work, k, method, skeleton, basis, metric, cross, xp, dec)
         return res if axis == "rows" else _transposed(res)
 
     if rtol is None and atol is None:
         return at(rank)
     B = work if metric is None else metric.whiten(work, cross=cross)
-    s = xp.linalg.svdvals(B)
-    target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(s[0]))
     kcap = rank or kmax
+    dec = _svd(B, kcap, basis, xp)  # once: every rank tried below reads its leading vectors
+    s = dec[2]
+    target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(s[0]))
     # No rank-k approximation beats sigma_{k+1}: start at the first rank the SVD allows.
     k = max(1, min(kcap, _backend.count_above(s, target)))
-    res = at(k)
-    while res.bound > target and k < kcap:
-        k += 1
-        res = at(k)
+    res = _first_meeting(lambda j: at(j, dec), k, kcap, target)
     if metric is None:
         res = replace(res, certificate=certify(A, res, ord=2, rng=rng))
     return res

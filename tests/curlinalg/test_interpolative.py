@@ -1,9 +1,15 @@
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
 from curlinalg import IDResult, certify, interpolative, whitening
+from curlinalg.testing import exponential_spectrum, known_spectrum
 from curlinalg.testing.strategies import hard_problems, problems
 
 SELECTORS = ["deim", "qdeim", "maxvol"]
@@ -153,3 +159,84 @@ def test_reported_bound_holds_in_floating_point(problem, skeleton, axis, basis):
     res = interpolative(problem.A, rank=problem.rank, skeleton=skeleton, axis=axis, basis=basis)
     A = problem.A.astype(np.float64)
     assert np.linalg.norm(A - np.asarray(res.to_dense(), dtype=np.float64), 2) <= res.bound
+
+
+def _as_kind(A, kind):
+    if kind == "sparse":
+        return sp.csr_matrix(A)
+    if kind == "operator":
+        return aslinearoperator(A)
+    return A
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(
+    hard_problems(max_dim=50), st.sampled_from(["sparse", "operator", "dense"]),
+    st.sampled_from(["rows", "truncation"]), st.sampled_from(["rows", "columns"]),
+    st.sampled_from(["auto", "randomized"]),
+)
+def test_bound_holds_on_every_input_kind(problem, kind, skeleton, axis, basis):
+    """Sparse, matrix-free and (with basis="randomized") dense input: the bound of the computed
+    result holds, with the sketch's certified residual in sigma_next when randomized."""
+    res = interpolative(_as_kind(problem.A, kind), rank=problem.rank, skeleton=skeleton,
+                        axis=axis, basis=basis, rng=problem.seed)
+    A = problem.A.astype(np.float64)
+    assert np.linalg.norm(A - np.asarray(res.to_dense(), dtype=np.float64), 2) <= res.bound
+    assert (res.failure_probability > 0) == (basis == "randomized")  # small: "auto" is exact
+
+
+def test_large_operator_takes_a_randomized_basis_and_only_products():
+    """Past DENSIFY_MAX_ENTRIES an operator is never densified: a sketch, then the k skeleton
+    rows as one adjoint product."""
+    A = known_spectrum(1100, 1000, exponential_spectrum(1000, decay=0.1), rng=0)
+    calls = {"matmat": 0, "rmatmat": 0}
+
+    def count(name, f):
+        def g(X):
+            calls[name] += 1
+            return f(X)
+        return g
+
+    op = LinearOperator(A.shape, matvec=lambda x: A @ x, rmatvec=lambda y: A.T @ y,
+                        matmat=count("matmat", lambda X: A @ X),
+                        rmatmat=count("rmatmat", lambda Y: A.T @ Y), dtype=np.float64)
+    res = interpolative(op, rank=15, rng=0)
+    # range finder 1 + 2 q = 5 (q = 2: 3 forward, 2 adjoint); A^T Q with probes 1; skeleton rows 1
+    assert calls == {"matmat": 3, "rmatmat": 4}
+    assert res.failure_probability > 0
+    np.testing.assert_allclose(res.skeleton, A[res.indices])
+    assert np.linalg.norm(A - res.to_dense(), 2) <= res.bound
+    cols = interpolative(op, rank=15, axis="columns", rng=0)
+    np.testing.assert_allclose(cols.skeleton, A[:, cols.indices])
+    assert np.linalg.norm(A - cols.to_dense(), 2) <= cols.bound
+
+
+@pytest.mark.parametrize("kind", ["sparse", "operator"])
+def test_tolerance_on_operands_meets_the_certificate(kind):
+    A = known_spectrum(300, 200, exponential_spectrum(200, decay=0.2), rng=1)
+    s = np.linalg.svd(A, compute_uv=False)
+    res = interpolative(_as_kind(A, kind), rtol=1e-6, basis="randomized", rng=0)
+    assert res.bound <= 1e-6 * s[0] and res.certificate.bound <= 1e-6 * s[0]
+    assert np.linalg.norm(A - res.to_dense(), 2) <= res.certificate.bound
+    below = interpolative(_as_kind(A, kind), rank=res.rank - 1, basis="randomized", rng=0)
+    assert below.bound > 1e-6 * s[0]  # the search stopped at the first rank that met it
+
+
+def test_tolerance_tries_few_ranks(monkeypatch):
+    """Doubling steps then bisection: a rank 100 above the start costs O(log) ID evaluations."""
+    mod = importlib.import_module("curlinalg.interpolative")
+
+    A = known_spectrum(300, 250, exponential_spectrum(250, decay=0.1), rng=2)
+    seen = []
+    real = mod._row_id
+    monkeypatch.setattr(mod, "_row_id", lambda *a, **k: seen.append(a[1]) or real(*a, **k))
+    res = interpolative(A, rtol=1e-9, rng=0)
+    assert len(seen) <= 2 * np.log2(max(res.rank - seen[0], 2)) + 3
+    assert res.bound <= 1e-9 * np.linalg.norm(A, 2)
+    assert interpolative(A, rank=res.rank - 1).bound > 1e-9 * np.linalg.norm(A, 2)
+
+
+@pytest.mark.parametrize("options", [dict(metric=np.eye(6)), dict(basis="gram")])
+def test_dense_only_options_refused_for_operands(options):
+    with pytest.raises(ValueError, match="needs a dense array, got a sparse input"):
+        interpolative(sp.csr_matrix(np.ones((8, 6))), rank=2, **options)
