@@ -102,12 +102,14 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
     norm_est = _backend.to_float(svd.s[0]) + svd.residual
     sketched = opts.core == "sketch" and svd.sketch is not None
     if opts.core == "optimal" or (opts.core == "sketch" and not sketched):
-        f: CoreFactors = _optimal_factors(op, op.dense_columns(cols), op.dense_rows(rows), None)
+        C, R = op.dense_columns(cols), op.dense_rows(rows)
+        f: CoreFactors = _optimal_factors(op, C, R, None)
     elif sketched:  # Q_C^T (QQ^T A) Q_R = (Q_C^T U_l) diag(s) (V_l^T Q_R): no pass over A
         U_l, V_l = svd.sketch
         l = U_l.shape[1]
         project = lambda Qc, Qr: ((Qc.T @ U_l) * svd.s[None, :l]) @ (V_l.T @ Qr)  # noqa: E731
-        f = _optimal_factors(op, op.dense_columns(cols), op.dense_rows(rows), None, project)
+        C, R = op.dense_columns(cols), op.dense_rows(rows)
+        f = _optimal_factors(op, C, R, None, project)
     else:
         rtol = opts.core_rtol
         if rtol is None:  # cut the cross matrix at the noise level sigma_{k+1} / sigma_1
@@ -115,8 +117,10 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
                        max(rows.shape[0], cols.shape[0]) * float(xp.finfo(op.dtype).eps))
         f = _cross_factors(op, rows, cols, rtol)
     rounding = ROUNDING_FACTOR * max(op.shape) * float(xp.finfo(op.dtype).eps) * norm_est
+    if opts.core == "cross" or op.kind != "dense":  # the result's cuts in the input's own kind
+        C, R = op.columns(cols), op.rows(rows)
     res = CURResult(
-        op.columns(cols), f.U, op.rows(rows), rows, cols, k, opts.method, opts.core, svd.kind,
+        C, f.U, R, rows, cols, k, opts.method, opts.core, svd.kind,
         selection_constant(Uk, rows), selection_constant(Vk, cols), svd.tail(k), rounding,
         RESIDUAL_FAILURE_PROBABILITY if svd.kind == "randomized" else 0.0, (f.left, f.right),
         sketch_residual=svd.residual if sketched else 0.0,
