@@ -50,3 +50,16 @@ def test_merge_without_compressed_layers_is_a_no_op():
     model = make_tiny_llama()
     before = _logits(model)
     assert torch.equal(_logits(merge(model)), before)
+
+
+def test_merge_a_loaded_checkpoint_gives_a_plain_one(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, _ = compress(make_tiny_llama(), calibration=CALIB, reduction=0.15, progress=False)
+    model.save_pretrained(tmp_path / "compressed")
+    loaded = merge(AutoModelForCausalLM.from_pretrained(tmp_path / "compressed"))
+    assert getattr(loaded, "hf_quantizer", None) is None
+    loaded.save_pretrained(tmp_path / "plain")
+    assert "quantization_config" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "plain")), _logits(model),
+                               rtol=1e-4, atol=1e-5)
