@@ -34,7 +34,6 @@ model it returns (:func:`attach`), so ``model.save_pretrained(path)`` writes the
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -348,6 +347,13 @@ class CompressedQuantizer(HfQuantizer):
         if self.quantization_config.compression is not None:
             model.compression_config = config_from_dict(self.quantization_config.compression)
         model.is_quantized = False  # nothing is quantized: .half() and .float() stay allowed
+        return model
+
+    def _dequantize(self, model, dtype=None):
+        """``model.dequantize()``: fold the compressed layers into ``nn.Linear`` (:func:`adapters.merge`)."""
+        from .merging import fold
+
+        fold(model)
         return model
 
     def get_state_dict_and_metadata(self, model):

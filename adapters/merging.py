@@ -28,6 +28,7 @@ def merge(model: nn.Module, /) -> nn.Module:
         removed, so ``model.save_pretrained(path)`` writes a plain checkpoint that any engine
         loading the original architecture (vLLM, llama.cpp converters, ...) reads without
         :mod:`adapters`.  A model with no compressed layer is returned unchanged.
+        transformers' own ``model.dequantize()`` does the same on a compressed model.
 
     Notes
     -----
@@ -44,10 +45,16 @@ def merge(model: nn.Module, /) -> nn.Module:
     >>> type(merge(net)[0]).__name__
     'Linear'
     """
+    if fold(model):
+        detach(model)
+    return model
+
+
+def fold(model: nn.Module, /) -> int:
+    """Replace each compressed layer by its ``to_linear()``; the number replaced.  What
+    :func:`merge` and ``model.dequantize()`` (transformers' API, through the quantizer) do."""
     swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)]
     for name, mod in swaps:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, mod.to_linear())
-    if swaps:
-        detach(model)
-    return model
+    return len(swaps)
