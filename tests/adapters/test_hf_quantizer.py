@@ -168,6 +168,13 @@ def test_refuses_unknown_format_version(saved):
         AutoModelForCausalLM.from_pretrained(path)
 
 
+def test_refuses_unknown_compression_config_version(saved):
+    path, _ = saved
+    _edit_config(path, lambda cfg: cfg["quantization_config"]["compression"].update(version=99))
+    with pytest.raises(CheckpointMismatchError, match="'compression' cannot be read: .*version 99"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
 def test_refuses_unknown_form(saved):
     path, name = saved
     _edit_config(path, lambda cfg: _modules(cfg)[name].update(form="tucker"))
