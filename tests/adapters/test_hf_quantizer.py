@@ -89,6 +89,14 @@ def test_loaded_model_saves_the_same_record_again(tmp_path):
     assert torch.equal(_out(AutoModelForCausalLM.from_pretrained(tmp_path / "b")), _out(model))
 
 
+def test_sharded_checkpoint_with_device_map(tmp_path):
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu")
+    assert torch.equal(_out(loaded), _out(model))
+
+
 def test_explicit_dtype_on_load_is_applied(tmp_path):
     model, _ = _compressed("causal", torch.bfloat16)
     model.save_pretrained(tmp_path)
