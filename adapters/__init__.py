@@ -10,7 +10,12 @@ the two cannot be installed in the same environment.
 >>> import adapters                                                                 # doctest: +SKIP
 >>> p = adapters.plan(model, adapters.InterpolativeConfig(reduction=0.2), calibration=text, tokenizer=tok)  # doctest: +SKIP
 >>> model, report = adapters.compress(model, p, calibration=text, tokenizer=tok)   # doctest: +SKIP
->>> adapters.save_compressed(model, "out/smol", tokenizer=tok)                     # doctest: +SKIP
+>>> model.save_pretrained("out/smol"); tok.save_pretrained("out/smol")              # doctest: +SKIP
+>>> from transformers import AutoModelForCausalLM                                   # doctest: +SKIP
+>>> model = AutoModelForCausalLM.from_pretrained("out/smol")   # after import adapters  # doctest: +SKIP
+
+Importing :mod:`adapters` registers compressed checkpoints with transformers' quantizer
+registry (:mod:`adapters.hf_quantizer`), so any ``AutoModel*.from_pretrained`` loads them.
 """
 
 from . import llama
@@ -26,6 +31,7 @@ from .configs import (
     config_from_dict,
 )
 from .healing import HealingError, HealResult, heal
+from .hf_quantizer import CompressedCheckpointConfig
 from .layer import (
     CURLinear,
     InterpolativeLinear,
@@ -35,6 +41,7 @@ from .layer import (
     interpolative_break_even_rank,
     interpolative_params,
 )
+from .merging import merge
 from .planning import ModulePlan, Plan, allocate_ranks, plan
 from .presets import MISTRAL as mistral
 from .presets import QWEN2 as qwen2
@@ -48,6 +55,7 @@ __all__ = [
     "CURingConfig",
     "CalibrationError",
     "CheckpointMismatchError",
+    "CompressedCheckpointConfig",
     "CompressionConfig",
     "CompressionReport",
     "HealResult",
@@ -71,6 +79,7 @@ __all__ = [
     "interpolative_params",
     "llama",
     "load_compressed",
+    "merge",
     "mistral",
     "plan",
     "prepare_calibration",

@@ -43,8 +43,9 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
         :func:`adapters.save_compressed`, or a local Hugging Face model folder.
     gguf_file : str, optional
         GGUF file name inside a local folder.
-    dtype : torch.dtype, optional
-        Default float32 (GGUF files are de-quantized).
+    dtype : torch.dtype or str, optional
+        A dtype or its name (``"bfloat16"``), or ``"auto"``: the dtype stored in the folder
+        (float32 for a GGUF file, which is de-quantized). Default float32.
     device : str or torch.device, optional
         Move the model there after loading (default: where transformers puts it, the CPU).
 
@@ -62,7 +63,7 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
 
     from .serialization import SECTION, load_compressed
 
-    dtype = torch.float32 if dtype is None else dtype
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     if spec == SMOLLM2:
         folder, gguf_file = _smollm2_dir(), SMOLLM2_GGUF
     else:
@@ -71,8 +72,11 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
             raise FileNotFoundError(f"{folder!r} is not a local folder; pass 'smollm2' or a model folder (no downloads)")
         cfg = Path(folder) / "config.json"
         if cfg.is_file() and SECTION in json.loads(cfg.read_text(encoding="utf-8")):
-            model = load_compressed(folder, dtype=dtype, device="cpu" if device is None else device)
+            as_stored = None if dtype == "auto" else dtype or torch.float32
+            model = load_compressed(folder, dtype=as_stored, device="cpu" if device is None else device)
             return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if dtype is None or (dtype == "auto" and gguf_file):
+        dtype = torch.float32
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
@@ -187,7 +191,7 @@ def _cmd_compress(args) -> int:
     from .serialization import save_compressed
 
     config = config_from_args(args)
-    model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device)
+    model, tok = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
     if args.calibration:
         text = Path(args.calibration).read_text(encoding="utf-8")
     else:
@@ -297,6 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", help="text file (default: WikiText-2 calibration split)")
     c.add_argument("--report", help="write the report as JSON here")
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="load, compress and save in this dtype (default auto: the model's own; float32 for GGUF)")
     _add_compress_options(c)
     e = sub.add_parser("eval", help="WikiText-2 perplexity of a model")
     e.add_argument("model", help="'smollm2', a compressed folder or a local model folder")

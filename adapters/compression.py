@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from ._common import count_parameters
 from .calibration import InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
+from .hf_quantizer import attach
+from .layer import FACTORED_LINEARS
 from .methods import Method, Metrics, method_for
 from .planning import Calibration, Plan, build_plan
 
@@ -324,6 +326,8 @@ def compress(
     order = {m.name: k for k, m in enumerate(the_plan.modules)}
     reports = sorted(applier.reports, key=lambda r: order[r.name])
     model.compression_config = config
+    if hasattr(model, "config") and any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
+        attach(model)  # model.save_pretrained(path) writes the compression record
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}
     if calib._runner is not None:

@@ -3,6 +3,8 @@ plus interpolation coefficients); neither ever forms the dense weight."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -106,6 +108,44 @@ class _FactoredLinear(nn.Module):
     form: str
     core: str
 
+    @classmethod
+    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype=None, device=None):
+        """An uninitialised layer of the given shape, for a checkpoint to be loaded into.
+
+        Parameters
+        ----------
+        m, n, rank : int
+            Output and input features, and the rank.
+        bias : bool
+            Whether the layer has a bias.
+        dtype : torch.dtype, optional
+            Of the parameters (default: torch's default dtype); the index buffers are int64.
+        device : str or torch.device, optional
+            ``"meta"`` allocates nothing: this is how ``from_pretrained`` builds the layers
+            before their tensors are read (:mod:`adapters.hf_quantizer`).
+
+        Returns
+        -------
+        CURLinear or InterpolativeLinear
+            Parameters and index buffers of the right shapes, with undefined values; nothing
+            is validated until values are loaded.
+
+        Raises
+        ------
+        ValueError
+            If ``rank`` is not allowed for this form.
+        """
+        params, buffers = cls._layout(m, n, rank)
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features, layer.rank = m, n, rank
+        for name, shape in params.items():
+            setattr(layer, name, nn.Parameter(torch.empty(shape, dtype=dtype, device=device)))
+        layer.bias = nn.Parameter(torch.empty(m, dtype=dtype, device=device)) if bias else None
+        for name, shape in buffers.items():
+            layer.register_buffer(name, torch.empty(shape, dtype=torch.long, device=device))
+        return layer
+
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
         """Fold back into a dense :class:`torch.nn.Linear` with weight :meth:`weight_product`.
@@ -114,12 +154,20 @@ class _FactoredLinear(nn.Module):
         -------
         torch.nn.Linear
             Same device, dtype and bias.
+
+        Notes
+        -----
+        In half precision the product is formed in float32 and rounded once, so the dense
+        weight is the factored one up to a single rounding of each entry.
         """
+        dtype = self.R.dtype
+        low = dtype in (torch.float16, torch.bfloat16)
+        source = copy.deepcopy(self).float() if low else self
         lin = nn.Linear(
             self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.R.device, dtype=self.R.dtype,
+            device=self.R.device, dtype=dtype,
         )
-        lin.weight.copy_(self.weight_product())
+        lin.weight.copy_(source.weight_product())
         if self.bias is not None:
             lin.bias.copy_(self.bias)
         return lin
@@ -235,14 +283,11 @@ class CURLinear(_FactoredLinear):
             R = W[rows, :] if R is None else R.to(W)
             return cls(C, U.to(W), R, bias=linear.bias, rows=rows, cols=cols)
 
-    @classmethod
-    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype) -> "CURLinear":
-        """A zero-filled shell of the given shape, for loading a checkpoint into."""
+    @staticmethod
+    def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:
         if rank < 1:
             raise ValueError(f"a CURLinear needs rank >= 1, got {rank}")
-        z = dict(dtype=dtype)
-        return cls(torch.zeros(m, rank, **z), torch.zeros(rank, rank, **z), torch.zeros(rank, n, **z),
-                   bias=torch.zeros(m, **z) if bias else None)
+        return {"C": (m, rank), "U": (rank, rank), "R": (rank, n)}, {"rows": (rank,), "cols": (rank,)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.linear(nn.functional.linear(nn.functional.linear(x, self.R), self.U), self.C)
@@ -415,14 +460,11 @@ class InterpolativeLinear(_FactoredLinear):
             R = W[rows, :] if R is None else R.to(W)
             return cls(P.to(W), R, rows=rows, bias=linear.bias)
 
-    @classmethod
-    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype) -> "InterpolativeLinear":
-        """A zero-filled shell of the given shape, for loading a checkpoint into."""
+    @staticmethod
+    def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:
         if not 0 < rank < min(m, n):
             raise ValueError(f"an InterpolativeLinear needs 0 < rank < min(out, in) = {min(m, n)}, got {rank}")
-        z = dict(dtype=dtype)
-        return cls(torch.zeros(m - rank, rank, **z), torch.zeros(rank, n, **z), rows=range(rank),
-                   bias=torch.zeros(m, **z) if bias else None)
+        return {"P": (m - rank, rank), "R": (rank, n)}, {"rows": (rank,), "rest": (m - rank,)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = nn.functional.linear(x, self.R)

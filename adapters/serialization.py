@@ -1,9 +1,12 @@
-"""Save and load CUR-compressed models as a standard folder: config.json + safetensors.
+"""``save_compressed`` and ``load_compressed``: thin wrappers over ``save_pretrained`` and
+``from_pretrained``, kept for atomic saves and for the folders written before issue 12.
 
-The folder is a normal Hugging Face checkpoint whose ``config.json`` carries one extra section,
-``cur_compression``, recording every :class:`~adapters.layer.CURLinear` and
-:class:`~adapters.layer.InterpolativeLinear` (name, form, shape, rank, bias) and the
-compression config (``config``, see :mod:`adapters.configs`).  No pickles are written or read.
+A compressed checkpoint is an ordinary Hugging Face folder whose ``config.json`` carries a
+``quantization_config`` record (:mod:`adapters.hf_quantizer`); after ``import adapters`` every
+``AutoModel*.from_pretrained`` loads it.  Folders written by earlier versions (format 1: a
+``cur_compression`` section, no ``quantization_config``) load through :func:`load_compressed`,
+which reads that section as a record; ``load_compressed(old).save_pretrained(new)`` upgrades
+them.  No pickles are written or read.
 """
 
 from __future__ import annotations
@@ -17,48 +20,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .configs import config_from_dict
-from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
+from .hf_quantizer import (
+    FORMAT_VERSION,
+    QUANT_METHOD,
+    CheckpointMismatchError,
+    CompressedCheckpointConfig,
+    attach,
+)
+from .layer import FACTORED_LINEARS
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
-FORMAT_VERSION = 1
+#: The section format-1 checkpoints carried in config.json.
 SECTION = "cur_compression"
-WEIGHTS = "model.safetensors"
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's config, ranks or tensor shapes disagree with each other."""
-
-
-def _cur_modules(model: nn.Module) -> dict[str, dict]:
-    return {
-        name: {
-            "out_features": mod.out_features,
-            "in_features": mod.in_features,
-            "rank": mod.rank,
-            "bias": mod.bias is not None,
-            "form": mod.form,
-        }
-        for name, mod in model.named_modules()
-        if isinstance(mod, FACTORED_LINEARS)
-    }
-
-
-def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    seen = set()
-    out = {}
-    for key, t in model.state_dict().items():
-        ptr = (t.data_ptr(), t.shape, t.dtype) if t.numel() else (key,)
-        if ptr in seen:
-            continue
-        seen.add(ptr)
-        out[key] = t.detach().contiguous()
-    return out
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
 
 def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: bool = False) -> Path:
-    """Write a compressed model (and optionally its tokenizer) to a folder, atomically.
+    """Write a compressed model (and optionally its tokenizer) with ``save_pretrained``, atomically.
 
     Parameters
     ----------
@@ -66,11 +48,11 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
         A model holding :class:`~adapters.layer.CURLinear` or
         :class:`~adapters.layer.InterpolativeLinear` modules (from :func:`adapters.compress`).
     path : str or os.PathLike
-        Destination folder.
+        Destination folder: new, or an existing empty folder.
     tokenizer : transformers tokenizer, optional
-        Saved alongside with ``save_pretrained``.
+        Saved alongside with ``save_pretrained`` (with its chat template).
     overwrite : bool, default False
-        Replace an existing folder.
+        Replace an existing non-empty folder.
 
     Returns
     -------
@@ -82,42 +64,40 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     ValueError
         If the model holds no compressed layer (save a dense model with ``save_pretrained``).
     FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
+        If ``path`` exists, is not an empty folder, and ``overwrite`` is False.
 
     Notes
     -----
-    Everything is written to a temporary folder beside ``path`` and renamed into place, so a
-    crash never leaves a half-written checkpoint at ``path``.  Tied weights are stored once.
+    Equivalent to ``model.save_pretrained(path)`` (plus ``tokenizer.save_pretrained(path)``),
+    which writes config.json with the compression record, the safetensors weights in the
+    model's dtype (tied weights once) and generation_config.json.  Everything is written to a
+    temporary folder beside ``path`` and renamed into place, so a crash never leaves a
+    half-written checkpoint at ``path``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
-    modules = _cur_modules(model)
-    if not modules:
+    if not any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
         raise ValueError(
             "the model holds no CURLinear or InterpolativeLinear modules; compress it first with adapters.compress(...) "
             "or save a dense model with model.save_pretrained(path)"
         )
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True or choose another path")
+    replace = path.exists() and not _is_empty_dir(path)
+    if replace and not overwrite:
+        raise FileExistsError(f"{path} already exists and is not an empty folder; pass overwrite=True or choose another path")
+    attach(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        config = model.config.to_dict()
-        config[SECTION] = {"format_version": FORMAT_VERSION, "library": "adapters", "modules": modules}
-        used = getattr(model, "compression_config", None)
-        if used is not None:
-            config[SECTION]["config"] = used.to_dict()
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        save_file(_unique_state(model), str(tmp / WEIGHTS), metadata={"format": "pt", SECTION: str(FORMAT_VERSION)})
+        model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        if path.exists():
+        if replace:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            if path.exists():
+                path.rmdir()  # empty: checked above
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,116 +105,98 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     return path
 
 
+def _model_class(raw: dict, cfg_file: Path):
+    import transformers
+
+    names = raw.get("architectures")
+    if not names:
+        # save_compressed before issue 12 wrote models built in memory with no architectures;
+        # it loaded every folder as a causal LM
+        return transformers.AutoModelForCausalLM
+    if not isinstance(names, list) or not isinstance(names[0], str):
+        raise CheckpointMismatchError(
+            f"{cfg_file}: 'architectures' must be a list of class names, got {names!r}; load the folder "
+            "with the Auto class you mean, e.g. AutoModelForCausalLM.from_pretrained(path), after `import adapters`"
+        )
+    cls = getattr(transformers, names[0], None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise CheckpointMismatchError(
+            f"{cfg_file} names the model class {names[0]!r}, which transformers {transformers.__version__} "
+            "does not provide; install a transformers version that has it, or load the folder with an Auto "
+            "class, e.g. AutoModelForCausalLM.from_pretrained(path), after `import adapters`"
+        )
+    return cls
+
+
+def _stored_dtype(path: Path):
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                t = handle.get_slice(key)
+                name = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(t.get_dtype())
+                if name is not None:
+                    return getattr(torch, name)
+    return torch.float32
+
+
 def load_compressed(path, /, *, dtype=None, device="cpu"):
-    """Rebuild a model written by :func:`save_compressed`.
+    """Load a compressed folder: ``from_pretrained`` with the class named in its config.json.
 
     Parameters
     ----------
     path : str or os.PathLike
-        The folder.
+        The folder, written by ``save_pretrained`` / :func:`save_compressed`, or by
+        ``save_compressed`` before issue 12 (format 1).
     dtype : torch.dtype, optional
-        Cast the model after loading (default: the stored dtype).
+        Load in this dtype (default: the stored one).
     device : str or torch.device, default "cpu"
 
     Returns
     -------
     transformers PreTrainedModel
-        In eval mode, with the compressed modules restored; logits identical to the saved model.
-        ``model.compression_config`` holds the saved config (checkpoints written before configs
-        were saved have none and load all the same).
+        Of the class in ``config.json``'s ``architectures`` (a sequence classifier stays one), in
+        eval mode (``AutoModelForCausalLM`` for a format-1 folder that names no class), with the
+        compressed modules restored and ``model.compression_config`` set
+        when the folder holds one; logits identical to the saved model.
 
     Raises
     ------
     FileNotFoundError
-        If ``config.json`` or the weights are missing.
+        If ``config.json`` or the safetensors weights are missing.
     CheckpointMismatchError
-        If config.json has no ``cur_compression`` section or another format version, a recorded
-        module does not exist in the architecture, or tensor names or shapes (ranks) disagree
-        with the config.
-    """
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
+        If config.json holds no compression record, names a class transformers does not
+        provide, or its record disagrees with the architecture or the tensors (the message
+        names the module and what differs).
 
+    Notes
+    -----
+    For a new folder this is ``cls.from_pretrained(path, dtype=dtype)``.  For a format-1 folder
+    the ``cur_compression`` section is turned into a :class:`CompressedCheckpointConfig` and
+    passed as ``quantization_config``, so the same quantizer builds and checks the layers.
+    """
     path = Path(path)
-    cfg_file, w_file = path / "config.json", path / WEIGHTS
-    for f in (cfg_file, w_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing; expected a folder written by adapters.save_compressed")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file} is missing; expected a folder written by model.save_pretrained or adapters.save_compressed")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path} holds no .safetensors weights; expected a folder written by model.save_pretrained")
     raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-    section = raw.get(SECTION)
-    if not isinstance(section, dict) or "modules" not in section:
-        raise CheckpointMismatchError(
-            f"{cfg_file} has no '{SECTION}' section: this is not a CUR-compressed checkpoint; load "
-            "it with AutoModelForCausalLM.from_pretrained(path)"
-        )
-    if section.get("format_version") != FORMAT_VERSION:
-        raise CheckpointMismatchError(
-            f"checkpoint format_version {section.get('format_version')!r}, expected {FORMAT_VERSION}; "
-            "re-save it with this version of adapters"
-        )
-    config = AutoConfig.from_pretrained(str(path))
-    with safe_open(str(w_file), framework="pt") as f:
-        stored = {k: f.get_tensor(k) for k in f.keys()}
-    stored_dtype = next((t.dtype for t in stored.values() if t.is_floating_point()), torch.float32)
-    model = AutoModelForCausalLM.from_config(config, dtype=stored_dtype)
-    for name, spec in section["modules"].items():
-        try:
-            old = model.get_submodule(name)
-        except AttributeError:
-            old = None
-        if not isinstance(old, nn.Linear):
+    qc = raw.get("quantization_config")
+    extra = {}
+    if not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD):
+        section = raw.get(SECTION)
+        if not isinstance(section, dict):
             raise CheckpointMismatchError(
-                f"config records a compressed module {name!r}, but the architecture has no linear "
-                "layer there; the config and the compression section do not match"
+                f"{cfg_file} has no quantization_config with quant_method {QUANT_METHOD!r} and no "
+                f"'{SECTION}' section: this is not a CUR-compressed checkpoint; load it with "
+                "AutoModelForCausalLM.from_pretrained(path)"
             )
-        m, n, r = int(spec["out_features"]), int(spec["in_features"]), int(spec["rank"])
-        if tuple(old.weight.shape) != (m, n):
-            raise CheckpointMismatchError(
-                f"{name}: config says {m}x{n}, architecture has {tuple(old.weight.shape)}"
-            )
-        form = spec.get("form", "cur")  # checkpoints written before the form was recorded
-        try:
-            new = LAYERS[form].empty(m, n, r, bias=bool(spec["bias"]), dtype=stored_dtype)
-        except (KeyError, ValueError):
-            raise CheckpointMismatchError(
-                f"{name}: config records form {form!r} with rank {r} for a {m}x{n} weight; expected "
-                f"a form in {sorted(LAYERS)} with 0 < rank (< min(out, in) for 'interpolative')"
-            ) from None
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, new)
-    model.tie_weights()
-    expected = {k: t.shape for k, t in _unique_state(model).items()}
-    missing = sorted(set(expected) - set(stored))
-    extra = sorted(set(stored) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(stored) if tuple(stored[k].shape) != tuple(expected[k]))
-    if missing or extra or wrong:
-        detail = "; ".join(
-            f"{label}: {items[:5]}{' ...' if len(items) > 5 else ''}"
-            for label, items in (("missing", missing), ("unexpected", extra), ("shape mismatch", [
-                f"{k} stored {tuple(stored[k].shape)} expected {tuple(expected[k])}" for k in wrong
-            ]))
-            if items
-        )
-        raise CheckpointMismatchError(
-            f"{w_file} does not match its config.json ({detail}); the weights and the "
-            f"'{SECTION}' section were not saved together, re-save with adapters.save_compressed"
-        )
-    missing_tied = set(model.state_dict()) - set(stored)
-    result = model.load_state_dict(stored, strict=False)
-    if set(result.missing_keys) - missing_tied or result.unexpected_keys:
-        raise CheckpointMismatchError(f"could not load {w_file}: {result}")
-    model.tie_weights()
-    for name, mod in model.named_modules():
-        if isinstance(mod, InterpolativeLinear):
-            order = torch.sort(torch.cat([mod.rows, mod.rest])).values
-            if not torch.equal(order, torch.arange(mod.out_features)):
-                raise CheckpointMismatchError(
-                    f"{name}: the stored rows and rest indices are not a split of range({mod.out_features}); "
-                    f"{w_file} is damaged or was edited, re-save with adapters.save_compressed"
-                )
-    if "config" in section:
-        model.compression_config = config_from_dict(section["config"])
-    model.to(device)
-    if dtype is not None:
-        model.to(dtype)
-    return model.eval()
+        extra["quantization_config"] = CompressedCheckpointConfig.from_legacy(section, source=cfg_file)
+        dtype = _stored_dtype(path) if dtype is None else dtype
+    cls = _model_class(raw, cfg_file)
+    model = cls.from_pretrained(str(path), dtype="auto" if dtype is None else dtype, local_files_only=True, **extra)
+    if hasattr(model.config, SECTION):
+        delattr(model.config, SECTION)  # the record replaces it when the model is saved again
+    return model.to(device).eval()

@@ -21,17 +21,35 @@ def _deim_reference(V, /):
     return torch.as_tensor(idx, device=V.device) if is_torch else idx
 
 
-def make_tiny_llama(seed=0, *, layers=2, hidden=32, intermediate=64, vocab=128, tie=False):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama_config(*, layers=2, hidden=32, intermediate=64, vocab=128, tie=False, **extra):
+    from transformers import LlamaConfig
 
-    cfg = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=128, tie_word_embeddings=tie,
+        max_position_embeddings=128, tie_word_embeddings=tie, **extra,
     )
+
+
+def make_tiny_llama(seed=0, *, layers=2, hidden=32, intermediate=64, vocab=128, tie=False, dtype=None):
+    """A random ``LlamaForCausalLM``; ``dtype`` builds it in that dtype as ``from_pretrained``
+    would (rotary buffers stay float32, unlike ``model.to(dtype)``)."""
+    from transformers import LlamaForCausalLM
+
+    cfg = _tiny_llama_config(layers=layers, hidden=hidden, intermediate=intermediate, vocab=vocab, tie=tie)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
-    return model
+    if dtype is None:
+        return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM._from_config(cfg, dtype=dtype).eval()
+
+
+def make_tiny_classifier(seed=0, *, labels=3, dtype=None):
+    """A random ``LlamaForSequenceClassification`` (2 layers, hidden 32, pad token 0)."""
+    from transformers import LlamaForSequenceClassification
+
+    cfg = _tiny_llama_config(num_labels=labels, pad_token_id=0)
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification._from_config(cfg, dtype=dtype or torch.float32).eval()
 
 
 @pytest.fixture

@@ -65,3 +65,22 @@ def test_compress_and_eval_commands_on_tiny_model(tmp_path, calib_tokens, capsys
     from adapters import load_compressed
 
     assert load_compressed(out).compression_config == InterpolativeConfig(reduction=0.1, nsamples=4, seqlen=32)
+
+
+@pytest.mark.parametrize("option, stored", [([], "BF16"), (["--dtype", "float32"], "F32")], ids=["auto", "float32"])
+def test_compress_dtype_option(option, stored, tmp_path):
+    """A bf16 model is compressed and saved in bf16 by default, in float32 with --dtype float32."""
+    import torch
+    from safetensors import safe_open
+
+    from conftest import make_tiny_llama, save_char_tokenizer
+
+    src = tmp_path / "tiny"
+    make_tiny_llama(dtype=torch.bfloat16).save_pretrained(src)
+    save_char_tokenizer(src)
+    (tmp_path / "calib.txt").write_text("".join(chr(33 + (7 * i) % 94) for i in range(600)))
+    out = tmp_path / "cur"
+    assert cli.main(["--quiet", "compress", str(src), "-o", str(out), "--reduction", "0.1", "--nsamples", "4",
+                     "--seqlen", "32", "--calibration", str(tmp_path / "calib.txt"), *option]) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} - {"I64"} == {stored}

@@ -99,3 +99,26 @@ def test_interpolative_bad_input_raises(kwargs, match):
     P, R = kwargs.pop("P"), kwargs.pop("R")
     with pytest.raises(ValueError, match=match):
         InterpolativeLinear(P, R, **kwargs)
+
+
+@pytest.mark.parametrize("form", ["cur", "interpolative"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_empty_matches_a_built_layer_and_allocates_nothing_on_meta(form, bias):
+    from adapters.layer import LAYERS
+
+    lin = torch.nn.Linear(6, 4, bias=bias)
+    built = (CURLinear.from_linear(lin, rows=[0, 2], cols=[1, 5], U=torch.eye(2)) if form == "cur"
+             else InterpolativeLinear.from_linear(lin, rows=[0, 2], P=torch.ones(2, 2)))
+    shell = LAYERS[form].empty(4, 6, 2, bias=bias, dtype=torch.bfloat16, device="meta")
+    got = {k: (tuple(t.shape), t.dtype, t.device.type) for k, t in shell.state_dict().items()}
+    want = {k: (tuple(t.shape), torch.bfloat16 if t.is_floating_point() else t.dtype, "meta")
+            for k, t in built.state_dict().items()}
+    assert got == want
+    assert (shell.out_features, shell.in_features, shell.rank) == (4, 6, 2)
+
+
+def test_empty_refuses_ranks_the_form_cannot_hold():
+    with pytest.raises(ValueError, match="rank >= 1"):
+        CURLinear.empty(4, 6, 0, bias=False)
+    with pytest.raises(ValueError, match="0 < rank < min"):
+        InterpolativeLinear.empty(4, 6, 4, bias=False)

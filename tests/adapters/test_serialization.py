@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +8,9 @@ import torch
 from adapters import CheckpointMismatchError, CURLinear, compress, load_compressed, save_compressed
 from adapters.layer import FACTORED_LINEARS, InterpolativeLinear
 
-from conftest import make_tiny_llama
+from conftest import char_tokenizer, make_tiny_classifier, make_tiny_llama
+
+LEGACY = Path(__file__).parent / "data"
 
 
 def _logits(model, tokens):
@@ -15,11 +19,14 @@ def _logits(model, tokens):
 
 
 @pytest.fixture(
+    scope="module",
     params=[(False, "cur"), (True, "cur"), (False, "interpolative"), (True, "interpolative")],
     ids=["untied-cur", "tied-cur", "untied-interpolative", "tied-interpolative"],
 )
-def compressed(request, calib_tokens):
+def compressed(request):
+    """Compressed once per module (the tests only save and read it)."""
     tie, form = request.param
+    calib_tokens = torch.randint(0, 128, (16, 32), generator=torch.Generator().manual_seed(1))
     model = make_tiny_llama(tie=tie)
     model, report = compress(model, calibration=calib_tokens, reduction=0.15, form=form, progress=False)
     return model, report
@@ -29,7 +36,8 @@ def test_round_trip_identical_logits(compressed, eval_tokens, tmp_path):
     model, report = compressed
     path = save_compressed(model, tmp_path / "ckpt")
     cfg = json.loads((path / "config.json").read_text())
-    assert set(cfg["cur_compression"]["modules"]) == {m.name for m in report.modules}
+    assert set(cfg["quantization_config"]["modules"]) == {m.name for m in report.modules}
+    assert "cur_compression" not in cfg
     assert not list(path.glob("*.bin")) and not list(path.glob("*.pt"))
     loaded = load_compressed(path)
     kind = InterpolativeLinear if report.options["form"] == "interpolative" else CURLinear
@@ -41,6 +49,7 @@ def test_round_trip_identical_logits(compressed, eval_tokens, tmp_path):
         )
     )
     assert sum(p.numel() for p in loaded.parameters()) == report.params_after
+    assert loaded.compression_config == model.compression_config
     assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
 
 
@@ -49,16 +58,31 @@ def test_save_is_atomic_and_refuses_overwrite(compressed, tmp_path, monkeypatch)
     path = save_compressed(model, tmp_path / "ckpt")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         save_compressed(model, path)
-    import safetensors.torch
 
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr(model, "save_pretrained", broken)
     with pytest.raises(OSError, match="disk full"):
         save_compressed(model, tmp_path / "other")
-    assert not (tmp_path / "other").exists()
+    with pytest.raises(OSError, match="disk full"):
+        save_compressed(model, path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert (path / "model.safetensors").is_file()
+
+
+def test_save_into_existing_empty_folder_and_overwrite(compressed, eval_tokens, tmp_path):
+    model, _ = compressed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_compressed(model, empty)
+    assert torch.equal(_logits(load_compressed(empty), eval_tokens), _logits(model, eval_tokens))
+    (empty / "stale.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        save_compressed(model, empty)
+    save_compressed(model, empty, overwrite=True)
+    assert not (empty / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 def test_save_dense_model_refused(tmp_path):
@@ -66,36 +90,45 @@ def test_save_dense_model_refused(tmp_path):
         save_compressed(make_tiny_llama(), tmp_path / "x")
 
 
-def test_load_refuses_mismatched_rank(compressed, tmp_path):
-    model, report = compressed
+def test_tokenizer_chat_template_and_generation_config_are_kept(calib_tokens, tmp_path):
+    model, _ = compress(make_tiny_llama(), calibration=calib_tokens, reduction=0.15, progress=False)
+    model.generation_config.eos_token_id = [5, 7]
+    model.generation_config.do_sample, model.generation_config.temperature = True, 0.6
+    tok = char_tokenizer()
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    path = save_compressed(model, tmp_path / "ckpt", tokenizer=tok)
+    from transformers import AutoTokenizer
+
+    back = AutoTokenizer.from_pretrained(path)
+    assert back.chat_template == tok.chat_template
+    assert back.apply_chat_template([{"role": "u", "content": "hi"}], tokenize=False) == "<u>hi"
+    gen = load_compressed(path).generation_config
+    assert (gen.eos_token_id, gen.do_sample, gen.temperature) == ([5, 7], True, 0.6)
+
+
+def test_load_keeps_the_task_head(tmp_path):
+    tokens = torch.randint(1, 128, (2, 16), generator=torch.Generator().manual_seed(3))
+    model, _ = compress(make_tiny_classifier(), calibration=tokens.repeat(4, 2), reduction=0.15, progress=False)
+    path = save_compressed(model, tmp_path / "cls")
+    loaded = load_compressed(path)
+    assert type(loaded).__name__ == "LlamaForSequenceClassification"
+    assert torch.equal(_logits(loaded, tokens), _logits(model, tokens))
+
+
+def test_load_dtype_option(compressed, tmp_path):
+    model, _ = compressed
     path = save_compressed(model, tmp_path / "ckpt")
-    cfg = json.loads((path / "config.json").read_text())
-    name = report.modules[0].name
-    cfg["cur_compression"]["modules"][name]["rank"] += 1
-    (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointMismatchError, match="shape mismatch"):
-        load_compressed(path)
+    assert {p.dtype for p in load_compressed(path, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
 
 
-def test_load_refuses_wrong_config(compressed, tmp_path):
+def test_load_refuses_unresolvable_class_and_plain_checkpoint(compressed, tmp_path):
     model, _ = compressed
     path = save_compressed(model, tmp_path / "ckpt")
     cfg = json.loads((path / "config.json").read_text())
-    cfg["intermediate_size"] += 8
-    (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointMismatchError):
+    (path / "config.json").write_text(json.dumps(cfg | {"architectures": ["NoSuchModelForCausalLM"]}))
+    with pytest.raises(CheckpointMismatchError, match="'NoSuchModelForCausalLM', which transformers .* does not provide"):
         load_compressed(path)
-
-
-def test_load_refuses_unknown_module_and_plain_checkpoint(compressed, tmp_path):
-    model, _ = compressed
-    path = save_compressed(model, tmp_path / "ckpt")
-    cfg = json.loads((path / "config.json").read_text())
-    cfg["cur_compression"]["modules"]["model.layers.0.mlp.nope"] = {"out_features": 1, "in_features": 1, "rank": 1, "bias": False}
-    (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointMismatchError, match="no linear layer"):
-        load_compressed(path)
-    del cfg["cur_compression"]
+    del cfg["quantization_config"]
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match="not a CUR-compressed"):
         load_compressed(path)
@@ -103,46 +136,52 @@ def test_load_refuses_unknown_module_and_plain_checkpoint(compressed, tmp_path):
         load_compressed(tmp_path / "missing")
 
 
-def test_load_refuses_damaged_interpolative_indices(calib_tokens, tmp_path):
-    from safetensors.torch import load_file, save_file
+# Folders written by save_compressed before issue 12 (format 1), made with the code at 931e63b.
 
-    model, report = compress(make_tiny_llama(), calibration=calib_tokens, reduction=0.15, form="interpolative", progress=False)
-    path = save_compressed(model, tmp_path / "ckpt")
-    weights = load_file(str(path / "model.safetensors"))
-    key = f"{report.modules[0].name}.rows"
-    weights[key] = weights[key].clone()
-    weights[key][0] = weights[key][1]  # a duplicated row index: rows and rest no longer split the outputs
-    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CheckpointMismatchError, match="not a split of range"):
-        load_compressed(path)
+@pytest.mark.parametrize("form", ["cur", "interpolative"])
+def test_legacy_folders_still_load(form, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
-
-def test_load_refuses_unknown_form(compressed, tmp_path):
-    model, report = compressed
-    path = save_compressed(model, tmp_path / "ckpt")
-    cfg = json.loads((path / "config.json").read_text())
-    cfg["cur_compression"]["modules"][report.modules[0].name]["form"] = "tucker"
-    (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointMismatchError, match="form 'tucker'"):
-        load_compressed(path)
+    src = LEGACY / f"legacy_v1_{form}"
+    expected = load_file(str(src / "expected.safetensors"))
+    loaded = load_compressed(src)
+    kind = {"cur": CURLinear, "interpolative": InterpolativeLinear}[form]
+    assert any(isinstance(m, kind) for m in loaded.modules())
+    assert loaded.compression_config.method == form
+    assert torch.equal(_logits(loaded, expected["tokens"]), expected["logits"])
+    loaded.save_pretrained(tmp_path / "new")  # the upgrade path
+    cfg = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert "cur_compression" not in cfg and cfg["quantization_config"]["format_version"] == 2
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "new")
+    assert torch.equal(_logits(again, expected["tokens"]), expected["logits"])
 
 
-def test_config_travels_with_the_checkpoint(compressed, tmp_path):
-    model, _ = compressed
-    path = save_compressed(model, tmp_path / "ckpt")
-    assert load_compressed(path).compression_config == model.compression_config
+def test_legacy_folders_without_config_or_form_still_load(tmp_path):
+    """The first format-1 folders had no config (and no form for C U R layers) in their section."""
+    from safetensors.torch import load_file
 
-
-def test_checkpoints_written_before_configs_still_load(compressed, eval_tokens, tmp_path):
-    """Earlier checkpoints have no config (and no form for C U R layers) in their section."""
-    model, report = compressed
-    path = save_compressed(model, tmp_path / "ckpt")
+    path = shutil.copytree(LEGACY / "legacy_v1_cur", tmp_path / "old")
     cfg = json.loads((path / "config.json").read_text())
     del cfg["cur_compression"]["config"]
     for spec in cfg["cur_compression"]["modules"].values():
-        if spec["form"] == "cur":
-            del spec["form"]
+        del spec["form"]
     (path / "config.json").write_text(json.dumps(cfg))
+    expected = load_file(str(path / "expected.safetensors"))
     loaded = load_compressed(path)
     assert getattr(loaded, "compression_config", None) is None
-    assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
+    assert torch.equal(_logits(loaded, expected["tokens"]), expected["logits"])
+
+
+def test_legacy_folder_that_disagrees_with_its_tensors_is_refused(tmp_path):
+    path = shutil.copytree(LEGACY / "legacy_v1_interpolative", tmp_path / "old")
+    cfg = json.loads((path / "config.json").read_text())
+    name = next(iter(cfg["cur_compression"]["modules"]))
+    cfg["cur_compression"]["modules"][name]["rank"] += 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match=rf"{name}: the record says .* disagree"):
+        load_compressed(path)
+    cfg["cur_compression"]["format_version"] = 7
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match="format_version 7, expected 1"):
+        load_compressed(path)

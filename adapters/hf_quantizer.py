@@ -1,0 +1,446 @@
+"""Compressed checkpoints through transformers' quantizer registry: ``from_pretrained`` and
+``save_pretrained`` handle them once :mod:`adapters` is imported.
+
+A compressed checkpoint is a plain Hugging Face folder (``config.json``, safetensors,
+``generation_config.json``, tokenizer files) whose ``config.json`` carries a
+``quantization_config`` record, :class:`CompressedCheckpointConfig`:
+
+.. code-block:: json
+
+    "quantization_config": {
+      "quant_method": "curlinalg",
+      "format_version": 2,
+      "modules": {"model.layers.0.mlp.up_proj":
+                  {"form": "interpolative", "out_features": 64, "in_features": 32,
+                   "rank": 20, "bias": false}},
+      "compression": {"method": "interpolative", "version": 1, "reduction": 0.1}
+    }
+
+Importing :mod:`adapters` registers the record under ``quant_method="curlinalg"`` and
+:class:`CompressedQuantizer` with ``transformers.quantizers.register_quantization_config`` and
+``register_quantizer``, the extension point out-of-tree methods such as compressed-tensors use.
+``AutoModel*.from_pretrained(path)`` then builds the model on the meta device, the quantizer
+replaces each recorded ``nn.Linear`` by an empty :class:`~adapters.layer.CURLinear` or
+:class:`~adapters.layer.InterpolativeLinear` (still on meta), checks the record against the
+safetensors headers, and transformers fills the layers from the files: the dense weights of the
+compressed layers are never allocated.  :func:`adapters.compress` attaches the quantizer to the
+model it returns (:func:`attach`), so ``model.save_pretrained(path)`` writes the record.
+
+>>> import adapters                                                                # doctest: +SKIP
+>>> model.save_pretrained("smol-cur")                       # a model from adapters.compress  # doctest: +SKIP
+>>> model = AutoModelForCausalLM.from_pretrained("smol-cur")                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .configs import config_from_dict
+from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
+
+__all__ = [
+    "FORMAT_VERSION",
+    "QUANT_METHOD",
+    "CheckpointMismatchError",
+    "CompressedCheckpointConfig",
+    "CompressedQuantizer",
+    "attach",
+    "detach",
+]
+
+#: ``quant_method`` of the record in ``config.json``.
+QUANT_METHOD = "curlinalg"
+#: Version of the record; 1 was the ``cur_compression`` section of ``save_compressed``.
+FORMAT_VERSION = 2
+_SPEC_KEYS = ("form", "out_features", "in_features", "rank", "bias")
+_RESAVE = "the record in config.json and the weights were not saved together; re-save the model with model.save_pretrained(path)"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's record, architecture or tensors disagree with each other."""
+
+
+def _spec_of(module) -> dict:
+    return {
+        "form": module.form, "out_features": module.out_features, "in_features": module.in_features,
+        "rank": module.rank, "bias": module.bias is not None,
+    }
+
+
+@dataclass
+class CompressedCheckpointConfig(QuantizationConfigMixin):
+    """The ``quantization_config`` record of a compressed checkpoint (a versioned dataclass).
+
+    Attributes
+    ----------
+    quant_method : str
+        Always :data:`QUANT_METHOD` (``"curlinalg"``): the key transformers dispatches on.
+    format_version : int
+        :data:`FORMAT_VERSION`; another version is refused.
+    modules : dict
+        ``{dotted module name: {"form", "out_features", "in_features", "rank", "bias"}}`` for
+        every compressed layer; ``form`` names the layer class (:data:`adapters.layer.LAYERS`).
+    compression : dict, optional
+        The compression config (:meth:`adapters.configs.CompressionConfig.to_dict`), restored as
+        ``model.compression_config`` when the checkpoint loads.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        When built from a record with another ``format_version``, an unknown field, a module
+        entry with missing or invalid fields, an unknown ``form``, or a compression config this
+        version cannot read; the message names the module and the field.
+
+    Examples
+    --------
+    >>> rec = CompressedCheckpointConfig(modules={"fc": {"form": "cur", "out_features": 4,
+    ...     "in_features": 6, "rank": 2, "bias": False}})
+    >>> CompressedCheckpointConfig.from_dict(rec.to_dict()) == rec
+    True
+    """
+
+    quant_method: str = QUANT_METHOD
+    format_version: int = FORMAT_VERSION
+    modules: dict = field(default_factory=dict)
+    compression: dict | None = None
+
+    def __post_init__(self):
+        if self.quant_method != QUANT_METHOD:
+            raise CheckpointMismatchError(
+                f"a CompressedCheckpointConfig has quant_method {QUANT_METHOD!r}, got {self.quant_method!r}"
+            )
+        if self.format_version != FORMAT_VERSION:
+            raise CheckpointMismatchError(
+                f"quantization_config format_version {self.format_version!r} is not supported: this version "
+                f"of adapters reads version {FORMAT_VERSION} (and the version-1 folders of save_compressed "
+                "through adapters.load_compressed); upgrade adapters, or re-save the model with this version"
+            )
+        if not isinstance(self.modules, dict):
+            raise CheckpointMismatchError(f"quantization_config 'modules' must map module names to entries, got {self.modules!r}")
+        self.modules = {name: _checked_spec(name, spec) for name, spec in self.modules.items()}
+        if self.compression is not None:
+            try:
+                config_from_dict(self.compression)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise CheckpointMismatchError(
+                    f"quantization_config 'compression' cannot be read: {exc}"
+                ) from None
+
+    @classmethod
+    def from_dict(cls, config_dict, return_unused_kwargs=False, **kwargs):
+        """Rebuild from ``config.json``'s ``quantization_config``, naming any unknown field."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config_dict) - known)
+        if unknown:
+            raise CheckpointMismatchError(
+                f"quantization_config has unknown field(s) {unknown} (known: {sorted(known)}); it was "
+                f"written by another version of adapters (this one writes format_version {FORMAT_VERSION})"
+            )
+        return super().from_dict(dict(config_dict), return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, /) -> "CompressedCheckpointConfig":
+        """The record of ``model``'s compressed layers and its ``compression_config``."""
+        used = getattr(model, "compression_config", None)
+        return cls(
+            modules={name: _spec_of(mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)},
+            compression=None if used is None else used.to_dict(),
+        )
+
+    @classmethod
+    def from_legacy(cls, section: dict, /, *, source="config.json") -> "CompressedCheckpointConfig":
+        """Read the ``cur_compression`` section (format 1) that ``save_compressed`` wrote before."""
+        if section.get("format_version") != 1 or not isinstance(section.get("modules"), dict):
+            raise CheckpointMismatchError(
+                f"{source}: 'cur_compression' section with format_version {section.get('format_version')!r}, "
+                "expected 1 and a 'modules' mapping; the file is damaged or was not written by adapters"
+            )
+        modules = {}
+        for name, spec in section["modules"].items():
+            spec = dict(spec)
+            spec.setdefault("form", "cur")  # written before the form was recorded: C U R
+            modules[name] = spec
+        return cls(modules=modules, compression=section.get("config"))
+
+
+def _checked_spec(name, spec) -> dict:
+    if not isinstance(spec, dict):
+        raise CheckpointMismatchError(f"{name}: quantization_config entry must be a dict with {list(_SPEC_KEYS)}, got {spec!r}")
+    missing = [k for k in _SPEC_KEYS if k not in spec]
+    extra = sorted(set(spec) - set(_SPEC_KEYS))
+    if missing or extra:
+        raise CheckpointMismatchError(
+            f"{name}: quantization_config entry has fields {sorted(spec)}, expected {list(_SPEC_KEYS)} "
+            f"(missing {missing}, unknown {extra}); {_RESAVE}"
+        )
+    if spec["form"] not in LAYERS:
+        raise CheckpointMismatchError(
+            f"{name}: quantization_config records form {spec['form']!r}, which names no layer class; "
+            f"expected one of {sorted(LAYERS)} (adapters.layer.LAYERS). The checkpoint was written by "
+            "another version of adapters or edited"
+        )
+    for key in ("out_features", "in_features", "rank"):
+        if not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < 1:
+            raise CheckpointMismatchError(f"{name}: quantization_config {key} must be a positive int, got {spec[key]!r}; {_RESAVE}")
+    if not isinstance(spec["bias"], bool):
+        raise CheckpointMismatchError(f"{name}: quantization_config bias must be true or false, got {spec['bias']!r}")
+    try:
+        LAYERS[spec["form"]]._layout(spec["out_features"], spec["in_features"], spec["rank"])
+    except ValueError as exc:
+        raise CheckpointMismatchError(
+            f"{name}: quantization_config records a {spec['form']} layer of rank {spec['rank']} for a "
+            f"{spec['out_features']}x{spec['in_features']} weight: {exc}"
+        ) from None
+    return dict(spec)
+
+
+def _locate(model: nn.Module, name: str) -> str | None:
+    """``name`` as a module path of ``model``, allowing for a base model loaded from a head's
+    checkpoint (``model.layers.0...`` -> ``layers.0...``) and the reverse."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    candidates = [name]
+    if prefix and name.startswith(prefix + "."):
+        candidates.append(name[len(prefix) + 1:])
+    if prefix:
+        candidates.append(f"{prefix}.{name}")
+    for candidate in candidates:
+        try:
+            if isinstance(model.get_submodule(candidate), nn.Linear):
+                return candidate
+        except AttributeError:
+            continue
+    return None
+
+
+def _stored_shapes(checkpoint_files) -> dict[str, tuple] | None:
+    """``{tensor name: shape}`` from the safetensors headers (no tensor is read); None if the
+    checkpoint is not all safetensors."""
+    from safetensors import safe_open
+
+    files = [str(f) for f in checkpoint_files or ()]
+    if not files or not all(f.endswith(".safetensors") for f in files):
+        return None
+    shapes = {}
+    for f in files:
+        with safe_open(f, framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def _compare(name: str, spec: dict, shell: nn.Module, stored: dict) -> None:
+    expected = {f"{name}.{k}": tuple(t.shape) for k, t in shell.state_dict().items()}
+    found = {k: v for k, v in stored.items() if k.startswith(name + ".") and "." not in k[len(name) + 1:]}
+    if expected == found:
+        return
+    parts = []
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        parts.append(f"missing {[k[len(name) + 1:] for k in missing]}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        parts.append(f"unexpected {[k[len(name) + 1:] for k in extra]}")
+    parts += [
+        f"{k[len(name) + 1:]} stored {found[k]}, expected {expected[k]}"
+        for k in sorted(set(expected) & set(found)) if found[k] != expected[k]
+    ]
+    raise CheckpointMismatchError(
+        f"{name}: the record says a {spec['form']} layer of rank {spec['rank']} for a "
+        f"{spec['out_features']}x{spec['in_features']} weight (bias {spec['bias']}), but the weights "
+        f"disagree: {'; '.join(parts)}; {_RESAVE}"
+    )
+
+
+def _check_indices(name: str, mod: nn.Module) -> None:
+    """Index buffers as loaded: in range, distinct, and (interpolative) rows + rest a split."""
+    m = mod.out_features
+    if isinstance(mod, InterpolativeLinear):
+        both = torch.cat([mod.rows, mod.rest]).cpu()
+        if not torch.equal(torch.sort(both).values, torch.arange(m)):
+            raise CheckpointMismatchError(
+                f"{name}: the stored 'rows' {mod.rows.tolist()[:10]} and 'rest' indices are not a split of "
+                f"range({m}) (each output index exactly once); the weights are damaged or were edited, {_RESAVE}"
+            )
+        return
+    for key, size in (("rows", m), ("cols", mod.in_features)):
+        idx = getattr(mod, key).cpu()
+        if bool((idx == -1).all()):
+            continue  # built without recorded indices
+        if bool((idx < 0).any() or (idx >= size).any()) or idx.unique().numel() != idx.numel():
+            raise CheckpointMismatchError(
+                f"{name}: the stored '{key}' indices {idx.tolist()[:10]} must be {idx.numel()} distinct "
+                f"values in [0, {size}) (or all -1); the weights are damaged or were edited, {_RESAVE}"
+            )
+
+
+@register_quantizer(QUANT_METHOD)
+class CompressedQuantizer(HfQuantizer):
+    """Builds the compressed layers a :class:`CompressedCheckpointConfig` records, on the meta
+    device, before transformers loads the weights; refreshes the record when the model is saved.
+
+    Parameters
+    ----------
+    quantization_config : CompressedCheckpointConfig
+        The record.
+    **kwargs
+        ``pre_quantized`` (transformers passes it; a legacy folder loaded through
+        :func:`adapters.load_compressed` passes the record explicitly and is loaded the same way).
+
+    Notes
+    -----
+    Before loading, every recorded module must be an ``nn.Linear`` of the recorded shape in the
+    architecture, and the safetensors headers must hold exactly the tensors of the recorded
+    layer, of the recorded shapes; after loading, the index buffers must be valid.  Any
+    disagreement raises :class:`CheckpointMismatchError` naming the module and what differs.
+    """
+
+    requires_calibration = False
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        stored = _stored_shapes(checkpoint_files)
+        records = self.quantization_config.modules
+        for name, spec in records.items():
+            where = _locate(model, name)
+            if where is None:
+                raise CheckpointMismatchError(
+                    f"{name}: the record names a compressed layer there, but {type(model).__name__} has no "
+                    "linear layer of that name; the config.json architecture and the record do not match, "
+                    f"{_RESAVE}"
+                )
+            old = model.get_submodule(where)
+            m, n = spec["out_features"], spec["in_features"]
+            if (old.out_features, old.in_features) != (m, n):
+                raise CheckpointMismatchError(
+                    f"{name}: the record says a {m}x{n} weight, the architecture in config.json builds "
+                    f"{old.out_features}x{old.in_features}; {_RESAVE}"
+                )
+            shell = LAYERS[spec["form"]].empty(
+                m, n, spec["rank"], bias=spec["bias"], dtype=old.weight.dtype, device=old.weight.device,
+            )
+            if stored is not None:
+                _compare(name, spec, shell, stored)
+            parent, _, attr = where.rpartition(".")
+            setattr(model.get_submodule(parent), attr, shell)
+        if stored is not None:
+            recorded = set(records)
+            factored_keys = {k.rpartition(".")[0] for k in stored if k.rpartition(".")[2] in ("C", "U", "P")}
+            unrecorded = sorted(factored_keys - recorded)
+            if unrecorded:
+                raise CheckpointMismatchError(
+                    f"the weights hold factored layers the record does not list: {unrecorded[:5]}; {_RESAVE}"
+                )
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        for name, mod in model.named_modules():
+            if not isinstance(mod, FACTORED_LINEARS):
+                continue
+            meta = [k for k, t in mod.state_dict().items() if t.is_meta]
+            if meta:
+                raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
+            _check_indices(name, mod)
+        if self.quantization_config.compression is not None:
+            model.compression_config = config_from_dict(self.quantization_config.compression)
+        model.is_quantized = False  # nothing is quantized: .half() and .float() stay allowed
+        return model
+
+    def _dequantize(self, model, dtype=None):
+        """``model.dequantize()``: fold the compressed layers into ``nn.Linear`` (:func:`adapters.merge`)."""
+        from .merging import fold
+
+        fold(model)
+        return model
+
+    def get_state_dict_and_metadata(self, model):
+        """Refresh the record from the model's layers just before ``save_pretrained`` writes it."""
+        record = CompressedCheckpointConfig.from_model(model)
+        self.quantization_config = record
+        model.config.quantization_config = record
+        return None, {}
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+try:
+    register_quantization_config(QUANT_METHOD)(CompressedCheckpointConfig)
+except ValueError:  # registered already (this module imported twice, e.g. under importlib.reload)
+    pass
+
+
+def attach(model: nn.Module, /) -> nn.Module:
+    """Make ``model.save_pretrained`` write the compression record (done by :func:`adapters.compress`).
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+        A model holding :class:`~adapters.layer.CURLinear` or
+        :class:`~adapters.layer.InterpolativeLinear` layers.
+
+    Returns
+    -------
+    transformers PreTrainedModel
+        The same model, with ``model.hf_quantizer`` (a :class:`CompressedQuantizer`) and
+        ``model.config.quantization_config`` (its record) set.
+
+    Raises
+    ------
+    ValueError
+        If the model holds no compressed layer, or is quantized by another method.
+    TypeError
+        If the model is not a transformers ``PreTrainedModel`` (no ``config``).
+    """
+    if not hasattr(model, "config"):
+        raise TypeError(
+            f"attach expects a transformers PreTrainedModel, got {type(model).__name__}; compressed "
+            "checkpoints are written through save_pretrained"
+        )
+    other = getattr(model, "hf_quantizer", None)
+    if other is not None and not isinstance(other, CompressedQuantizer):
+        raise ValueError(
+            f"the model is quantized with {other.quantization_config.quant_method!r}; a CUR-compressed "
+            "checkpoint cannot also carry that method's record. Dequantize it before compressing"
+        )
+    record = CompressedCheckpointConfig.from_model(model)
+    if not record.modules:
+        raise ValueError(
+            "the model holds no CURLinear or InterpolativeLinear modules; compress it first with "
+            "adapters.compress(...), or save a dense model with model.save_pretrained(path)"
+        )
+    quantizer = CompressedQuantizer(record, pre_quantized=True)
+    model.hf_quantizer = quantizer
+    model.config.quantization_config = record
+    model.quantization_method = QUANT_METHOD
+    return model
+
+
+def detach(model: nn.Module, /) -> nn.Module:
+    """Undo :func:`attach`: ``save_pretrained`` then writes a plain checkpoint (after
+    :func:`adapters.merge`).
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+
+    Returns
+    -------
+    transformers PreTrainedModel
+        The same model, without this method's ``hf_quantizer`` and ``quantization_config``.
+    """
+    if isinstance(getattr(model, "hf_quantizer", None), CompressedQuantizer):
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
+

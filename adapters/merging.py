@@ -1,0 +1,60 @@
+"""``merge``: fold every compressed layer back into a dense ``nn.Linear``, for serving engines
+that do not know :class:`~adapters.layer.CURLinear` or :class:`~adapters.layer.InterpolativeLinear`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .hf_quantizer import detach
+from .layer import FACTORED_LINEARS
+
+__all__ = ["merge"]
+
+
+def merge(model: nn.Module, /) -> nn.Module:
+    """Replace every compressed layer of ``model`` by the dense layer it computes, in place.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Typically a transformers model from :func:`adapters.compress` or ``from_pretrained``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The same model: each :class:`~adapters.layer.CURLinear` /
+        :class:`~adapters.layer.InterpolativeLinear` is now an ``nn.Linear`` with weight
+        ``weight_product()`` (same device, dtype and bias), and the compression record is
+        removed, so ``model.save_pretrained(path)`` writes a plain checkpoint that any engine
+        loading the original architecture (vLLM, llama.cpp converters, ...) reads without
+        :mod:`adapters`.  A model with no compressed layer is returned unchanged.
+        transformers' own ``model.dequantize()`` does the same on a compressed model.
+
+    Notes
+    -----
+    The merged model has the dense model's size and speed: merging gives up the compression
+    and keeps only the approximation.  The dense weight is the factored product (formed in
+    float32 for half-precision layers and rounded once), so outputs agree with the factored
+    model up to the rounding of a differently ordered product, not bit for bit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from adapters.layer import CURLinear
+    >>> net = torch.nn.Sequential(CURLinear.from_linear(torch.nn.Linear(6, 4), rows=[0, 2], cols=[1, 5], U=torch.eye(2)))
+    >>> type(merge(net)[0]).__name__
+    'Linear'
+    """
+    if fold(model):
+        detach(model)
+    return model
+
+
+def fold(model: nn.Module, /) -> int:
+    """Replace each compressed layer by its ``to_linear()``; the number replaced.  What
+    :func:`merge` and ``model.dequantize()`` (transformers' API, through the quantizer) do."""
+    swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)]
+    for name, mod in swaps:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, mod.to_linear())
+    return len(swaps)

@@ -1,0 +1,251 @@
+"""Compressed checkpoints through transformers' quantizer registry (adapters.hf_quantizer)."""
+
+import json
+
+import pytest
+import torch
+
+from adapters import CheckpointMismatchError, CompressedCheckpointConfig, compress, count_parameters
+from adapters.hf_quantizer import QUANT_METHOD, CompressedQuantizer
+from adapters.layer import FACTORED_LINEARS, CURLinear, InterpolativeLinear
+
+from conftest import make_tiny_classifier, make_tiny_llama
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
+
+TOKENS = torch.randint(1, 128, (2, 16), generator=torch.Generator().manual_seed(2))
+CALIB = torch.randint(1, 128, (8, 32), generator=torch.Generator().manual_seed(1))
+AUTO = {"causal": AutoModelForCausalLM, "classifier": AutoModelForSequenceClassification}
+_CACHE = {}
+
+
+def _compressed(kind, dtype, form="interpolative"):
+    """One compression per (kind, dtype, form) for the whole module; tests get the same model."""
+    key = (kind, dtype, form)
+    if key not in _CACHE:
+        model = make_tiny_llama(dtype=dtype) if kind == "causal" else make_tiny_classifier(dtype=dtype)
+        model, report = compress(model, calibration=CALIB, reduction=0.15, form=form, progress=False)
+        _CACHE[key] = (model, report)
+    return _CACHE[key]
+
+
+def _out(model, tokens=TOKENS):
+    with torch.no_grad():
+        out = model(tokens)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def _stored_dtypes(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return {f.get_slice(k).get_dtype() for k in f.keys()}
+
+
+def _edit_config(path, fn):
+    cfg = json.loads((path / "config.json").read_text())
+    fn(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["causal", "classifier"])
+def test_save_pretrained_from_pretrained_round_trip(kind, dtype, tmp_path):
+    model, report = _compressed(kind, dtype)
+    model.save_pretrained(tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert record["quant_method"] == QUANT_METHOD and record["format_version"] == 2
+    assert set(record["modules"]) == {m.name for m in report.modules}
+    assert record["compression"] == model.compression_config.to_dict()
+    assert _stored_dtypes(tmp_path) == {"BF16" if dtype == torch.bfloat16 else "F32", "I64"}
+    loaded = AUTO[kind].from_pretrained(tmp_path)
+    assert type(loaded) is type(model)
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    assert sum(isinstance(m, FACTORED_LINEARS) for m in loaded.modules()) == len(report.modules)
+    assert count_parameters(loaded) == count_parameters(model) == report.params_after
+    assert loaded.compression_config == model.compression_config
+    assert torch.equal(_out(loaded), _out(model))
+
+
+def test_cur_form_round_trip_keeps_indices(tmp_path):
+    model, report = _compressed("causal", torch.float32, form="cur")
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    pairs = [(a, b) for a, b in zip(model.modules(), loaded.modules()) if isinstance(a, CURLinear)]
+    assert len(pairs) == len(report.modules)
+    assert all(torch.equal(a.rows, b.rows) and torch.equal(a.cols, b.cols) for a, b in pairs)
+    assert torch.equal(_out(loaded), _out(model))
+
+
+def test_loaded_model_saves_the_same_record_again(tmp_path):
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "a")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    assert isinstance(loaded.hf_quantizer, CompressedQuantizer)
+    loaded.save_pretrained(tmp_path / "b")
+    first, second = (json.loads((tmp_path / p / "config.json").read_text())["quantization_config"] for p in "ab")
+    assert first == second
+    assert torch.equal(_out(AutoModelForCausalLM.from_pretrained(tmp_path / "b")), _out(model))
+
+
+def test_sharded_checkpoint_with_device_map(tmp_path):
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu")
+    assert torch.equal(_out(loaded), _out(model))
+
+
+def test_explicit_dtype_on_load_is_applied(tmp_path):
+    model, _ = _compressed("causal", torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.allclose(_out(loaded), _out(model).float(), atol=0.1)
+
+
+def test_base_model_loads_a_head_checkpoint(tmp_path):
+    model, report = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert sum(isinstance(m, FACTORED_LINEARS) for m in base.modules()) == len(report.modules)
+    assert torch.equal(_out(base), _out(model.model))
+
+
+def test_generation_settings_are_kept(tmp_path):
+    model, _ = _compressed("causal", torch.float32)
+    gen = model.generation_config
+    saved = (gen.eos_token_id, gen.do_sample, gen.temperature)
+    gen.eos_token_id, gen.do_sample, gen.temperature = [5, 7], True, 0.6
+    try:
+        model.save_pretrained(tmp_path)
+    finally:
+        gen.eos_token_id, gen.do_sample, gen.temperature = saved
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    got = loaded.generation_config
+    assert (got.eos_token_id, got.do_sample, got.temperature) == ([5, 7], True, 0.6)
+    out = loaded.generate(TOKENS[:1, :4], max_new_tokens=3, do_sample=False, eos_token_id=None)
+    assert out.shape == (1, 7)
+
+
+def test_dense_model_has_no_record(tmp_path):
+    make_tiny_llama().save_pretrained(tmp_path)
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_record_round_trips_and_refuses_unknown_fields():
+    model, _ = _compressed("causal", torch.float32)
+    rec = CompressedCheckpointConfig.from_model(model)
+    assert CompressedCheckpointConfig.from_dict(rec.to_dict()) == rec
+    with pytest.raises(CheckpointMismatchError, match=r"unknown field\(s\) \['sparsity'\]"):
+        CompressedCheckpointConfig.from_dict(rec.to_dict() | {"sparsity": 0.5})
+
+
+# Bad input: each case edits a saved checkpoint and expects a message naming the module.
+
+@pytest.fixture
+def saved(tmp_path):
+    model, report = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path)
+    return tmp_path, report.modules[0].name
+
+
+def _modules(cfg):
+    return cfg["quantization_config"]["modules"]
+
+
+def test_refuses_record_rank_that_disagrees_with_tensors(saved):
+    path, name = saved
+    _edit_config(path, lambda cfg: _modules(cfg)[name].update(rank=_modules(cfg)[name]["rank"] - 1))
+    with pytest.raises(CheckpointMismatchError, match=rf"{name}: the record says .* rank .*R stored"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_refuses_record_shape_that_disagrees_with_architecture(saved):
+    path, name = saved
+    _edit_config(path, lambda cfg: _modules(cfg)[name].update(in_features=_modules(cfg)[name]["in_features"] + 1))
+    with pytest.raises(CheckpointMismatchError, match=rf"{name}: the record says a \d+x\d+ weight, the architecture"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_refuses_unknown_format_version(saved):
+    path, _ = saved
+    _edit_config(path, lambda cfg: cfg["quantization_config"].update(format_version=3))
+    with pytest.raises(CheckpointMismatchError, match="format_version 3 is not supported"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_refuses_unknown_compression_config_version(saved):
+    path, _ = saved
+    _edit_config(path, lambda cfg: cfg["quantization_config"]["compression"].update(version=99))
+    with pytest.raises(CheckpointMismatchError, match="'compression' cannot be read: .*version 99"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_refuses_unknown_form(saved):
+    path, name = saved
+    _edit_config(path, lambda cfg: _modules(cfg)[name].update(form="tucker"))
+    with pytest.raises(CheckpointMismatchError, match=rf"{name}: .*form 'tucker', which names no layer class"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_refuses_module_missing_from_architecture(saved):
+    path, name = saved
+    _edit_config(path, lambda cfg: _modules(cfg).update({"model.layers.0.mlp.nope": dict(_modules(cfg)[name])}))
+    with pytest.raises(CheckpointMismatchError, match="model.layers.0.mlp.nope: .*no linear layer"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_refuses_factored_tensors_the_record_omits(saved):
+    path, name = saved
+    _edit_config(path, lambda cfg: _modules(cfg).pop(name))
+    with pytest.raises(CheckpointMismatchError, match=rf"does not list: \['{name}'\]"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def _edit_tensor(path, key, fn):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(path / "model.safetensors"))
+    weights[key] = fn(weights[key].clone())
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _set(t, i, value):
+    t[i] = value
+    return t
+
+
+def test_refuses_repeated_interpolative_rows(saved):
+    path, name = saved
+    _edit_tensor(path, f"{name}.rows", lambda t: _set(t, 0, t[1]))
+    with pytest.raises(CheckpointMismatchError, match=rf"{name}: .*not a split of range"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+@pytest.mark.parametrize("bad", ["out_of_range", "repeated"])
+def test_refuses_bad_cur_indices(bad, tmp_path):
+    model, report = _compressed("causal", torch.float32, form="cur")
+    model.save_pretrained(tmp_path)
+    name = report.modules[0].name
+    size = model.get_submodule(name).in_features
+    _edit_tensor(tmp_path, f"{name}.cols", lambda t: _set(t, 0, size if bad == "out_of_range" else t[1]))
+    with pytest.raises(CheckpointMismatchError, match=rf"{name}: the stored 'cols' indices .* distinct values in \[0, {size}\)"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_interpolative_layers_are_built_on_meta(saved, monkeypatch):
+    """Loading never allocates a compressed layer (nor its dense weight) off the meta device."""
+    path, _ = saved
+    devices = []
+    original = InterpolativeLinear.empty.__func__
+
+    def spy(cls, *args, **kwargs):
+        layer = original(cls, *args, **kwargs)
+        devices.append(layer.R.device.type)
+        return layer
+
+    monkeypatch.setattr(InterpolativeLinear, "empty", classmethod(spy))
+    AutoModelForCausalLM.from_pretrained(path)
+    assert devices and set(devices) == {"meta"}
