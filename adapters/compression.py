@@ -44,6 +44,11 @@ class ModuleReport:
         Time of this module's fit.
     predicted_error : float or None
         The plan's prediction of ``rel_error``.
+    whitening : str or None
+        None when the input Gram was factored with the config's ``ridge``; otherwise how
+        :func:`curlinalg.metric.whitening` fell back (a larger shift of the Cholesky factor, or
+        the eigendecomposition route), e.g. because the layer saw fewer calibration tokens than
+        it has input features.
     """
 
     name: str
@@ -57,6 +62,7 @@ class ModuleReport:
     rel_error: float
     seconds: float
     predicted_error: float | None = None
+    whitening: str | None = None
 
 
 @dataclass
@@ -115,7 +121,17 @@ class CompressionReport:
             f"{'module':48s} {'shape':>12s} {'rank':>5s} {'rel.err':>8s}",
         ]
         for m in self.modules:
-            lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}")
+            lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}"
+                         + ("  *" if m.whitening else ""))
+        fell = [m for m in self.modules if m.whitening]
+        if fell:
+            ridge = self.options.get("ridge")
+            lines.append(
+                f"* whitening fell back for {len(fell)} module(s): the input Gram could not be factored with "
+                f"ridge={ridge!r} (singular, e.g. fewer calibration tokens than input features). The result "
+                "is valid; pass more calibration tokens or a larger ridge= to choose the shift yourself:"
+            )
+            lines.extend(f"  {m.name}: {m.whitening}" for m in fell)
         return "\n".join(lines)
 
 
@@ -161,6 +177,7 @@ class _Applier:
             name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows, cols=res.cols,
             params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
             rel_error=res.rel_error, seconds=time.perf_counter() - t, predicted_error=mp.predicted_error,
+            whitening=self.metrics.fallback(stats),
         ))
         _swap(self.model, name, res.module, self.swaps)
 

@@ -148,3 +148,21 @@ def test_curing_fit_matches_pinv_core():
     C, R = W[:, fit.cols], W[fit.rows, :]
     U = torch.linalg.pinv(C) @ W @ torch.linalg.pinv(R)
     torch.testing.assert_close(fit.module.U.detach().double(), U, rtol=1e-4, atol=1e-4)
+
+
+def test_metrics_report_a_whitening_fallback_only_where_it_happened():
+    gen = torch.Generator().manual_seed(0)
+    few = torch.randn(5, 20, generator=gen, dtype=torch.float64)       # 5 tokens, 20 features
+    many = torch.randn(200, 20, generator=gen, dtype=torch.float64)
+    singular, regular = SimpleNamespace(gram=few.T @ few), SimpleNamespace(gram=many.T @ many)
+    for ridge in (0.0, 1e-6):
+        metrics = Metrics(ridge)
+        assert metrics.fallback(singular) is None                        # nothing factored yet
+        metrics.of(singular), metrics.of(regular)
+        assert metrics.fallback(regular) is None
+        if ridge == 0.0:
+            assert "shifted Cholesky" in metrics.fallback(singular)
+        else:
+            assert metrics.fallback(singular) is None
+        metrics.drop(singular)
+        assert metrics.fallback(singular) is None
