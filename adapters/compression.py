@@ -86,7 +86,10 @@ class CompressionReport:
     angular_distances : list of float or None
         CURing's per-layer scores, when computed.
     options : dict
-        ``config.to_dict()``, the layer ``form`` and the calibration token count.
+        ``config.to_dict()``, the layer ``form``, and when calibration ran
+        ``calibration_tokens`` (distinct real tokens: padding left out, a stream position
+        covered by overlapping windows counted once) and ``calibration_rows`` (the token rows
+        the statistics sum over).
     heal : dict or None
         :meth:`adapters.healing.HealResult.to_dict` of the healing run, when ``heal=`` was given.
     """
@@ -216,7 +219,7 @@ class _Applier:
             out_d = []
             with InputRecorder(mods) as rec:
                 for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
-                    rec.batch = b
+                    rec.batch, rec.mask = b, runner.masks[b]
                     y = runner.layers[i](hd, **kw)
                     out_d.append(y[0] if isinstance(y, tuple) else y)
                     xd = rec.take()
@@ -344,7 +347,8 @@ def compress(
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}
     if calib._runner is not None:
-        options_out["calibration_tokens"] = int(sum(h.shape[0] * h.shape[1] for h in calib.runner.hidden))
+        options_out["calibration_tokens"] = calib.batches.tokens
+        options_out["calibration_rows"] = calib.batches.rows
     return model, CompressionReport(
         method=config.method, modules=reports, params_before=the_plan.params_before, params_after=params_after,
         target_params=the_plan.target_params, seconds=time.perf_counter() - t0,

@@ -373,3 +373,33 @@ def test_singular_input_grams_compress(build, config, calib_tokens, eval_tokens)
         assert ("whitening fell back" in text) == bool(fell) and all(n in text for n in fell)
         assert all("Cholesky" in m.whitening or "eigendecomposition" in m.whitening
                    for m in report.modules if m.whitening)
+
+
+@pytest.mark.parametrize("calibration, options, kind, match", [
+    (torch.tensor([[1, 2, 500]]), {}, CalibrationError, r"must lie in \[0, 128\)"),
+    (torch.tensor([[1.0, 2.0, 3.0]]), {}, TypeError, "integer ids"),
+    (torch.arange(600) % 128, {"nsamples": 128, "seqlen": 512}, CalibrationError, "600 tokens, but nsamples=128"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long)}, {},
+     ValueError, "attention_mask has shape"),
+])
+def test_bad_calibration_raises_before_any_forward_pass(tiny_llama, calibration, options, kind, match):
+    before = _state(tiny_llama)
+    calls = []
+    tiny_llama.model.embed_tokens.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(kind, match=match):
+        compress(tiny_llama, calibration=calibration, reduction=0.1, progress=False, **options)
+    assert not calls
+    assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in tiny_llama.modules())
+
+
+def test_report_counts_distinct_real_tokens(calib_tokens):
+    ids = calib_tokens[:4].clone()
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0                                 # 12 pad tokens
+    _, report = compress(make_tiny_llama(), calibration={"input_ids": ids, "attention_mask": mask}, reduction=0.1,
+                         progress=False)
+    assert report.options["calibration_tokens"] == report.options["calibration_rows"] == 4 * 32 - 12
+    stream = calib_tokens.reshape(-1)[:200]
+    _, report = compress(make_tiny_llama(), calibration=stream, nsamples=6, seqlen=32, reduction=0.1, progress=False)
+    assert report.options["calibration_rows"] == 6 * 32 and report.options["calibration_tokens"] < 6 * 32
