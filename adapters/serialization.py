@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,6 +58,17 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _new_dir(parent: Path, prefix: str, /) -> Path:
+    """A fresh folder ``parent/prefix<random>`` with the umask's permissions (``mkdtemp`` makes 0700)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+
+
 def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: bool = False) -> Path:
     """Write a compressed model (and optionally its tokenizer) to a folder, atomically.
 
@@ -101,7 +113,7 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True or choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:
         config = model.config.to_dict()
         config[SECTION] = {"format_version": FORMAT_VERSION, "library": "adapters", "modules": modules}

@@ -146,3 +146,18 @@ def test_checkpoints_written_before_configs_still_load(compressed, eval_tokens, 
     loaded = load_compressed(path)
     assert getattr(loaded, "compression_config", None) is None
     assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
+
+
+def test_saved_folder_follows_the_umask(calib_tokens, tmp_path):
+    """``tempfile.mkdtemp`` made the checkpoint folder 0700 whatever the umask."""
+    import os
+    import stat
+
+    model, _ = compress(make_tiny_llama(), calibration=calib_tokens[:2], rank=2, progress=False)
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        try:
+            path = save_compressed(model, tmp_path / f"ckpt{umask:o}")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
