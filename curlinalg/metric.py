@@ -168,7 +168,7 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     differs from the unshifted metric by :math:`\delta\|E\|_F^2`. The result keeps the shift
     asked for, :math:`\delta_0` (``requested_shift``), so that callers can report where the
     factorisation fell back (:attr:`Whitening.fell_back`, :meth:`Whitening.describe`): ``H``
-    from fewer tokens than features is singular, and with ``ridge=0`` it always falls back.
+    from fewer tokens than features is singular, and with ``ridge=0`` it then usually falls back.
 
     References
     ----------
