@@ -423,10 +423,12 @@ def solve_psd(N: Any, Y: Any, xp: Any, /) -> Any:
 
 
 def _lstsq(C: Any, Y: Any) -> Any:
-    """Least-squares solution of ``C Z = Y`` (full column rank ``C``)."""
-    if aac.is_torch_array(C):
-        import torch
+    """Minimum-norm least-squares solution :math:`C^+Y` of ``C Z = Y``.
 
-        return torch.linalg.lstsq(C, Y).solution
+    The pseudo-inverse (an SVD), not ``torch.linalg.lstsq``: its default CPU driver returned
+    different, wrong solutions from one call to the next for a rank-deficient ``C`` (the
+    columns of a rank-deficient ``A`` asked for a larger rank), and the CUDA driver assumes full
+    rank.
+    """
     xp = aac.array_namespace(C)
     return xp.linalg.pinv(C) @ Y

@@ -166,3 +166,20 @@ def test_metrics_report_a_whitening_fallback_only_where_it_happened():
             assert metrics.fallback(singular) is None
         metrics.drop(singular)
         assert metrics.fallback(singular) is None
+
+
+@pytest.mark.parametrize("config", [CURConfig(ridge=0.0), InterpolativeConfig(ridge=0.0), SVDConfig(ridge=0.0)],
+                         ids=lambda c: c.method)
+def test_rank_deficient_weight_at_a_larger_rank_is_exact(config):
+    """A pruned layer (zero rows and columns, rank 4) fitted at rank 12: dependent rows made the
+    C U R core's normal equations singular (a raw LinAlgError on numpy, a wrong core on torch)."""
+    gen = torch.Generator().manual_seed(5)
+    W = torch.randn(32, 48, generator=gen, dtype=torch.float64)
+    W[:, 4:] = 0
+    W[10:] = 0
+    X = torch.randn(100, 48, generator=gen, dtype=torch.float64)
+    st = SimpleNamespace(gram=X.T @ X, cross=None, tokens=100)
+    method = method_for(config)
+    for _ in range(3):
+        fit = method.fit(config, _linear(W), st, Metrics(0.0), 12)
+        assert fit.rel_error < 1e-10

@@ -165,3 +165,17 @@ def test_shift_never_passes_its_cap_before_the_eigh_route():
     w = whitening(H - 0.02 * np.trace(H) / 20 * np.eye(20))
     assert w.route == "eigh" and w.fell_back
     assert "eigendecomposition" in w.describe()
+
+
+def test_weighted_cur_core_is_repeatable_on_rank_deficient_torch_input():
+    """``torch.linalg.lstsq`` gave a different (wrong) core from call to call on this input."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(32, 64, generator=g, dtype=torch.float64)
+    A[:, 4:] = 0                                   # rank 4, and rows 10: of A are zero
+    A[10:] = 0
+    X = torch.randn(128, 64, generator=g, dtype=torch.float64)
+    w = whitening(X.T @ X, ridge=0.0)
+    for _ in range(10):
+        res = weighted_cur(A, w, rank=15)
+        assert weighted_norm(A - res.to_dense(), gram=X.T @ X) <= 1e-12 * weighted_norm(A, gram=X.T @ X)
