@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -259,8 +260,10 @@ def compress(
     config : CompressionConfig or Plan, default InterpolativeConfig()
         What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
         :func:`adapters.plan` (possibly edited) to apply as it is.
-    calibration : str, list of str, torch.Tensor or iterable of batches, optional
-        See :func:`adapters.calibration.prepare_calibration`. Default: the bundled WikiText-2
+    calibration : str, list of str, torch.Tensor, mapping or iterable of batches, optional
+        See :func:`adapters.calibration.prepare_calibration` (a mapping with ``input_ids`` and
+        ``attention_mask``, as a tokenizer returns with padding, leaves the padding out of the
+        statistics). Default: the bundled WikiText-2
         calibration split, encoded with ``tokenizer`` or the model's own
         (:func:`adapters.calibration.default_calibration`; raises if none is found).
     tokenizer : transformers tokenizer, optional
@@ -287,12 +290,14 @@ def compress(
     Raises
     ------
     ValueError
-        Bad options; no matching layers; infeasible budget (before the model is touched).
+        Bad options; no matching layers; infeasible budget; ``heal`` on calibration with an
+        ``attention_mask`` and no ``data`` of its own (all before the model is touched).
     TypeError
-        ``config`` of an unknown type.
+        ``config`` of an unknown type; float token ids.
     adapters.calibration.CalibrationError
-        NaN/Inf calibration activations, unusable calibration data, or no calibration and no
-        tokenizer for the default.
+        NaN/Inf calibration activations, unusable calibration data (ids outside the
+        vocabulary, a stream shorter than ``nsamples * seqlen`` tokens; checked before any
+        forward pass), or no calibration and no tokenizer for the default.
 
     Notes
     -----
@@ -317,6 +322,12 @@ def compress(
     >>> model, report = adapters.compress(model, cfg, calibration=text, tokenizer=tok)  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    if heal and (heal is True or "data" not in heal) and _masked(calibration):
+        raise ValueError(
+            "heal= trains on calibration= by default, and this calibration carries an attention_mask, which "
+            "healing does not take (it would train on the padding); pass heal={'data': unpadded token ids or "
+            "text, ...}, or heal afterwards with adapters.heal"
+        )
     config, given_plan = _resolve(config, options)
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
@@ -355,6 +366,12 @@ def compress(
         layers=sorted({r.layer for r in reports}), angular_distances=the_plan.angular_distances,
         options=options_out, heal=heal_result,
     )
+
+
+def _masked(calibration) -> bool:
+    """Whether calibration data holds an ``attention_mask`` (a mapping, or a list with one)."""
+    items = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+    return any(isinstance(b, Mapping) and b.get("attention_mask") is not None for b in items)
 
 
 def _heal(model, heal, calib, config, progress) -> dict:

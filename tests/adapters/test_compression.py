@@ -381,6 +381,8 @@ def test_singular_input_grams_compress(build, config, calib_tokens, eval_tokens)
     (torch.arange(600) % 128, {"nsamples": 128, "seqlen": 512}, CalibrationError, "600 tokens, but nsamples=128"),
     ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long)}, {},
      ValueError, "attention_mask has shape"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long)},
+     {"heal": True}, ValueError, "healing does not take"),
 ])
 def test_bad_calibration_raises_before_any_forward_pass(tiny_llama, calibration, options, kind, match):
     before = _state(tiny_llama)
@@ -403,3 +405,26 @@ def test_report_counts_distinct_real_tokens(calib_tokens):
     stream = calib_tokens.reshape(-1)[:200]
     _, report = compress(make_tiny_llama(), calibration=stream, nsamples=6, seqlen=32, reduction=0.1, progress=False)
     assert report.options["calibration_rows"] == 6 * 32 and report.options["calibration_tokens"] < 6 * 32
+
+
+@pytest.mark.parametrize("config", [InterpolativeConfig(reduction=0.2), CURConfig(reduction=0.2),
+                                    CURConfig(reduction=0.2, token_weighting="none")],
+                         ids=lambda c: f"{c.method}-sequential={c.sequential}-{c.token_weighting}")
+def test_padded_calibration_compresses_as_the_unpadded_rows(config, calib_tokens, eval_tokens):
+    """Rows padded (left or right, with their attention_mask): the plan, errors and logits of the
+    rows alone. The rows stay in one batch: ``token_weighting="norm"`` normalises by the batch's
+    mean token energy, so a different batch composition alone changes the statistics."""
+    rows = calib_tokens[:4]
+    ids = torch.zeros(4, 40, dtype=torch.long)
+    mask = torch.zeros(4, 40, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(8, 40) if i % 2 == 0 else slice(0, 32)
+        ids[i, sl], mask[i, sl] = r, 1
+    plain, rep_plain = compress(make_tiny_llama(), config, calibration=rows, progress=False)
+    padded, rep_pad = compress(make_tiny_llama(), config, calibration={"input_ids": ids, "attention_mask": mask},
+                               progress=False)
+    assert rep_pad.options["calibration_tokens"] == rep_plain.options["calibration_tokens"] == 128
+    assert [(m.name, m.rank, m.rows) for m in rep_pad.modules] == [(m.name, m.rank, m.rows) for m in rep_plain.modules]
+    np.testing.assert_allclose([m.rel_error for m in rep_pad.modules], [m.rel_error for m in rep_plain.modules],
+                               rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(_logits(padded, eval_tokens), _logits(plain, eval_tokens), rtol=1e-4, atol=1e-4)
