@@ -71,8 +71,8 @@ class InputStatistics:
 
 _ERR_SHORT_STREAM = (
     "calibration stream has {n:,} tokens, but nsamples={nsamples} windows of seqlen={seqlen} need "
-    "{need:,} distinct tokens; windows would repeat the same tokens and the statistics would "
-    "pretend to {need:,}. Pass more calibration text or ids, or ask for fewer windows: "
+    "{need:,} distinct tokens; the windows would reuse the same tokens while counting {need:,}. "
+    "Pass more calibration text or ids, or ask for fewer windows: "
     "nsamples={fit} (--nsamples), or a smaller seqlen= (--seqlen)"
 )
 _ERR_VOCAB = (

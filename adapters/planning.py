@@ -182,6 +182,7 @@ class Calibration:
 
     def __init__(self, model, config, calibration, tokenizer, progress):
         self.model, self.config, self.data, self.tokenizer, self.progress = model, config, calibration, tokenizer, progress
+        self.batches = None  # the CalibrationBatches, once the runner is built
         self._runner = None
 
     @property
