@@ -125,7 +125,8 @@ def test_heal_honours_the_device(tiny_folder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(adapters.healing, "heal", fake_heal)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for k, argv in enumerate((["--device", "cpu", "heal", str(compressed)], ["heal", str(compressed), "--device", "cpu"])):
+    orders = (["--device", "cpu", "heal", str(compressed)], ["heal", str(compressed), "--device", "cpu"])
+    for k, argv in enumerate(orders):
         assert cli.main(["--quiet", *argv, "-o", str(tmp_path / f"healed{k}")]) == 0
     assert seen == ["cpu", "cpu"]
 
