@@ -7,17 +7,19 @@ once and the model is never copied.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from .tokens import EvaluationOverlapError, token_ids
+from .tokens import EvaluationOverlapError, as_masked_batch, token_ids
 from .wikitext import load_wikitext2
 
 __all__ = [
+    "CalibrationBatches",
     "CalibrationError",
     "InputStatistics",
     "LayerRunner",
@@ -67,8 +69,72 @@ class InputStatistics:
     tokens: int = 0
 
 
-def _as_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    return [ids[i : i + batch_size] for i in range(0, ids.shape[0], batch_size)]
+_ERR_SHORT_STREAM = (
+    "calibration stream has {n:,} tokens, but nsamples={nsamples} windows of seqlen={seqlen} need "
+    "{need:,} distinct tokens; the windows would reuse the same tokens while counting {need:,}. "
+    "Pass more calibration text or ids, or ask for fewer windows: "
+    "nsamples={fit} (--nsamples), or a smaller seqlen= (--seqlen)"
+)
+_ERR_VOCAB = (
+    "calibration token ids must lie in [0, {vocab}) (the model's input embedding has {vocab} rows), "
+    "got ids in [{lo}, {hi}]{where}; tokenize with the model's own tokenizer"
+)
+
+
+class CalibrationBatches(list):
+    """The calibration token batches: a list of ``(batch, seqlen)`` int64 tensors, and what they hold.
+
+    Attributes
+    ----------
+    masks : list of (torch.Tensor or None)
+        Per batch, the ``(batch, seqlen)`` bool attention mask (True: a real token, False:
+        padding), or None when every token is real. Padding never enters the statistics.
+    tokens : int
+        Distinct real tokens: for windows drawn from a stream, the stream positions covered by
+        at least one window (overlapping windows count a token once); otherwise the unmasked
+        tokens of the batches.
+    rows : int
+        Real tokens the statistics sum over (a token in two windows counts twice).
+    """
+
+    def __init__(self, batches=(), masks=None, *, tokens: int | None = None):
+        super().__init__(batches)
+        self.masks = list(masks) if masks is not None else [None] * len(self)
+        self.rows = sum(int(b.numel()) if m is None else int(m.sum()) for b, m in zip(self, self.masks))
+        self.tokens = self.rows if tokens is None else tokens
+
+
+def _chunks(ids: torch.Tensor, mask, batch_size: int) -> list[tuple]:
+    return [(ids[i : i + batch_size], None if mask is None else mask[i : i + batch_size])
+            for i in range(0, ids.shape[0], batch_size)]
+
+
+def _windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> tuple[torch.Tensor, int]:
+    """``nsamples`` random windows of a 1-D stream and the number of distinct positions they cover."""
+    n = ids.numel()
+    if n <= seqlen or n < nsamples * seqlen:
+        fit = n // seqlen
+        if fit == 0:
+            raise CalibrationError(
+                f"calibration stream has {n} tokens, expected more than seqlen={seqlen}; pass more text or a "
+                "smaller seqlen="
+            )
+        raise CalibrationError(_ERR_SHORT_STREAM.format(n=n, nsamples=nsamples, seqlen=seqlen,
+                                                        need=nsamples * seqlen, fit=fit))
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, n - seqlen, (nsamples,), generator=gen).tolist()
+    covered = torch.zeros(n, dtype=torch.bool)
+    for s in starts:
+        covered[s : s + seqlen] = True
+    return torch.stack([ids[s : s + seqlen] for s in starts]), int(covered.sum())
+
+
+def _check_vocab(batches: CalibrationBatches, vocab_size: int) -> None:
+    lo = min(int(b.min()) for b in batches)
+    hi = max(int(b.max()) for b in batches)
+    if lo < 0 or hi >= vocab_size:
+        bad = next(k for k, b in enumerate(batches) if int(b.min()) < 0 or int(b.max()) >= vocab_size)
+        raise CalibrationError(_ERR_VOCAB.format(vocab=vocab_size, lo=lo, hi=hi, where=f" (first in batch {bad})"))
 
 
 def prepare_calibration(
@@ -80,12 +146,13 @@ def prepare_calibration(
     seqlen: int = 512,
     batch_size: int = 8,
     seed: int = 0,
-) -> list[torch.Tensor]:
-    """Turn calibration input into a list of ``(batch, seqlen)`` int64 token batches.
+    vocab_size: int | None = None,
+) -> CalibrationBatches:
+    """Turn calibration input into ``(batch, seqlen)`` int64 token batches, with their masks.
 
     Parameters
     ----------
-    calibration : str, list of str, torch.Tensor or iterable
+    calibration : str, list of str, torch.Tensor, mapping or iterable
         Parsed by :func:`adapters.tokens.token_ids` (text from the WikiText-2 evaluation split
         is refused):
 
@@ -93,50 +160,60 @@ def prepare_calibration(
           lines), then ``nsamples`` windows of ``seqlen`` tokens are drawn at random;
         * a 1-D token tensor: windows drawn the same way;
         * a 2-D token tensor: each row is a sample (used as is, ``nsamples`` ignored);
-        * any other iterable: each item is a token tensor or a dict with ``"input_ids"``.
+        * a mapping with ``input_ids`` and optionally ``attention_mask`` (what a tokenizer
+          returns with ``padding=True``): rows used as is, padding left out of the statistics;
+        * any other iterable: each item is a token tensor or such a mapping.
     tokenizer : transformers tokenizer, optional
         Needed for text input.
     nsamples, seqlen : int
-        Number and length of windows drawn from a long token stream.
+        Number and length of windows drawn from a long token stream. The stream must hold at
+        least ``nsamples * seqlen`` tokens (windows may still overlap: they start at random).
     batch_size : int, default 8
-        Samples per batch for tensor and text input.
+        Samples per batch for tensor, mapping and text input.
     seed : int, default 0
         Seed of the window draw (a private ``torch.Generator``; the global RNG is untouched).
+    vocab_size : int, optional
+        Rows of the model's input embedding: every id must lie in ``[0, vocab_size)``.
 
     Returns
     -------
-    list of torch.Tensor
+    CalibrationBatches
+        A list of token batches, with ``masks``, ``tokens`` (distinct real tokens) and ``rows``.
 
     Raises
     ------
     TypeError
-        For an unsupported kind, or text without a tokenizer.
+        For an unsupported kind, float ids or masks, or text without a tokenizer.
+    ValueError
+        A mask of another shape than its ids, or masking a whole row.
     CalibrationError
-        If the text is shorter than one window, from the evaluation split, or the result is
-        empty.
+        If the stream is shorter than ``nsamples`` windows of ``seqlen`` tokens, the text is from
+        the evaluation split, an id lies outside ``[0, vocab_size)``, or the result is empty.
     """
-    try:
-        ids = token_ids(calibration, tokenizer=tokenizer, what="calibration")
-    except EvaluationOverlapError as exc:
-        raise CalibrationError(str(exc)) from None
-    if isinstance(ids, torch.Tensor):
-        if ids.ndim == 2:
-            batches = _as_batches(ids, batch_size)
-        elif ids.ndim == 1:
-            if ids.numel() <= seqlen:
-                raise CalibrationError(
-                    f"calibration stream has {ids.numel()} tokens, expected more than seqlen={seqlen}; "
-                    "pass more text or a smaller seqlen="
-                )
-            gen = torch.Generator().manual_seed(seed)
-            starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)
-            batches = _as_batches(torch.stack([ids[s : s + seqlen] for s in starts.tolist()]), batch_size)
-        else:
-            raise CalibrationError(f"calibration token tensor must be 1-D or 2-D, got shape {tuple(ids.shape)}")
+    if isinstance(calibration, Mapping):
+        pairs = _chunks(*as_masked_batch(calibration, what="calibration"), batch_size)
+        tokens = None
     else:
-        batches = list(ids)
-    if not batches:
+        try:
+            ids = token_ids(calibration, tokenizer=tokenizer, what="calibration", masks=True)
+        except EvaluationOverlapError as exc:
+            raise CalibrationError(str(exc)) from None
+        tokens = None
+        if isinstance(ids, torch.Tensor):
+            if ids.ndim == 2:
+                pairs = _chunks(ids, None, batch_size)
+            elif ids.ndim == 1:
+                windows, tokens = _windows(ids, nsamples, seqlen, seed)
+                pairs = _chunks(windows, None, batch_size)
+            else:
+                raise CalibrationError(f"calibration token tensor must be 1-D or 2-D, got shape {tuple(ids.shape)}")
+        else:
+            pairs = list(ids)
+    if not pairs:
         raise CalibrationError("calibration is empty; expected at least one token batch")
+    batches = CalibrationBatches([b for b, _ in pairs], [m for _, m in pairs], tokens=tokens)
+    if vocab_size is not None:
+        _check_vocab(batches, vocab_size)
     return batches
 
 
@@ -208,10 +285,17 @@ class LayerRunner:
     ----------
     model : transformers PreTrainedModel
         A decoder-only model; only its embedding stage runs as a whole (stopped at layer 0).
-    batches : list of torch.Tensor
-        Token batches from :func:`prepare_calibration`.
+    batches : list of torch.Tensor or CalibrationBatches
+        Token batches from :func:`prepare_calibration`; their ``masks``, when present, go to
+        the model as ``attention_mask`` (with ``position_ids`` counting real tokens only).
     progress : bool
         Show a progress bar over layers.
+
+    Attributes
+    ----------
+    masks : list of (torch.Tensor or None)
+        Per batch, the bool mask of real tokens, or None (all real): what
+        :class:`InputRecorder` keeps.
 
     Notes
     -----
@@ -226,8 +310,10 @@ class LayerRunner:
         self.progress = progress
         self.hidden: list[torch.Tensor] = []
         self.kwargs: list[dict] = []
+        self.masks = list(getattr(batches, "masks", None) or [None] * len(batches))
         first = self.layers[0]
         device = next(first.parameters()).device
+        takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
         def catch(_mod, args, kwargs):
             self.hidden.append(args[0] if args else kwargs.pop("hidden_states"))
@@ -237,9 +323,16 @@ class LayerRunner:
         handle = first.register_forward_pre_hook(catch, with_kwargs=True)
         try:
             with torch.no_grad():
-                for b in batches:
+                for b, mask in zip(batches, self.masks):
+                    extra = {}
+                    if mask is not None:
+                        # Left padding must not shift the real tokens' positions (absolute
+                        # position embeddings; RoPE is shift-invariant anyway).
+                        extra["attention_mask"] = mask.to(device=device, dtype=torch.long)
+                        if takes_positions:
+                            extra["position_ids"] = (mask.long().cumsum(1) - 1).clamp_min(0).to(device)
                     try:
-                        model(input_ids=b.to(device), use_cache=False)
+                        model(input_ids=b.to(device), use_cache=False, **extra)
                     except _Stop:
                         pass
         finally:
@@ -267,6 +360,14 @@ class InputRecorder:
     modules : dict of str to nn.Module
         The linears to watch, by dotted name.
 
+    Attributes
+    ----------
+    batch : int
+        Index of the batch being run (for messages).
+    mask : torch.Tensor or None
+        The current batch's ``(batch, seqlen)`` bool mask of real tokens: inputs with one row
+        per token keep only the real ones; None keeps every row. Set both before each batch.
+
     Raises
     ------
     CalibrationError
@@ -277,6 +378,8 @@ class InputRecorder:
         self.modules = modules
         self.inputs: dict[str, torch.Tensor] = {}
         self.batch = 0
+        self.mask: torch.Tensor | None = None
+        self._kept: dict[tuple, tuple] = {}
         self._handles = []
 
     def __enter__(self):
@@ -294,6 +397,14 @@ class InputRecorder:
         def hook(_mod, args):
             x = args[0].detach()
             x = x.reshape(-1, x.shape[-1])
+            if self.mask is not None and x.shape[0] == self.mask.numel():
+                # One masked copy per input tensor, so that modules fed the same tensor (q/k/v)
+                # still share it, and their statistics (accumulate_statistics).
+                # The source stays referenced, so its address is not reused within the batch.
+                key = (x.data_ptr(), tuple(x.shape))
+                if key not in self._kept:
+                    self._kept[key] = (x, x[self.mask.reshape(-1).to(x.device)])
+                x = self._kept[key][1]
             if not torch.isfinite(x).all():
                 raise CalibrationError(_ERR_NONFINITE.format(name=name, batch=self.batch))
             self.inputs[name] = x
@@ -303,6 +414,7 @@ class InputRecorder:
     def take(self) -> dict[str, torch.Tensor]:
         """Return and forget the recorded inputs."""
         out, self.inputs = self.inputs, {}
+        self._kept = {}
         return out
 
 
@@ -416,7 +528,7 @@ def record_layer(
     out = []
     with InputRecorder(modules) as rec:
         for b, (h, kw) in enumerate(zip(hidden, runner.kwargs)):
-            rec.batch = b
+            rec.batch, rec.mask = b, runner.masks[b]
             y = runner.layers[index](h, **kw)
             out.append(y[0] if isinstance(y, tuple) else y)
             accumulate_statistics(stats, rec.take(), gram=gram, weighting=weighting)

@@ -8,6 +8,7 @@ parameter count, WikiText-2 perplexity before and after, and the time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -69,8 +70,18 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     else:
         folder = spec
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"{folder!r} is not a local folder; pass 'smollm2' or a model folder (no downloads)")
+            hub = "" if Path(folder).exists() or spec.count("/") != 1 or spec.startswith((".", "/", "~")) else (
+                f"; it looks like a Hugging Face Hub id, and nothing is downloaded here: fetch it first "
+                f"(e.g. `huggingface-cli download {spec} --local-dir DIR`) and pass DIR")
+            raise FileNotFoundError(
+                f"{folder!r} is not a local folder{hub}; pass 'smollm2' or a model folder (no downloads)"
+            )
         cfg = Path(folder) / "config.json"
+        if not gguf_file and not cfg.is_file():
+            raise FileNotFoundError(
+                f"{folder!r} holds no config.json, so it is not a Hugging Face model folder; pass the folder "
+                "written by save_pretrained or adapters.save_compressed (or --gguf-file for a GGUF file in it)"
+            )
         if cfg.is_file() and SECTION in json.loads(cfg.read_text(encoding="utf-8")):
             as_stored = None if dtype == "auto" else dtype or torch.float32
             model = load_compressed(folder, dtype=as_stored, device="cpu" if device is None else device)
@@ -311,12 +322,67 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("heal", help="fine-tune the cores of a compressed model (adapters.heal)")
     _add_heal_options(h)
     for command in (d, c, e, h):  # also accepted after the command's name
-        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress bars (ours and transformers')")
+        command.add_argument("--device", default=argparse.SUPPRESS, help="as the option before the command")
     return p
 
 
+def _check_device(spec: str | None) -> None:
+    """Refuse a ``--device`` that torch cannot parse or this machine lacks, before any loading."""
+    if spec is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {spec!r} is not a torch device ({exc}); pass e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {spec}: CUDA is not available on this machine (torch.cuda.is_available() is False; "
+                f"torch {torch.__version__}, built for CUDA {torch.version.cuda}); pass --device cpu or leave it out"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s); pass "
+                             f"an index below that")
+
+
+@contextlib.contextmanager
+def _quiet(on: bool):
+    """Silence transformers' loading bars and info messages for one command (``--quiet``)."""
+    if not on:
+        yield
+        return
+    from transformers.utils import logging
+
+    bar, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bar:
+            logging.enable_progress_bar()
+
+
+def _existing_output(args) -> str | None:
+    """The message for an ``--output`` folder that exists without ``--overwrite`` (checked before any work)."""
+    out = getattr(args, "output", None)
+    if args.command in ("compress", "heal") and out and Path(out).exists() and not args.overwrite:
+        return f"--output {out} already exists; pass --overwrite to replace it, or choose another folder"
+    return None
+
+
 def main(argv=None) -> int:
-    """Entry point of ``python -m adapters``; returns the exit status."""
+    """Entry point of ``python -m adapters``; returns the exit status.
+
+    Bad options exit through ``argparse`` (status 2, with the usage); a missing model, an
+    existing output folder or unusable calibration data print ``error: ...`` and return 2,
+    without a traceback and before any model is loaded where they can be checked up front.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
@@ -325,5 +391,19 @@ def main(argv=None) -> int:
             config_from_args(args)
         except ValueError as exc:
             parser.error(str(exc))
+    try:
+        _check_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     commands = {"demo": _cmd_demo, "compress": _cmd_compress, "eval": _cmd_eval, "heal": _cmd_heal}
-    return commands[args.command](args)
+    problem = _existing_output(args)
+    if problem is None:
+        from .calibration import CalibrationError
+
+        try:
+            with _quiet(args.quiet):
+                return commands[args.command](args)
+        except (FileNotFoundError, FileExistsError, NotADirectoryError, CalibrationError) as exc:
+            problem = str(exc)
+    print(f"{parser.prog} {args.command}: error: {problem}", file=sys.stderr)
+    return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -46,6 +47,11 @@ class ModuleReport:
         Time of this module's fit.
     predicted_error : float or None
         The plan's prediction of ``rel_error``.
+    whitening : str or None
+        None when the input Gram was factored with the config's ``ridge``; otherwise how
+        :func:`curlinalg.metric.whitening` fell back (a larger shift of the Cholesky factor, or
+        the eigendecomposition route), e.g. because the layer saw fewer calibration tokens than
+        it has input features.
     """
 
     name: str
@@ -59,6 +65,7 @@ class ModuleReport:
     rel_error: float
     seconds: float
     predicted_error: float | None = None
+    whitening: str | None = None
 
 
 @dataclass
@@ -82,7 +89,10 @@ class CompressionReport:
     angular_distances : list of float or None
         CURing's per-layer scores, when computed.
     options : dict
-        ``config.to_dict()``, the layer ``form`` and the calibration token count.
+        ``config.to_dict()``, the layer ``form``, and when calibration ran
+        ``calibration_tokens`` (distinct real tokens: padding left out, a stream position
+        covered by overlapping windows counted once) and ``calibration_rows`` (the token rows
+        the statistics sum over).
     heal : dict or None
         :meth:`adapters.healing.HealResult.to_dict` of the healing run, when ``heal=`` was given.
     """
@@ -117,7 +127,17 @@ class CompressionReport:
             f"{'module':48s} {'shape':>12s} {'rank':>5s} {'rel.err':>8s}",
         ]
         for m in self.modules:
-            lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}")
+            lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}"
+                         + ("  *" if m.whitening else ""))
+        fell = [m for m in self.modules if m.whitening]
+        if fell:
+            ridge = self.options.get("ridge")
+            lines.append(
+                f"* whitening fell back for {len(fell)} module(s): the input Gram could not be factored with "
+                f"ridge={ridge!r} (singular, e.g. fewer calibration tokens than input features). The result "
+                "is valid; pass more calibration tokens or a larger ridge= to choose the shift yourself:"
+            )
+            lines.extend(f"  {m.name}: {m.whitening}" for m in fell)
         return "\n".join(lines)
 
 
@@ -163,6 +183,7 @@ class _Applier:
             name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows, cols=res.cols,
             params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
             rel_error=res.rel_error, seconds=time.perf_counter() - t, predicted_error=mp.predicted_error,
+            whitening=self.metrics.fallback(stats),
         ))
         _swap(self.model, name, res.module, self.swaps)
 
@@ -201,7 +222,7 @@ class _Applier:
             out_d = []
             with InputRecorder(mods) as rec:
                 for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
-                    rec.batch = b
+                    rec.batch, rec.mask = b, runner.masks[b]
                     y = runner.layers[i](hd, **kw)
                     out_d.append(y[0] if isinstance(y, tuple) else y)
                     xd = rec.take()
@@ -241,8 +262,10 @@ def compress(
     config : CompressionConfig or Plan, default InterpolativeConfig()
         What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
         :func:`adapters.plan` (possibly edited) to apply as it is.
-    calibration : str, list of str, torch.Tensor or iterable of batches, optional
-        See :func:`adapters.calibration.prepare_calibration`. Default: the bundled WikiText-2
+    calibration : str, list of str, torch.Tensor, mapping or iterable of batches, optional
+        See :func:`adapters.calibration.prepare_calibration` (a mapping with ``input_ids`` and
+        ``attention_mask``, as a tokenizer returns with padding, leaves the padding out of the
+        statistics). Default: the bundled WikiText-2
         calibration split, encoded with ``tokenizer`` or the model's own
         (:func:`adapters.calibration.default_calibration`; raises if none is found).
     tokenizer : transformers tokenizer, optional
@@ -269,12 +292,14 @@ def compress(
     Raises
     ------
     ValueError
-        Bad options; no matching layers; infeasible budget (before the model is touched).
+        Bad options; no matching layers; infeasible budget; ``heal`` on calibration with an
+        ``attention_mask`` and no ``data`` of its own (all before the model is touched).
     TypeError
-        ``config`` of an unknown type.
+        ``config`` of an unknown type; float token ids.
     adapters.calibration.CalibrationError
-        NaN/Inf calibration activations, unusable calibration data, or no calibration and no
-        tokenizer for the default.
+        NaN/Inf calibration activations, unusable calibration data (ids outside the
+        vocabulary, a stream shorter than ``nsamples * seqlen`` tokens; checked before any
+        forward pass), or no calibration and no tokenizer for the default.
 
     Notes
     -----
@@ -299,6 +324,12 @@ def compress(
     >>> model, report = adapters.compress(model, cfg, calibration=text, tokenizer=tok)  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    if heal and (heal is True or "data" not in heal) and _masked(calibration):
+        raise ValueError(
+            "heal= trains on calibration= by default, and this calibration carries an attention_mask, which "
+            "healing does not take (it would train on the padding); pass heal={'data': unpadded token ids or "
+            "text, ...}, or heal afterwards with adapters.heal"
+        )
     config, given_plan = _resolve(config, options)
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
@@ -331,13 +362,20 @@ def compress(
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}
     if calib._runner is not None:
-        options_out["calibration_tokens"] = int(sum(h.shape[0] * h.shape[1] for h in calib.runner.hidden))
+        options_out["calibration_tokens"] = calib.batches.tokens
+        options_out["calibration_rows"] = calib.batches.rows
     return model, CompressionReport(
         method=config.method, modules=reports, params_before=the_plan.params_before, params_after=params_after,
         target_params=the_plan.target_params, seconds=time.perf_counter() - t0,
         layers=sorted({r.layer for r in reports}), angular_distances=the_plan.angular_distances,
         options=options_out, heal=heal_result,
     )
+
+
+def _masked(calibration) -> bool:
+    """Whether calibration data holds an ``attention_mask`` (a mapping, or a list with one)."""
+    items = calibration if isinstance(calibration, (list, tuple)) else [calibration]
+    return any(isinstance(b, Mapping) and b.get("attention_mask") is not None for b in items)
 
 
 def _heal(model, heal, calib, config, progress) -> dict:

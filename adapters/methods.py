@@ -61,6 +61,13 @@ class Metrics:
             self._cache[id(stats)] = hit
         return hit[1]
 
+    def fallback(self, stats) -> str | None:
+        """How the factor of ``stats`` fell back from the requested ridge, or None if it did not."""
+        hit = self._cache.get(id(stats))
+        if hit is None or hit[0] is not stats or not hit[1].fell_back:
+            return None
+        return hit[1].describe()
+
     def drop(self, stats) -> None:
         """Forget the factor of ``stats`` (its layer will be recorded again)."""
         self._cache.pop(id(stats), None)

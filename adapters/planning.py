@@ -169,11 +169,20 @@ def _check_feasible(config, method, found, fixed, params_before) -> int | None:
     return target
 
 
+def _vocab_size(model) -> int | None:
+    """Rows of the input embedding (what an id indexes), else ``config.vocab_size``."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError):
+        return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
 class Calibration:
     """Calibration batches and the layer runner, built on first use (after the option checks)."""
 
     def __init__(self, model, config, calibration, tokenizer, progress):
         self.model, self.config, self.data, self.tokenizer, self.progress = model, config, calibration, tokenizer, progress
+        self.batches = None  # the CalibrationBatches, once the runner is built
         self._runner = None
 
     @property
@@ -183,7 +192,8 @@ class Calibration:
                 self.data, self.tokenizer = default_calibration(self.model, tokenizer=self.tokenizer)
             c = self.config
             batches = prepare_calibration(self.data, tokenizer=self.tokenizer, nsamples=c.nsamples, seqlen=c.seqlen,
-                                          batch_size=c.batch_size, seed=c.seed)
+                                          batch_size=c.batch_size, seed=c.seed, vocab_size=_vocab_size(self.model))
+            self.batches = batches
             self._runner = LayerRunner(self.model, batches, progress=self.progress)
         return self._runner
 
@@ -222,6 +232,15 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
     return curves, kept
 
 
+def _last(h: torch.Tensor, mask) -> torch.Tensor:
+    """Each row's hidden state at its last real token (the last position without a mask)."""
+    if mask is None:
+        return h[:, -1]
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask, pos, -1).argmax(1).to(h.device)
+    return h[torch.arange(h.shape[0], device=h.device), last]
+
+
 @torch.no_grad()
 def _curing_pass(config, found, calib) -> tuple[list, dict]:
     by_layer, kept, ang = _by_layer(found), {}, []
@@ -229,7 +248,8 @@ def _curing_pass(config, found, calib) -> tuple[list, dict]:
     hidden = runner.hidden
     for i in tqdm(range(len(runner.layers)), desc="curing: calibration", disable=not calib.progress, leave=False):
         stats, out = record_layer(runner, i, hidden, by_layer.get(i, {}), gram=False)
-        ang.append(float(torch.cat([angular_distance(h[:, -1], y[:, -1]) for h, y in zip(hidden, out)]).mean()))
+        ang.append(float(torch.cat([angular_distance(_last(h, m), _last(y, m))
+                                    for h, y, m in zip(hidden, out, runner.masks)]).mean()))
         kept.update(stats)
         hidden = out
     return ang, kept

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +38,17 @@ SECTION = "cur_compression"
 
 def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
+
+
+def _new_dir(parent: Path, prefix: str, /) -> Path:
+    """A fresh folder ``parent/prefix<random>`` with the umask's permissions (``mkdtemp`` makes 0700)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
 
 
 def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: bool = False) -> Path:
@@ -85,7 +97,7 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
         raise FileExistsError(f"{path} already exists and is not an empty folder; pass overwrite=True or choose another path")
     attach(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import torch
 
 from .wikitext import load_wikitext2, split_articles
 
-__all__ = ["EvaluationOverlapError", "TokenBatches", "as_batch", "check_not_evaluation_text", "token_ids"]
+__all__ = [
+    "EvaluationOverlapError", "TokenBatches", "as_batch", "as_masked_batch", "check_not_evaluation_text", "token_ids",
+]
 
 _ERR_KIND = (
     "{what} must be a string or list of strings (with tokenizer=), a 1-D token stream or 2-D "
@@ -53,14 +55,56 @@ def _check_ids(t: torch.Tensor, what: str) -> torch.Tensor:
 
 def as_batch(item, /, *, what: str = "data") -> torch.Tensor:
     """One batch of an iterable: a token tensor or a dict with ``input_ids``, as ``(batch, seqlen)``."""
-    if isinstance(item, dict):
+    return as_masked_batch(item, what=what)[0]
+
+
+def as_masked_batch(item, /, *, what: str = "data") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch and its attention mask: ``(ids, mask)``, both ``(batch, seqlen)``, mask None if absent.
+
+    ``item`` is a token tensor, or a mapping (a dict, a tokenizer's ``BatchEncoding``) with
+    ``input_ids`` and optionally ``attention_mask`` (1 for real tokens, 0 for padding), as
+    tensors or nested lists.
+
+    Raises
+    ------
+    TypeError
+        Not a tensor or mapping; float, complex or bool ids; a mask that is not 0/1 integers or bool.
+    ValueError
+        Bad shapes; a mask whose shape differs from the ids'; a row with no real token.
+    """
+    mask = None
+    if isinstance(item, Mapping):
+        mask = item.get("attention_mask")
         item = item.get("input_ids")
+        if isinstance(item, list):
+            item = torch.as_tensor(item)
+        if isinstance(mask, list):
+            mask = torch.as_tensor(mask)
     if not isinstance(item, torch.Tensor):
         raise TypeError(_ERR_KIND.format(what=what, kind=f"an iterable of {type(item).__name__}"))
     item = _check_ids(item, what)
     if item.ndim not in (1, 2) or item.shape[-1] < 1:
         raise ValueError(f"{what}: token batches must be (seqlen,) or (batch, seqlen), got {tuple(item.shape)}")
-    return item.reshape(-1, item.shape[-1])
+    item = item.reshape(-1, item.shape[-1])
+    if mask is None:
+        return item, None
+    if not isinstance(mask, torch.Tensor) or mask.is_floating_point() or mask.is_complex():
+        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{what}: attention_mask must hold 0/1 integers or bools, got {kind}; pass the "
+                        "tokenizer's attention_mask as it is")
+    mask = mask.reshape(-1, mask.shape[-1]) if mask.ndim in (1, 2) else mask
+    if tuple(mask.shape) != tuple(item.shape):
+        raise ValueError(f"{what}: attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(item.shape)}; "
+                         "pass the mask the tokenizer returned with these ids")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{what}: attention_mask must hold only 0 (padding) and 1 (real token), got values "
+                         f"{sorted(set(mask.unique().tolist()))[:5]}")
+    mask = mask.bool()
+    empty = (~mask.any(1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"{what}: attention_mask rows {empty[:5]} mask every token; expected at least one real "
+                         "token per row. Drop those rows")
+    return item, mask
 
 
 def token_ids(
@@ -71,7 +115,8 @@ def token_ids(
     what: str = "data",
     check_overlap: bool = True,
     special_tokens: bool = False,
-) -> torch.Tensor | list[torch.Tensor] | Iterator[torch.Tensor]:
+    masks: bool = False,
+) -> torch.Tensor | list | Iterator:
     """Token ids from any supported input.
 
     Parameters
@@ -89,6 +134,9 @@ def token_ids(
     special_tokens : bool, default False
         Let the tokenizer add its special tokens (evaluation does; calibration and healing
         windows do not).
+    masks : bool, default False
+        Batches of a list or iterable come as ``(ids, attention_mask or None)`` pairs
+        (:func:`as_masked_batch`) instead of bare ids.
 
     Returns
     -------
@@ -110,10 +158,11 @@ def token_ids(
         return tokenizer(text, return_tensors="pt", add_special_tokens=special_tokens)["input_ids"][0]
     if isinstance(data, torch.Tensor):
         return _check_ids(data, what)
+    parse = as_masked_batch if masks else as_batch
     if isinstance(data, (list, tuple)):
-        return [as_batch(b, what=what) for b in data]
-    if isinstance(data, Iterable) and not isinstance(data, (bytes, dict)):
-        return (as_batch(b, what=what) for b in data)
+        return [parse(b, what=what) for b in data]
+    if isinstance(data, Iterable) and not isinstance(data, (bytes, Mapping)):
+        return (parse(b, what=what) for b in data)
     raise TypeError(_ERR_KIND.format(what=what, kind=type(data).__name__))
 
 

@@ -80,12 +80,39 @@ class Whitening:
     route : {"cholesky", "eigh"}
         ``"eigh"`` when even the largest shift failed and the eigenvalues of ``H`` were
         clamped at :math:`\delta` before the factorisation.
+    requested_shift : float
+        :math:`\delta_0 = \mathrm{ridge}\cdot\mathrm{mean}(\mathrm{diag}\,H)`, the shift
+        asked for; ``shift`` exceeds it, or ``route`` is ``"eigh"``, only when the factorisation
+        had to fall back (:attr:`fell_back`).
     """
 
     gram: Any
     L: Any
     shift: float
     route: str
+    requested_shift: float = 0.0
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the requested shift failed: a larger one, or the eigendecomposition, was used."""
+        return self.route != "cholesky" or self.shift > self.requested_shift
+
+    def describe(self) -> str:
+        r"""The factorisation in words, shifts relative to :math:`\mathrm{mean}(\mathrm{diag}\,H)`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from curlinalg.metric import whitening
+        >>> whitening(np.ones((3, 3)), ridge=0.0).describe()
+        'shifted Cholesky in float64, shift 1e-15 x mean(diag H) (asked 0)'
+        """
+        xp = aac.array_namespace(self.gram)
+        scale = _backend.to_float(xp.mean(xp.linalg.diagonal(self.gram))) or 1.0
+        rel, asked = self.shift / scale, self.requested_shift / scale
+        if self.route == "eigh":
+            return f"eigendecomposition, eigenvalues clamped at {rel:.3g} x mean(diag H) (asked shift {asked:.3g})"
+        return f"shifted Cholesky in float64, shift {rel:.3g} x mean(diag H) (asked {asked:.3g})"
 
     def shifted_gram(self) -> Any:
         """:math:`H + \\delta I`, formed as the factor's input was."""
@@ -138,7 +165,10 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     too, the eigendecomposition route: :math:`H = Q\Lambda Q^T`, eigenvalues clamped at
     :math:`\delta`, and the Cholesky factor of :math:`Q\max(\Lambda, \delta)Q^T`. Never a raw
     ``LinAlgError``. The error :math:`\|EL\|_F^2 = \mathrm{tr}(E(H + \delta I)E^T)` then
-    differs from the unshifted metric by :math:`\delta\|E\|_F^2`.
+    differs from the unshifted metric by :math:`\delta\|E\|_F^2`. The result keeps the shift
+    asked for, :math:`\delta_0` (``requested_shift``), so that callers can report where the
+    factorisation fell back (:attr:`Whitening.fell_back`, :meth:`Whitening.describe`): ``H``
+    from fewer tokens than features is singular, and with ``ridge=0`` it then usually falls back.
 
     References
     ----------
@@ -167,21 +197,22 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     n = H.shape[0]
     scale = _backend.to_float(xp.mean(xp.linalg.diagonal(H))) or 1.0
     I = _eye(n, H, xp)
-    shift = ridge * scale
+    shift = requested = ridge * scale
+    cap = max(MAX_RELATIVE_SHIFT * scale, requested)
     while True:
         L = _cholesky(H + shift * I, xp)
         if L is not None:
-            return Whitening(H, L, shift, "cholesky")
-        if shift >= MAX_RELATIVE_SHIFT * scale:
+            return Whitening(H, L, shift, "cholesky", requested)
+        if shift >= cap:
             break
-        shift = max(10.0 * shift, 1e-15 * scale)
+        shift = min(max(10.0 * shift, 1e-15 * scale), cap)  # min: 1e-6 * 10**4 rounds below 1e-2
     vals, vecs = xp.linalg.eigh(H)
     floor = max(shift, float(xp.finfo(H.dtype).eps) * n * abs(scale))
     clamped = (vecs * xp.where(vals > floor, vals, floor)) @ vecs.T
     L = _cholesky((clamped + clamped.T) / 2, xp)
     if L is None:  # pragma: no cover - a clamped spectrum is positive definite
         raise ValueError("could not factor the Gram matrix even after clamping its spectrum")
-    return Whitening(H, L, floor, "eigh")
+    return Whitening(H, L, floor, "eigh", requested)
 
 
 def weighted_norm(E: Any, /, *, gram: Any) -> float:
@@ -357,7 +388,7 @@ def weighted_cur(
     K = metric.gram if cross is None else cross
     T = A @ (K.T @ R.T)
     N = R @ metric.shifted_gram() @ R.T
-    CU = xp.linalg.solve(N, T.T).T
+    CU = solve_psd(N, T.T, xp).T
     U = _lstsq(C, CU)
     sigma_next = _backend.to_float(s[rank]) if s.shape[0] > rank else 0.0
     return WeightedCUR(
@@ -366,11 +397,38 @@ def weighted_cur(
     )
 
 
-def _lstsq(C: Any, Y: Any) -> Any:
-    """Least-squares solution of ``C Z = Y`` (full column rank ``C``)."""
-    if aac.is_torch_array(C):
-        import torch
+def solve_psd(N: Any, Y: Any, xp: Any, /) -> Any:
+    r"""A solution of :math:`NZ = Y` for a symmetric positive semi-definite ``N``, never a raw error.
 
-        return torch.linalg.lstsq(C, Y).solution
+    ``xp.linalg.solve`` when ``N`` is numerically non-singular; otherwise (it raised, or gave
+    NaN/Inf) the minimum-norm least-squares solution :math:`Z = N^+Y` from the
+    eigendecomposition :math:`N = Q\Lambda Q^T`, eigenvalues below :math:`n\epsilon\lambda_{\max}`
+    treated as zero. In :func:`weighted_cur`, ``N`` :math:`= R(H + \delta I)R^T` is singular
+    when the selected rows ``R`` are linearly dependent (a rank-deficient ``A`` asked for a
+    larger rank); every solution of the normal equations gives the same product
+    :math:`CUR`, so the pseudo-inverse loses nothing.
+    """
+    try:
+        Z = xp.linalg.solve(N, Y)
+    except Exception as exc:  # numpy.linalg.LinAlgError, torch.linalg.LinAlgError, cupy
+        if "LinAlgError" not in type(exc).__name__ and "singular" not in str(exc).lower():
+            raise
+        Z = None
+    if Z is not None and bool(xp.all(xp.isfinite(Z))):
+        return Z
+    vals, vecs = xp.linalg.eigh(N)
+    cut = float(xp.finfo(N.dtype).eps) * N.shape[0] * max(_backend.to_float(xp.max(vals)), 0.0)
+    inv = xp.where(vals > cut, 1.0 / xp.where(vals > cut, vals, 1.0), 0.0)
+    return vecs @ ((vecs.T @ Y) * inv[:, None])
+
+
+def _lstsq(C: Any, Y: Any) -> Any:
+    """Minimum-norm least-squares solution :math:`C^+Y` of ``C Z = Y``.
+
+    The pseudo-inverse (an SVD), not ``torch.linalg.lstsq``: its default CPU driver returned
+    different, wrong solutions from one call to the next for a rank-deficient ``C`` (the
+    columns of a rank-deficient ``A`` asked for a larger rank), and the CUDA driver assumes full
+    rank.
+    """
     xp = aac.array_namespace(C)
     return xp.linalg.pinv(C) @ Y

@@ -121,3 +121,87 @@ def test_zero_token_gets_zero_weight_not_nan(weighting):
     X[2] = 0.0
     w = token_weights(X, weighting)
     assert torch.isfinite(w).all() and w[2] == 0.0
+
+
+def _padded(rows, side, pad_id=0):
+    """Pad token rows of different lengths to one batch, as a tokenizer does: ``(ids, mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, sl], mask[i, sl] = r, 1
+    return ids, mask
+
+
+def _all_stats(model, batches):
+    from adapters.calibration import record_layer
+
+    runner = LayerRunner(model, batches, progress=False)
+    hidden, out = runner.hidden, {}
+    for i, layer in enumerate(runner.layers):
+        mods = {f"{i}.{n}": m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+        stats, hidden = record_layer(runner, i, hidden, mods)
+        out.update(stats)
+    return out
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_changes_no_statistic(tiny_llama, side):
+    """Rows of 7, 12 and 20 tokens padded to one batch give the statistics of the unpadded rows."""
+    gen = torch.Generator().manual_seed(4)
+    rows = [torch.randint(1, 128, (n,), generator=gen) for n in (7, 12, 20)]
+    ids, mask = _padded(rows, side)
+    plain = _all_stats(tiny_llama, prepare_calibration([r[None] for r in rows]))
+    batches = prepare_calibration({"input_ids": ids, "attention_mask": mask})
+    assert batches.tokens == batches.rows == 39 and len(batches) == 1
+    padded = _all_stats(tiny_llama, batches)
+    assert plain.keys() == padded.keys()
+    for name in plain:
+        assert padded[name].tokens == plain[name].tokens == 39
+        scale = float(plain[name].gram.abs().max())
+        torch.testing.assert_close(padded[name].gram, plain[name].gram, rtol=1e-4, atol=1e-4 * scale)
+    # Ignoring the mask would count the 21 pad tokens (and shift left-padded positions).
+    unmasked = _all_stats(tiny_llama, prepare_calibration(ids))
+    assert unmasked["0.self_attn.q_proj"].tokens == 60
+
+
+def test_masks_come_from_lists_of_mappings_and_are_checked():
+    ids, mask = _padded([torch.arange(1, 4), torch.arange(1, 6)], "right")
+    got = prepare_calibration([{"input_ids": ids, "attention_mask": mask}, {"input_ids": ids.tolist()}])
+    assert got.masks[0].dtype == torch.bool and torch.equal(got.masks[0], mask.bool()) and got.masks[1] is None
+    assert got.tokens == 8 + 10
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\) but input_ids \(2, 5\)"):
+        prepare_calibration({"input_ids": ids, "attention_mask": mask[:, :4]})
+    with pytest.raises(ValueError, match=r"rows \[1\] mask every token"):
+        prepare_calibration({"input_ids": ids, "attention_mask": torch.tensor([[1, 0, 0, 0, 0], [0] * 5])})
+    with pytest.raises(ValueError, match="only 0 .padding. and 1"):
+        prepare_calibration({"input_ids": ids, "attention_mask": mask * 2})
+    with pytest.raises(TypeError, match="attention_mask must hold 0/1 integers"):
+        prepare_calibration({"input_ids": ids, "attention_mask": mask.float()})
+
+
+def test_a_short_stream_is_refused_not_reused():
+    """600 tokens cannot make 128 windows of 512: the issue's silent reuse is an error."""
+    with pytest.raises(CalibrationError, match=r"600 tokens, but nsamples=128 windows of seqlen=512 need 65,536 "
+                                               r"distinct tokens.*nsamples=1 \(--nsamples\)"):
+        prepare_calibration(torch.arange(600), nsamples=128, seqlen=512)
+    got = prepare_calibration(torch.arange(600), nsamples=1, seqlen=512)
+    assert got.tokens == got.rows == 512
+    # Enough tokens, windows at random starts: overlap is counted once in ``tokens``.
+    got = prepare_calibration(torch.arange(100), nsamples=10, seqlen=10, seed=0)
+    starts = {int(b[0]) for batch in got for b in batch}
+    covered = set().union(*(range(s, s + 10) for s in starts))
+    assert got.rows == 100 and got.tokens == len(covered) < 100
+
+
+@pytest.mark.parametrize("data, kind, match", [
+    (torch.tensor([[1, 2, 128]]), CalibrationError, r"must lie in \[0, 128\).*got ids in \[1, 128\]"),
+    (torch.tensor([[-1, 2, 3]]), CalibrationError, r"must lie in \[0, 128\).*got ids in \[-1, 3\]"),
+    (torch.tensor([[1.0, 2.5]]), TypeError, "integer ids, got dtype torch.float32"),
+    ({"input_ids": [[1.0, 2.5]]}, TypeError, "integer ids, got dtype torch.float32"),
+    ([torch.tensor([1.0, 2.5])], TypeError, "integer ids"),
+])
+def test_bad_ids_are_refused_with_what_to_do(data, kind, match):
+    with pytest.raises(kind, match=match):
+        prepare_calibration(data, vocab_size=128)

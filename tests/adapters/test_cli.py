@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -84,3 +85,106 @@ def test_compress_dtype_option(option, stored, tmp_path):
                      "--seqlen", "32", "--calibration", str(tmp_path / "calib.txt"), *option]) == 0
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} - {"I64"} == {stored}
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    from conftest import make_tiny_llama, save_char_tokenizer
+
+    src = tmp_path / "tiny"
+    make_tiny_llama().save_pretrained(src)
+    save_char_tokenizer(src)
+    return src
+
+
+def _small_compress(tiny_folder, out, *extra):
+    """``compress`` argv on 2 x 32 tokens of a short text file (tokenizing WikiText is the slow part)."""
+    text = out.parent / "calibration.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog; " * 8, encoding="utf-8")
+    return ["compress", str(tiny_folder), "-o", str(out), "--rank", "2", "--nsamples", "2", "--seqlen", "32",
+            "--calibration", str(text), *extra]
+
+
+def _compressed(tiny_folder, tmp_path):
+    out = tmp_path / "cur"
+    assert cli.main(["--quiet", *_small_compress(tiny_folder, out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv", [["compress", "{m}", "-o", "{o}"], ["eval", "{m}"], ["heal", "{m}", "-o", "{o}"]])
+@pytest.mark.parametrize("device, match", [("cuda", "CUDA is not available"), ("gpu0", "is not a torch device")])
+def test_device_is_checked_before_loading(argv, device, match, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded a model before checking --device"))
+    argv = [a.format(m=tmp_path, o=tmp_path / "out") for a in argv]
+    for where in (["--device", device, *argv], [*argv, "--device", device]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(where)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert match in err and "AssertionError" not in err
+
+
+def test_heal_honours_the_device(tiny_folder, tmp_path, monkeypatch):
+    """With CUDA reported available heal's default is cuda: ``--device cpu`` must win."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import adapters.healing
+
+    compressed = _compressed(tiny_folder, tmp_path)
+    seen = []
+
+    def fake_heal(model, **kw):
+        seen.append(next(model.parameters()).device.type)
+        return SimpleNamespace(steps_run=0, seconds=0.0, losses=[0.0], trainable_params=0, to_dict=dict)
+
+    monkeypatch.setattr(adapters.healing, "heal", fake_heal)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    orders = (["--device", "cpu", "heal", str(compressed)], ["heal", str(compressed), "--device", "cpu"])
+    for k, argv in enumerate(orders):
+        assert cli.main(["--quiet", *argv, "-o", str(tmp_path / f"healed{k}")]) == 0
+    assert seen == ["cpu", "cpu"]
+
+
+def test_quiet_silences_transformers_loading_bar(tiny_folder, tmp_path, capsys):
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()
+    assert cli.main([*_small_compress(tiny_folder, tmp_path / "cur"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading" not in err and "it/s" not in err
+    assert logging.is_progress_bar_enabled()          # restored for whatever runs next in the process
+
+
+def test_quiet_is_accepted_by_every_command():
+    p = cli._parser()
+    for argv in (["demo"], ["compress", "m", "-o", "o"], ["eval", "m"], ["heal", "m", "-o", "o"]):
+        assert p.parse_args([*argv, "--quiet"]).quiet is True
+        assert p.parse_args(["--quiet", *argv]).quiet is True
+        assert p.parse_args(argv).quiet is False
+
+
+@pytest.mark.parametrize("model, match", [
+    ("{tmp}/missing", "is not a local folder"),
+    ("HuggingFaceTB/SmolLM2-135M", "looks like a Hugging Face Hub id.*huggingface-cli download"),
+    ("{tmp}", "holds no config.json"),
+])
+def test_missing_model_is_an_error_not_a_traceback(model, match, tmp_path, capsys):
+    for argv in (["compress", "-o", str(tmp_path / "out")], ["eval"]):
+        assert cli.main([argv[0], model.format(tmp=tmp_path), *argv[1:]]) == 2
+        err = capsys.readouterr().err
+        assert re.search(match, err) and "Traceback" not in err and f"{argv[0]}: error:" in err
+
+
+def test_existing_output_is_refused_before_any_work(tiny_folder, tmp_path, monkeypatch, capsys):
+    (tmp_path / "taken").mkdir()
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded a model before checking --output"))
+    for argv in (["compress", str(tiny_folder)], ["heal", str(tiny_folder)]):
+        assert cli.main([*argv, "-o", str(tmp_path / "taken")]) == 2
+        assert "already exists; pass --overwrite" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.main(["--quiet", *_small_compress(tiny_folder, tmp_path / "taken", "--overwrite")]) == 0
+    assert (tmp_path / "taken" / "model.safetensors").is_file()

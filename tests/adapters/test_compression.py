@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import adapters.planning
-from adapters import CURConfig, CURLinear, InterpolativeConfig, compress, count_parameters, cur_params, plan
+from adapters import CURConfig, CURLinear, InterpolativeConfig, SVDConfig, compress, count_parameters, cur_params, plan
 from adapters import allocate_ranks, break_even_rank
 from adapters.calibration import CalibrationError
 from adapters.layer import FACTORED_LINEARS, InterpolativeLinear, interpolative_break_even_rank, interpolative_params
@@ -328,3 +328,103 @@ def test_default_layers_are_the_direct_formula(calib_tokens):
         M = (svd.U[:, :r] * svd.S[:r]) @ svd.Vh[:r] @ torch.linalg.inv(L)
         got = model.get_submodule(m.name).weight_product().detach().double()
         torch.testing.assert_close(got, M, rtol=1e-4, atol=1e-5)
+
+
+def _tiny_gemma2(seed=0):
+    """Gemma2 (softcapping, sandwich norms, scaled embeddings) with o_proj 32 x 256."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=128)
+    torch.manual_seed(seed)
+    return Gemma2ForCausalLM(cfg).eval()
+
+
+def _few_tokens_model():
+    """The issue's 768-wide model with 4 x 256 tokens against a 2048-wide down_proj, scaled down:
+    32 calibration tokens against a 128-wide down_proj (its input Gram has rank 32 of 128)."""
+    return make_tiny_llama(3, hidden=32, intermediate=128)
+
+
+@pytest.mark.parametrize("config", [InterpolativeConfig(reduction=0.2), CURConfig(reduction=0.2),
+                                    SVDConfig(reduction=0.2)], ids=lambda c: c.method)
+@pytest.mark.parametrize("build", [_tiny_gemma2, _few_tokens_model], ids=["gemma2", "few-tokens"])
+def test_singular_input_grams_compress(build, config, calib_tokens, eval_tokens):
+    """Issue 13: these raised a raw ``LinAlgError`` from the Cholesky factor. Now the factor falls
+    back where it must, only there, and the report says where."""
+    calib = calib_tokens[:2]
+    for ridge in (config.ridge, 0.0):
+        model = build()
+        model, report = compress(model, type(config).with_options(config, ridge=ridge), calibration=calib,
+                                 progress=False)
+        assert count_parameters(model) == report.params_after <= report.target_params
+        assert torch.isfinite(_logits(model, eval_tokens)).all()
+        fell = {m.name for m in report.modules if m.whitening}
+        # 64 tokens against 128 (down_proj) or 256 (Gemma2's o_proj) input features: singular Grams.
+        wide = {m.name for m in report.modules if m.shape[1] > calib.numel()}
+        assert wide
+        if ridge == 0.0:
+            assert wide <= fell
+        else:
+            # The Gram is summed from float32 products, so its null space holds rounding of about
+            # 1e-7 ||H||, which 1e-6 x mean(diag H) may not cover on a wide singular Gram.
+            assert fell <= wide
+        text = report.summary()
+        assert ("whitening fell back" in text) == bool(fell) and all(n in text for n in fell)
+        assert all("Cholesky" in m.whitening or "eigendecomposition" in m.whitening
+                   for m in report.modules if m.whitening)
+
+
+@pytest.mark.parametrize("calibration, options, kind, match", [
+    (torch.tensor([[1, 2, 500]]), {}, CalibrationError, r"must lie in \[0, 128\)"),
+    (torch.tensor([[1.0, 2.0, 3.0]]), {}, TypeError, "integer ids"),
+    (torch.arange(600) % 128, {"nsamples": 128, "seqlen": 512}, CalibrationError, "600 tokens, but nsamples=128"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long)}, {},
+     ValueError, "attention_mask has shape"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long)},
+     {"heal": True}, ValueError, "healing does not take"),
+])
+def test_bad_calibration_raises_before_any_forward_pass(tiny_llama, calibration, options, kind, match):
+    before = _state(tiny_llama)
+    calls = []
+    tiny_llama.model.embed_tokens.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(kind, match=match):
+        compress(tiny_llama, calibration=calibration, reduction=0.1, progress=False, **options)
+    assert not calls
+    assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in tiny_llama.modules())
+
+
+def test_report_counts_distinct_real_tokens(calib_tokens):
+    ids = calib_tokens[:4].clone()
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0                                 # 12 pad tokens
+    _, report = compress(make_tiny_llama(), calibration={"input_ids": ids, "attention_mask": mask}, reduction=0.1,
+                         progress=False)
+    assert report.options["calibration_tokens"] == report.options["calibration_rows"] == 4 * 32 - 12
+    stream = calib_tokens.reshape(-1)[:200]
+    _, report = compress(make_tiny_llama(), calibration=stream, nsamples=6, seqlen=32, reduction=0.1, progress=False)
+    assert report.options["calibration_rows"] == 6 * 32 and report.options["calibration_tokens"] < 6 * 32
+
+
+@pytest.mark.parametrize("config", [InterpolativeConfig(reduction=0.2), CURConfig(reduction=0.2),
+                                    CURConfig(reduction=0.2, token_weighting="none")],
+                         ids=lambda c: f"{c.method}-sequential={c.sequential}-{c.token_weighting}")
+def test_padded_calibration_compresses_as_the_unpadded_rows(config, calib_tokens, eval_tokens):
+    """Rows padded (left or right, with their attention_mask): the plan, errors and logits of the
+    rows alone. The rows stay in one batch: ``token_weighting="norm"`` normalises by the batch's
+    mean token energy, so a different batch composition alone changes the statistics."""
+    rows = calib_tokens[:4]
+    ids = torch.zeros(4, 40, dtype=torch.long)
+    mask = torch.zeros(4, 40, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(8, 40) if i % 2 == 0 else slice(0, 32)
+        ids[i, sl], mask[i, sl] = r, 1
+    plain, rep_plain = compress(make_tiny_llama(), config, calibration=rows, progress=False)
+    padded, rep_pad = compress(make_tiny_llama(), config, calibration={"input_ids": ids, "attention_mask": mask},
+                               progress=False)
+    assert rep_pad.options["calibration_tokens"] == rep_plain.options["calibration_tokens"] == 128
+    assert [(m.name, m.rank, m.rows) for m in rep_pad.modules] == [(m.name, m.rank, m.rows) for m in rep_plain.modules]
+    np.testing.assert_allclose([m.rel_error for m in rep_pad.modules], [m.rel_error for m in rep_plain.modules],
+                               rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(_logits(padded, eval_tokens), _logits(plain, eval_tokens), rtol=1e-4, atol=1e-4)

@@ -148,3 +148,38 @@ def test_curing_fit_matches_pinv_core():
     C, R = W[:, fit.cols], W[fit.rows, :]
     U = torch.linalg.pinv(C) @ W @ torch.linalg.pinv(R)
     torch.testing.assert_close(fit.module.U.detach().double(), U, rtol=1e-4, atol=1e-4)
+
+
+def test_metrics_report_a_whitening_fallback_only_where_it_happened():
+    gen = torch.Generator().manual_seed(0)
+    few = torch.randn(5, 20, generator=gen, dtype=torch.float64)       # 5 tokens, 20 features
+    many = torch.randn(200, 20, generator=gen, dtype=torch.float64)
+    singular, regular = SimpleNamespace(gram=few.T @ few), SimpleNamespace(gram=many.T @ many)
+    for ridge in (0.0, 1e-6):
+        metrics = Metrics(ridge)
+        assert metrics.fallback(singular) is None                        # nothing factored yet
+        metrics.of(singular), metrics.of(regular)
+        assert metrics.fallback(regular) is None
+        if ridge == 0.0:
+            assert "shifted Cholesky" in metrics.fallback(singular)
+        else:
+            assert metrics.fallback(singular) is None
+        metrics.drop(singular)
+        assert metrics.fallback(singular) is None
+
+
+@pytest.mark.parametrize("config", [CURConfig(ridge=0.0), InterpolativeConfig(ridge=0.0), SVDConfig(ridge=0.0)],
+                         ids=lambda c: c.method)
+def test_rank_deficient_weight_at_a_larger_rank_is_exact(config):
+    """A pruned layer (zero rows and columns, rank 4) fitted at rank 12: dependent rows made the
+    C U R core's normal equations singular (a raw LinAlgError on numpy, a wrong core on torch)."""
+    gen = torch.Generator().manual_seed(5)
+    W = torch.randn(32, 48, generator=gen, dtype=torch.float64)
+    W[:, 4:] = 0
+    W[10:] = 0
+    X = torch.randn(100, 48, generator=gen, dtype=torch.float64)
+    st = SimpleNamespace(gram=X.T @ X, cross=None, tokens=100)
+    method = method_for(config)
+    for _ in range(3):
+        fit = method.fit(config, _linear(W), st, Metrics(0.0), 12)
+        assert fit.rel_error < 1e-10

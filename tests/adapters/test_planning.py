@@ -1,6 +1,7 @@
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,18 @@ def test_statistics_beyond_the_memory_cap_are_recorded_again(calib_tokens, monke
     capped, _ = compress(make_tiny_llama(3, layers=3), cfg, calibration=calib_tokens, progress=False)
     a, b = kept.state_dict(), capped.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_curing_layer_scores_read_the_last_real_token(calib_tokens):
+    """Right padding puts pads last: CURing's angular distances must use each row's last real token."""
+    from adapters import CURingConfig
+
+    rows = calib_tokens[:4, :24]
+    ids = torch.zeros(4, 32, dtype=torch.long)
+    ids[:, :24] = rows
+    mask = torch.zeros(4, 32, dtype=torch.long)
+    mask[:, :24] = 1
+    cfg = CURingConfig(n_layers=1)
+    plain = plan(make_tiny_llama(), cfg, calibration=rows, progress=False)
+    padded = plan(make_tiny_llama(), cfg, calibration={"input_ids": ids, "attention_mask": mask}, progress=False)
+    np.testing.assert_allclose(padded.angular_distances, plain.angular_distances, rtol=1e-5)

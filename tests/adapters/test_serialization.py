@@ -185,3 +185,18 @@ def test_legacy_folder_that_disagrees_with_its_tensors_is_refused(tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError, match="format_version 7, expected 1"):
         load_compressed(path)
+
+
+def test_saved_folder_follows_the_umask(calib_tokens, tmp_path):
+    """``tempfile.mkdtemp`` made the checkpoint folder 0700 whatever the umask."""
+    import os
+    import stat
+
+    model, _ = compress(make_tiny_llama(), calibration=calib_tokens[:2], rank=2, progress=False)
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        try:
+            path = save_compressed(model, tmp_path / f"ckpt{umask:o}")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curlinalg import optimal_core, weighted_cur, weighted_norm, whitening
-from curlinalg.metric import Whitening
+from curlinalg.metric import Whitening, solve_psd
 
 
 def _inputs(seed, tokens, n, rank=None):
@@ -31,7 +31,8 @@ def test_singular_gram_never_raises():
     with pytest.raises(np.linalg.LinAlgError):
         np.linalg.cholesky(H)                  # what a raw Cholesky does
     w = whitening(H, ridge=0.0)
-    assert w.route == "cholesky" and w.shift > 0
+    assert w.route == "cholesky" and w.shift > 0 and w.fell_back
+    assert not whitening(H, ridge=1e-6).fell_back          # the default ridge suffices here
     indefinite = H - 1e-3 * np.trace(H) * np.eye(20)
     w = whitening(indefinite)
     assert w.route == "eigh"
@@ -109,3 +110,72 @@ def test_errors_say_what_to_pass(call, match):
     with pytest.raises(ValueError, match=match):
         call()
     assert isinstance(whitening(np.eye(2)), Whitening)
+
+
+@given(st.integers(0, 2**31), st.integers(1, 4), st.integers(1, 4), st.sampled_from(["numpy", "torch"]))
+def test_weighted_cur_above_the_rank_of_A_is_exact_and_never_raises(seed, r, extra, lib):
+    """Rows beyond ``rank(A)`` are dependent, so ``R H R^T`` is singular: the solve falls back."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((16, r)) @ rng.standard_normal((r, 10))
+    X = _inputs(seed, 40, 10)
+    H = X.T @ X
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        A, H = torch.from_numpy(A), torch.from_numpy(H)
+    res = weighted_cur(A, whitening(H, ridge=0.0), rank=min(r + extra, 10))
+    got = np.asarray(res.to_dense())
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, np.asarray(A), atol=1e-8 * np.linalg.norm(np.asarray(A)))
+
+
+@given(st.integers(2, 12), st.integers(0, 11), st.integers(0, 2**31))
+def test_solve_psd_is_the_pseudo_inverse_on_singular_matrices(n, rank, seed):
+    rng = np.random.default_rng(seed)
+    rank = min(rank, n)
+    F = rng.standard_normal((n, rank))
+    N = F @ F.T
+    Y = rng.standard_normal((n, 3))
+    Z = solve_psd(N, Y, np)
+    # N Z is the projection of Y onto range(N): the least-squares residual is orthogonal to it.
+    np.testing.assert_allclose(F.T @ (N @ Z - Y), 0.0, atol=1e-8 * (1 + np.linalg.norm(N) * np.linalg.norm(Z)))
+    if rank == n:
+        np.testing.assert_allclose(N @ Z, Y, atol=1e-8 * np.linalg.cond(N) * np.linalg.norm(Y))
+
+
+@given(st.integers(2, 20), st.integers(1, 19), st.integers(0, 2**31), st.sampled_from([0.0, 1e-12, 1e-6]))
+def test_whitening_says_when_it_fell_back(n, tokens, seed, ridge):
+    """``fell_back`` is False exactly when the requested shift was used on the Cholesky route."""
+    X = _inputs(seed, tokens, n)
+    H = X.T @ X
+    w = whitening(H, ridge=ridge)
+    scale = np.trace(H) / n
+    assert w.requested_shift == pytest.approx(ridge * scale, rel=1e-12, abs=0.0)
+    assert w.fell_back == (w.route == "eigh" or w.shift > w.requested_shift)
+    if w.route == "cholesky":
+        assert w.shift <= max(1e-2 * scale, w.requested_shift) * (1 + 1e-12)
+        assert "Cholesky" in w.describe()
+    if not w.fell_back:
+        assert w.shift == w.requested_shift
+
+
+def test_shift_never_passes_its_cap_before_the_eigh_route():
+    """Growing ``1e-6`` tenfold rounds below ``1e-2``; the shift must stop at the cap, not 1e-1."""
+    X = _inputs(0, 5, 20)
+    H = X.T @ X
+    w = whitening(H - 0.02 * np.trace(H) / 20 * np.eye(20))
+    assert w.route == "eigh" and w.fell_back
+    assert "eigendecomposition" in w.describe()
+
+
+def test_weighted_cur_core_is_repeatable_on_rank_deficient_torch_input():
+    """``torch.linalg.lstsq`` gave a different (wrong) core from call to call on this input."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(32, 64, generator=g, dtype=torch.float64)
+    A[:, 4:] = 0                                   # rank 4, and rows 10: of A are zero
+    A[10:] = 0
+    X = torch.randn(128, 64, generator=g, dtype=torch.float64)
+    w = whitening(X.T @ X, ridge=0.0)
+    for _ in range(10):
+        res = weighted_cur(A, w, rank=15)
+        assert weighted_norm(A - res.to_dense(), gram=X.T @ X) <= 1e-12 * weighted_norm(A, gram=X.T @ X)
