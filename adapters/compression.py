@@ -10,10 +10,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._common import count_parameters
-from .calibration import InputRecorder, accumulate_statistics
+from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
+from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
-from .planning import Calibration, Plan, build_plan
+from .planning import Calibration, Plan, build_plan, dense_lines
+from .targets import LeftDense, as_linear
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
 
@@ -83,6 +85,10 @@ class CompressionReport:
         ``config.to_dict()``, the layer ``form`` and the calibration token count.
     heal : dict or None
         :meth:`adapters.healing.HealResult.to_dict` of the healing run, when ``heal=`` was given.
+    dense : list of dict
+        Every 2-D weight of the blocks left dense, with the reason
+        (:class:`adapters.targets.LeftDense` as a dict); targets the plan left at rank 0 are
+        listed with the reason ``"rank 0 in the plan"``.
     """
 
     method: str
@@ -95,6 +101,7 @@ class CompressionReport:
     angular_distances: list | None = None
     options: dict = field(default_factory=dict)
     heal: dict | None = None
+    dense: list = field(default_factory=list)
 
     @property
     def reduction(self) -> float:
@@ -116,7 +123,7 @@ class CompressionReport:
         ]
         for m in self.modules:
             lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}")
-        return "\n".join(lines)
+        return "\n".join(lines + dense_lines(LeftDense(**d) for d in self.dense))
 
 
 def _resolve(config, options) -> tuple[CompressionConfig, Plan | None]:
@@ -152,9 +159,16 @@ class _Applier:
         self.reports: list[ModuleReport] = []
         self.planned = {m.name: m for m in plan.modules if m.rank > 0}
 
-    def fit(self, name, lin, stats) -> None:
+    def fit(self, name, module, stats) -> None:
         mp = self.planned[name]
+        if stats is None:
+            raise CalibrationError(
+                f"{name} received no calibration token in this pass (an expert the compressed layers before "
+                "it no longer route to), so it cannot be fitted; pass more calibration data, or "
+                "sequential=False to fit on the dense model's statistics"
+            )
         t = time.perf_counter()
+        lin = as_linear(module)
         res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
         before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
         self.reports.append(ModuleReport(
@@ -211,7 +225,7 @@ class _Applier:
             for name, lin in ready.items():
                 self.fit(name, lin, kept[name])
             for name, lin in mods.items():
-                self.fit(name, lin, stats[name])
+                self.fit(name, lin, stats.get(name))
             for s in {id(s): s for s in stats.values()}.values():
                 self.metrics.drop(s)
             h_c = runner.run_layer(i, h_c) if sequential else out_d
@@ -304,7 +318,9 @@ def compress(
     was_training = model.training
     model.eval()
     applier = None
+    opened = []
     try:
+        opened = open_experts(model)
         keep = not (isinstance(config, ActivationConfig) and config.sequential)
         the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep)
         applier = _Applier(model, the_plan, method, calib, metrics, progress)
@@ -316,13 +332,19 @@ def compress(
                 "this is a bug, please report it"
             )
     except BaseException:
-        for parent, attr, old in reversed(applier.swaps if applier else []):
+        for parent, attr, old in reversed(opened + (applier.swaps if applier else [])):
             setattr(parent, attr, old)
         raise
     finally:
         model.train(was_training)
+    for mod in model.modules():
+        if isinstance(mod, ExpertLinears):
+            mod.own_storage()
     order = {m.name: k for k, m in enumerate(the_plan.modules)}
     reports = sorted(applier.reports, key=lambda r: order[r.name])
+    dense = [asdict(d) for d in the_plan.dense] + [
+        asdict(LeftDense(m.name, m.shape, m.params_before, "rank 0 in the plan")) for m in the_plan.modules if m.rank == 0
+    ]
     model.compression_config = config
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}
@@ -332,7 +354,7 @@ def compress(
         method=config.method, modules=reports, params_before=the_plan.params_before, params_after=params_after,
         target_params=the_plan.target_params, seconds=time.perf_counter() - t0,
         layers=sorted({r.layer for r in reports}), angular_distances=the_plan.angular_distances,
-        options=options_out, heal=heal_result,
+        options=options_out, heal=heal_result, dense=dense,
     )
 
 

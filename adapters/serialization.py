@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from .configs import config_from_dict
+from .experts import ExpertLinears, open_experts
 from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
+from .targets import LINEAR_VIEWS, as_linear
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
@@ -104,7 +106,9 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         config = model.config.to_dict()
-        config[SECTION] = {"format_version": FORMAT_VERSION, "library": "adapters", "modules": modules}
+        config[SECTION] = {"format_version": FORMAT_VERSION, "library": "adapters", "modules": modules,
+                           "architecture": type(model).__name__,
+                           "experts": [n for n, m in model.named_modules() if isinstance(m, ExpertLinears)]}
         used = getattr(model, "compression_config", None)
         if used is not None:
             config[SECTION]["config"] = used.to_dict()
@@ -152,6 +156,7 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
         module does not exist in the architecture, or tensor names or shapes (ranks) disagree
         with the config.
     """
+    import transformers
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -176,21 +181,28 @@ def load_compressed(path, /, *, dtype=None, device="cpu"):
     with safe_open(str(w_file), framework="pt") as f:
         stored = {k: f.get_tensor(k) for k in f.keys()}
     stored_dtype = next((t.dtype for t in stored.values() if t.is_floating_point()), torch.float32)
-    model = AutoModelForCausalLM.from_config(config, dtype=stored_dtype)
+    # The class saved (encoders, heads other than the causal LM's); older checkpoints: a causal LM.
+    cls = getattr(transformers, section.get("architecture", ""), None) or AutoModelForCausalLM
+    model = cls.from_config(config, dtype=stored_dtype) if cls is AutoModelForCausalLM else cls._from_config(
+        config, dtype=stored_dtype)
+    try:
+        open_experts(model, names=section.get("experts", []))
+    except ValueError as exc:
+        raise CheckpointMismatchError(str(exc)) from None
     for name, spec in section["modules"].items():
         try:
             old = model.get_submodule(name)
         except AttributeError:
             old = None
-        if not isinstance(old, nn.Linear):
+        if not isinstance(old, tuple(LINEAR_VIEWS)):
             raise CheckpointMismatchError(
                 f"config records a compressed module {name!r}, but the architecture has no linear "
                 "layer there; the config and the compression section do not match"
             )
         m, n, r = int(spec["out_features"]), int(spec["in_features"]), int(spec["rank"])
-        if tuple(old.weight.shape) != (m, n):
+        if tuple(as_linear(old).weight.shape) != (m, n):
             raise CheckpointMismatchError(
-                f"{name}: config says {m}x{n}, architecture has {tuple(old.weight.shape)}"
+                f"{name}: config says {m}x{n}, architecture has {tuple(as_linear(old).weight.shape)}"
             )
         form = spec.get("form", "cur")  # checkpoints written before the form was recorded
         try:

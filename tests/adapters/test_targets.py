@@ -30,8 +30,10 @@ def test_regex_all_linear_exclusions_and_filter():
 
 
 def test_nothing_matched_says_what_exists():
-    with pytest.raises(ValueError, match=r"Linear modules found.*q_proj"):
+    with pytest.raises(ValueError, match=r"targets=\['fc1'\] matched no linear layer.*'q_proj'.*short names"):
         find_targets(make_tiny_llama(), targets=["fc1"])
+    with pytest.raises(ValueError, match=r"Linear modules found.*q_proj"):
+        find_targets(make_tiny_llama(), targets=["q"], filter_fn=lambda mod, fqn: False)
     with pytest.raises(ValueError, match=r"layers= must be indices in \[0, 2\)"):
         find_targets(make_tiny_llama(), layers=[5])
     with pytest.raises(TypeError, match="targets must be strings"):
@@ -46,5 +48,6 @@ def test_unknown_family_lists_modules_and_targets_hint():
             self.layers = nn.ModuleList([nn.Sequential(nn.Linear(4, 4)) for _ in range(2)])
 
     with pytest.raises(ValueError, match=r"targets=.*Linear modules found.*layers\.\*\.0") as e:
-        find_targets(Toy())
+        find_targets(Toy(), layers=[0], exclude=r"layers\.0\..*")
     assert "targets=(" in str(e.value)
+    assert set(find_targets(Toy())) == {"layers.0.0", "layers.1.0"}
