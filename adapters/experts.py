@@ -64,12 +64,15 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
-class ExpertLinears(nn.Module):
+class ExpertLinears(nn.ModuleList):
     """Routed experts as one pair of linear layers per expert, with transformers' routing loop.
+
+    A :class:`torch.nn.ModuleList` of the experts (so expert ``e``'s layers are named
+    ``experts.{e}.gate_up_proj`` and ``experts.{e}.down_proj``) with a forward.
 
     Parameters
     ----------
-    experts : nn.ModuleList
+    experts : iterable of nn.Module
         One module per expert with ``gate_up_proj`` (gated experts: the gate rows, then the up
         rows) or ``up_proj``, and ``down_proj``; each a linear layer or a factored one.
     act_fn : callable
@@ -90,17 +93,16 @@ class ExpertLinears(nn.Module):
     >>> import torch
     >>> from torch import nn
     >>> pair = lambda: nn.ModuleDict({"gate_up_proj": nn.Linear(4, 6), "down_proj": nn.Linear(3, 4)})
-    >>> layer = ExpertLinears(nn.ModuleList([pair(), pair()]), act_fn=torch.relu, has_gate=True)
+    >>> layer = ExpertLinears([pair(), pair()], act_fn=torch.relu, has_gate=True)
     >>> layer(torch.ones(5, 4), torch.zeros(5, 1, dtype=torch.long), torch.ones(5, 1)).shape
     torch.Size([5, 4])
     """
 
-    def __init__(self, experts: nn.ModuleList, /, *, act_fn, has_gate: bool = True):
-        super().__init__()
-        self.experts = experts
+    def __init__(self, experts, /, *, act_fn, has_gate: bool = True):
+        super().__init__(experts)
         self.act_fn = act_fn
         self.has_gate = has_gate
-        self.num_experts = len(experts)
+        self.num_experts = len(self)
         self.up_name = "gate_up_proj" if has_gate else "up_proj"
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
@@ -112,7 +114,7 @@ class ExpertLinears(nn.Module):
             if e == self.num_experts:  # expert-parallel sentinel
                 continue
             pos, tokens = torch.where(mask[e])
-            expert = self.experts[e]
+            expert = self[e]
             h = getattr(expert, self.up_name)(hidden_states[tokens])
             if self.has_gate:
                 gate, up = h.chunk(2, dim=-1)
@@ -130,7 +132,7 @@ class ExpertLinears(nn.Module):
         After compression the factored experts no longer need the fused tensors; copying the
         few dense ones lets those be freed, and checkpoints need unshared tensors.
         """
-        for mod in self.experts.modules():
+        for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 for name in ("weight", "bias"):
                     p = getattr(mod, name)
@@ -146,7 +148,7 @@ def _open(module: nn.Module) -> ExpertLinears:
     up_b = getattr(module, f"{up_name}_bias", None) if getattr(module, "has_bias", False) else None
     down_b = getattr(module, "down_proj_bias", None) if getattr(module, "has_bias", False) else None
     flip = getattr(module, "is_transposed", False)
-    experts = nn.ModuleList()
+    experts = []
     for e in range(module.num_experts):
         w_up, w_down = (up[e].T, down[e].T) if flip else (up[e], down[e])
         experts.append(_Expert(

@@ -35,7 +35,8 @@ TARGET_ALIASES = {
     "down": "down_proj",
 }
 #: Every linear layer inside the blocks (PEFT's ``"all-linear"``: the output head is not a
-#: block module, so it never matches); the default of every config but CURing's.
+#: block module, so it never matches), MoE routers excepted (name one to compress it); the
+#: default of every config but CURing's.
 ALL_LINEAR = "all-linear"
 
 
@@ -181,6 +182,15 @@ def matches(name: str, spec, /) -> bool:
     return False
 
 
+_ROUTER = "router ({kind}): kept exact, it decides which experts run"
+
+
+def _is_router(model: nn.Module, name: str) -> bool:
+    """A block's ``gate``/``router`` beside its ``experts``: routers stay exact unless named."""
+    parent, _, last = name.rpartition(".")
+    return last in ("gate", "router") and hasattr(model.get_submodule(parent), "experts")
+
+
 def _items(spec) -> list:
     """The separate patterns of a targets/exclude spec (a string is one regular expression)."""
     if spec == ALL_LINEAR or not spec:
@@ -254,6 +264,8 @@ def survey_targets(
             block_params += p.numel()
             if is_fused_experts(mod):
                 reason = fused_experts_problem(mod) or "fused experts not opened (adapters.experts.open_experts)"
+            elif _is_router(model, name):
+                reason = _ROUTER.format(kind=type(mod).__name__)
             else:
                 reason = f"not a linear layer ({type(mod).__name__}.{pname})"
             dense.append(LeftDense(f"{name}.{pname}", tuple(p.shape), p.numel(), reason))
@@ -264,7 +276,9 @@ def survey_targets(
     for name, (i, mod, (weight, bias)) in linears.items():
         block_params += weight.numel()
         reason = None
-        if not matches(name, targets):
+        if targets == ALL_LINEAR and _is_router(model, name):
+            reason = _ROUTER.format(kind=type(mod).__name__)
+        elif not matches(name, targets):
             reason = "not in targets="
         else:
             targeted += weight.numel()
