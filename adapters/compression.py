@@ -158,6 +158,8 @@ class _Applier:
         self.swaps: list = []
         self.reports: list[ModuleReport] = []
         self.planned = {m.name: m for m in plan.modules if m.rank > 0}
+        self.routed = {f"{n}.{sub}" for n, mod in model.named_modules() if isinstance(mod, ExpertLinears)
+                       for sub, _ in mod.named_modules() if sub}
 
     def fit(self, name, module, stats) -> None:
         mp = self.planned[name]
@@ -219,7 +221,13 @@ class _Applier:
                     xd = rec.take()
                     if sequential and hc is not hd:
                         runner.layers[i](hc, **kw)
-                        accumulate_statistics(stats, rec.take(), reference=xd, weighting=weighting)
+                        xc = rec.take()
+                        # A routed expert sees other tokens on the two paths: no paired rows, so
+                        # it is fitted on the dense path's inputs alone.
+                        accumulate_statistics(stats, {n: x for n, x in xc.items() if n not in self.routed},
+                                              reference=xd, weighting=weighting)
+                        accumulate_statistics(stats, {n: x for n, x in xd.items() if n in self.routed},
+                                              weighting=weighting)
                     else:
                         accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
             for name, lin in ready.items():

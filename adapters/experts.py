@@ -64,11 +64,12 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
-class ExpertLinears(nn.ModuleList):
+class ExpertLinears(nn.Module):
     """Routed experts as one pair of linear layers per expert, with transformers' routing loop.
 
-    A :class:`torch.nn.ModuleList` of the experts (so expert ``e``'s layers are named
-    ``experts.{e}.gate_up_proj`` and ``experts.{e}.down_proj``) with a forward.
+    Expert ``e`` is the child module ``"e"`` (its layers are named ``experts.{e}.gate_up_proj``
+    and ``experts.{e}.down_proj``, as transformers named them before it fused them); ``len``
+    and indexing give the experts.
 
     Parameters
     ----------
@@ -99,11 +100,20 @@ class ExpertLinears(nn.ModuleList):
     """
 
     def __init__(self, experts, /, *, act_fn, has_gate: bool = True):
-        super().__init__(experts)
+        super().__init__()
+        experts = list(experts)
+        for e, expert in enumerate(experts):
+            self.add_module(str(e), expert)
         self.act_fn = act_fn
         self.has_gate = has_gate
-        self.num_experts = len(self)
+        self.num_experts = len(experts)
         self.up_name = "gate_up_proj" if has_gate else "up_proj"
+
+    def __len__(self) -> int:
+        return self.num_experts
+
+    def __getitem__(self, e: int) -> nn.Module:
+        return self._modules[str(range(self.num_experts)[e])]
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         out = torch.zeros_like(hidden_states)

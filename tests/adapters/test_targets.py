@@ -1,7 +1,11 @@
+import warnings
+
 import pytest
+import torch
 from torch import nn
 
-from adapters.targets import find_targets
+from adapters import InterpolativeConfig
+from adapters.targets import as_linear, find_targets, survey_targets
 
 from conftest import make_tiny_llama
 
@@ -51,3 +55,70 @@ def test_unknown_family_lists_modules_and_targets_hint():
         find_targets(Toy(), layers=[0], exclude=r"layers\.0\..*")
     assert "targets=(" in str(e.value)
     assert set(find_targets(Toy())) == {"layers.0.0", "layers.1.0"}
+
+
+def test_a_typo_names_the_pattern_and_the_names_there():
+    model = make_tiny_llama()
+    with pytest.raises(ValueError, match=r"targets=\['q_prj'\] matched no linear layer.*'q_proj'"):
+        find_targets(model, targets=["q", "q_prj"])
+    with pytest.raises(ValueError, match=r"exclude=\['dwn'\] matched no linear layer.*'down_proj'"):
+        find_targets(model, exclude=["dwn"])
+    with pytest.raises(ValueError, match=r"targets=\['.*mpl.*'\] matched no linear layer"):
+        find_targets(model, targets=r"model\.layers\.\d+\.mpl\..*")
+
+
+def test_an_already_compressed_model_is_refused_untouched(calib_tokens):
+    from adapters import compress
+
+    model, _ = compress(make_tiny_llama(), calibration=calib_tokens, reduction=0.2, progress=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"already holds \d+ compressed layers.*Compress the original dense model"):
+        compress(model, calibration=calib_tokens, reduction=0.1, progress=False)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_conv1d_is_read_through_a_transposed_view():
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(6, 4)
+    lin = as_linear(conv)
+    assert lin.weight.shape == (6, 4) and lin.weight.data_ptr() == conv.weight.data_ptr()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(lin(x), conv(x))
+    with pytest.raises(TypeError, match="register a view of its weight"):
+        as_linear(nn.Embedding(3, 4))
+
+
+class _MoEToy(nn.Module):
+    """Blocks with a linear router ``gate`` beside ``experts`` (as older MoE implementations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("C", (), {"num_hidden_layers": 1})()
+        block = nn.Module()
+        block.moe = nn.Module()
+        block.moe.gate = nn.Linear(8, 4)
+        block.moe.experts = nn.ModuleList([nn.Linear(8, 8) for _ in range(4)])
+        block.norm = nn.LayerNorm(8)
+        self.layers = nn.ModuleList([block])
+
+
+def test_routers_stay_dense_unless_named():
+    toy = _MoEToy()
+    survey = survey_targets(toy)
+    assert "layers.0.moe.gate" not in survey.found and len(survey.found) == 4
+    assert [d.reason for d in survey.dense] == ["router (Linear): kept exact, it decides which experts run"]
+    assert set(find_targets(toy, targets=["layers.0.moe.gate"])) == {"layers.0.moe.gate"}
+
+
+def test_a_pattern_reaching_few_parameters_warns(calib_tokens):
+    from adapters import AdaptersWarning, plan
+
+    with pytest.warns(AdaptersWarning, match=r"reach \d+% .*left dense.*mlp\.down_proj \(not in targets=\)"):
+        plan(make_tiny_llama(), InterpolativeConfig(targets=r".*\.k_proj", reduction=0.01), calibration=calib_tokens,
+             progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AdaptersWarning)
+        plan(make_tiny_llama(), InterpolativeConfig(targets=["k"], reduction=0.01), calibration=calib_tokens,
+             progress=False)
+        plan(make_tiny_llama(), InterpolativeConfig(reduction=0.01), calibration=calib_tokens, progress=False)
