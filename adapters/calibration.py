@@ -240,14 +240,17 @@ class LayerRunner:
 
         def catch(_mod, args, kwargs):
             # Positional arguments after the hidden states (GPT-2's mask, BERT's) become keywords.
-            bound = signature.bind(*args, **kwargs).arguments
+            try:
+                bound = signature.bind(*args, **kwargs).arguments
+            except TypeError:  # a forward whose signature does not show its arguments
+                bound = {first_arg: args[0], **kwargs} if args else dict(kwargs)
             kw = {}
             for key, value in bound.items():
-                if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                if key in signature.parameters and signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
                     kw.update(value)
                 else:
                     kw[key] = value
-            self.hidden.append(kw.pop(first_arg))
+            self.hidden.append(kw.pop(first_arg) if first_arg in kw else kw.pop("hidden_states"))
             self.kwargs.append(kw)
             raise _Stop
 

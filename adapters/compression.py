@@ -252,12 +252,14 @@ def compress(
     heal: bool | dict = False,
     **options,
 ):
-    """Compress the linear layers of a decoder model, in place: plan (unless given one), then apply.
+    """Compress the linear layers of a transformer's blocks, in place: plan (unless given one), then apply.
 
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A decoder-only model; modified in place, nothing is copied.
+        A decoder-only or encoder-only model (the families of docs/adapters.md, Families);
+        modified in place, nothing is copied. Fused 3-D expert parameters are opened into one
+        linear layer per expert matrix (:func:`adapters.experts.open_experts`).
     config : CompressionConfig or Plan, default InterpolativeConfig()
         What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
         :func:`adapters.plan` (possibly edited) to apply as it is.
@@ -289,12 +291,19 @@ def compress(
     Raises
     ------
     ValueError
-        Bad options; no matching layers; infeasible budget (before the model is touched).
+        Bad options; no matching layers, a target pattern that matches nothing, a model that
+        already holds compressed layers; infeasible budget (all before the model is touched).
     TypeError
         ``config`` of an unknown type.
     adapters.calibration.CalibrationError
         NaN/Inf calibration activations, unusable calibration data, or no calibration and no
         tokenizer for the default.
+
+    Warns
+    -----
+    AdaptersWarning
+        ``targets`` (``"all-linear"`` or a regular expression) reach less than half of the
+        parameters of the blocks' 2-D weights (:data:`adapters.planning.MIN_COVERAGE`).
 
     Notes
     -----
@@ -303,7 +312,10 @@ def compress(
     met to within one rank step of one matrix and ``report.params_after`` (counted on the
     model) never exceeds it. Without sequential calibration the dense statistics recorded for
     the curves are reused for the fits: one Gram and one Cholesky factor per shared input
-    (q/k/v share theirs). Any exception restores every replaced module before it propagates.
+    (q/k/v share theirs); with sequential calibration, routed experts are fitted on the dense
+    model's inputs (the two paths route other tokens to them, so no rows pair up). Any
+    exception restores every replaced module, fused experts included, before it propagates.
+    ``report.dense`` lists every 2-D weight of the blocks left dense and why.
     The factorisations are in docs/adapters.md (Methods).
 
     References

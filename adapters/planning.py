@@ -365,7 +365,7 @@ def plan(
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A decoder model; read, never modified (the calibration forward passes run in eval mode
+        A decoder or encoder model; read, never modified (the calibration forward passes run in eval mode
         and the mode is restored).
     config : CompressionConfig, default InterpolativeConfig()
     calibration, tokenizer
