@@ -191,7 +191,14 @@ def find_decoder_layers(model: nn.Module, /) -> tuple[str, nn.ModuleList]:
     ValueError
         If no ``ModuleList`` named as in :data:`BLOCK_LIST_NAMES` is found.
     """
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model ({getattr(config, 'model_type', '?')}); "
+            "adapters compresses decoder-only and encoder-only models (docs/adapters.md, Families); "
+            "encoder-decoder models are not supported"
+        )
+    n = getattr(config, "num_hidden_layers", None)
     best = None
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES:

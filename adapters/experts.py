@@ -25,23 +25,27 @@ def is_fused_experts(module: nn.Module, /) -> bool:
     return all(isinstance(p, nn.Parameter) and p.ndim == 3 for p in (down, up))
 
 
+def _own_gate(module: nn.Module):
+    """The module's ``_apply_gate`` when its class defines its own (None for transformers' default)."""
+    gate = getattr(type(module), "_apply_gate", None)
+    return None if gate is None or gate.__name__ == "_default_apply_gate" else gate
+
+
 def fused_experts_problem(module: nn.Module, /) -> str | None:
     """Why a fused experts module cannot be opened up (None when it can).
 
     The layout is read from the attributes transformers' ``use_experts_implementation`` sets
-    (``has_gate``, ``has_bias``, ``is_transposed``, ``is_concatenated``, ``has_post_expert_norm``);
-    a module that overrides the gating (``_apply_gate``) or normalises each expert's output is
-    left dense, with this text as the reason in the report.
+    (``has_gate``, ``has_bias``, ``is_transposed``, ``has_post_expert_norm``); a class's own
+    gating (``_apply_gate``, e.g. gpt-oss's clamped, interleaved SwiGLU) is kept. A module that
+    normalises each expert's output is left dense, with this text as the reason in the report.
     """
-    if not hasattr(module, "act_fn") or not isinstance(getattr(module, "num_experts", None), int):
-        return f"fused experts without num_experts/act_fn ({type(module).__name__})"
+    if not isinstance(getattr(module, "num_experts", None), int):
+        return f"fused experts without num_experts ({type(module).__name__})"
     if getattr(module, "has_post_expert_norm", False):
         return f"fused experts with a norm after each expert ({type(module).__name__})"
-    gate = getattr(type(module), "_apply_gate", None)
-    if gate is not None and getattr(gate, "__name__", "") != "_default_apply_gate":
-        return f"fused experts with their own gating function ({type(module).__name__}._apply_gate)"
-    if getattr(module, "has_gate", True) and not getattr(module, "is_concatenated", True):
-        return f"fused experts with interleaved gate/up rows ({type(module).__name__})"
+    uses_act = not getattr(module, "has_gate", True) or _own_gate(module) is None
+    if uses_act and not callable(getattr(module, "act_fn", None)):
+        return f"fused experts without act_fn ({type(module).__name__})"
     return None
 
 
@@ -79,7 +83,10 @@ class ExpertLinears(nn.Module):
     act_fn : callable
         The experts' activation.
     has_gate : bool
-        Gated experts: ``down(act(gate) * up)``; otherwise ``down(act(up))``.
+        Gated experts: ``down(gate_fn(gate_up))``; otherwise ``down(act(up))``.
+    gate_fn : callable, optional
+        ``gate_fn(gate_up) -> hidden``; default transformers' ``act(gate) * up`` with the gate
+        rows first.
 
     Notes
     -----
@@ -99,13 +106,14 @@ class ExpertLinears(nn.Module):
     torch.Size([5, 4])
     """
 
-    def __init__(self, experts, /, *, act_fn, has_gate: bool = True):
+    def __init__(self, experts, /, *, act_fn, has_gate: bool = True, gate_fn=None):
         super().__init__()
         experts = list(experts)
         for e, expert in enumerate(experts):
             self.add_module(str(e), expert)
         self.act_fn = act_fn
         self.has_gate = has_gate
+        self.gate_fn = gate_fn
         self.num_experts = len(experts)
         self.up_name = "gate_up_proj" if has_gate else "up_proj"
 
@@ -126,7 +134,9 @@ class ExpertLinears(nn.Module):
             pos, tokens = torch.where(mask[e])
             expert = self[e]
             h = getattr(expert, self.up_name)(hidden_states[tokens])
-            if self.has_gate:
+            if self.has_gate and self.gate_fn is not None:
+                h = self.gate_fn(h)
+            elif self.has_gate:
                 gate, up = h.chunk(2, dim=-1)
                 h = self.act_fn(gate) * up
             else:
@@ -166,7 +176,14 @@ def _open(module: nn.Module) -> ExpertLinears:
             _linear(w_up, None if up_b is None else up_b[e]),
             _linear(w_down, None if down_b is None else down_b[e]),
         ))
-    return ExpertLinears(experts, act_fn=module.act_fn, has_gate=has_gate)
+    gate_fn = None
+    if has_gate and _own_gate(module) is not None:
+        # The class's own gating, bound to a copy of the module without its fused tensors.
+        shell = type(module).__new__(type(module))
+        shell.__dict__.update(module.__dict__)
+        shell._parameters = {}
+        gate_fn = shell._apply_gate
+    return ExpertLinears(experts, act_fn=getattr(module, "act_fn", None), has_gate=has_gate, gate_fn=gate_fn)
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ _WARN_COVERAGE = (
 _ERR_INFEASIBLE = (
     "the budget target_params={target:,} cannot be met: the model has {before:,} parameters and "
     "compressing every eligible matrix ({count}) at rank 1 still leaves {floor:,}. Ask for a "
-    "smaller reduction= (at most {maxred:.4f}), a larger target_params=, or add targets="
+    "smaller reduction= (at most {maxred:.4f}), a larger target_params=, or add targets={dense}"
 )
 
 
@@ -188,7 +188,16 @@ def _shape(mod) -> tuple:
     return tuple(as_linear(mod).weight.shape)
 
 
-def _check_feasible(config, method, found, fixed, params_before) -> int | None:
+def _dense_note(dense) -> str:
+    """What stays dense in the blocks, for the infeasible-budget message."""
+    if not dense:
+        return ""
+    reasons = sorted({d.reason for d in dense})
+    return (f"; {len(dense)} block weights ({sum(d.params for d in dense):,} parameters) stay dense: "
+            f"{reasons[:5]}{' ...' if len(reasons) > 5 else ''}")
+
+
+def _check_feasible(config, method, found, fixed, params_before, dense=()) -> int | None:
     shapes = {name: _shape(mod) for name, (_, mod) in found.items()}
     too_big = [n for n, r in fixed.items() if r > method.max_rank(*shapes[n])]
     if too_big:
@@ -206,6 +215,7 @@ def _check_feasible(config, method, found, fixed, params_before) -> int | None:
     if target < floor:
         raise ValueError(_ERR_INFEASIBLE.format(
             target=target, before=params_before, count=len(found), floor=floor, maxred=1.0 - floor / params_before,
+            dense=_dense_note(dense),
         ))
     if target >= params_before:
         raise ValueError(f"target_params={target:,} must be below the current {params_before:,} parameters")
@@ -316,7 +326,7 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     params_before = count_parameters(model)
     fixed = {n: r for n, (_, mod) in found.items()
              if (r := _fixed_rank(config, method, n, _shape(mod))) is not None}
-    target = _check_feasible(config, method, found, fixed, params_before)
+    target = _check_feasible(config, method, found, fixed, params_before, dense)
     ranks, errors, ang, kept = dict(fixed), {}, None, {}
     if isinstance(config, CURingConfig):
         ang, kept = _curing_pass(config, found, calib)

@@ -36,6 +36,8 @@ FAMILIES = {
                        num_experts_per_tok=2)),
     "qwen3_moe": ("Qwen3-MoE", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   dict(_GQA, head_dim=8, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)),
+    "gpt_oss": ("gpt-oss", "GptOssConfig", "GptOssForCausalLM",
+                dict(_GQA, head_dim=8, num_local_experts=4, num_experts_per_tok=2)),
     "bert": ("BERT", "BertConfig", "BertForMaskedLM", dict(_COMMON, intermediate_size=64)),
     "roberta": ("RoBERTa", "RobertaConfig", "RobertaForMaskedLM",
                 dict(_COMMON, intermediate_size=64, max_position_embeddings=66)),

@@ -22,7 +22,7 @@ def _experts_of(model):
     return [m for m in model.modules() if isinstance(m, ExpertLinears)]
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss"])
 def test_opened_experts_are_the_same_map_with_the_same_parameters(family):
     model = make_tiny(family)
     ref, before = _logits(model), count_parameters(model)
@@ -31,7 +31,9 @@ def test_opened_experts_are_the_same_map_with_the_same_parameters(family):
     opened = model.model.layers[0].mlp.experts
     assert len(swaps) == 2 and isinstance(opened, ExpertLinears) and len(opened) == fused.num_experts
     assert count_parameters(model) == before
-    torch.testing.assert_close(opened[1].gate_up_proj.weight, fused.gate_up_proj[1], rtol=0, atol=0)
+    flip = fused.is_transposed  # gpt-oss stores in x out
+    torch.testing.assert_close(opened[1].gate_up_proj.weight, fused.gate_up_proj[1].T if flip else fused.gate_up_proj[1],
+                               rtol=0, atol=0)
     assert opened[1].down_proj.weight.data_ptr() == fused.down_proj[1].data_ptr()  # a view, no copy
     torch.testing.assert_close(_logits(model), ref)
 
@@ -116,20 +118,32 @@ def test_sequential_fits_routed_experts_on_the_dense_inputs():
     assert torch.isfinite(_logits(model)).all() and count_parameters(model) == report.params_after
 
 
-def test_experts_with_their_own_gating_stay_dense_with_the_reason():
+def test_experts_keep_their_own_gating():
     model = make_tiny("mixtral")
     fused = type(model.model.layers[0].mlp.experts)
 
     class OwnGate(fused):
         def _apply_gate(self, gate_up):
-            gate, up = gate_up.chunk(2, dim=-1)
-            return torch.sigmoid(gate) * up
+            gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+            return torch.sigmoid(gate * self.alpha) * up
 
     for layer in model.model.layers:
         layer.mlp.experts.__class__ = OwnGate
-    assert "own gating function" in fused_experts_problem(model.model.layers[0].mlp.experts)
-    with pytest.warns(AdaptersWarning, match=r"reach \d+% .*own gating function"):
+        layer.mlp.experts.alpha = 1.5
+    ref = _logits(model)
+    assert fused_experts_problem(model.model.layers[0].mlp.experts) is None
+    open_experts(model)
+    torch.testing.assert_close(_logits(model), ref)
+
+
+def test_experts_with_a_norm_after_each_stay_dense_with_the_reason():
+    model = make_tiny("mixtral")
+    for layer in model.model.layers:
+        layer.mlp.experts.has_post_expert_norm = True
+        layer.mlp.experts.post_expert_norm = torch.nn.Identity()
+    assert "norm after each expert" in fused_experts_problem(model.model.layers[0].mlp.experts)
+    with pytest.warns(AdaptersWarning, match=r"reach \d+% .*norm after each expert"):
         model, report = compress(model, calibration=calibration_tokens(), reduction=0.05, progress=False)
     reasons = {d["name"]: d["reason"] for d in report.dense}
-    assert "own gating function" in reasons["model.layers.0.mlp.experts.gate_up_proj"]
-    assert isinstance(model.model.layers[0].mlp.experts, OwnGate)
+    assert "norm after each expert" in reasons["model.layers.0.mlp.experts.gate_up_proj"]
+    assert type(model.model.layers[0].mlp.experts).__name__ == "MixtralExperts"
