@@ -15,7 +15,7 @@ from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, c
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
 from .planning import Calibration, Plan, build_plan, dense_lines
-from .targets import LeftDense, as_linear
+from .targets import LeftDense, as_linear, check_uncompressed
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
 
@@ -332,6 +332,7 @@ def compress(
     """
     t0 = time.perf_counter()
     config, given_plan = _resolve(config, options)
+    check_uncompressed(model)
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
     calib = Calibration(model, config, calibration, tokenizer, progress)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layer import _shared_linear
+
 __all__ = ["ExpertLinears", "fused_experts_problem", "is_fused_experts", "open_experts"]
 
 
@@ -57,15 +59,6 @@ class _Expert(nn.Module):
         self.up_name = up_name
         setattr(self, up_name, up)
         self.down_proj = down
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """A linear layer whose parameters are ``weight`` (out x in) and ``bias``, sharing their storage."""
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    lin.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
-    if bias is not None:
-        lin.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
-    return lin
 
 
 class ExpertLinears(nn.Module):
@@ -168,13 +161,14 @@ def _open(module: nn.Module) -> ExpertLinears:
     up_b = getattr(module, f"{up_name}_bias", None) if getattr(module, "has_bias", False) else None
     down_b = getattr(module, "down_proj_bias", None) if getattr(module, "has_bias", False) else None
     flip = getattr(module, "is_transposed", False)
+    grad = up.requires_grad
     experts = []
     for e in range(module.num_experts):
         w_up, w_down = (up[e].T, down[e].T) if flip else (up[e], down[e])
         experts.append(_Expert(
             up_name,
-            _linear(w_up, None if up_b is None else up_b[e]),
-            _linear(w_down, None if down_b is None else down_b[e]),
+            _shared_linear(w_up, None if up_b is None else up_b[e], requires_grad=grad),
+            _shared_linear(w_down, None if down_b is None else down_b[e], requires_grad=grad),
         ))
     gate_fn = None
     if has_gate and _own_gate(module) is not None:

@@ -18,11 +18,11 @@ from torch import nn
 
 from .calibration import find_decoder_layers
 from .experts import fused_experts_problem, is_fused_experts
-from .layer import FACTORED_LINEARS, LowRankLinear
+from .layer import FACTORED_LINEARS, LowRankLinear, _shared_linear
 
 __all__ = [
-    "ALL_LINEAR", "LINEAR_VIEWS", "TARGET_ALIASES", "LeftDense", "Survey", "as_linear", "find_targets", "matches",
-    "survey_targets",
+    "ALL_LINEAR", "LINEAR_VIEWS", "TARGET_ALIASES", "LeftDense", "Survey", "as_linear", "check_uncompressed",
+    "find_targets", "matches", "survey_targets",
 ]
 
 TARGET_ALIASES = {
@@ -95,11 +95,7 @@ def as_linear(module: nn.Module, /) -> nn.Linear:
             f"{type(module).__name__}; register a view of its weight in adapters.targets.LINEAR_VIEWS"
         )
     weight, bias = view(module)
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    lin.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
-    if bias is not None:
-        lin.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
-    return lin
+    return _shared_linear(weight, bias, requires_grad=weight.requires_grad)
 
 
 @dataclass
@@ -191,6 +187,14 @@ def _is_router(model: nn.Module, name: str) -> bool:
     return last in ("gate", "router") and hasattr(model.get_submodule(parent), "experts")
 
 
+def check_uncompressed(model: nn.Module, /) -> None:
+    """Raise ``ValueError`` if ``model`` already holds factored layers (compressing twice is refused)."""
+    factored = [(n, m) for n, m in model.named_modules() if isinstance(m, (*FACTORED_LINEARS, LowRankLinear))]
+    if factored:
+        raise ValueError(_ERR_COMPRESSED.format(
+            count=len(factored), example=factored[0][0], kind=type(factored[0][1]).__name__))
+
+
 def _items(spec) -> list:
     """The separate patterns of a targets/exclude spec (a string is one regular expression)."""
     if spec == ALL_LINEAR or not spec:
@@ -244,10 +248,7 @@ def survey_targets(
                 f"layers= must be indices in [0, {len(layer_list)}), got {bad}; the model has "
                 f"{len(layer_list)} blocks"
             )
-    factored = [(n, m) for n, m in model.named_modules() if isinstance(m, (*FACTORED_LINEARS, LowRankLinear))]
-    if factored:
-        raise ValueError(_ERR_COMPRESSED.format(
-            count=len(factored), example=factored[0][0], kind=type(factored[0][1]).__name__))
+    check_uncompressed(model)
     pat = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     linears, dense, block_params = {}, [], 0
     for name, mod in model.named_modules():

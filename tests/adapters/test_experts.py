@@ -147,3 +147,9 @@ def test_experts_with_a_norm_after_each_stay_dense_with_the_reason():
     reasons = {d["name"]: d["reason"] for d in report.dense}
     assert "norm after each expert" in reasons["model.layers.0.mlp.experts.gate_up_proj"]
     assert type(model.model.layers[0].mlp.experts).__name__ == "MixtralExperts"
+
+
+def test_opened_experts_keep_trainable_parameters():
+    model = make_tiny("mixtral")
+    open_experts(model)
+    assert all(p.requires_grad for p in model.model.layers[0].mlp.experts.parameters())

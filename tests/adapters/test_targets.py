@@ -68,12 +68,15 @@ def test_a_typo_names_the_pattern_and_the_names_there():
 
 
 def test_an_already_compressed_model_is_refused_untouched(calib_tokens):
-    from adapters import compress
+    from adapters import compress, plan
 
     model, _ = compress(make_tiny_llama(), calibration=calib_tokens, reduction=0.2, progress=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"already holds \d+ compressed layers.*Compress the original dense model"):
         compress(model, calibration=calib_tokens, reduction=0.1, progress=False)
+    with pytest.raises(ValueError, match=r"already holds \d+ compressed layers"):
+        compress(model, plan(make_tiny_llama(), calibration=calib_tokens, progress=False), calibration=calib_tokens,
+                 progress=False)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
