@@ -144,7 +144,8 @@ class Survey:
 
 _ERR_UNMATCHED = (
     "{what}={missing} matched no linear layer of the blocks (under {prefix!r}); the names there are "
-    "{available} (short names {aliases}). Fix the spelling, or pass targets='all-linear'"
+    "{available} (short names {aliases}); only linear layers inside the blocks are targets, not the "
+    "output head or the embeddings. Fix the spelling, or pass targets='all-linear'"
 )
 _ERR_COMPRESSED = (
     "the model already holds {count} compressed layers (e.g. {example}, {kind}); compressing it again "
