@@ -174,9 +174,14 @@ def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params) -> tuple[li
     return res.ranks, res.slack
 
 
+def _override_spec(key: str):
+    """An ``overrides`` key as a :func:`~adapters.targets.matches` spec: a regular expression or a name."""
+    return key if any(c in key for c in "\\[(*+?^$") else (key,)
+
+
 def _fixed_rank(config, method, name, shape) -> int | None:
     for key, value in config.overrides.items():
-        if matches(name, key if any(c in key for c in "\\[(*+?^$") else (key,)):
+        if matches(name, _override_spec(key)):
             return rank_for_fraction(method, *shape, value) if isinstance(value, float) else value
     rank = getattr(config, "rank", None)
     if rank is not None and not isinstance(config, CURingConfig):
@@ -323,6 +328,13 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit."""
     method = method_for(config)
     found, dense = _survey(model, config, method, filter_fn)
+    unused = [k for k in config.overrides if not any(matches(n, _override_spec(k)) for n in found)]
+    if unused:
+        finals = sorted({n.rsplit(".", 1)[-1] for n in found})
+        raise ValueError(
+            f"overrides keys {unused} match none of the selected layers (final names {finals}); fix the "
+            "spelling, or add the layers to targets="
+        )
     params_before = count_parameters(model)
     fixed = {n: r for n, (_, mod) in found.items()
              if (r := _fixed_rank(config, method, n, _shape(mod))) is not None}

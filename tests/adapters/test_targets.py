@@ -125,3 +125,11 @@ def test_a_pattern_reaching_few_parameters_warns(calib_tokens):
         plan(make_tiny_llama(), InterpolativeConfig(targets=["k"], reduction=0.01), calibration=calib_tokens,
              progress=False)
         plan(make_tiny_llama(), InterpolativeConfig(reduction=0.01), calibration=calib_tokens, progress=False)
+
+
+def test_an_override_that_matches_nothing_is_an_error(calib_tokens):
+    from adapters import plan
+
+    with pytest.raises(ValueError, match=r"overrides keys \['dwon_proj'\] match none.*'down_proj'"):
+        plan(make_tiny_llama(), InterpolativeConfig(overrides={"dwon_proj": 0.5}), calibration=calib_tokens,
+             progress=False)
