@@ -153,3 +153,13 @@ def test_opened_experts_keep_trainable_parameters():
     model = make_tiny("mixtral")
     open_experts(model)
     assert all(p.requires_grad for p in model.model.layers[0].mlp.experts.parameters())
+
+
+def test_a_typo_leaves_the_moe_model_as_it_was():
+    model = make_tiny("qwen2_moe")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"targets=\['gate_up'\] matched no linear layer.*'gate_up_proj'"):
+        compress(model, calibration=calibration_tokens(), targets=["gate_up"], progress=False)
+    assert type(model.model.layers[0].mlp.experts).__name__ == "Qwen2MoeExperts"
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
