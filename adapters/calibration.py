@@ -255,25 +255,37 @@ class _Stop(Exception):
     pass
 
 
+#: Final names of the block list in transformers' models (``encoder.layer``: BERT, RoBERTa).
+BLOCK_LIST_NAMES = ("layers", "h", "blocks", "layer")
+
+
 def find_decoder_layers(model: nn.Module, /) -> tuple[str, nn.ModuleList]:
-    """The decoder-layer list of a Hugging Face model: ``(dotted name, ModuleList)``.
+    """The block list of a Hugging Face model, decoder or encoder: ``(dotted name, ModuleList)``.
 
     Raises
     ------
     ValueError
-        If no ``ModuleList`` named ``*layers`` / ``*h`` / ``*blocks`` is found.
+        If no ``ModuleList`` named as in :data:`BLOCK_LIST_NAMES` is found.
     """
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model ({getattr(config, 'model_type', '?')}); "
+            "adapters compresses decoder-only and encoder-only models (docs/adapters.md, Families); "
+            "encoder-decoder models are not supported"
+        )
+    n = getattr(config, "num_hidden_layers", None)
     best = None
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks"):
+        if isinstance(mod, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES:
             if n is None or len(mod) == n:
                 if best is None or len(name) < len(best[0]):
                     best = (name, mod)
     if best is None:
         raise ValueError(
-            "could not find the decoder layers: expected a ModuleList named 'layers', 'h' or "
-            f"'blocks' with config.num_hidden_layers={n} entries in {type(model).__name__}"
+            f"could not find the blocks: expected a ModuleList named one of {BLOCK_LIST_NAMES} with "
+            f"config.num_hidden_layers={n} entries in {type(model).__name__}. Decoder-only and encoder-only "
+            "models are supported; encoder-decoder models (T5, BART) are not"
         )
     return best
 
@@ -315,9 +327,23 @@ class LayerRunner:
         device = next(first.parameters()).device
         takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
+        signature = inspect.signature(first.forward)
+        first_arg = next(iter(signature.parameters))
+
         def catch(_mod, args, kwargs):
-            self.hidden.append(args[0] if args else kwargs.pop("hidden_states"))
-            self.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            # Positional arguments after the hidden states (GPT-2's mask, BERT's) become keywords.
+            try:
+                bound = signature.bind(*args, **kwargs).arguments
+            except TypeError:  # a forward whose signature does not show its arguments
+                bound = {first_arg: args[0], **kwargs} if args else dict(kwargs)
+            kw = {}
+            for key, value in bound.items():
+                if key in signature.parameters and signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                    kw.update(value)
+                else:
+                    kw[key] = value
+            self.hidden.append(kw.pop(first_arg) if first_arg in kw else kw.pop("hidden_states"))
+            self.kwargs.append(kw)
             raise _Stop
 
         handle = first.register_forward_pre_hook(catch, with_kwargs=True)
@@ -339,8 +365,8 @@ class LayerRunner:
             handle.remove()
         for kw in self.kwargs:
             kw["use_cache"] = False
-            kw.pop("past_key_values", None)
-            kw.pop("past_key_value", None)
+            for key in ("past_key_values", "past_key_value", "layer_past", "cache"):
+                kw.pop(key, None)
 
     @torch.no_grad()
     def run_layer(self, index: int, hidden: list[torch.Tensor], /) -> list[torch.Tensor]:

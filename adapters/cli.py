@@ -121,7 +121,7 @@ def _add_compress_options(p: argparse.ArgumentParser) -> None:
         help_ = f"config field {name}{where}; default {default!r}"
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif isinstance(default, (tuple, list)) or name in ("layers",):
+        elif isinstance(default, (tuple, list)) or name in ("layers", "targets", "exclude"):
             kind = int if name == "layers" else str
             p.add_argument(flag, nargs="+", type=kind, default=None, help=help_)
         elif isinstance(default, (int, float, str)) and not isinstance(default, bool):

@@ -11,12 +11,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._common import count_parameters
-from .calibration import InputRecorder, accumulate_statistics
+from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .hf_quantizer import attach
 from .layer import FACTORED_LINEARS
+from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
-from .planning import Calibration, Plan, build_plan
+from .planning import Calibration, Plan, build_plan, dense_lines
+from .targets import LeftDense, as_linear, check_uncompressed
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
 
@@ -95,6 +97,10 @@ class CompressionReport:
         the statistics sum over).
     heal : dict or None
         :meth:`adapters.healing.HealResult.to_dict` of the healing run, when ``heal=`` was given.
+    dense : list of dict
+        Every 2-D weight of the blocks left dense, with the reason
+        (:class:`adapters.targets.LeftDense` as a dict); targets the plan left at rank 0 are
+        listed with the reason ``"rank 0 in the plan"``.
     """
 
     method: str
@@ -107,6 +113,7 @@ class CompressionReport:
     angular_distances: list | None = None
     options: dict = field(default_factory=dict)
     heal: dict | None = None
+    dense: list = field(default_factory=list)
 
     @property
     def reduction(self) -> float:
@@ -138,7 +145,7 @@ class CompressionReport:
                 "is valid; pass more calibration tokens or a larger ridge= to choose the shift yourself:"
             )
             lines.extend(f"  {m.name}: {m.whitening}" for m in fell)
-        return "\n".join(lines)
+        return "\n".join(lines + dense_lines(LeftDense(**d) for d in self.dense))
 
 
 def _resolve(config, options) -> tuple[CompressionConfig, Plan | None]:
@@ -173,10 +180,19 @@ class _Applier:
         self.swaps: list = []
         self.reports: list[ModuleReport] = []
         self.planned = {m.name: m for m in plan.modules if m.rank > 0}
+        self.routed = {f"{n}.{sub}" for n, mod in model.named_modules() if isinstance(mod, ExpertLinears)
+                       for sub, _ in mod.named_modules() if sub}
 
-    def fit(self, name, lin, stats) -> None:
+    def fit(self, name, module, stats) -> None:
         mp = self.planned[name]
+        if stats is None:
+            raise CalibrationError(
+                f"{name} received no calibration token in this pass (an expert the compressed layers before "
+                "it no longer route to), so it cannot be fitted; pass more calibration data, or "
+                "sequential=False to fit on the dense model's statistics"
+            )
         t = time.perf_counter()
+        lin = as_linear(module)
         res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
         before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
         self.reports.append(ModuleReport(
@@ -228,13 +244,19 @@ class _Applier:
                     xd = rec.take()
                     if sequential and hc is not hd:
                         runner.layers[i](hc, **kw)
-                        accumulate_statistics(stats, rec.take(), reference=xd, weighting=weighting)
+                        xc = rec.take()
+                        # A routed expert sees other tokens on the two paths: no paired rows, so
+                        # it is fitted on the dense path's inputs alone.
+                        accumulate_statistics(stats, {n: x for n, x in xc.items() if n not in self.routed},
+                                              reference=xd, weighting=weighting)
+                        accumulate_statistics(stats, {n: x for n, x in xd.items() if n in self.routed},
+                                              weighting=weighting)
                     else:
                         accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
             for name, lin in ready.items():
                 self.fit(name, lin, kept[name])
             for name, lin in mods.items():
-                self.fit(name, lin, stats[name])
+                self.fit(name, lin, stats.get(name))
             for s in {id(s): s for s in stats.values()}.values():
                 self.metrics.drop(s)
             h_c = runner.run_layer(i, h_c) if sequential else out_d
@@ -253,12 +275,14 @@ def compress(
     heal: bool | dict = False,
     **options,
 ):
-    """Compress the linear layers of a decoder model, in place: plan (unless given one), then apply.
+    """Compress the linear layers of a transformer's blocks, in place: plan (unless given one), then apply.
 
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A decoder-only model; modified in place, nothing is copied.
+        A decoder-only or encoder-only model (the families of docs/adapters.md, Families);
+        modified in place, nothing is copied. Fused 3-D expert parameters are opened into one
+        linear layer per expert matrix (:func:`adapters.experts.open_experts`).
     config : CompressionConfig or Plan, default InterpolativeConfig()
         What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
         :func:`adapters.plan` (possibly edited) to apply as it is.
@@ -292,7 +316,8 @@ def compress(
     Raises
     ------
     ValueError
-        Bad options; no matching layers; infeasible budget; ``heal`` on calibration with an
+        Bad options; no matching layers, a target pattern that matches nothing, a model that
+        already holds compressed layers; infeasible budget; ``heal`` on calibration with an
         ``attention_mask`` and no ``data`` of its own (all before the model is touched).
     TypeError
         ``config`` of an unknown type; float token ids.
@@ -301,6 +326,12 @@ def compress(
         vocabulary, a stream shorter than ``nsamples * seqlen`` tokens; checked before any
         forward pass), or no calibration and no tokenizer for the default.
 
+    Warns
+    -----
+    AdaptersWarning
+        ``targets`` (``"all-linear"`` or a regular expression) reach less than half of the
+        parameters of the blocks' 2-D weights (:data:`adapters.planning.MIN_COVERAGE`).
+
     Notes
     -----
     Ranks come from :func:`curlinalg.allocate_ranks` on relative error curves measured on the
@@ -308,7 +339,10 @@ def compress(
     met to within one rank step of one matrix and ``report.params_after`` (counted on the
     model) never exceeds it. Without sequential calibration the dense statistics recorded for
     the curves are reused for the fits: one Gram and one Cholesky factor per shared input
-    (q/k/v share theirs). Any exception restores every replaced module before it propagates.
+    (q/k/v share theirs); with sequential calibration, routed experts are fitted on the dense
+    model's inputs (the two paths route other tokens to them, so no rows pair up). Any
+    exception restores every replaced module, fused experts included, before it propagates.
+    ``report.dense`` lists every 2-D weight of the blocks left dense and why.
     The factorisations are in docs/adapters.md (Methods).
 
     References
@@ -331,13 +365,16 @@ def compress(
             "text, ...}, or heal afterwards with adapters.heal"
         )
     config, given_plan = _resolve(config, options)
+    check_uncompressed(model)
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
     calib = Calibration(model, config, calibration, tokenizer, progress)
     was_training = model.training
     model.eval()
     applier = None
+    opened = []
     try:
+        opened = open_experts(model)
         keep = not (isinstance(config, ActivationConfig) and config.sequential)
         the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep)
         applier = _Applier(model, the_plan, method, calib, metrics, progress)
@@ -349,13 +386,19 @@ def compress(
                 "this is a bug, please report it"
             )
     except BaseException:
-        for parent, attr, old in reversed(applier.swaps if applier else []):
+        for parent, attr, old in reversed(opened + (applier.swaps if applier else [])):
             setattr(parent, attr, old)
         raise
     finally:
         model.train(was_training)
+    for mod in model.modules():
+        if isinstance(mod, ExpertLinears):
+            mod.own_storage()
     order = {m.name: k for k, m in enumerate(the_plan.modules)}
     reports = sorted(applier.reports, key=lambda r: order[r.name])
+    dense = [asdict(d) for d in the_plan.dense] + [
+        asdict(LeftDense(m.name, m.shape, m.params_before, "rank 0 in the plan")) for m in the_plan.modules if m.rank == 0
+    ]
     model.compression_config = config
     if hasattr(model, "config") and any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
@@ -368,7 +411,7 @@ def compress(
         method=config.method, modules=reports, params_before=the_plan.params_before, params_after=params_after,
         target_params=the_plan.target_params, seconds=time.perf_counter() - t0,
         layers=sorted({r.layer for r in reports}), angular_distances=the_plan.angular_distances,
-        options=options_out, heal=heal_result,
+        options=options_out, heal=heal_result, dense=dense,
     )
 
 

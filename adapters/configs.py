@@ -33,8 +33,8 @@ __all__ = [
     "config_from_options",
 ]
 
-#: Short names of the seven linear layers of a Llama-style decoder block.
-DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+#: Every linear layer of the blocks (:data:`adapters.targets.ALL_LINEAR`), in every family.
+DEFAULT_TARGETS = "all-linear"
 
 _ERR_UNKNOWN = (
     "unknown option(s) {names} for {cls}; its options are {known}. Pick the config of the method "
@@ -54,10 +54,12 @@ class CompressionConfig:
 
     Attributes
     ----------
-    targets : str or tuple of str
-        Which linears (:func:`adapters.targets.find_targets`): short names ``q k v o gate up
-        down``, final name parts (``"fc1"``), full dotted names, ``"all-linear"``, or one
-        string used as a regular expression on the full dotted name.
+    targets : str or tuple of str, default "all-linear"
+        Which linears (:func:`adapters.targets.find_targets`): ``"all-linear"`` (every linear
+        layer of the blocks, including ``Conv1D``, fused projections and each routed expert's
+        matrices), short names ``q k v o gate up down``, final name parts (``"fc1"``), full
+        dotted names, or one string used as a regular expression on the full dotted name. A
+        pattern that matches nothing is an error.
     exclude : tuple of str
         Names, final name parts or a regular expression (as ``targets``) to leave dense.
     layers : tuple of int, optional
@@ -73,6 +75,9 @@ class CompressionConfig:
 
     method: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    #: Whether targets naming less than half of the blocks' linear parameters deserve a warning
+    #: (False for a method whose targets are a deliberate subset).
+    covers_blocks: ClassVar[bool] = True
 
     targets: object = DEFAULT_TARGETS
     exclude: tuple = ()
@@ -272,6 +277,7 @@ class CURingConfig(CompressionConfig):
     """
 
     method: ClassVar[str] = "curing"
+    covers_blocks: ClassVar[bool] = False
     targets: object = ("q", "k", "gate")
     rank: int | None = None
     max_rank: int = 256

@@ -41,7 +41,12 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configs import config_from_dict
+from .experts import ExpertLinears, open_experts
 from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
+from .targets import LINEAR_VIEWS, as_linear
+
+#: Module types a compressed layer may replace (``nn.Linear``, transformers' ``Conv1D``).
+_SLOTS = tuple(LINEAR_VIEWS)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -88,6 +93,10 @@ class CompressedCheckpointConfig(QuantizationConfigMixin):
     compression : dict, optional
         The compression config (:meth:`adapters.configs.CompressionConfig.to_dict`), restored as
         ``model.compression_config`` when the checkpoint loads.
+    experts : list of str
+        Fused-experts modules (MoE, 3-D parameters) that compression opened into one linear
+        layer per expert matrix (:func:`adapters.experts.open_experts`); loading opens them again
+        before it places the compressed layers.
 
     Raises
     ------
@@ -108,6 +117,7 @@ class CompressedCheckpointConfig(QuantizationConfigMixin):
     format_version: int = FORMAT_VERSION
     modules: dict = field(default_factory=dict)
     compression: dict | None = None
+    experts: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.quant_method != QUANT_METHOD:
@@ -123,6 +133,10 @@ class CompressedCheckpointConfig(QuantizationConfigMixin):
         if not isinstance(self.modules, dict):
             raise CheckpointMismatchError(f"quantization_config 'modules' must map module names to entries, got {self.modules!r}")
         self.modules = {name: _checked_spec(name, spec) for name, spec in self.modules.items()}
+        if not isinstance(self.experts, list) or not all(isinstance(n, str) for n in self.experts):
+            raise CheckpointMismatchError(
+                f"quantization_config 'experts' must be a list of module names, got {self.experts!r}; {_RESAVE}"
+            )
         if self.compression is not None:
             try:
                 config_from_dict(self.compression)
@@ -150,6 +164,7 @@ class CompressedCheckpointConfig(QuantizationConfigMixin):
         return cls(
             modules={name: _spec_of(mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)},
             compression=None if used is None else used.to_dict(),
+            experts=[name for name, mod in model.named_modules() if isinstance(mod, ExpertLinears)],
         )
 
     @classmethod
@@ -165,7 +180,7 @@ class CompressedCheckpointConfig(QuantizationConfigMixin):
             spec = dict(spec)
             spec.setdefault("form", "cur")  # written before the form was recorded: C U R
             modules[name] = spec
-        return cls(modules=modules, compression=section.get("config"))
+        return cls(modules=modules, compression=section.get("config"), experts=list(section.get("experts", [])))
 
 
 def _checked_spec(name, spec) -> dict:
@@ -210,11 +225,25 @@ def _locate(model: nn.Module, name: str) -> str | None:
         candidates.append(f"{prefix}.{name}")
     for candidate in candidates:
         try:
-            if isinstance(model.get_submodule(candidate), nn.Linear):
+            if isinstance(model.get_submodule(candidate), _SLOTS):
                 return candidate
         except AttributeError:
             continue
     return None
+
+
+def _as_model_keys(model: nn.Module, stored: dict[str, tuple] | None) -> dict[str, tuple] | None:
+    """Checkpoint tensor names as the model's: transformers renames some on load (Mixtral's
+    ``block_sparse_moe`` is ``mlp`` in the model) and back on save; apply the same renamings."""
+    if not stored:
+        return stored
+    try:  # the loader's own mapping (the function PEFT uses too)
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+    except ImportError:  # pragma: no cover - older transformers: names are stored as they are
+        return stored
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    return {apply_renamings(k, renamings): v for k, v in stored.items()} if renamings else stored
 
 
 def _stored_shapes(checkpoint_files) -> dict[str, tuple] | None:
@@ -302,8 +331,12 @@ class CompressedQuantizer(HfQuantizer):
     requires_calibration = False
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-        stored = _stored_shapes(checkpoint_files)
+        stored = _as_model_keys(model, _stored_shapes(checkpoint_files))
         records = self.quantization_config.modules
+        try:
+            open_experts(model, names=self.quantization_config.experts)
+        except ValueError as exc:
+            raise CheckpointMismatchError(f"{exc}; {_RESAVE}") from None
         for name, spec in records.items():
             where = _locate(model, name)
             if where is None:
@@ -312,7 +345,7 @@ class CompressedQuantizer(HfQuantizer):
                     "linear layer of that name; the config.json architecture and the record do not match, "
                     f"{_RESAVE}"
                 )
-            old = model.get_submodule(where)
+            old = as_linear(model.get_submodule(where))  # a Conv1D is read as its transpose
             m, n = spec["out_features"], spec["in_features"]
             if (old.out_features, old.in_features) != (m, n):
                 raise CheckpointMismatchError(
@@ -325,7 +358,13 @@ class CompressedQuantizer(HfQuantizer):
             if stored is not None:
                 _compare(name, spec, shell, stored)
             parent, _, attr = where.rpartition(".")
-            setattr(model.get_submodule(parent), attr, shell)
+            holder = model.get_submodule(parent)
+            setattr(holder, attr, shell)
+            # transformers re-initialises modules it does not see as loaded; a parent's init may
+            # reach for its child's ``weight`` (GPT-2 scales c_proj.weight), which a factored
+            # layer does not have. Its own weights come from the checkpoint: skip both.
+            shell._is_hf_initialized = True
+            holder._is_hf_initialized = True
         if stored is not None:
             recorded = set(records)
             factored_keys = {k.rpartition(".")[0] for k in stored if k.rpartition(".")[2] in ("C", "U", "P")}

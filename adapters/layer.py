@@ -84,6 +84,19 @@ def break_even_rank(out_features: int, in_features: int, /) -> int:
     return r
 
 
+def _shared_linear(weight: torch.Tensor, bias: torch.Tensor | None, /, *, requires_grad: bool) -> nn.Linear:
+    """An :class:`torch.nn.Linear` whose parameters are ``weight`` (out x in) and ``bias``, storage shared.
+
+    For views of other layouts (``Conv1D``'s transposed weight, one expert of a fused 3-D
+    parameter): no copy is made, so writing through either writes both.
+    """
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(weight, requires_grad=requires_grad)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias, requires_grad=requires_grad)
+    return lin
+
+
 def _complement(rows: torch.Tensor, size: int, /) -> torch.Tensor:
     """The indices in ``range(size)`` not in ``rows``, increasing, on ``rows``' device."""
     keep = torch.zeros(size, dtype=torch.bool, device=rows.device)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -12,12 +14,13 @@ from tqdm.auto import tqdm
 
 import curlinalg
 
-from ._common import count_parameters
+from ._common import AdaptersWarning, count_parameters
 from .calibration import LayerRunner, angular_distance, default_calibration, prepare_calibration, record_layer
 from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, config_from_dict
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
-from .targets import find_targets, matches
+from .experts import open_experts
+from .targets import LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
 
@@ -26,10 +29,22 @@ __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
 #: again when they are fitted.
 KEEP_BYTES = 6 << 30
 
+#: Below this fraction of the blocks' 2-D parameters reached by a pattern (``"all-linear"`` or a
+#: regular expression), a warning says what the pattern leaves out: fused experts that cannot be
+#: opened, weights that are not linear layers, a regular expression narrower than meant. A list
+#: of names selects what it names (a name that matches nothing is an error).
+MIN_COVERAGE = 0.5
+
+_WARN_COVERAGE = (
+    "targets={targets!r} reach {covered:.0%} of the parameters of the blocks' 2-D weights; left dense: "
+    "{left}. Pass targets naming the layers you mean; weights that are not linear layers stay dense "
+    "(report.dense says why)"
+)
+
 _ERR_INFEASIBLE = (
     "the budget target_params={target:,} cannot be met: the model has {before:,} parameters and "
     "compressing every eligible matrix ({count}) at rank 1 still leaves {floor:,}. Ask for a "
-    "smaller reduction= (at most {maxred:.4f}), a larger target_params=, or add targets="
+    "smaller reduction= (at most {maxred:.4f}), a larger target_params=, or add targets={dense}"
 )
 
 
@@ -77,6 +92,9 @@ class Plan:
         The budget (None for fixed ranks).
     angular_distances : list of float or None
         CURing's per-layer scores, when computed.
+    dense : list of LeftDense
+        Every other 2-D weight of the blocks, with the reason it stays dense (targets at rank
+        0 are in ``modules``).
     """
 
     config: CompressionConfig
@@ -84,6 +102,7 @@ class Plan:
     params_before: int
     target_params: int | None
     angular_distances: list | None = None
+    dense: list = field(default_factory=list)
     _kept: dict = field(default_factory=dict, repr=False, compare=False)
 
     def params_after(self, method: Method | None = None) -> int:
@@ -104,14 +123,16 @@ class Plan:
             "config": self.config.to_dict(), "modules": [asdict(m) for m in self.modules],
             "params_before": self.params_before, "target_params": self.target_params,
             "params_after": self.params_after(), "angular_distances": self.angular_distances,
+            "dense": [asdict(d) for d in self.dense],
         }
 
     @classmethod
     def from_dict(cls, data: dict, /) -> "Plan":
         """Rebuild a plan written by :meth:`to_dict`."""
         mods = [ModulePlan(**{**m, "shape": tuple(m["shape"])}) for m in data["modules"]]
+        dense = [LeftDense(**{**d, "shape": tuple(d["shape"])}) for d in data.get("dense", [])]
         return cls(config_from_dict(data["config"]), mods, data["params_before"], data["target_params"],
-                   data.get("angular_distances"))
+                   data.get("angular_distances"), dense)
 
     def summary(self) -> str:
         """A short table."""
@@ -119,7 +140,25 @@ class Plan:
         for m in self.modules:
             err = "" if m.predicted_error is None else f"{m.predicted_error:8.4f}"
             lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {err}")
-        return "\n".join(lines)
+        return "\n".join(lines + dense_lines(self.dense))
+
+
+def _pattern(name: str) -> str:
+    """``model.layers.3.mlp.experts.7.down_proj`` -> ``model.layers.*.mlp.experts.*.down_proj``."""
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+def dense_lines(dense) -> list[str]:
+    """Summary lines for the block weights left dense: one per distinct (pattern, reason), counted."""
+    groups: dict[tuple, list] = {}
+    for d in dense:
+        groups.setdefault((_pattern(d.name), d.reason), []).append(d)
+    if not groups:
+        return []
+    lines = ["left dense:"]
+    for (pattern, reason), items in groups.items():
+        lines.append(f"  {pattern:46s} x{len(items):<4d} {sum(d.params for d in items):>12,d}  {reason}")
+    return lines
 
 
 def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params) -> tuple[list[int], int]:
@@ -135,9 +174,14 @@ def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params) -> tuple[li
     return res.ranks, res.slack
 
 
+def _override_spec(key: str):
+    """An ``overrides`` key as a :func:`~adapters.targets.matches` spec: a regular expression or a name."""
+    return key if any(c in key for c in "\\[(*+?^$") else (key,)
+
+
 def _fixed_rank(config, method, name, shape) -> int | None:
     for key, value in config.overrides.items():
-        if matches(name, key if any(c in key for c in "\\[(*+?^$") else (key,)):
+        if matches(name, _override_spec(key)):
             return rank_for_fraction(method, *shape, value) if isinstance(value, float) else value
     rank = getattr(config, "rank", None)
     if rank is not None and not isinstance(config, CURingConfig):
@@ -145,8 +189,21 @@ def _fixed_rank(config, method, name, shape) -> int | None:
     return None
 
 
-def _check_feasible(config, method, found, fixed, params_before) -> int | None:
-    shapes = {name: tuple(mod.weight.shape) for name, (_, mod) in found.items()}
+def _shape(mod) -> tuple:
+    return tuple(as_linear(mod).weight.shape)
+
+
+def _dense_note(dense) -> str:
+    """What stays dense in the blocks, for the infeasible-budget message."""
+    if not dense:
+        return ""
+    reasons = sorted({d.reason for d in dense})
+    return (f"; {len(dense)} block weights ({sum(d.params for d in dense):,} parameters) stay dense: "
+            f"{reasons[:5]}{' ...' if len(reasons) > 5 else ''}")
+
+
+def _check_feasible(config, method, found, fixed, params_before, dense=()) -> int | None:
+    shapes = {name: _shape(mod) for name, (_, mod) in found.items()}
     too_big = [n for n, r in fixed.items() if r > method.max_rank(*shapes[n])]
     if too_big:
         (m, k), r = shapes[too_big[0]], fixed[too_big[0]]
@@ -163,6 +220,7 @@ def _check_feasible(config, method, found, fixed, params_before) -> int | None:
     if target < floor:
         raise ValueError(_ERR_INFEASIBLE.format(
             target=target, before=params_before, count=len(found), floor=floor, maxred=1.0 - floor / params_before,
+            dense=_dense_note(dense),
         ))
     if target >= params_before:
         raise ValueError(f"target_params={target:,} must be below the current {params_before:,} parameters")
@@ -209,6 +267,7 @@ def _by_layer(found) -> dict[int, dict]:
 def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
     """One pass over the dense model: every error curve, and the statistics worth keeping."""
     by_layer, curves, kept, used = _by_layer(found), {}, {}, 0
+    silent = []
     weighting = config.token_weighting
     runner = calib.runner
     hidden = runner.hidden
@@ -216,9 +275,12 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
         mods = by_layer.get(i, {})
         stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
         for name, lin in mods.items():
+            if name not in stats:  # an expert no calibration token was routed to
+                silent.append(name)
+                continue
             # Relative errors: absolute ones follow the activation scale, which grows with
             # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-            curves[name] = method.curve(config, lin.weight, stats[name], metrics)
+            curves[name] = method.curve(config, as_linear(lin).weight, stats[name], metrics)
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)
         if keep and used + size <= KEEP_BYTES:
@@ -229,7 +291,7 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
             for s in distinct:
                 metrics.drop(s)
         hidden = out
-    return curves, kept
+    return curves, kept, silent
 
 
 def _last(h: torch.Tensor, mask) -> torch.Tensor:
@@ -255,26 +317,66 @@ def _curing_pass(config, found, calib) -> tuple[list, dict]:
     return ang, kept
 
 
+def _survey(model, config, method, filter_fn):
+    """The targets that can be factored, and every other block weight with its reason."""
+    survey = survey_targets(model, targets=config.targets, layers=config.layers, exclude=config.exclude,
+                            filter_fn=filter_fn)
+    found, dense = {}, list(survey.dense)
+    for name, (i, mod) in survey.found.items():
+        m, n = _shape(mod)
+        if method.max_rank(m, n) < 1:
+            bias = as_linear(mod).bias
+            dense.append(LeftDense(name, (m, n), m * n + (0 if bias is None else bias.numel()),
+                                   f"no rank below the break-even rank of a {m}x{n} weight"))
+        else:
+            found[name] = (i, mod)
+    if not found:
+        raise ValueError(
+            f"no selected layer can be factored: each of {sorted(survey.found)[:5]} is too small (no rank "
+            "below its break-even rank); pass targets= naming larger layers"
+        )
+    covered = survey.targeted_params / max(survey.block_params, 1)
+    if config.covers_blocks and isinstance(config.targets, str) and covered < MIN_COVERAGE:
+        left = sorted({f"{_pattern(d.name)} ({d.reason})" for d in dense
+                       if d.reason not in ("excluded (exclude=)", "block not selected (layers=)", "filter_fn returned False")})
+        warnings.warn(_WARN_COVERAGE.format(targets=config.targets, covered=covered, left=left[:10]),
+                      AdaptersWarning, stacklevel=4)
+    return found, dense
+
+
 def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False) -> Plan:
     """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit."""
     method = method_for(config)
-    found = find_targets(model, targets=config.targets, layers=config.layers, exclude=config.exclude,
-                         filter_fn=filter_fn)
+    found, dense = _survey(model, config, method, filter_fn)
+    unused = [k for k in config.overrides if not any(matches(n, _override_spec(k)) for n in found)]
+    if unused:
+        finals = sorted({n.rsplit(".", 1)[-1] for n in found})
+        raise ValueError(
+            f"overrides keys {unused} match none of the selected layers (final names {finals}); fix the "
+            "spelling, or add the layers to targets="
+        )
     params_before = count_parameters(model)
     fixed = {n: r for n, (_, mod) in found.items()
-             if (r := _fixed_rank(config, method, n, tuple(mod.weight.shape))) is not None}
-    target = _check_feasible(config, method, found, fixed, params_before)
+             if (r := _fixed_rank(config, method, n, _shape(mod))) is not None}
+    target = _check_feasible(config, method, found, fixed, params_before, dense)
     ranks, errors, ang, kept = dict(fixed), {}, None, {}
     if isinstance(config, CURingConfig):
         ang, kept = _curing_pass(config, found, calib)
         layers = config.layers or sorted(sorted(_by_layer(found), key=lambda i: ang[i])[: config.n_layers])
         for name, (i, mod) in found.items():
-            m, n = mod.weight.shape
+            m, n = _shape(mod)
             ranks[name] = 0 if i not in layers else (config.rank or min(method.max_rank(m, n), config.max_rank))
     elif target is not None:
-        curves, kept = _curves(config, method, found, calib, metrics, keep)
+        curves, kept, silent = _curves(config, method, found, calib, metrics, keep)
+        for name in silent:
+            _, mod = found.pop(name)
+            lin = as_linear(mod)
+            dense.append(LeftDense(name, tuple(lin.weight.shape), sum(p.numel() for p in lin.parameters()),
+                                   "no calibration token was routed to this expert"))
+            fixed.pop(name, None)
+            ranks.pop(name, None)
         free = [n for n in found if n not in fixed]
-        shapes = {n: tuple(mod.weight.shape) for n, (_, mod) in found.items()}
+        shapes = {n: _shape(mod) for n, (_, mod) in found.items()}
         need = params_before - target - sum(
             shapes[n][0] * shapes[n][1] - method.params(*shapes[n], r) for n, r in fixed.items()
         )
@@ -283,11 +385,11 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
         ranks.update(zip(free, chosen))
         errors = {n: math.sqrt(max(float(curves[n][r - 1]), 0.0)) for n, r in ranks.items() if r > 0}
     modules = [
-        ModulePlan(name, i, tuple(mod.weight.shape), ranks.get(name, 0),
-                   mod.weight.numel() + (0 if mod.bias is None else mod.bias.numel()), errors.get(name))
+        ModulePlan(name, i, _shape(mod), ranks.get(name, 0), sum(p.numel() for p in as_linear(mod).parameters()),
+                   errors.get(name))
         for name, (i, mod) in found.items()
     ]
-    return Plan(config, modules, params_before, target, ang, kept if keep else {})
+    return Plan(config, modules, params_before, target, ang, dense, kept if keep else {})
 
 
 def plan(
@@ -305,7 +407,7 @@ def plan(
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A decoder model; read, never modified (the calibration forward passes run in eval mode
+        A decoder or encoder model; read, never modified (the calibration forward passes run in eval mode
         and the mode is restored).
     config : CompressionConfig, default InterpolativeConfig()
     calibration, tokenizer
@@ -324,7 +426,20 @@ def plan(
     Raises
     ------
     ValueError
-        No matching layers; infeasible budget or ranks (before any calibration runs).
+        No matching layers, a target pattern that matches nothing, an already compressed
+        model; infeasible budget or ranks (before any calibration runs).
+
+    Warns
+    -----
+    AdaptersWarning
+        When ``targets``, ``"all-linear"`` or a regular expression, reach less than
+        :data:`MIN_COVERAGE` of the parameters of the blocks' 2-D weights.
+
+    Notes
+    -----
+    Fused 3-D expert parameters are opened into per-expert linear layers
+    (:func:`adapters.experts.open_experts`, views of the same tensors) for the duration of the
+    call and put back before it returns.
 
     Examples
     --------
@@ -334,9 +449,12 @@ def plan(
     config = InterpolativeConfig() if config is None else config
     was_training = model.training
     model.eval()
+    opened = open_experts(model)
     try:
         calib = Calibration(model, config, calibration, tokenizer, progress)
         return build_plan(model, config, calib=calib, metrics=Metrics(getattr(config, "ridge", 0.0)),
                           filter_fn=filter_fn)
     finally:
+        for parent, attr, old in reversed(opened):
+            setattr(parent, attr, old)
         model.train(was_training)

@@ -9,7 +9,7 @@ from torch import nn
 from .compression import compress
 from .configs import CompressionConfig, InterpolativeConfig, config_from_options
 from .planning import Plan, plan
-from .targets import TARGET_ALIASES
+from .targets import ALL_LINEAR, TARGET_ALIASES
 
 __all__ = ["LLAMA", "MISTRAL", "PRESETS", "Preset", "QWEN2"]
 
@@ -47,6 +47,8 @@ class Preset:
             config = config_from_options(**options) if options else InterpolativeConfig()
         elif options:
             config = type(config).with_options(config, **options)
+        if config.targets == ALL_LINEAR:
+            config = type(config).with_options(config, targets=self.targets)
         targets = config.targets
         names = set(self.targets) | {TARGET_ALIASES[t] for t in self.targets}
         if isinstance(targets, str) or not set(targets) <= names:
