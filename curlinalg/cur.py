@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from . import _backend, _errors, _validation
+from . import _backend, _errors, _validation, batched
 from .bounds import selection_constant
 from .cores import CoreFactors, _cross_factors, _optimal_factors
 from .leverage import leverage_sample
@@ -264,20 +264,12 @@ def cur(
     xp = op.xp
     m, n = op.shape
     kmax = min(m, n)
-    _validation.check_choice(method, "method", METHODS)
-    _validation.check_choice(core, "core", CORES)
-    _validation.check_choice(basis, "basis", ("auto", "exact", "randomized"))
-    oversample = _validation.check_int(oversample, "oversample", minimum=0)
-    power_iters = _validation.check_int(power_iters, "power_iters", minimum=0)
-    if rank is not None:
-        rank = _validation.check_rank(rank, kmax)
-    rtol = _validation.check_tol(rtol, "rtol")
-    atol = _validation.check_tol(atol, "atol")
-    core_rtol = _validation.check_tol(core_rtol, "core_rtol")
-    if core_rtol is not None and core != "cross":
-        raise ValueError(_errors.CORE_RTOL.format(core=core))
-    if rank is None and rtol is None and atol is None:
-        raise ValueError(_errors.NO_STOP)
+    checked = _check_options(kmax, dict(
+        rank=rank, rtol=rtol, atol=atol, method=method, core=core, core_rtol=core_rtol,
+        oversample=oversample, power_iters=power_iters, basis=basis,
+    ))
+    rank, rtol, atol, core_rtol, oversample, power_iters = (checked[k] for k in (
+        "rank", "rtol", "atol", "core_rtol", "oversample", "power_iters"))
     _validation.check_rng(rng, op.like)
     kind = "randomized" if method == "randomized" else basis
     seeds = _streams(rng, 4)
@@ -308,11 +300,39 @@ def cur(
     return search.run(rtol, atol)
 
 
+def _check_options(kmax: int, o: dict[str, Any]) -> dict[str, Any]:
+    """:func:`cur`'s options checked (types, ranges, combinations) and normalised."""
+    _validation.check_choice(o["method"], "method", METHODS)
+    _validation.check_choice(o["core"], "core", CORES)
+    _validation.check_choice(o["basis"], "basis", ("auto", "exact", "randomized"))
+    o = dict(o)
+    o["oversample"] = _validation.check_int(o["oversample"], "oversample", minimum=0)
+    o["power_iters"] = _validation.check_int(o["power_iters"], "power_iters", minimum=0)
+    if o["rank"] is not None:
+        o["rank"] = _validation.check_rank(o["rank"], kmax)
+    for key in ("rtol", "atol", "core_rtol"):
+        o[key] = _validation.check_tol(o[key], key)
+    if o["core_rtol"] is not None and o["core"] != "cross":
+        raise ValueError(_errors.CORE_RTOL.format(core=o["core"]))
+    if o["rank"] is None and o["rtol"] is None and o["atol"] is None:
+        raise ValueError(_errors.NO_STOP)
+    return o
+
+
 def _cur_batch(A: Any, /, *, rng: Any, **options: Any) -> CURBatch:
-    """One :func:`cur` per matrix of the stack; each gets its own seed from ``rng``."""
+    """Batched kernels for a torch stack that allows them (:mod:`curlinalg.batched`), else one
+    :func:`cur` per matrix, each with its own seed from ``rng``."""
     if A.shape[0] == 0:
         raise ValueError(_errors.EMPTY.format(shape=tuple(A.shape)))
     _validation.check_matrix(A[0])  # the first matrix's checks, before any work on the others
     _validation.check_rng(rng, A)
+    o = _check_options(min(A.shape[-2:]), options)
+    if batched.supports(A, **{k: o[k] for k in (
+            "rank", "rtol", "atol", "method", "core", "basis", "oversample")}):
+        if not _validation.all_finite(A, _backend.namespace(A)):
+            raise ValueError(_errors.NOT_FINITE.format(name="stack"))
+        out = batched.batched_cur(A, rank=o["rank"], method=o["method"], core=o["core"])
+        if out is not None:
+            return out
     seeds = _streams(rng, A.shape[0])
     return CURBatch(tuple(cur(A[i], rng=seeds[i], **options) for i in range(A.shape[0])))
