@@ -12,13 +12,16 @@ factors are timed side by side in one process (interleaved rounds, medians, one 
   ``"none"`` (its choice for ``n_iter <= 2``);
 * scipy ``interp_decomp(A, k, rand=True)`` (one round, no warm-up).
 
+Then, outside the timed rounds, cProfile splits our time per call into the products with ``A``
+and the other kernels (:data:`PHASES`): what limits the ratio to sklearn.
+
 Errors are ``||A - approx||_F / ||A - A_k||_F`` (the optimum, known from ``s``). A CUR keeps
 ``k`` actual columns and rows, so at the same rank its error is above the truncated SVD's by the
 factor its selection costs (``eta``); the table says how much, beside the time.
 
 Usage::
 
-    .venv/bin/python benchmarks/randomized_cpu.py                  # about 5 minutes on 2 cores
+    .venv/bin/python benchmarks/randomized_cpu.py                  # about 4 minutes on 2 cores
     .venv/bin/python benchmarks/randomized_cpu.py --sizes 1000:30 --repeats 3   # quick look
 """
 
@@ -94,6 +97,39 @@ def targets(by):
     return out
 
 
+#: Where a call's time goes, by the function that spends it (cProfile's own time).
+PHASES = {
+    "products with A (_operand matmat/rmatmat)": ("_operand.py", ("matmat", "rmatmat")),
+    "QR (range finder's last step; C and R for the core)": ("_linalg.py", ("qr",)),
+    "SVD (the sketch's B; C's and R's small factors; selection constants)": ("_linalg.py", ("svd", "svdvals")),
+    "pivoted QR (Q-DEIM selection)": ("_decomp_qr.py", ("safecall",)),
+    "LU normalisation of the power steps": ("_decomp_lu.py", ("lu",)),
+}
+
+
+def profile_phases(A, k, seed, core, rounds=3):
+    """Median-free split of ``rounds`` calls' time (seconds per call) into :data:`PHASES`."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(rounds):
+        curlinalg.cur(A, rank=k, method="randomized", core=core, oversample=OVERSAMPLE,
+                      power_iters=POWER_ITERS, rng=seed)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[2] for v in stats.values()) / rounds  # own times add up to the whole
+    out = {name: 0.0 for name in PHASES}
+    for (file, _, func), v in stats.items():
+        for name, (suffix, funcs) in PHASES.items():
+            if file.endswith(suffix) and func in funcs:
+                out[name] += v[2] / rounds
+    out["everything else"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["2000:50", "4000:100"], help="n:rank pairs")
@@ -101,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (0 = library default)")
     p.add_argument("--output", default="randomized_cpu.json")
+    p.add_argument("--no-profile", action="store_true", help="skip the cProfile split of our time")
     args = p.parse_args(argv)
     threads = _common.limit_threads(args.threads or None)
     warnings.simplefilter("ignore", curlinalg.RankDeficiencyWarning)
@@ -132,6 +169,11 @@ def main(argv=None) -> int:
                     "targets": targets(by)}
             for t, v in case["targets"].items():
                 print(f"  {t}: {v}")
+            if not args.no_profile:
+                case["profile_s_per_call"] = {c: profile_phases(A, k, args.seed, c) for c in ("optimal", "sketch")}
+                for c, ph in case["profile_s_per_call"].items():
+                    print(f"  where core={c} spends its time (s per call): "
+                          + "; ".join(f"{n}: {v:.3f}" for n, v in ph.items()))
             cases.append(case)
             del A
     _common.write_json(args.output, {"oversample": OVERSAMPLE, "power_iters": POWER_ITERS,
