@@ -42,7 +42,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
-from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
+from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear, fold
 from .targets import LINEAR_VIEWS, as_linear
 
 #: Module types a compressed layer may replace (``nn.Linear``, transformers' ``Conv1D``).
@@ -390,8 +390,6 @@ class CompressedQuantizer(HfQuantizer):
 
     def _dequantize(self, model, dtype=None):
         """``model.dequantize()``: fold the compressed layers into ``nn.Linear`` (:func:`adapters.merge`)."""
-        from .merging import fold
-
         fold(model)
         return model
 

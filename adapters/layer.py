@@ -14,6 +14,7 @@ __all__ = [
     "CURLinear",
     "InterpolativeLinear",
     "LowRankLinear",
+    "fold",
     "break_even_rank",
     "cur_params",
     "interpolative_break_even_rank",
@@ -548,3 +549,13 @@ class LowRankLinear(nn.Module):
 FACTORED_LINEARS = (CURLinear, InterpolativeLinear)
 #: Recorded form -> layer class (what a checkpoint's ``form`` field names).
 LAYERS = {cls.form: cls for cls in FACTORED_LINEARS}
+
+
+def fold(model: nn.Module, /) -> int:
+    """Replace each compressed layer by its ``to_linear()``; the number replaced.  What
+    :func:`adapters.merge` and ``model.dequantize()`` (transformers' API, through the quantizer) do."""
+    swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)]
+    for name, mod in swaps:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, mod.to_linear())
+    return len(swaps)

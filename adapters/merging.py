@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from .hf_quantizer import detach
-from .layer import FACTORED_LINEARS
+from .layer import fold
 
 __all__ = ["merge"]
 
@@ -48,13 +48,3 @@ def merge(model: nn.Module, /) -> nn.Module:
     if fold(model):
         detach(model)
     return model
-
-
-def fold(model: nn.Module, /) -> int:
-    """Replace each compressed layer by its ``to_linear()``; the number replaced.  What
-    :func:`merge` and ``model.dequantize()`` (transformers' API, through the quantizer) do."""
-    swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)]
-    for name, mod in swaps:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, mod.to_linear())
-    return len(swaps)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend
-from .results import CURBatch, CURResult
+from .results import ROUNDING_FACTOR, CURBatch, CURResult
 
 __all__ = ["batched_cur", "supports"]
 
@@ -89,8 +89,6 @@ def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | N
     per-matrix loop (``None`` is returned), which warns and lowers the rank as :func:`cur` does.
     """
     import torch
-
-    from .cur import ROUNDING_FACTOR
 
     b, m, n = A.shape
     k = rank

@@ -17,7 +17,7 @@ from .leverage import leverage_sample
 from .maxvol import maxvol
 from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
-from .results import CURBatch, CURResult
+from .results import ROUNDING_FACTOR, CURBatch, CURResult
 from .tolerance import TOLERANCE_RANK_FACTOR, ToleranceSearch, numerical_rank
 
 __all__ = [
@@ -26,8 +26,6 @@ __all__ = [
 
 METHODS = ("deim", "qdeim", "maxvol", "leverage", "leverage_sampling", "randomized")
 CORES = ("optimal", "cross", "sketch")
-#: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`.
-ROUNDING_FACTOR = 4.0
 #: Leverage selections whose constant exceeds Q-DEIM's on the same basis by this factor warn.
 LEVERAGE_WARN_RATIO = 10.0
 

@@ -10,7 +10,7 @@ import array_api_compat as aac
 
 from . import _backend, _errors, _validation
 from .bounds import Certificate, certify, selection_constant
-from .cur import ROUNDING_FACTOR
+from .results import ROUNDING_FACTOR
 from .metric import SELECTORS, Whitening, gram_svd, select, whitening
 from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd

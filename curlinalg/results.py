@@ -10,7 +10,11 @@ import array_api_compat as aac
 from . import _backend
 from .bounds import Certificate
 
-__all__ = ["CURBatch", "CURResult"]
+__all__ = ["CURBatch", "CURResult", "ROUNDING_FACTOR"]
+
+#: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`
+#: (and of :attr:`curlinalg.IDResult.bound`); re-exported as ``curlinalg.cur.ROUNDING_FACTOR``.
+ROUNDING_FACTOR = 4.0
 
 
 @dataclass(frozen=True, eq=False, repr=False)
