@@ -99,21 +99,20 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
     cols, note_cols = _select(Vk, opts.method, k, opts.oversample, opts.seeds[1], xp)
     norm_est = _backend.to_float(svd.s[0]) + svd.residual
     sketched = opts.core == "sketch" and svd.sketch is not None
-    if opts.core == "optimal" or (opts.core == "sketch" and not sketched):
-        C, R = op.dense_columns(cols), op.dense_rows(rows)
-        f: CoreFactors = _optimal_factors(op, C, R, None)
-    elif sketched:  # Q_C^T (QQ^T A) Q_R = (Q_C^T U_l) diag(s) (V_l^T Q_R): no pass over A
-        U_l, V_l = svd.sketch
-        l = U_l.shape[1]
-        project = lambda Qc, Qr: ((Qc.T @ U_l) * svd.s[None, :l]) @ (V_l.T @ Qr)  # noqa: E731
-        C, R = op.dense_columns(cols), op.dense_rows(rows)
-        f = _optimal_factors(op, C, R, None, project)
-    else:
+    if opts.core == "cross":
         rtol = opts.core_rtol
         if rtol is None:  # cut the cross matrix at the noise level sigma_{k+1} / sigma_1
             rtol = max(svd.tail(k) / norm_est if norm_est > 0 else 0.0,
                        max(rows.shape[0], cols.shape[0]) * float(xp.finfo(op.dtype).eps))
-        f = _cross_factors(op, rows, cols, rtol)
+        f: CoreFactors = _cross_factors(op, rows, cols, rtol)
+    else:  # "optimal", and "sketch" (the optimal core of QQ^T A; of A itself on an exact basis)
+        project = None
+        if sketched:  # Q_C^T (QQ^T A) Q_R = (Q_C^T U_l) diag(s) (V_l^T Q_R): no pass over A
+            U_l, V_l = svd.sketch
+            s_l = svd.s[None, : U_l.shape[1]]
+            project = lambda Qc, Qr: ((Qc.T @ U_l) * s_l) @ (V_l.T @ Qr)  # noqa: E731
+        C, R = op.dense_columns(cols), op.dense_rows(rows)
+        f = _optimal_factors(op, C, R, None, project)
     rounding = ROUNDING_FACTOR * max(op.shape) * float(xp.finfo(op.dtype).eps) * norm_est
     if opts.core == "cross" or op.kind != "dense":  # the result's cuts in the input's own kind
         C, R = op.columns(cols), op.rows(rows)
