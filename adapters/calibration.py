@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .offload import compute_device
 from .tokens import EvaluationOverlapError, token_ids
 from .wikitext import load_wikitext2
 
@@ -227,7 +228,7 @@ class LayerRunner:
         self.hidden: list[torch.Tensor] = []
         self.kwargs: list[dict] = []
         first = self.layers[0]
-        device = next(first.parameters()).device
+        device = compute_device(first)  # an offloaded layer's weights are on meta (adapters.offload)
 
         def catch(_mod, args, kwargs):
             self.hidden.append(args[0] if args else kwargs.pop("hidden_states"))

@@ -13,6 +13,7 @@ from ._common import count_parameters
 from .calibration import InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .methods import Method, Metrics, method_for
+from .offload import Placer, check_readable, onloaded
 from .planning import Calibration, Plan, build_plan
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
@@ -144,8 +145,10 @@ def _swap(model, name, new, swaps):
 class _Applier:
     """Fits the planned modules layer by layer, reading kept statistics or recording them."""
 
-    def __init__(self, model, plan: Plan, method: Method, calib: Calibration, metrics: Metrics, progress):
+    def __init__(self, model, plan: Plan, method: Method, calib: Calibration, metrics: Metrics, progress,
+                 placer: Placer):
         self.model, self.plan, self.method, self.calib, self.metrics = model, plan, method, calib, metrics
+        self.placer = placer
         self.config = plan.config
         self.progress = progress
         self.swaps: list = []
@@ -155,14 +158,15 @@ class _Applier:
     def fit(self, name, lin, stats) -> None:
         mp = self.planned[name]
         t = time.perf_counter()
-        res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
+        with onloaded(self.model, name) as lin:  # one offloaded module's weights at a time
+            res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
         before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
         self.reports.append(ModuleReport(
             name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows, cols=res.cols,
             params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
             rel_error=res.rel_error, seconds=time.perf_counter() - t, predicted_error=mp.predicted_error,
         ))
-        _swap(self.model, name, res.module, self.swaps)
+        _swap(self.model, name, self.placer.place(name, res.module), self.swaps)
 
     @torch.no_grad()
     def run(self) -> None:
@@ -228,6 +232,7 @@ def compress(
     filter_fn=None,
     progress: bool = True,
     heal: bool | dict = False,
+    offload_folder=None,
     **options,
 ):
     """Compress the linear layers of a decoder model, in place: plan (unless given one), then apply.
@@ -235,7 +240,10 @@ def compress(
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A decoder-only model; modified in place, nothing is copied.
+        A decoder-only model; modified in place, nothing is copied. It may be dispatched by
+        accelerate (``device_map=``, CPU or disk offload, several devices): it is then
+        compressed layer by layer, each module's weights read onto its execution device, and
+        each factored module placed where the dense one lived (:class:`adapters.offload.Placer`).
     config : CompressionConfig or Plan, default InterpolativeConfig()
         What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
         :func:`adapters.plan` (possibly edited) to apply as it is.
@@ -252,6 +260,10 @@ def compress(
     heal : bool or dict, default False
         Then run :func:`adapters.healing.heal`: ``True`` for cross-entropy on the calibration
         data, a dict for its options (e.g. ``{"teacher": dense_copy, "steps": 200}``).
+    offload_folder : str or os.PathLike, optional
+        Where the factors of disk-offloaded modules are written (under ``compressed/``).
+        Default: the offload map's own folder (accelerate's ``offload_dir``); needed when the
+        offloaded weights are read from the checkpoint's own files.
     **options
         Fields of the config to override, or the earlier keyword interface
         (``method="activation"|"curing"``, ``form="interpolative"|"cur"``, ``reduction=``,
@@ -270,6 +282,9 @@ def compress(
         Bad options; no matching layers; infeasible budget (before the model is touched).
     TypeError
         ``config`` of an unknown type.
+    adapters.offload.OffloadError
+        A weight on the meta device that no accelerate offload hook holds, or a disk-offloaded
+        target with nowhere to write its factors (before the model is touched).
     adapters.calibration.CalibrationError
         NaN/Inf calibration activations, unusable calibration data, or no calibration and no
         tokenizer for the default.
@@ -301,13 +316,17 @@ def compress(
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
     calib = Calibration(model, config, calibration, tokenizer, progress)
+    if given_plan is not None:
+        check_readable(model, names=[m.name for m in given_plan.modules if m.rank > 0], offload_folder=offload_folder)
+    placer = Placer(model, offload_folder=offload_folder)
     was_training = model.training
     model.eval()
     applier = None
     try:
         keep = not (isinstance(config, ActivationConfig) and config.sequential)
-        the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep)
-        applier = _Applier(model, the_plan, method, calib, metrics, progress)
+        the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep,
+                                            placing=True, offload_folder=offload_folder)
+        applier = _Applier(model, the_plan, method, calib, metrics, progress, placer)
         applier.run()
         params_after = count_parameters(model)
         if params_after != the_plan.params_after(method):
@@ -318,6 +337,7 @@ def compress(
     except BaseException:
         for parent, attr, old in reversed(applier.swaps if applier else []):
             setattr(parent, attr, old)
+        placer.discard()
         raise
     finally:
         model.train(was_training)

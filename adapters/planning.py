@@ -17,6 +17,7 @@ from .calibration import LayerRunner, angular_distance, default_calibration, pre
 from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, config_from_dict
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
+from .offload import check_readable, onloaded
 from .targets import find_targets, matches
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
@@ -205,10 +206,11 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
     for i in tqdm(range(max(by_layer) + 1), desc="spectra", disable=not calib.progress, leave=False):
         mods = by_layer.get(i, {})
         stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
-        for name, lin in mods.items():
+        for name in mods:
             # Relative errors: absolute ones follow the activation scale, which grows with
             # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-            curves[name] = method.curve(config, lin.weight, stats[name], metrics)
+            with onloaded(calib.model, name) as lin:
+                curves[name] = method.curve(config, lin.weight, stats[name], metrics)
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)
         if keep and used + size <= KEEP_BYTES:
@@ -235,11 +237,17 @@ def _curing_pass(config, found, calib) -> tuple[list, dict]:
     return ang, kept
 
 
-def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False) -> Plan:
-    """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit."""
+def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False,
+               placing=False, offload_folder=None) -> Plan:
+    """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit.
+
+    With ``placing`` (:func:`adapters.compress`) the targets are also checked for a place to put
+    their replacements (:func:`adapters.offload.check_readable`), before any calibration runs.
+    """
     method = method_for(config)
     found = find_targets(model, targets=config.targets, layers=config.layers, exclude=config.exclude,
                          filter_fn=filter_fn)
+    check_readable(model, names=found if placing else (), offload_folder=offload_folder)
     params_before = count_parameters(model)
     fixed = {n: r for n, (_, mod) in found.items()
              if (r := _fixed_rank(config, method, n, tuple(mod.weight.shape))) is not None}
@@ -305,6 +313,9 @@ def plan(
     ------
     ValueError
         No matching layers; infeasible budget or ranks (before any calibration runs).
+    adapters.offload.OffloadError
+        A weight on the meta device that no accelerate offload hook holds (before any
+        calibration runs).
 
     Examples
     --------
