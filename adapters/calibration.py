@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .offload import compute_device
+from .offload import compute_device, onloaded_block
 from .tokens import EvaluationOverlapError, token_ids
 from .wikitext import load_wikitext2
 
@@ -254,9 +254,10 @@ class LayerRunner:
     def run_layer(self, index: int, hidden: list[torch.Tensor], /) -> list[torch.Tensor]:
         """Map each stored batch through layer ``index``; returns the new hidden states."""
         out = []
-        for h, kw in zip(hidden, self.kwargs):
-            y = self.layers[index](h, **kw)
-            out.append(y[0] if isinstance(y, tuple) else y)
+        with onloaded_block(self.model, f"{self.prefix}.{index}"):
+            for h, kw in zip(hidden, self.kwargs):
+                y = self.layers[index](h, **kw)
+                out.append(y[0] if isinstance(y, tuple) else y)
         return out
 
 
@@ -415,7 +416,7 @@ def record_layer(
     """
     stats: dict[str, InputStatistics] = {}
     out = []
-    with InputRecorder(modules) as rec:
+    with onloaded_block(runner.model, f"{runner.prefix}.{index}"), InputRecorder(modules) as rec:
         for b, (h, kw) in enumerate(zip(hidden, runner.kwargs)):
             rec.batch = b
             y = runner.layers[index](h, **kw)

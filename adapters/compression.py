@@ -13,7 +13,7 @@ from ._common import count_parameters
 from .calibration import InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .methods import Method, Metrics, method_for
-from .offload import Placer, check_readable, onloaded
+from .offload import Placer, check_readable, onloaded, onloaded_block
 from .planning import Calibration, Plan, build_plan
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
@@ -199,27 +199,28 @@ class _Applier:
                 for name, lin in ready.items():
                     self.fit(name, lin, kept[name])
                 continue
-            stats: dict = {}
-            out_d = []
-            with InputRecorder(mods) as rec:
-                for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
-                    rec.batch = b
-                    y = runner.layers[i](hd, **kw)
-                    out_d.append(y[0] if isinstance(y, tuple) else y)
-                    xd = rec.take()
-                    if sequential and hc is not hd:
-                        runner.layers[i](hc, **kw)
-                        accumulate_statistics(stats, rec.take(), reference=xd, weighting=weighting)
-                    else:
-                        accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
-            for name, lin in ready.items():
-                self.fit(name, lin, kept[name])
-            for name, lin in mods.items():
-                self.fit(name, lin, stats[name])
-            for s in {id(s): s for s in stats.values()}.values():
-                self.metrics.drop(s)
-            h_c = runner.run_layer(i, h_c) if sequential else out_d
-            h_d = out_d
+            with onloaded_block(self.model, f"{runner.prefix}.{i}"):  # an offloaded layer is read once here
+                stats: dict = {}
+                out_d = []
+                with InputRecorder(mods) as rec:
+                    for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
+                        rec.batch = b
+                        y = runner.layers[i](hd, **kw)
+                        out_d.append(y[0] if isinstance(y, tuple) else y)
+                        xd = rec.take()
+                        if sequential and hc is not hd:
+                            runner.layers[i](hc, **kw)
+                            accumulate_statistics(stats, rec.take(), reference=xd, weighting=weighting)
+                        else:
+                            accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
+                for name, lin in ready.items():
+                    self.fit(name, lin, kept[name])
+                for name, lin in mods.items():
+                    self.fit(name, lin, stats[name])
+                for s in {id(s): s for s in stats.values()}.values():
+                    self.metrics.drop(s)
+                h_c = runner.run_layer(i, h_c) if sequential else out_d
+                h_d = out_d
 
 
 def compress(

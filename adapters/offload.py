@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["OffloadError", "Placer", "check_readable", "compute_device", "onloaded"]
+__all__ = ["OffloadError", "Placer", "check_readable", "compute_device", "onloaded", "onloaded_block"]
 
 _ERR_META = (
     "{name!r} is on the meta device with nothing to read it from: expected real tensors, or an "
@@ -33,6 +33,11 @@ _ERR_NO_FOLDER = (
     "compress(..., offload_folder='some/folder') (the factors are written there, about the size "
     "of the compressed layers)"
 )
+
+
+#: Set on an offload hook while :func:`onloaded_block` holds its module's weights (and has
+#: turned the hook's ``offload`` flag off), so that the module still counts as offloaded.
+_HELD = "_adapters_held"
 
 
 class OffloadError(ValueError):
@@ -61,7 +66,8 @@ def _source(model: nn.Module, name: str):
     for k in range(len(parts), -1, -1):
         owner = model.get_submodule(".".join(parts[:k]))
         for h in _align_hooks(owner):
-            if h.offload and h.weights_map is not None and (k == len(parts) or h.place_submodules):
+            offloaded = h.offload or getattr(h, _HELD, False)
+            if offloaded and h.weights_map is not None and (k == len(parts) or h.place_submodules):
                 rel = ".".join(parts[k:])
                 return h, rel + "." if rel else ""
     return None
@@ -201,6 +207,51 @@ def onloaded(model: nn.Module, name: str, /):
     finally:
         for t in meta:
             set_module_tensor_to_device(module, t, "meta")
+
+
+@contextmanager
+def onloaded_block(model: nn.Module, prefix: str, /):
+    """Keep every offloaded tensor under ``prefix`` (one decoder layer) on its execution device.
+
+    Within the block the layer's offload hooks stop loading and unloading around each forward
+    pass (their ``offload`` flag is off), so the calibration batches run through the layer with
+    its weights read once per pass, not once per batch; on exit every tensor goes back to
+    ``meta`` and the hooks are restored. The device holds one layer's weights meanwhile.
+
+    Modules swapped into the layer inside the block keep their own hooks (they load per
+    forward); the modules present on entry are restored even if they were swapped out.
+
+    Parameters
+    ----------
+    model : nn.Module
+    prefix : str
+        Dotted name of the block (e.g. ``"model.layers.3"``).
+    """
+    from accelerate.utils import set_module_tensor_to_device
+
+    held = []  # (module, hook, tensor names) of the offloaded modules in the block
+    try:
+        for name, module in model.get_submodule(prefix).named_modules(prefix=prefix):
+            meta = [t for t, v in _direct_tensors(module) if v.device.type == "meta"]
+            src = _source(model, name) if meta else None
+            if src is None:
+                continue
+            hook, key = src
+            own = [h for h in _align_hooks(module) if h.offload]
+            for t in meta:
+                set_module_tensor_to_device(module, t, hook.execution_device, value=hook.weights_map[key + t])
+            held.append((module, own, meta))
+            for h in own:
+                h.offload = False
+                setattr(h, _HELD, True)
+        yield
+    finally:
+        for module, own, meta in held:
+            for t in meta:
+                set_module_tensor_to_device(module, t, "meta")
+            for h in own:
+                h.offload = True
+                delattr(h, _HELD)
 
 
 class Placer:

@@ -17,7 +17,7 @@ from .calibration import LayerRunner, angular_distance, default_calibration, pre
 from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, config_from_dict
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
-from .offload import check_readable, onloaded
+from .offload import check_readable, onloaded, onloaded_block
 from .targets import find_targets, matches
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
@@ -205,12 +205,13 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
     hidden = runner.hidden
     for i in tqdm(range(max(by_layer) + 1), desc="spectra", disable=not calib.progress, leave=False):
         mods = by_layer.get(i, {})
-        stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
-        for name in mods:
-            # Relative errors: absolute ones follow the activation scale, which grows with
-            # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-            with onloaded(calib.model, name) as lin:
-                curves[name] = method.curve(config, lin.weight, stats[name], metrics)
+        with onloaded_block(runner.model, f"{runner.prefix}.{i}"):  # an offloaded layer is read once here
+            stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
+            for name in mods:
+                # Relative errors: absolute ones follow the activation scale, which grows with
+                # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
+                with onloaded(calib.model, name) as lin:
+                    curves[name] = method.curve(config, lin.weight, stats[name], metrics)
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)
         if keep and used + size <= KEEP_BYTES:

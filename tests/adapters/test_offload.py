@@ -155,3 +155,27 @@ def test_failure_midway_restores_and_deletes_written_factors(calib_tokens, eval_
     assert all(m is modules_before[n] for n, m in off.named_modules())
     assert os.listdir(tmp_path / "offload" / "compressed") == []
     torch.testing.assert_close(_logits(off, eval_tokens), ref, rtol=0, atol=0)
+
+
+def test_each_offloaded_weight_is_read_once_per_pass_and_one_layer_is_resident(calib_tokens, monkeypatch):
+    """Four calibration batches, two passes (ranks, then fits): two reads, not eight; one layer on the device."""
+    import accelerate.hooks
+    import accelerate.utils
+
+    off = _dispatch(make_tiny_llama(layers=3), "cpu", None)
+    layers = off.model.layers
+    one_layer = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
+    reads, peak, real = {}, [0], accelerate.utils.set_module_tensor_to_device
+
+    def counted(module, name, device, *a, value=None, **k):
+        out = real(module, name, device, *a, value=value, **k)
+        if value is not None and module is off.model.layers[1].mlp.down_proj:
+            reads[name] = reads.get(name, 0) + 1
+        peak[0] = max(peak[0], sum(t.numel() * t.element_size() for t in layers.parameters() if t.device.type != "meta"))
+        return out
+
+    monkeypatch.setattr(accelerate.hooks, "set_module_tensor_to_device", counted)
+    monkeypatch.setattr(accelerate.utils, "set_module_tensor_to_device", counted)
+    compress(off, InterpolativeConfig(reduction=0.2, batch_size=4), calibration=calib_tokens, progress=False)
+    assert reads == {"weight": 2}
+    assert 0 < peak[0] <= one_layer
