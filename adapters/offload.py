@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["OffloadError", "Placer", "check_readable", "compute_device", "onloaded", "onloaded_block"]
+__all__ = ["OffloadError", "Placer", "check_readable", "compute_device", "onloaded", "onloaded_block", "read_offloaded"]
 
 _ERR_META = (
     "{name!r} is on the meta device with nothing to read it from: expected real tensors, or an "
@@ -164,6 +164,32 @@ def check_readable(model: nn.Module, /, *, names=(), offload_folder=None) -> Non
         disk, folder = _on_disk(hook.weights_map, prefix + key)
         if disk and folder is None:
             raise OffloadError(_ERR_NO_FOLDER.format(name=name))
+
+
+def read_offloaded(model: nn.Module, key: str, /) -> torch.Tensor:
+    """The value of state-dict entry ``key`` held on ``meta`` by an offload hook, on the CPU.
+
+    Parameters
+    ----------
+    model : nn.Module
+    key : str
+        A ``model.state_dict()`` key whose tensor is on the meta device.
+
+    Returns
+    -------
+    torch.Tensor
+        Read from the hook's ``weights_map`` (host memory or disk).
+
+    Raises
+    ------
+    OffloadError
+        If no offload hook holds it.
+    """
+    module_name, _, tensor = key.rpartition(".")
+    src = _source(model, module_name)
+    if src is None or not _has_key(src[0].weights_map, src[1] + tensor):
+        raise OffloadError(_ERR_META.format(name=key))
+    return src[0].weights_map[src[1] + tensor].to("cpu")
 
 
 @contextmanager

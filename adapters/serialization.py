@@ -19,6 +19,7 @@ from torch import nn
 
 from .configs import config_from_dict
 from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear
+from .offload import read_offloaded
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
@@ -46,9 +47,15 @@ def _cur_modules(model: nn.Module) -> dict[str, dict]:
 
 
 def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied tensors once; tensors offloaded by accelerate are read back."""
     seen = set()
     out = {}
-    for key, t in model.state_dict().items():
+    for key, t in model.state_dict(keep_vars=True).items():
+        if t.device.type == "meta":  # dispatched: tied parameters are one object, or one entry of the map
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            t = read_offloaded(model, key)
         ptr = (t.data_ptr(), t.shape, t.dtype) if t.numel() else (key,)
         if ptr in seen:
             continue

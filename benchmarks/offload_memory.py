@@ -126,6 +126,7 @@ def child(args, path: Path, work: Path) -> dict:
     layers = find_decoder_layers(model)[1]
     meta = sum(p.device.type == "meta" for p in layers.parameters())
     layer_bytes = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
+    decoder_bytes = sum(t.numel() * t.element_size() for t in (*layers.parameters(), *layers.buffers()))
     gen = torch.Generator().manual_seed(args.seed)
     calib = torch.randint(0, args.vocab, (args.nsamples, args.seqlen), generator=gen)
     probe = torch.randint(0, args.vocab, (2, args.seqlen), generator=gen)
@@ -140,7 +141,7 @@ def child(args, path: Path, work: Path) -> dict:
     return {
         "mode": args.child, "load_s": load_s, "compress_wall_s": wall,
         "decoder_tensors_on_meta_before": meta, "decoder_layer_param_bytes": layer_bytes,
-        "decoder_bytes": sum(t.numel() * t.element_size() for t in (*layers.parameters(), *layers.buffers())),
+        "decoder_bytes": decoder_bytes,
         "max_resident_decoder_bytes": res.peak,
         "rss_before_compress_mib": mem.start_rss / 2**20, "rss_peak_during_compress_mib": mem.peak / 2**20,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
@@ -188,8 +189,8 @@ def main(argv=None) -> int:
             rows[mode] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
             r = rows[mode]
             print(f"{mode:9s}: peak RSS {r['ru_maxrss_mib']:.0f} MiB, max resident decoder bytes "
-                  f"{r['max_resident_decoder_bytes'] / 2**20:.2f} MiB (all layers {r['decoder_bytes'] / 2**20:.2f} "
-                  f"MiB, one layer's parameters {r['decoder_layer_param_bytes'] / 2**20:.2f} MiB), compress {r['compress_wall_s']:.1f} s",
+                  f"{r['max_resident_decoder_bytes'] / 2**20:.2f} MiB (all dense layers {r['decoder_bytes'] / 2**20:.2f} "
+                  f"MiB, one dense layer {r['decoder_layer_param_bytes'] / 2**20:.2f} MiB), compress {r['compress_wall_s']:.1f} s",
                   flush=True)
         import torch
 

@@ -179,3 +179,16 @@ def test_each_offloaded_weight_is_read_once_per_pass_and_one_layer_is_resident(c
     compress(off, InterpolativeConfig(reduction=0.2, batch_size=4), calibration=calib_tokens, progress=False)
     assert reads == {"weight": 2}
     assert 0 < peak[0] <= one_layer
+
+
+@pytest.mark.parametrize("kind", ["cpu", "disk"])
+def test_offloaded_compressed_model_saves_and_loads(kind, calib_tokens, eval_tokens, tmp_path):
+    from adapters import load_compressed, save_compressed
+
+    dense = make_tiny_llama(tie=True)
+    off = _dispatch(dense, kind, tmp_path)
+    compress(dense, calibration=calib_tokens, reduction=0.2, progress=False)
+    compress(off, calibration=calib_tokens, reduction=0.2, progress=False)
+    save_compressed(off, tmp_path / "saved")
+    loaded = load_compressed(tmp_path / "saved")
+    torch.testing.assert_close(_logits(loaded, eval_tokens), _logits(dense, eval_tokens), rtol=1e-5, atol=1e-6)
