@@ -19,7 +19,7 @@ question it answers: is the device peak of the capped run about the cap plus one
 its statistics, whatever the model size? (docs/adapters.md, "Models bigger than one device",
 gives the arithmetic for Llama-3-70B on one 80 GB GPU.)
 
-Usage (one GPU; about 20 GB of disk; ``--layers 4`` for a short run)::
+Usage (one GPU; about 17 GB of disk for the checkpoint; ``--layers 4`` for a short run)::
 
     .venv/bin/python benchmarks/offload_gpu.py --cap 6GiB --compare       # writes results/offload_gpu.json
     .venv/bin/python benchmarks/offload_gpu.py --layers 4 --nsamples 32 --cap 2GiB --compare

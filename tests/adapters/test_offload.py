@@ -47,9 +47,10 @@ def _dispatch(model, kind, tmp_path):
     return dispatch_model(model, device_map, offload_dir=str(tmp_path / "offload"))
 
 
-@pytest.mark.parametrize("config", [InterpolativeConfig(reduction=0.2), CURConfig(reduction=0.2)],
-                         ids=["interpolative", "cur-sequential"])
-@pytest.mark.parametrize("kind", ["cpu", "auto", "disk"])
+@pytest.mark.parametrize("kind, config", [
+    ("cpu", InterpolativeConfig(reduction=0.2)), ("auto", InterpolativeConfig(reduction=0.2)),
+    ("disk", InterpolativeConfig(reduction=0.2)), ("disk", CURConfig(reduction=0.2)),  # CURConfig: sequential
+], ids=["cpu", "auto", "disk", "disk-cur-sequential"])
 def test_offloaded_model_compresses_like_the_in_memory_one(kind, config, calib_tokens, eval_tokens, tmp_path):
     dense = make_tiny_llama(layers=3)
     off = _dispatch(dense, kind, tmp_path)
