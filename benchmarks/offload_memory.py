@@ -19,9 +19,14 @@ the ranks and the logits on fixed tokens, compared between the modes.
 On a CPU-only machine the execution device is the CPU, so "resident" means in the process's
 memory; the same counts on a GPU are the device-side figure (``benchmarks/offload_gpu.py``).
 
+``--ratios`` adds, to the same file, the memory of the per-matrix steps (whitening, error
+curve, fit) in units of their inputs, measured on one matrix: the factors of the Llama-3-70B
+arithmetic in docs/adapters.md.
+
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offload_memory.py          # writes results/offload_memory.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offload_memory.py --ratios # adds workspace_ratios to it
     .venv/bin/python benchmarks/offload_memory.py --layers 2 --hidden 64 --intermediate 128 --vocab 256 --output offload_memory_tiny.json
 """
 
@@ -153,6 +158,47 @@ def child(args, path: Path, work: Path) -> dict:
     }
 
 
+def ratios(args) -> dict:
+    """Memory of the per-matrix steps in units of their inputs (the 70B arithmetic in the docs).
+
+    One ``m x n`` linear with a Gram of ``n`` inputs (default 1024 x 3584: the shape ratio of
+    Llama-3-70B's ``down_proj``, 8192 x 28672): the largest RSS increase during the whitening
+    of the Gram (in Grams), during the error curve and during the fit (in float64 copies of the
+    weight), each sampled every 2 ms in a fresh process, the earlier steps' results held; the
+    largest of ``--ratio-repeats`` runs.
+    """
+    _common.limit_threads(args.threads)
+    import torch
+
+    from adapters import InterpolativeConfig
+    from adapters.calibration import InputStatistics
+    from adapters.methods import Metrics, method_for
+
+    m, n, r = args.ratio_shape
+    gen = torch.Generator().manual_seed(args.seed)
+    lin = torch.nn.Linear(n, m, bias=False)
+    x = torch.randn(2 * n, n, generator=gen)
+    stats = InputStatistics(sq_sum=(x * x).sum(0).double(), gram=(x.T @ x).double(), tokens=x.shape[0])
+    del x
+    config = InterpolativeConfig()
+    method = method_for(config)
+    gram_bytes, weight_bytes = n * n * 8, m * n * 8
+    runs = {"whitening_peak_increase_in_grams": [], "curve_peak_increase_in_float64_weights": [],
+            "fit_peak_increase_in_float64_weights": []}
+    for _ in range(args.ratio_repeats):  # sampling can only miss a peak: the largest of the repeats counts
+        metrics = Metrics(0.0)
+        with RSSSampler(0.002) as whiten:
+            metrics.of(stats)
+        with RSSSampler(0.002) as curve:
+            method.curve(config, lin.weight, stats, metrics)
+        with RSSSampler(0.002) as fit:
+            method.fit(config, lin, stats, metrics, r)
+        for key, mem, unit in zip(runs, (whiten, curve, fit), (gram_bytes, weight_bytes, weight_bytes)):
+            runs[key].append((mem.peak - mem.start_rss) / unit)
+        del metrics
+    return {"shape": [m, n], "rank": r, **{k: max(v) for k, v in runs.items()}, "repeats": runs}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=12)
@@ -167,12 +213,36 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="offload_memory.json", help="JSON name under benchmarks/results/")
-    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--ratios", action="store_true",
+                   help="only measure the per-matrix workspace ratios, added to the existing --output file")
+    p.add_argument("--ratio-shape", type=int, nargs=3, default=(1024, 3584, 700), metavar=("M", "N", "RANK"))
+    p.add_argument("--ratio-repeats", type=int, default=3)
+    p.add_argument("--child", choices=(*MODES, "ratios"), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child == "ratios":
+        print("RESULT " + json.dumps(ratios(args)), flush=True)
+        return 0
     if args.child:
         work = Path(args.work)
         print("RESULT " + json.dumps(child(args, work / "model", work)), flush=True)
+        return 0
+    if args.ratios:
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", "ratios"]
+        # Large blocks straight from mmap and back on free, so that RSS follows the live bytes
+        # (glibc's adaptive threshold would otherwise keep freed blocks for reuse).
+        env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MALLOC_MMAP_THRESHOLD_": "131072"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode:
+            sys.stderr.write(out.stdout + out.stderr)
+            return out.returncode
+        row = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        row["command"] = _common.command()
+        print(row)
+        path = _common.RESULTS / args.output
+        doc = json.loads(path.read_text())
+        doc["workspace_ratios"] = row
+        _common.dump_json(path, doc)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="offload_memory_") as tmp:
