@@ -4,9 +4,12 @@
 over devices, host memory and disk. An offloaded module keeps its tensors on the ``meta``
 device; an :class:`accelerate.hooks.AlignDevicesHook` with ``offload=True`` holds them in its
 ``weights_map`` (a host state dict, or files on disk) and loads them onto its
-``execution_device`` for each forward pass only. Compression reads a weight outside a forward
-pass, so it goes through :func:`onloaded`, which does the same for one module; the factored
-module is then put back where the dense one lived (:class:`Placer`).
+``execution_device`` for each forward pass only. Compression runs the calibration batches
+through one decoder layer at a time with that layer's weights held on the device
+(:func:`onloaded_block`: read once per pass, not once per batch), reads a weight outside a
+forward pass through :func:`onloaded`, and puts each factored module where the dense one
+lived (:class:`Placer`). :func:`check_readable` refuses, before any work, weights on ``meta``
+that nothing holds; :func:`read_offloaded` reads one back for saving.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ _HELD = "_adapters_held"
 
 
 class OffloadError(ValueError):
-    """A dispatched model that cannot be compressed as it is (raised before any work)."""
+    """Weights on ``meta`` that nothing holds, or factors of a disk-offloaded layer with nowhere to go.
+
+    :func:`adapters.compress` and :func:`adapters.plan` raise it before any work.
+    """
 
 
 def _align_hooks(module: nn.Module) -> list:
