@@ -18,6 +18,13 @@ from .planning import Calibration, Plan, build_plan
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
 
+_ERR_HEAL_OFFLOADED = (
+    "heal= trains the factored layers by backpropagation through the whole model, which needs "
+    "every parameter resident; this model has {count} parameter tensors offloaded by accelerate (on the "
+    "meta device). Compress without heal=, save it with adapters.save_compressed(...), and heal "
+    "the loaded model (adapters.heal) where it fits"
+)
+
 
 @dataclass
 class ModuleReport:
@@ -283,6 +290,8 @@ def compress(
         Bad options; no matching layers; infeasible budget (before the model is touched).
     TypeError
         ``config`` of an unknown type.
+    NotImplementedError
+        ``heal=`` with parameters offloaded by accelerate (before the model is touched).
     adapters.offload.OffloadError
         A weight on the meta device that no accelerate offload hook holds, or a disk-offloaded
         target with nowhere to write its factors (before the model is touched).
@@ -314,6 +323,9 @@ def compress(
     """
     t0 = time.perf_counter()
     config, given_plan = _resolve(config, options)
+    offloaded = sum(p.device.type == "meta" for p in model.parameters())
+    if heal and offloaded:
+        raise NotImplementedError(_ERR_HEAL_OFFLOADED.format(count=offloaded))
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
     calib = Calibration(model, config, calibration, tokenizer, progress)

@@ -194,3 +194,12 @@ def test_offloaded_compressed_model_saves_and_loads(kind, calib_tokens, eval_tok
     save_compressed(off, tmp_path / "saved")
     loaded = load_compressed(tmp_path / "saved")
     torch.testing.assert_close(_logits(loaded, eval_tokens), _logits(dense, eval_tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_heal_of_an_offloaded_model_is_refused_before_work(calib_tokens, tmp_path, monkeypatch):
+    off = _dispatch(make_tiny_llama(), "disk", tmp_path)
+    monkeypatch.setattr("adapters.planning.prepare_calibration",
+                        lambda *a, **k: pytest.fail("calibration ran before the check"))
+    with pytest.raises(NotImplementedError, match="offloaded by accelerate.*save_compressed"):
+        compress(off, calibration=calib_tokens, reduction=0.2, progress=False, heal=True)
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in off.modules())
