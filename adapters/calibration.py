@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from .offload import compute_device, onloaded_block
 from .tokens import EvaluationOverlapError, as_masked_batch, token_ids
 from .wikitext import load_wikitext2
 
@@ -324,7 +325,7 @@ class LayerRunner:
         self.kwargs: list[dict] = []
         self.masks = list(getattr(batches, "masks", None) or [None] * len(batches))
         first = self.layers[0]
-        device = next(first.parameters()).device
+        device = compute_device(first)  # an offloaded layer's weights are on meta (adapters.offload)
         takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
         signature = inspect.signature(first.forward)
@@ -372,9 +373,10 @@ class LayerRunner:
     def run_layer(self, index: int, hidden: list[torch.Tensor], /) -> list[torch.Tensor]:
         """Map each stored batch through layer ``index``; returns the new hidden states."""
         out = []
-        for h, kw in zip(hidden, self.kwargs):
-            y = self.layers[index](h, **kw)
-            out.append(y[0] if isinstance(y, tuple) else y)
+        with onloaded_block(self.model, f"{self.prefix}.{index}"):
+            for h, kw in zip(hidden, self.kwargs):
+                y = self.layers[index](h, **kw)
+                out.append(y[0] if isinstance(y, tuple) else y)
         return out
 
 
@@ -552,7 +554,7 @@ def record_layer(
     """
     stats: dict[str, InputStatistics] = {}
     out = []
-    with InputRecorder(modules) as rec:
+    with onloaded_block(runner.model, f"{runner.prefix}.{index}"), InputRecorder(modules) as rec:
         for b, (h, kw) in enumerate(zip(hidden, runner.kwargs)):
             rec.batch, rec.mask = b, runner.masks[b]
             y = runner.layers[index](h, **kw)

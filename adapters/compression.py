@@ -17,10 +17,18 @@ from .hf_quantizer import attach
 from .layer import FACTORED_LINEARS
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
+from .offload import Placer, check_readable, onloaded, onloaded_block
 from .planning import Calibration, Plan, build_plan, dense_lines
 from .targets import LeftDense, as_linear, check_uncompressed
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
+
+_ERR_HEAL_OFFLOADED = (
+    "heal= trains the factored layers by backpropagation through the whole model, which needs "
+    "every parameter resident; this model has {count} parameter tensors offloaded by accelerate (on the "
+    "meta device). Compress without heal=, save it with adapters.save_compressed(...), and heal "
+    "the loaded model (adapters.heal) where it fits"
+)
 
 
 @dataclass
@@ -173,8 +181,10 @@ def _swap(model, name, new, swaps):
 class _Applier:
     """Fits the planned modules layer by layer, reading kept statistics or recording them."""
 
-    def __init__(self, model, plan: Plan, method: Method, calib: Calibration, metrics: Metrics, progress):
+    def __init__(self, model, plan: Plan, method: Method, calib: Calibration, metrics: Metrics, progress,
+                 placer: Placer):
         self.model, self.plan, self.method, self.calib, self.metrics = model, plan, method, calib, metrics
+        self.placer = placer
         self.config = plan.config
         self.progress = progress
         self.swaps: list = []
@@ -192,8 +202,9 @@ class _Applier:
                 "sequential=False to fit on the dense model's statistics"
             )
         t = time.perf_counter()
-        lin = as_linear(module)
-        res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
+        with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
+            lin = as_linear(held)
+            res = self.method.fit(self.config, lin, stats, self.metrics, mp.rank)
         before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
         self.reports.append(ModuleReport(
             name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows, cols=res.cols,
@@ -201,7 +212,7 @@ class _Applier:
             rel_error=res.rel_error, seconds=time.perf_counter() - t, predicted_error=mp.predicted_error,
             whitening=self.metrics.fallback(stats),
         ))
-        _swap(self.model, name, res.module, self.swaps)
+        _swap(self.model, name, self.placer.place(name, res.module), self.swaps)
 
     @torch.no_grad()
     def run(self) -> None:
@@ -234,33 +245,34 @@ class _Applier:
                 for name, lin in ready.items():
                     self.fit(name, lin, kept[name])
                 continue
-            stats: dict = {}
-            out_d = []
-            with InputRecorder(mods) as rec:
-                for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
-                    rec.batch, rec.mask = b, runner.masks[b]
-                    y = runner.layers[i](hd, **kw)
-                    out_d.append(y[0] if isinstance(y, tuple) else y)
-                    xd = rec.take()
-                    if sequential and hc is not hd:
-                        runner.layers[i](hc, **kw)
-                        xc = rec.take()
-                        # A routed expert sees other tokens on the two paths: no paired rows, so
-                        # it is fitted on the dense path's inputs alone.
-                        accumulate_statistics(stats, {n: x for n, x in xc.items() if n not in self.routed},
-                                              reference=xd, weighting=weighting)
-                        accumulate_statistics(stats, {n: x for n, x in xd.items() if n in self.routed},
-                                              weighting=weighting)
-                    else:
-                        accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
-            for name, lin in ready.items():
-                self.fit(name, lin, kept[name])
-            for name, lin in mods.items():
-                self.fit(name, lin, stats.get(name))
-            for s in {id(s): s for s in stats.values()}.values():
-                self.metrics.drop(s)
-            h_c = runner.run_layer(i, h_c) if sequential else out_d
-            h_d = out_d
+            with onloaded_block(self.model, f"{runner.prefix}.{i}"):  # an offloaded layer is read once here
+                stats: dict = {}
+                out_d = []
+                with InputRecorder(mods) as rec:
+                    for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
+                        rec.batch, rec.mask = b, runner.masks[b]
+                        y = runner.layers[i](hd, **kw)
+                        out_d.append(y[0] if isinstance(y, tuple) else y)
+                        xd = rec.take()
+                        if sequential and hc is not hd:
+                            runner.layers[i](hc, **kw)
+                            xc = rec.take()
+                            # A routed expert sees other tokens on the two paths: no paired rows, so
+                            # it is fitted on the dense path's inputs alone.
+                            accumulate_statistics(stats, {n: x for n, x in xc.items() if n not in self.routed},
+                                                  reference=xd, weighting=weighting)
+                            accumulate_statistics(stats, {n: x for n, x in xd.items() if n in self.routed},
+                                                  weighting=weighting)
+                        else:
+                            accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
+                for name, lin in ready.items():
+                    self.fit(name, lin, kept[name])
+                for name, lin in mods.items():
+                    self.fit(name, lin, stats.get(name))
+                for s in {id(s): s for s in stats.values()}.values():
+                    self.metrics.drop(s)
+                h_c = runner.run_layer(i, h_c) if sequential else out_d
+                h_d = out_d
 
 
 def compress(
@@ -273,6 +285,7 @@ def compress(
     filter_fn=None,
     progress: bool = True,
     heal: bool | dict = False,
+    offload_folder=None,
     **options,
 ):
     """Compress the linear layers of a transformer's blocks, in place: plan (unless given one), then apply.
@@ -282,7 +295,11 @@ def compress(
     model : transformers PreTrainedModel
         A decoder-only or encoder-only model (the families of docs/adapters.md, Families);
         modified in place, nothing is copied. Fused 3-D expert parameters are opened into one
-        linear layer per expert matrix (:func:`adapters.experts.open_experts`).
+        linear layer per expert matrix (:func:`adapters.experts.open_experts`). It may be
+        dispatched by accelerate (``device_map=``, CPU or disk offload, several devices): it is
+        then compressed layer by layer, each module's weights read onto its execution device,
+        and each factored module placed where the dense one lived
+        (:class:`adapters.offload.Placer`).
     config : CompressionConfig or Plan, default InterpolativeConfig()
         What to do (:mod:`adapters.configs`), or a :class:`~adapters.planning.Plan` from
         :func:`adapters.plan` (possibly edited) to apply as it is.
@@ -301,6 +318,10 @@ def compress(
     heal : bool or dict, default False
         Then run :func:`adapters.healing.heal`: ``True`` for cross-entropy on the calibration
         data, a dict for its options (e.g. ``{"teacher": dense_copy, "steps": 200}``).
+    offload_folder : str or os.PathLike, optional
+        Where the factors of disk-offloaded modules are written (under ``compressed/``).
+        Default: the offload map's own folder (accelerate's ``offload_dir``); needed when the
+        offloaded weights are read from the checkpoint's own files.
     **options
         Fields of the config to override, or the earlier keyword interface
         (``method="activation"|"curing"``, ``form="interpolative"|"cur"``, ``reduction=``,
@@ -321,6 +342,11 @@ def compress(
         ``attention_mask`` and no ``data`` of its own (all before the model is touched).
     TypeError
         ``config`` of an unknown type; float token ids.
+    NotImplementedError
+        ``heal=`` with parameters offloaded by accelerate (before the model is touched).
+    adapters.offload.OffloadError
+        A weight on the meta device that no accelerate offload hook holds, or a disk-offloaded
+        target with nowhere to write its factors (before the model is touched).
     adapters.calibration.CalibrationError
         NaN/Inf calibration activations, unusable calibration data (ids outside the
         vocabulary, a stream shorter than ``nsamples * seqlen`` tokens; checked before any
@@ -366,9 +392,15 @@ def compress(
         )
     config, given_plan = _resolve(config, options)
     check_uncompressed(model)
+    offloaded = sum(p.device.type == "meta" for p in model.parameters())
+    if heal and offloaded:
+        raise NotImplementedError(_ERR_HEAL_OFFLOADED.format(count=offloaded))
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
     calib = Calibration(model, config, calibration, tokenizer, progress)
+    if given_plan is not None:
+        check_readable(model, names=[m.name for m in given_plan.modules if m.rank > 0], offload_folder=offload_folder)
+    placer = Placer(model, offload_folder=offload_folder)
     was_training = model.training
     model.eval()
     applier = None
@@ -376,8 +408,9 @@ def compress(
     try:
         opened = open_experts(model)
         keep = not (isinstance(config, ActivationConfig) and config.sequential)
-        the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep)
-        applier = _Applier(model, the_plan, method, calib, metrics, progress)
+        the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep,
+                                            placing=True, offload_folder=offload_folder)
+        applier = _Applier(model, the_plan, method, calib, metrics, progress, placer)
         applier.run()
         params_after = count_parameters(model)
         if params_after != the_plan.params_after(method):
@@ -388,6 +421,7 @@ def compress(
     except BaseException:
         for parent, attr, old in reversed(opened + (applier.swaps if applier else [])):
             setattr(parent, attr, old)
+        placer.discard()
         raise
     finally:
         model.train(was_training)

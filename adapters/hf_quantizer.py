@@ -43,6 +43,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
 from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear, fold
+from .offload import read_offloaded
 from .targets import LINEAR_VIEWS, as_linear
 
 #: Module types a compressed layer may replace (``nn.Linear``, transformers' ``Conv1D``).
@@ -398,7 +399,7 @@ class CompressedQuantizer(HfQuantizer):
         record = CompressedCheckpointConfig.from_model(model)
         self.quantization_config = record
         model.config.quantization_config = record
-        return None, {}
+        return _offloaded_state(model), {}
 
     def is_serializable(self) -> bool:
         return True
@@ -416,6 +417,25 @@ try:
     register_quantization_config(QUANT_METHOD)(CompressedCheckpointConfig)
 except ValueError:  # registered already (this module imported twice, e.g. under importlib.reload)
     pass
+
+
+def _offloaded_state(model: nn.Module, /) -> dict | None:
+    """The state dict with the tensors accelerate offloaded read back (tied ones once), or None
+    when nothing is offloaded (transformers then reads the model's own): a model compressed
+    past one device (:mod:`adapters.offload`) saves like one in memory."""
+    state = model.state_dict(keep_vars=True)
+    if not any(t.device.type == "meta" for t in state.values()):
+        return None
+    read: dict[int, torch.Tensor] = {}
+    out = {}
+    for key, t in state.items():
+        if t.device.type == "meta":
+            if id(t) not in read:  # tied parameters are one object
+                read[id(t)] = read_offloaded(model, key)
+            out[key] = read[id(t)]
+        else:
+            out[key] = t.detach()
+    return out
 
 
 def attach(model: nn.Module, /) -> nn.Module:

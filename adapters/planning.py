@@ -20,6 +20,7 @@ from .configs import BudgetConfig, CompressionConfig, CURingConfig, Interpolativ
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
 from .experts import open_experts
+from .offload import check_readable, onloaded, onloaded_block
 from .targets import LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
@@ -273,14 +274,16 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
     hidden = runner.hidden
     for i in tqdm(range(max(by_layer) + 1), desc="spectra", disable=not calib.progress, leave=False):
         mods = by_layer.get(i, {})
-        stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
-        for name, lin in mods.items():
-            if name not in stats:  # an expert no calibration token was routed to
-                silent.append(name)
-                continue
-            # Relative errors: absolute ones follow the activation scale, which grows with
-            # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-            curves[name] = method.curve(config, as_linear(lin).weight, stats[name], metrics)
+        with onloaded_block(runner.model, f"{runner.prefix}.{i}"):  # an offloaded layer is read once here
+            stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
+            for name in mods:
+                if name not in stats:  # an expert no calibration token was routed to
+                    silent.append(name)
+                    continue
+                # Relative errors: absolute ones follow the activation scale, which grows with
+                # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
+                with onloaded(calib.model, name) as lin:
+                    curves[name] = method.curve(config, as_linear(lin).weight, stats[name], metrics)
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)
         if keep and used + size <= KEEP_BYTES:
@@ -344,10 +347,16 @@ def _survey(model, config, method, filter_fn):
     return found, dense
 
 
-def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False) -> Plan:
-    """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit."""
+def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False,
+               placing=False, offload_folder=None) -> Plan:
+    """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit.
+
+    With ``placing`` (:func:`adapters.compress`) the targets are also checked for a place to put
+    their replacements (:func:`adapters.offload.check_readable`), before any calibration runs.
+    """
     method = method_for(config)
     found, dense = _survey(model, config, method, filter_fn)
+    check_readable(model, names=found if placing else (), offload_folder=offload_folder)
     unused = [k for k in config.overrides if not any(matches(n, _override_spec(k)) for n in found)]
     if unused:
         finals = sorted({n.rsplit(".", 1)[-1] for n in found})
@@ -428,6 +437,10 @@ def plan(
     ValueError
         No matching layers, a target pattern that matches nothing, an already compressed
         model; infeasible budget or ranks (before any calibration runs).
+
+    adapters.offload.OffloadError
+        A weight on the meta device that no accelerate offload hook holds (before any
+        calibration runs).
 
     Warns
     -----
