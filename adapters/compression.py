@@ -398,8 +398,6 @@ def compress(
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
     calib = Calibration(model, config, calibration, tokenizer, progress)
-    if given_plan is not None:
-        check_readable(model, names=[m.name for m in given_plan.modules if m.rank > 0], offload_folder=offload_folder)
     placer = Placer(model, offload_folder=offload_folder)
     was_training = model.training
     model.eval()
@@ -407,6 +405,9 @@ def compress(
     opened = []
     try:
         opened = open_experts(model)
+        if given_plan is not None:  # after opening: a plan may name single experts
+            check_readable(model, names=[m.name for m in given_plan.modules if m.rank > 0],
+                           offload_folder=offload_folder)
         keep = not (isinstance(config, ActivationConfig) and config.sequential)
         the_plan = given_plan or build_plan(model, config, calib=calib, metrics=metrics, filter_fn=filter_fn, keep=keep,
                                             placing=True, offload_folder=offload_folder)
