@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ._common import count_parameters
 from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
-from .hf_quantizer import attach
+from .hf_quantizer import attach, check_quantization
 from .layer import FACTORED_LINEARS
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
@@ -392,6 +392,7 @@ def compress(
         )
     config, given_plan = _resolve(config, options)
     check_uncompressed(model)
+    check_quantization(model)
     offloaded = sum(p.device.type == "meta" for p in model.parameters())
     if heal and offloaded:
         raise NotImplementedError(_ERR_HEAL_OFFLOADED.format(count=offloaded))

@@ -438,6 +438,40 @@ def _offloaded_state(model: nn.Module, /) -> dict | None:
     return out
 
 
+#: Quantization methods whose weights transformers dequantizes while loading (GGUF files become
+#: plain float tensors): their record is provenance only, and a compression record replaces it.
+DEQUANTIZED_ON_LOAD = ("gguf",)
+
+
+def check_quantization(model: nn.Module, /) -> None:
+    """Refuse a model whose layers are quantized by another method (before any work).
+
+    A model loaded from GGUF passes when transformers dequantized its weights while loading (on
+    CPU it does, for lack of a kernel): its ``gguf`` record then describes the file it came
+    from, not its layers, and the compression record replaces it.
+
+    Raises
+    ------
+    ValueError
+        The model carries another quantizer whose layers stay quantized (bitsandbytes, torchao,
+        compressed-tensors, ...): its record and ours cannot both describe the checkpoint.
+    """
+    other = getattr(model, "hf_quantizer", None)
+    if other is None or isinstance(other, CompressedQuantizer):
+        return
+    qc = other.quantization_config
+    method = str(getattr(qc.quant_method, "value", qc.quant_method)).lower()
+    # transformers' GGUF loader keeps the weights it has a kernel for in GGUF blocks (listed in
+    # ``quantized``) and dequantizes the others (or all, with ``dequantize=True``)
+    if method in DEQUANTIZED_ON_LOAD and (getattr(qc, "dequantize", False) or not getattr(other, "quantized", None)):
+        return
+    raise ValueError(
+        f"the model's layers are quantized ({method!r}); a CUR-compressed checkpoint cannot also carry "
+        "that method's record. Load it with float weights (for a GGUF file: "
+        "quantization_config=GgufConfig(dequantize=True)), or call model.dequantize(), before compressing"
+    )
+
+
 def attach(model: nn.Module, /) -> nn.Module:
     """Make ``model.save_pretrained`` write the compression record (done by :func:`adapters.compress`).
 
@@ -465,12 +499,7 @@ def attach(model: nn.Module, /) -> nn.Module:
             f"attach expects a transformers PreTrainedModel, got {type(model).__name__}; compressed "
             "checkpoints are written through save_pretrained"
         )
-    other = getattr(model, "hf_quantizer", None)
-    if other is not None and not isinstance(other, CompressedQuantizer):
-        raise ValueError(
-            f"the model is quantized with {other.quantization_config.quant_method!r}; a CUR-compressed "
-            "checkpoint cannot also carry that method's record. Dequantize it before compressing"
-        )
+    check_quantization(model)
     record = CompressedCheckpointConfig.from_model(model)
     if not record.modules:
         raise ValueError(

@@ -249,3 +249,37 @@ def test_interpolative_layers_are_built_on_meta(saved, monkeypatch):
     monkeypatch.setattr(InterpolativeLinear, "empty", classmethod(spy))
     AutoModelForCausalLM.from_pretrained(path)
     assert devices and set(devices) == {"meta"}
+
+
+def _with_quantizer(model, config, quantized):
+    """``model`` as transformers leaves it after loading with another quantizer's record."""
+    from types import SimpleNamespace
+
+    model.hf_quantizer = SimpleNamespace(quantization_config=config, quantized=quantized)
+    model.config.quantization_config = config
+    return model
+
+
+def test_a_model_loaded_from_gguf_and_dequantized_compresses_and_round_trips(tmp_path):
+    """The README's demo model: transformers de-quantizes GGUF on CPU but keeps its record."""
+    from transformers import GgufConfig
+
+    model = _with_quantizer(make_tiny_llama(), GgufConfig(gguf_file="x.gguf"), quantized={})
+    model, _ = compress(model, calibration=CALIB, reduction=0.15, progress=False)
+    assert isinstance(model.hf_quantizer, CompressedQuantizer)
+    model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(_out(back), _out(model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["gguf blocks kept", "bitsandbytes"])
+def test_a_model_with_quantized_layers_is_refused_before_work(case, monkeypatch):
+    from transformers import BitsAndBytesConfig, GgufConfig
+
+    config, quantized = ((GgufConfig(gguf_file="x.gguf"), {"model.layers.0.mlp.down_proj": "q4_0"})
+                         if case == "gguf blocks kept" else (BitsAndBytesConfig(load_in_8bit=True), None))
+    model = _with_quantizer(make_tiny_llama(), config, quantized)
+    monkeypatch.setattr("adapters.planning.prepare_calibration", lambda *a, **k: pytest.fail("calibration ran"))
+    with pytest.raises(ValueError, match="layers are quantized .*before compressing"):
+        compress(model, calibration=CALIB, reduction=0.15, progress=False)
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in model.modules())
