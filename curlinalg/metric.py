@@ -36,8 +36,15 @@ _ERR_SHAPES = "A has {n} columns but the metric is {k} x {k}; pass the Gram of A
 MAX_RELATIVE_SHIFT = 1e-2
 
 
-def _eye(n: int, like: Any, xp: Any) -> Any:
-    return xp.eye(n, dtype=like.dtype, device=aac.device(like))
+def _plus_diagonal(H: Any, shift: float, /) -> Any:
+    """``H + shift * I`` as one copy of ``H`` with its diagonal shifted in place (no identity
+    and no scaled identity: two ``n x n`` temporaries fewer, 2 x 6.1 GiB for a 28672-wide Gram)."""
+    out = H.clone() if aac.is_torch_array(H) else H.copy()
+    if aac.is_torch_array(out):
+        out.diagonal().add_(shift)
+    else:  # numpy, cupy: the diagonal of a contiguous copy is every (n + 1)-th element
+        out.reshape(-1)[:: out.shape[0] + 1] += shift
+    return out
 
 
 def _cholesky(H: Any, xp: Any) -> Any | None:
@@ -116,8 +123,7 @@ class Whitening:
 
     def shifted_gram(self) -> Any:
         """:math:`H + \\delta I`, formed as the factor's input was."""
-        xp = aac.array_namespace(self.gram)
-        return self.gram + self.shift * _eye(self.gram.shape[0], self.gram, xp)
+        return _plus_diagonal(self.gram, self.shift)
 
     def whiten(self, A: Any, /, *, cross: Any = None) -> Any:
         r"""The whitened matrix :math:`B = AL`, or :math:`B = A\,K^T L^{-T}` with ``cross=K``.
@@ -196,11 +202,10 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
         raise ValueError("the Gram matrix contains NaN or Inf; check the calibration inputs")
     n = H.shape[0]
     scale = _backend.to_float(xp.mean(xp.linalg.diagonal(H))) or 1.0
-    I = _eye(n, H, xp)
     shift = requested = ridge * scale
     cap = max(MAX_RELATIVE_SHIFT * scale, requested)
     while True:
-        L = _cholesky(H + shift * I, xp)
+        L = _cholesky(_plus_diagonal(H, shift), xp)
         if L is not None:
             return Whitening(H, L, shift, "cholesky", requested)
         if shift >= cap:

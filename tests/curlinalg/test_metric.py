@@ -179,3 +179,13 @@ def test_weighted_cur_core_is_repeatable_on_rank_deficient_torch_input():
     for _ in range(10):
         res = weighted_cur(A, w, rank=15)
         assert weighted_norm(A - res.to_dense(), gram=X.T @ X) <= 1e-12 * weighted_norm(A, gram=X.T @ X)
+
+
+def test_plus_diagonal_shifts_a_copy(xp):
+    from curlinalg.metric import _plus_diagonal
+
+    H = np.random.default_rng(0).standard_normal((7, 7))
+    arr = xp.asarray(H)
+    out = xp.to_numpy(_plus_diagonal(arr, 0.25))
+    np.testing.assert_array_equal(out, H + 0.25 * np.eye(7))
+    np.testing.assert_array_equal(xp.to_numpy(arr), H)  # the Gram itself is untouched
