@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of the open issues, in one run that fits a short device session (~10 min on an
+# Every GPU check of the open issues, in one run that fits a short device session (at most 11 min on an
 # H100/H200). Run from the repository root on the GPU machine:
 #
 #     bash benchmarks/gpu_session.sh            # results in benchmarks/results/, logs in $OUT or /tmp
