@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     if args.child:
         print("RESULT " + json.dumps(child(args, Path(args.work))), flush=True)
         return 0
+    if not _common.cuda_or_skip(args.device):  # before minutes of writing a random checkpoint
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="offload_gpu_", dir=args.work) as tmp:
         work = Path(tmp)
