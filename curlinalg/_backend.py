@@ -116,12 +116,16 @@ def lu_row_order(V: Any, /) -> Any:
 def _lu_row_order_torch(V: Any) -> Any:
     """DEIM order from one ``torch.linalg.lu_factor`` (cuSOLVER ``getrf`` on CUDA).
 
-    The ``k`` pivots cross to the host once, as a block, to be turned into a permutation.
+    The ``k`` pivots cross to the host once, as a block, to be turned into a permutation. A
+    stack ``(b, n, k)`` gives the ``(b, k)`` orders from one batched factorisation.
     """
     import torch
 
     _, piv = torch.linalg.lu_factor(V)
-    order = _first_k_of_swaps((piv - 1).cpu().numpy(), V.shape[1])
+    k = V.shape[-1]
+    swaps = (piv - 1).cpu().numpy()
+    order = np.stack([_first_k_of_swaps(p, k) for p in swaps]) if swaps.ndim == 2 else (
+        _first_k_of_swaps(swaps, k))
     return torch.as_tensor(order, device=V.device)
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 
 from . import _backend
-from .results import ROUNDING_FACTOR, CURBatch, CURResult
+from .results import CURBatch, CURResult, rounding_term
 
 __all__ = ["batched_cur", "supports"]
 
@@ -38,16 +37,6 @@ def supports(A: Any, /, *, rank: int | None, rtol: Any, atol: Any, method: str, 
         return False
     p = min(A.shape[-2:])
     return basis == "exact" or p <= 512 or 4 * min(rank + oversample, p) > p
-
-
-def _deim_rows(U: Any) -> Any:
-    """DEIM rows of each ``(n, k)`` basis of the stack: one batched LU, pivots to the host once."""
-    import torch
-
-    _, piv = torch.linalg.lu_factor(U)
-    k = U.shape[-1]
-    order = np.stack([_backend._first_k_of_swaps(p, k) for p in (piv - 1).cpu().numpy()])
-    return torch.as_tensor(order, device=U.device)
 
 
 def _qdeim_rows(U: Any) -> Any:
@@ -98,7 +87,7 @@ def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | N
     if int(numerical.min()) < k:
         return None
     Uk, Vk = U[..., :k], Vh[..., :k, :].mT
-    select = _deim_rows if method == "deim" else _qdeim_rows
+    select = _backend._lu_row_order_torch if method == "deim" else _qdeim_rows
     rows, cols = select(Uk), select(Vk)
     C = torch.take_along_dim(A, cols[:, None, :], dim=2)
     R = torch.take_along_dim(A, rows[:, :, None], dim=1)
@@ -119,7 +108,7 @@ def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | N
     results = tuple(
         CURResult(
             C[i], core_U[i], R[i], rows[i], cols[i], k, method, core, "exact",
-            eta[0][i], eta[1][i], float(tail[i]), ROUNDING_FACTOR * max(m, n) * eps * float(top[i]), 0.0,
+            eta[0][i], eta[1][i], float(tail[i]), rounding_term((m, n), eps, float(top[i])), 0.0,
             (Qc[i], right[i]),
         )
         for i in range(b)

@@ -17,7 +17,7 @@ from .leverage import leverage_sample
 from .maxvol import maxvol
 from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
-from .results import ROUNDING_FACTOR, CURBatch, CURResult
+from .results import ROUNDING_FACTOR, CURBatch, CURResult, rounding_term
 from .tolerance import TOLERANCE_RANK_FACTOR, ToleranceSearch, numerical_rank
 
 __all__ = [
@@ -113,7 +113,7 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
             project = lambda Qc, Qr: ((Qc.T @ U_l) * s_l) @ (V_l.T @ Qr)  # noqa: E731
         C, R = op.dense_columns(cols), op.dense_rows(rows)
         f = _optimal_factors(op, C, R, None, project)
-    rounding = ROUNDING_FACTOR * max(op.shape) * float(xp.finfo(op.dtype).eps) * norm_est
+    rounding = rounding_term(op.shape, float(xp.finfo(op.dtype).eps), norm_est)
     if opts.core == "cross" or op.kind != "dense":  # the result's cuts in the input's own kind
         C, R = op.columns(cols), op.rows(rows)
     res = CURResult(

@@ -10,7 +10,7 @@ import array_api_compat as aac
 
 from . import _backend, _errors, _validation
 from .bounds import Certificate, certify, selection_constant
-from .results import ROUNDING_FACTOR
+from .results import ROUNDING_FACTOR, rounding_term
 from .metric import SELECTORS, Whitening, gram_svd, select, whitening
 from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
@@ -158,14 +158,13 @@ def _row_id(
     left, right, s = _svd(B, k, basis, xp) if dec is None else dec
     left, right = left[:, :k], right[:, :k]
     rows = select(left, method)
-    rest = _complement(rows, B.shape[0], xp)
+    rest, coef = _interpolation(left, rows, xp)
     if kind == "truncation":
         S = (xp.take(B, rows, axis=0) @ right) @ right.T
     else:
         S = xp.take(B, rows, axis=0)
     if metric is not None:
         S = xp.take(A, rows, axis=0) if kind == "rows" and cross is None else metric.unwhiten(S)
-    coef = xp.linalg.solve(xp.take(left, rows, axis=0).T, xp.take(left, rest, axis=0).T).T
     sigma_next = _backend.to_float(s[k]) if s.shape[0] > k else 0.0
     return IDResult(
         rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), sigma_next,
@@ -173,12 +172,19 @@ def _row_id(
     )
 
 
+def _interpolation(left: Any, rows: Any, xp: Any) -> tuple[Any, Any]:
+    """The rows not chosen, and their coefficients :math:`X = U_k[\mathrm{rest}]\,U_k[I]^{-1}`."""
+    rest = _complement(rows, left.shape[0], xp)
+    coef = xp.linalg.solve(xp.take(left, rows, axis=0).T, xp.take(left, rest, axis=0).T).T
+    return rest, coef
+
+
 def _rounding(B: Any, norm: float, basis: str, xp: Any) -> float:
-    """The rounding term of :attr:`IDResult.bound` (see there)."""
-    scaled = max(B.shape) * float(xp.finfo(B.dtype).eps)
-    if basis == "gram":
-        scaled = max(scaled, math.sqrt(scaled))
-    return ROUNDING_FACTOR * scaled * norm
+    """The rounding term of :attr:`IDResult.bound` (see there); ``B`` gives shape and dtype."""
+    eps = float(xp.finfo(B.dtype).eps)
+    if basis == "gram":  # singular values from a Gram matrix: about sqrt(max(m, n) u) accurate
+        return ROUNDING_FACTOR * max(max(B.shape) * eps, math.sqrt(max(B.shape) * eps)) * norm
+    return rounding_term(B.shape, eps, norm)
 
 
 def _transposed(res: IDResult) -> IDResult:
@@ -217,17 +223,16 @@ def _operand_row_id(op: Operand, svd: TruncatedSVD, k: int, method: str, kind: s
     xp = op.xp
     left, right = svd.U[:, :k], svd.V[:, :k]
     rows = select(left, method)
-    rest = _complement(rows, op.shape[0], xp)
+    rest, coef = _interpolation(left, rows, xp)
     S = op.dense_rows(rows)
     if kind == "truncation":
         S = (S @ right) @ right.T
-    coef = xp.linalg.solve(xp.take(left, rows, axis=0).T, xp.take(left, rest, axis=0).T).T
     norm = _backend.to_float(svd.s[0]) + svd.residual
-    rounding = ROUNDING_FACTOR * max(op.shape) * float(xp.finfo(op.dtype).eps) * norm
     randomized = svd.kind == "randomized"
     return IDResult(
         rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), svd.tail(k),
-        rounding, failure_probability=RESIDUAL_FAILURE_PROBABILITY if randomized else 0.0,
+        _rounding(op, norm, "svd", xp),
+        failure_probability=RESIDUAL_FAILURE_PROBABILITY if randomized else 0.0,
     )
 
 

@@ -55,7 +55,7 @@ def _cholesky(H: Any, xp: Any) -> Any | None:
         if "LinAlgError" in type(exc).__name__ or "positive" in str(exc).lower():
             return None
         raise
-    return L if bool(xp.all(xp.isfinite(L))) else None
+    return L if _validation.all_finite(L, xp) else None
 
 
 def solve_right(B: Any, T: Any, /, *, lower: bool) -> Any:
@@ -198,7 +198,7 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     ridge = _validation.check_tol(ridge, "ridge")
     if H.dtype != xp.float64:  # astype copies by default; a float64 Gram is used as it is
         H = xp.astype(H, xp.float64)
-    if not bool(xp.all(xp.isfinite(H))):
+    if not _validation.all_finite(H, xp):
         raise ValueError("the Gram matrix contains NaN or Inf; check the calibration inputs")
     n = H.shape[0]
     scale = _backend.to_float(xp.mean(xp.linalg.diagonal(H))) or 1.0
@@ -419,7 +419,7 @@ def solve_psd(N: Any, Y: Any, xp: Any, /) -> Any:
         if "LinAlgError" not in type(exc).__name__ and "singular" not in str(exc).lower():
             raise
         Z = None
-    if Z is not None and bool(xp.all(xp.isfinite(Z))):
+    if Z is not None and _validation.all_finite(Z, xp):
         return Z
     vals, vecs = xp.linalg.eigh(N)
     cut = float(xp.finfo(N.dtype).eps) * N.shape[0] * max(_backend.to_float(xp.max(vals)), 0.0)
