@@ -13,11 +13,11 @@ shape, which gives the same product :math:`Q_C(Q_C^TAQ_R)Q_R^T` as the per-matri
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 
 from . import _backend
+from .bounds import constant_from_smallest
 from .results import CURBatch, CURResult, rounding_term
 
 __all__ = ["batched_cur", "supports"]
@@ -100,9 +100,7 @@ def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | N
     eta = []
     for basis, idx in ((Uk, rows), (Vk, cols)):
         sv = torch.linalg.svdvals(torch.take_along_dim(basis, idx[:, :, None], dim=1))
-        smin = sv[:, -1].cpu().numpy()
-        tiny = eps * max(basis.shape[-2:])
-        eta.append([math.inf if v <= tiny else 1.0 / float(v) for v in smin])
+        eta.append([constant_from_smallest(float(v), basis.shape[-2:], eps) for v in sv[:, -1].cpu().numpy()])
     top = s[:, 0].cpu().numpy()
     tail = (s[:, k] if k < s.shape[-1] else torch.zeros_like(s[:, 0])).cpu().numpy()
     results = tuple(

@@ -67,9 +67,13 @@ def selection_constant(V: Any, rows: Any, /) -> float:
     if rows.shape[0] < k:
         return math.inf
     s = xp.linalg.svdvals(xp.take(V, rows, axis=0))
-    smin = _backend.to_float(s[k - 1])
-    tiny = float(xp.finfo(V.dtype).eps) * max(V.shape)
-    return math.inf if smin <= tiny else 1.0 / smin
+    return constant_from_smallest(_backend.to_float(s[k - 1]), V.shape, float(xp.finfo(V.dtype).eps))
+
+
+def constant_from_smallest(smin: float, shape: tuple[int, ...], eps: float, /) -> float:
+    """:math:`1/\sigma_k(V[\mathrm{rows}])`, or ``inf`` when :math:`\sigma_k` is at the rounding
+    level ``eps * max(shape)`` of the ``shape`` basis (a singular selection)."""
+    return math.inf if smin <= eps * max(shape) else 1.0 / smin
 
 
 def deim_bound(n: int, k: int) -> float:
