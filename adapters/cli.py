@@ -62,6 +62,7 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gguf import parsed_once
     from .serialization import SECTION, load_compressed
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
@@ -89,8 +90,9 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     if dtype is None or (dtype == "auto" and gguf_file):
         dtype = torch.float32
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
+    with parsed_once():  # a GGUF file parsed once, not three times (adapters.gguf)
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
     model = model if device is None else model.to(device)
     model.tokenizer = tok  # what adapters.calibration.default_calibration looks for
     return model.eval(), tok
