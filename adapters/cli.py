@@ -22,6 +22,9 @@ __all__ = ["config_from_args", "load_model", "main"]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The demo's calibration windows (of 512 tokens) and evaluation tokens: minutes on 2 CPU cores.
+DEMO_NSAMPLES = 32
+DEMO_EVAL_TOKENS = 8192
 
 
 def _smollm2_dir() -> str:
@@ -153,8 +156,8 @@ def config_from_args(args) -> CompressionConfig:
     return cls.with_options(**given)
 
 
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eval-tokens", type=int, default=32768, help="evaluation tokens (default 32768; 0 = all)")
+def _add_eval_options(p: argparse.ArgumentParser, tokens: int = 32768) -> None:
+    p.add_argument("--eval-tokens", type=int, default=tokens, help=f"evaluation tokens (default {tokens}; 0 = all)")
     p.add_argument("--eval-seqlen", type=int, default=2048)
 
 
@@ -302,10 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this torch device, e.g. cuda (default: cpu)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="SmolLM2-135M: compress at the default budget, perplexity before/after")
-    # The config's calibration size, 128 x 512 tokens: with 32 x 512 the default token
-    # weighting is noisier (perplexity 124 instead of 62 at -10%, docs/adapters.md, Quality).
+    # A demo in minutes on 2 CPU cores (docs/benchmarks.md, item 10): 32 x 512 calibration tokens
+    # (the library's default is 128 x 512) and the first DEMO_EVAL_TOKENS evaluation tokens;
+    # --nsamples 128 --eval-tokens 32768 give the full protocol of docs/adapters.md.
     _add_compress_options(d)
-    _add_eval_options(d)
+    d.set_defaults(nsamples=DEMO_NSAMPLES)
+    _add_eval_options(d, tokens=DEMO_EVAL_TOKENS)
     d.add_argument("--output", help="also save the compressed model here")
     c = sub.add_parser("compress", help="compress a model and save it")
     c.add_argument("model", help="'smollm2' or a local model folder")
