@@ -17,7 +17,7 @@ from torch import nn
 
 from .offload import compute_device, onloaded_block
 from .tokens import EvaluationOverlapError, as_masked_batch, token_ids
-from .texts import DEFAULT_CALIBRATION_SET, load_calibration_set
+from . import texts
 
 __all__ = [
     "CalibrationBatches",
@@ -251,7 +251,7 @@ def default_calibration(model: nn.Module, /, *, tokenizer=None):
             tok = None
     if tok is None:
         raise CalibrationError(_ERR_NO_TOKENIZER.format(path=path))
-    return load_calibration_set(DEFAULT_CALIBRATION_SET, tokenizer=tok).text, tok
+    return texts.load_calibration_set(texts.DEFAULT_CALIBRATION_SET, tokenizer=tok).text, tok
 
 
 class _Stop(Exception):

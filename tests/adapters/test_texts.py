@@ -168,3 +168,16 @@ def test_bad_shares_are_refused(monkeypatch):
     monkeypatch.setattr(texts, "MIX_SHARES", {**MIX_SHARES, "wikitext": 0.5})
     with pytest.raises(ValueError, match="sum to 1"):
         load_calibration_set("mix")
+
+
+def test_the_default_set_is_one_name(tiny_llama, monkeypatch):
+    """``DEFAULT_CALIBRATION_SET`` alone decides what ``compress`` calibrates on when given nothing."""
+    from conftest import char_tokenizer
+
+    from adapters.calibration import default_calibration
+
+    tok = char_tokenizer()
+    assert texts.DEFAULT_CALIBRATION_SET == "wikitext"
+    assert default_calibration(tiny_llama, tokenizer=tok)[0] == load_wikitext2(tokenizer=tok).calibration_text
+    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "mix")
+    assert default_calibration(tiny_llama, tokenizer=tok)[0] == load_calibration_set("mix", tokenizer=tok).text
