@@ -269,3 +269,22 @@ def test_compress_follows_the_default_calibration_set(tiny_folder, tmp_path, mon
         cli.main(["--quiet", "compress", str(tiny_folder), "-o", str(tmp_path / "out"), "--rank", "2"])
     assert "CHAPTER I. Down the Rabbit-Hole" in seen[0]
     assert "calibration set 'mix'" in capsys.readouterr().out
+
+
+def test_demo_ood_reports_both_domains_and_their_ratio(tiny_llama, monkeypatch, capsys):
+    """With compression stubbed to the identity, every ratio to dense is 1: the line shows the arithmetic."""
+    from types import SimpleNamespace
+
+    from conftest import char_tokenizer
+
+    import adapters.compression
+    from adapters import texts
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (tiny_llama, char_tokenizer()))
+    monkeypatch.setattr(texts, "load_shakespeare", lambda **kw: "ACT I. Enter a Clown.\n" * 40)
+    report = SimpleNamespace(params_after=1, reduction=0.0, method="identity")
+    monkeypatch.setattr(adapters.compression, "compress", lambda model, config=None, **kw: (model, report))
+    assert cli.main(["--quiet", "demo", "--ood", "--eval-tokens", "128", "--eval-seqlen", "64"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"dense: .*WikiText-2 perplexity [\d.]+, Shakespeare perplexity [\d.]+", out)
+    assert "ratio to dense 1.00x in domain (WikiText-2), 1.00x out of domain (Shakespeare), out/in 1.00" in out
