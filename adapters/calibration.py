@@ -17,7 +17,7 @@ from torch import nn
 
 from .offload import compute_device, onloaded_block
 from .tokens import EvaluationOverlapError, as_masked_batch, token_ids
-from .wikitext import load_wikitext2
+from . import texts
 
 __all__ = [
     "CalibrationBatches",
@@ -228,10 +228,12 @@ _ERR_NO_TOKENIZER = (
 
 
 def default_calibration(model: nn.Module, /, *, tokenizer=None):
-    """The bundled WikiText-2 calibration split and a tokenizer for it: ``(text, tokenizer)``.
+    """The default calibration set's text and a tokenizer for it: ``(text, tokenizer)``.
 
-    The tokenizer is ``tokenizer``, else ``model.tokenizer``, else the one saved beside the
-    model (``model.config._name_or_path``, local files only).
+    The set is :data:`adapters.texts.DEFAULT_CALIBRATION_SET` (the bundled WikiText-2
+    calibration split, ``"wikitext"``; see :func:`adapters.texts.load_calibration_set`). The
+    tokenizer is ``tokenizer``, else ``model.tokenizer``, else the one saved beside the model
+    (``model.config._name_or_path``, local files only).
 
     Raises
     ------
@@ -249,7 +251,7 @@ def default_calibration(model: nn.Module, /, *, tokenizer=None):
             tok = None
     if tok is None:
         raise CalibrationError(_ERR_NO_TOKENIZER.format(path=path))
-    return load_wikitext2(tokenizer=tok).calibration_text, tok
+    return texts.load_calibration_set(texts.DEFAULT_CALIBRATION_SET, tokenizer=tok).text, tok
 
 
 class _Stop(Exception):

