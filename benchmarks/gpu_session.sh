@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Every GPU check of the open issues, in one run that fits a short device session (at most 11 min on an
-# H100/H200). Run from the repository root on the GPU machine:
+# Every GPU check of the open issues, in one script for a short device session (about 15 minutes
+# of device time in all: pick steps so that their limits fit). Run from the repository root on
+# the GPU machine:
 #
-#     bash benchmarks/gpu_session.sh            # results in benchmarks/results/ (copied to $OUT), logs in $OUT
+#     bash benchmarks/gpu_session.sh                    # every step (about 26 min of limits: too long for one session)
+#     bash benchmarks/gpu_session.sh issue14            # issue 14's steps only (about 11 min of limits)
+#     bash benchmarks/gpu_session.sh tests core offload # the steps of issues 13 and 15 (about 11 min)
 #
-# 1. the CUDA tests (tests that skip on CPU: batched kernels, device selection, layers);
-# 2. issue 15: benchmarks/core_gpu.py (selection on 14336 x 256 <= 5 ms; randomized CUR of
-#    14336 x 4096 at rank 256, default and core="sketch", against torch.svd_lowrank);
-# 3. issue 13: benchmarks/offload_gpu.py (8B-shaped layers under a GPU memory cap, against the
-#    same model fully resident).
+# Results in benchmarks/results/ (copied to $OUT), logs in $OUT.
+# Steps:
+#   tests    the CUDA tests (tests that skip on CPU: batched kernels, device selection, layers);
+#   core     issue 15: benchmarks/core_gpu.py (selection on 14336 x 256 <= 5 ms; randomized CUR of
+#            14336 x 4096 at rank 256, default and core="sketch", against torch.svd_lowrank);
+#   offload  issue 13: benchmarks/offload_gpu.py (8B-shaped layers under a GPU memory cap, against
+#            the same model fully resident);
+#   issue14  issue 14, items 3, 5, 6: benchmarks/compress_gpu.py at the Llama-3.1-8B shape
+#            (CURing's configuration <= 10 s; the default at -20% <= 60 s, peak <= 1.25x the bf16
+#            model), benchmarks/curing_score_svd.py at the 8B shapes (the randomized score SVD
+#            against the full one), benchmarks/heal_cpu.py on CUDA (healing from the default at
+#            -20%: <= 25 after <= 5 minutes), benchmarks/inference_gpu.py (each factored layer
+#            >= 0.7x its ideal FLOP-ratio speed-up at 2048 tokens).
 # Each step has its own time limit so one slow step cannot eat the others' time.
 #
 # The device image has torch, transformers, accelerate, scipy, pytest and hypothesis but not
@@ -27,15 +38,40 @@ export PYTHONPATH=.:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1
 "$PY" -c "import torch; print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
+STEPS=${*:-tests core offload issue14}
+has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
+
+if has tests; then
 timeout 240 "$PY" -m pytest -q -m "not slow" -rs tests/curlinalg/test_batched.py tests/curlinalg/test_backend.py \
     tests/curlinalg/test_cur.py tests/adapters/test_cuda.py -k "cuda" -p no:cacheprovider \
     >"$LOG/pytest_gpu.log" 2>&1; echo "pytest rc=$?"; tail -3 "$LOG/pytest_gpu.log"
+fi
+if has core; then
 timeout 180 "$PY" benchmarks/core_gpu.py >"$LOG/core_gpu.log" 2>&1; echo "core_gpu rc=$?"; tail -12 "$LOG/core_gpu.log"
-if [ -f benchmarks/offload_gpu.py ]; then
+fi
+if has offload; then
     # the Llama-3-8B layer shape with 8 of its 32 layers and 32 x 512 calibration tokens: the
     # device peak is one layer's work, so it does not depend on the layer count; time does
     timeout 240 "$PY" benchmarks/offload_gpu.py --layers 8 --nsamples 32 --compare \
         >"$LOG/offload_gpu.log" 2>&1; echo "offload_gpu rc=$?"
     tail -12 "$LOG/offload_gpu.log"
 fi
+CUDA_OK=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+if has issue14 && [ "$CUDA_OK" != 1 ]; then
+    echo "issue14: no CUDA device, steps skipped"
+elif has issue14; then
+    timeout 240 "$PY" benchmarks/compress_gpu.py --runs curing default --reduction 0.2 \
+        --output compress_gpu_issue14.json >"$LOG/compress_gpu.log" 2>&1; echo "compress_gpu rc=$?"
+    tail -8 "$LOG/compress_gpu.log"
+    timeout 90 "$PY" benchmarks/curing_score_svd.py --device cuda --scale 1 >"$LOG/curing_score_svd.log" 2>&1
+    echo "curing_score_svd rc=$?"; tail -6 "$LOG/curing_score_svd.log"
+    timeout 60 "$PY" benchmarks/inference_gpu.py >"$LOG/inference_gpu.log" 2>&1; echo "inference_gpu rc=$?"
+    tail -6 "$LOG/inference_gpu.log"
+    # healing from the default at -20%: 5 minutes of training budget, evaluations on the protocol
+    timeout 270 "$PY" benchmarks/heal_cpu.py --reductions 0.2 --runs dense compressed heal-wikitext \
+        --output benchmarks/results/heal_gpu_issue14.json --quiet >"$LOG/heal_gpu.log" 2>&1; echo "heal_gpu rc=$?"
+    tail -6 "$LOG/heal_gpu.log"
+fi
+cp -f benchmarks/results/compress_gpu_issue14.json benchmarks/results/curing_score_svd_cuda.json \
+    benchmarks/results/heal_gpu_issue14.json benchmarks/results/inference_gpu.json "$LOG/" 2>/dev/null || true
 cp -f benchmarks/results/core_gpu*.json benchmarks/results/offload_gpu*.json "$LOG/" 2>/dev/null || true
