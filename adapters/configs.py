@@ -301,8 +301,10 @@ class InterpolativeConfig(ActivationConfig):
     ``L L^T`` the token-weighted input Gram): ``r (m + n) - r^2`` parameters
     (:class:`adapters.layer.InterpolativeLinear`; :func:`curlinalg.interpolative` with
     ``skeleton="truncation"`` in the metric of :mod:`curlinalg.metric`). ``sequential`` is off
-    by default: measured worse for this form (303 against 50 at -20% on SmolLM2-135M,
-    docs/adapters.md).
+    by default: its version-1 fit (``mix=0``) measured worse for this form (303 against 50 at
+    -20% on SmolLM2-135M, docs/adapters.md); the refit options ``mix``, ``refit_ridge`` and
+    ``passes`` (:class:`ActivationConfig`) are measured by ``benchmarks/adapters_quality.py``
+    (``refit@F``, ``refit2@F``).
     """
 
     method: ClassVar[str] = "interpolative"
