@@ -22,6 +22,9 @@ __all__ = ["config_from_args", "load_model", "main"]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The demo's calibration windows (of 512 tokens) and evaluation tokens: minutes on 2 CPU cores.
+DEMO_NSAMPLES = 32
+DEMO_EVAL_TOKENS = 8192
 
 
 def _smollm2_dir() -> str:
@@ -62,6 +65,7 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gguf import parsed_once
     from .serialization import SECTION, load_compressed
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
@@ -89,8 +93,9 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     if dtype is None or (dtype == "auto" and gguf_file):
         dtype = torch.float32
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
+    with parsed_once():  # a GGUF file parsed once, not three times (adapters.gguf)
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
     model = model if device is None else model.to(device)
     model.tokenizer = tok  # what adapters.calibration.default_calibration looks for
     return model.eval(), tok
@@ -151,8 +156,8 @@ def config_from_args(args) -> CompressionConfig:
     return cls.with_options(**given)
 
 
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eval-tokens", type=int, default=32768, help="evaluation tokens (default 32768; 0 = all)")
+def _add_eval_options(p: argparse.ArgumentParser, tokens: int = 32768) -> None:
+    p.add_argument("--eval-tokens", type=int, default=tokens, help=f"evaluation tokens (default {tokens}; 0 = all)")
     p.add_argument("--eval-seqlen", type=int, default=2048)
 
 
@@ -300,10 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this torch device, e.g. cuda (default: cpu)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="SmolLM2-135M: compress at the default budget, perplexity before/after")
-    # The config's calibration size, 128 x 512 tokens: with 32 x 512 the default token
-    # weighting is noisier (perplexity 124 instead of 62 at -10%, docs/adapters.md, Quality).
+    # A demo in minutes on 2 CPU cores (docs/benchmarks.md, item 10): 32 x 512 calibration tokens
+    # (the library's default is 128 x 512) and the first DEMO_EVAL_TOKENS evaluation tokens;
+    # --nsamples 128 --eval-tokens 32768 give the full protocol of docs/adapters.md.
     _add_compress_options(d)
-    _add_eval_options(d)
+    d.set_defaults(nsamples=DEMO_NSAMPLES)
+    _add_eval_options(d, tokens=DEMO_EVAL_TOKENS)
     d.add_argument("--output", help="also save the compressed model here")
     c = sub.add_parser("compress", help="compress a model and save it")
     c.add_argument("model", help="'smollm2' or a local model folder")

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._common import count_parameters
+from ._parallel import map_modules
 from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .hf_quantizer import attach, check_quantization
@@ -203,28 +204,39 @@ class _Applier:
         self.routed = {f"{n}.{sub}" for n, mod in model.named_modules() if isinstance(mod, ExpertLinears)
                        for sub, _ in mod.named_modules() if sub}
 
-    def fit(self, name, module, stats) -> None:
-        mp = self.planned[name]
-        if stats is None:
-            raise CalibrationError(
-                f"{name} received no calibration token in this pass (an expert the compressed layers before "
-                "it no longer route to), so it cannot be fitted; pass more calibration data, or "
-                "sequential=False to fit on the dense model's statistics"
+    def fit_many(self, todo: list) -> None:
+        """Fit ``(name, stats)`` pairs side by side (:mod:`adapters._parallel`), then swap them in order."""
+        for name, stats in todo:
+            if stats is None:
+                raise CalibrationError(
+                    f"{name} received no calibration token in this pass (an expert the compressed layers before "
+                    "it no longer route to), so it cannot be fitted; pass more calibration data, or "
+                    "sequential=False to fit on the dense model's statistics"
+                )
+        workers = self.calib.workers
+        metrics = self.fit_metrics
+        if self.method.needs_gram:  # one factor per shared input, made before the modules use it
+            map_modules(metrics.of, {id(s): s for _, s in todo}.values(), workers=workers)
+
+        def one(item):
+            name, stats = item
+            t = time.perf_counter()
+            with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
+                lin = as_linear(held)
+                res = self.method.fit(self.config, lin, stats, metrics, self.planned[name].rank)
+            return lin, res, time.perf_counter() - t
+
+        for (name, stats), (lin, res, seconds) in zip(todo, map_modules(one, todo, workers=workers)):
+            mp = self.planned[name]
+            before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
+            earlier = self.reports.pop(name, None)  # a refit pass replaces the previous pass's fit
+            self.reports[name] = ModuleReport(
+                name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows,
+                cols=res.cols, params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
+                rel_error=res.rel_error, seconds=seconds + (earlier.seconds if earlier else 0.0),
+                predicted_error=mp.predicted_error, whitening=metrics.fallback(stats),
             )
-        t = time.perf_counter()
-        with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
-            lin = as_linear(held)
-            res = self.method.fit(self.config, lin, stats, self.fit_metrics, mp.rank)
-        before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
-        earlier = self.reports.pop(name, None)  # a refit pass replaces the previous pass's fit
-        self.reports[name] = ModuleReport(
-            name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows, cols=res.cols,
-            params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
-            rel_error=res.rel_error, seconds=time.perf_counter() - t + (earlier.seconds if earlier else 0.0),
-            predicted_error=mp.predicted_error,
-            whitening=self.fit_metrics.fallback(stats),
-        )
-        _swap(self.model, name, self.placer.place(name, res.module), self.swaps)
+            _swap(self.model, name, self.placer.place(name, res.module), self.swaps)
 
     @torch.no_grad()
     def run(self) -> None:
@@ -236,9 +248,8 @@ class _Applier:
         last = max(todo) if todo else -1
         if todo:
             self._record_and_fit(mods_of, last)
-        for i in sorted(i for i in mods_of if i > last):
-            for name, lin in mods_of[i].items():
-                self.fit(name, lin, kept[name])
+        for i in tqdm([i for i in sorted(mods_of) if i > last], desc="fit", disable=not self.progress, leave=False):
+            self.fit_many([(name, kept[name]) for name in mods_of[i]])
 
     def _record_and_fit(self, mods_of, last) -> None:
         """Layers ``0..last`` in order, ``passes`` times when sequential (see :meth:`_sweep`)."""
@@ -267,8 +278,7 @@ class _Applier:
                 diverged = h_c is not h_d
                 h_d = runner.run_layer(i, h_d)
                 h_c = runner.run_layer(i, h_c) if diverged else h_d
-                for name, lin in ready.items():
-                    self.fit(name, lin, kept[name])
+                self.fit_many([(name, kept[name]) for name in ready])
                 continue
             live = {n: self.model.get_submodule(n) for n in mods} if refit else mods
             if refit:
@@ -301,10 +311,7 @@ class _Applier:
                         accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
                 if refit:
                     self._install(mods)  # fit reads, and the placer places after, the dense module
-                for name, lin in ready.items():
-                    self.fit(name, lin, kept[name])
-                for name, lin in mods.items():
-                    self.fit(name, lin, stats.get(name))
+                self.fit_many([(name, kept[name]) for name in ready] + [(name, stats.get(name)) for name in mods])
                 for s in {id(s): s for s in stats.values()}.values():
                     self.fit_metrics.drop(s)
                 h_c = runner.run_layer(i, h_c) if sequential else out_d
@@ -331,6 +338,7 @@ def compress(
     progress: bool = True,
     heal: bool | dict = False,
     offload_folder=None,
+    workers: int | None = None,
     **options,
 ):
     """Compress the linear layers of a transformer's blocks, in place: plan (unless given one), then apply.
@@ -360,6 +368,11 @@ def compress(
         ``filter_fn(module, fqn) -> bool``: a further target condition (torchao's ``quantize_``).
     progress : bool, default True
         tqdm progress bars.
+    workers : int, optional
+        Threads for the per-module factorisations, each single-threaded (:mod:`adapters._parallel`);
+        default ``torch.get_num_threads()``. The calibration forward passes use every torch thread
+        as before. The result does not depend on it. A model on a GPU or offloaded by
+        accelerate is always factored one module at a time.
     heal : bool or dict, default False
         Then run :func:`adapters.healing.heal`: ``True`` for cross-entropy on the calibration
         data, a dict for its options (e.g. ``{"teacher": dense_copy, "steps": 200}``).
@@ -443,7 +456,7 @@ def compress(
         raise NotImplementedError(_ERR_HEAL_OFFLOADED.format(count=offloaded))
     method = method_for(config)
     metrics = Metrics(getattr(config, "ridge", 0.0))
-    calib = Calibration(model, config, calibration, tokenizer, progress)
+    calib = Calibration(model, config, calibration, tokenizer, progress, workers)
     placer = Placer(model, offload_folder=offload_folder)
     was_training = model.training
     model.eval()

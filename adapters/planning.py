@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 import curlinalg
 
 from ._common import AdaptersWarning, count_parameters
+from ._parallel import map_modules, workers_for
 from .calibration import LayerRunner, angular_distance, default_calibration, prepare_calibration, record_layer
 from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, config_from_dict
 from .layer import cur_params
@@ -239,10 +240,14 @@ def _vocab_size(model) -> int | None:
 class Calibration:
     """Calibration batches and the layer runner, built on first use (after the option checks)."""
 
-    def __init__(self, model, config, calibration, tokenizer, progress):
+    def __init__(self, model, config, calibration, tokenizer, progress, workers=None):
         self.model, self.config, self.data, self.tokenizer, self.progress = model, config, calibration, tokenizer, progress
         self.batches = None  # the CalibrationBatches, once the runner is built
         self._runner = None
+        # Side-by-side factorisations only on a CPU model held in memory: an offloaded module is
+        # onloaded one at a time, and on a GPU the kernels queue on one stream anyway.
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        self.workers = workers_for(workers) if on_cpu else 1
 
     @property
     def runner(self) -> LayerRunner:
@@ -276,14 +281,18 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
         mods = by_layer.get(i, {})
         with onloaded_block(runner.model, f"{runner.prefix}.{i}"):  # an offloaded layer is read once here
             stats, out = record_layer(runner, i, hidden, mods, weighting=weighting)
-            for name in mods:
-                if name not in stats:  # an expert no calibration token was routed to
-                    silent.append(name)
-                    continue
+            silent.extend(name for name in mods if name not in stats)  # experts no token was routed to
+            heard = [name for name in mods if name in stats]
+
+            def curve(name):
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
                 with onloaded(calib.model, name) as lin:
-                    curves[name] = method.curve(config, as_linear(lin).weight, stats[name], metrics)
+                    return method.curve(config, as_linear(lin).weight, stats[name], metrics)
+
+            if method.needs_gram:  # one factor per shared input, made before the modules use it
+                map_modules(metrics.of, {id(s): s for s in stats.values()}.values(), workers=calib.workers)
+            curves.update(zip(heard, map_modules(curve, heard, workers=calib.workers)))
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)
         if keep and used + size <= KEEP_BYTES:
@@ -410,6 +419,7 @@ def plan(
     tokenizer=None,
     filter_fn=None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Plan:
     """Decide ranks and sizes without touching the model: a dry run of :func:`adapters.compress`.
 
@@ -425,6 +435,8 @@ def plan(
     filter_fn : callable, optional
         ``filter_fn(module, fqn) -> bool``, a further target condition.
     progress : bool, default True
+    workers : int, optional
+        Threads for the error curves, as in :func:`adapters.compress`.
 
     Returns
     -------
@@ -464,7 +476,7 @@ def plan(
     model.eval()
     opened = open_experts(model)
     try:
-        calib = Calibration(model, config, calibration, tokenizer, progress)
+        calib = Calibration(model, config, calibration, tokenizer, progress, workers)
         return build_plan(model, config, calib=calib, metrics=Metrics(getattr(config, "ridge", 0.0)),
                           filter_fn=filter_fn)
     finally:

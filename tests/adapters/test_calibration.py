@@ -73,6 +73,22 @@ def test_nonfinite_activation_raises(tiny_llama, calib_tokens):
             layer(h, **runner.kwargs[0])
 
 
+def test_nonfinite_checked_again_for_each_batch(tiny_llama, calib_tokens):
+    """The check runs once per input tensor, and again after ``take()`` (a new batch), even when
+    the new batch's tensor reuses the old one's memory."""
+    runner = LayerRunner(tiny_llama, prepare_calibration(calib_tokens), progress=False)
+    attn = runner.layers[0].self_attn
+    mods = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
+    x = torch.randn(2, 5, attn.q_proj.in_features)
+    with InputRecorder(mods) as rec:
+        for m in mods.values():
+            m(x)
+        assert set(rec.take()) == {"q", "k", "v"}
+        x[1, 2, 3] = float("inf")  # same storage, same shape: a cache that outlived take() would miss it
+        with pytest.raises(CalibrationError, match="'q'.*NaN or Inf"):
+            attn.q_proj(x)
+
+
 def test_norm_weighting_counts_every_token_equally():
     """With ``weighting="norm"`` a token scaled by 1000 weighs what it did unscaled."""
     gen = torch.Generator().manual_seed(0)

@@ -188,3 +188,16 @@ def test_existing_output_is_refused_before_any_work(tiny_folder, tmp_path, monke
     monkeypatch.undo()
     assert cli.main(["--quiet", *_small_compress(tiny_folder, tmp_path / "taken", "--overwrite")]) == 0
     assert (tmp_path / "taken" / "model.safetensors").is_file()
+
+
+def test_demo_defaults_are_its_own_and_overridable():
+    """The demo calibrates on DEMO_NSAMPLES windows and evaluates DEMO_EVAL_TOKENS tokens; the
+    flags still reach the config and the evaluation (compress and eval keep the library's)."""
+    p = cli._parser()
+    demo = p.parse_args(["demo"])
+    assert cli.config_from_args(demo).nsamples == cli.DEMO_NSAMPLES != InterpolativeConfig().nsamples
+    assert demo.eval_tokens == cli.DEMO_EVAL_TOKENS
+    full = p.parse_args(["demo", "--nsamples", "128", "--eval-tokens", "32768"])
+    assert cli.config_from_args(full).nsamples == 128 and full.eval_tokens == 32768
+    assert cli.config_from_args(p.parse_args(["compress", "m", "-o", "o"])).nsamples == InterpolativeConfig().nsamples
+    assert p.parse_args(["eval", "m"]).eval_tokens == 32768

@@ -187,6 +187,26 @@ def test_curing_fit_matches_pinv_core():
     C, R = W[:, fit.cols], W[fit.rows, :]
     U = torch.linalg.pinv(C) @ W @ torch.linalg.pinv(R)
     torch.testing.assert_close(fit.module.U.detach().double(), U, rtol=1e-4, atol=1e-4)
+    E, d = W - C @ U @ R, torch.diag(st.sq_sum)  # the error in the diagonal metric, through a full Gram
+    assert fit.rel_error == pytest.approx(float(torch.sqrt(torch.trace(E @ d @ E.T) / torch.trace(W @ d @ W.T))),
+                                          rel=1e-6)
+
+
+def test_curing_large_score_matrix_takes_a_randomized_svd_from_the_seed(monkeypatch):
+    """Above 512 x 512 the WANDA score's top vectors come from a randomized SVD drawn from
+    ``config.seed`` (CURing's full SVD dominated its time at the 8B shape); same seed, same fit."""
+    seen = []
+    real = curlinalg.truncated_svd
+    monkeypatch.setattr(curlinalg, "truncated_svd", lambda *a, **k: seen.append(k) or real(*a, **k))
+    gen = torch.Generator().manual_seed(1)
+    lin = _linear(torch.randn(700, 600, generator=gen, dtype=torch.float64))
+    X = torch.randn(900, 600, generator=gen, dtype=torch.float64)
+    st = SimpleNamespace(sq_sum=(X * X).sum(0), gram=None, cross=None)
+    fits = [method_for(c).fit(c, lin, st, Metrics(0.0), 12) for c in (CURingConfig(seed=3), CURingConfig(seed=3),
+                                                                      CURingConfig(seed=4))]
+    assert [k["kind"] for k in seen] == ["auto"] * 3 and [k["rng"] for k in seen] == [3, 3, 4]
+    assert fits[0].rows == fits[1].rows and fits[0].cols == fits[1].cols
+    assert curlinalg.truncated_svd(lin.weight.abs(), rank=12, kind="auto", rng=0).kind == "randomized"
 
 
 def test_metrics_report_a_whitening_fallback_only_where_it_happened():
