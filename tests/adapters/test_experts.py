@@ -70,7 +70,7 @@ def test_plan_puts_the_fused_experts_back_and_compress_applies_it():
 
 
 def test_a_failed_compression_restores_the_fused_experts(monkeypatch):
-    import adapters.compression
+    import adapters.methods
 
     model = make_tiny("mixtral")
     ref = _logits(model)
@@ -82,8 +82,8 @@ def test_a_failed_compression_restores_the_fused_experts(monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    real = adapters.compression._Applier.fit
-    monkeypatch.setattr(adapters.compression._Applier, "fit", lambda self, *a: boom(self, *a))
+    real = adapters.methods._Interpolative.fit
+    monkeypatch.setattr(adapters.methods._Interpolative, "fit", lambda self, *a: boom(self, *a))
     with pytest.raises(RuntimeError, match="boom"):
         compress(model, calibration=calibration_tokens(), progress=False)
     assert type(model.model.layers[0].mlp.experts).__name__ == "MixtralExperts"
