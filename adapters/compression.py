@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -53,13 +54,15 @@ class ModuleReport:
         Weight (and bias) parameters before and after.
     rel_error : float
         Measured relative activation-weighted error ``||(W - W') L||_F / ||W L||_F`` of the
-        stored ``W'`` (``L L^T = X^T D X``; CURing: the diagonal scaling).
+        stored ``W'`` (``L L^T = X^T D X``, the inputs the module was fitted on: the compressed
+        path's, of the last pass, with ``sequential``; CURing: the diagonal scaling).
     seconds : float
-        Time of this module's fit.
+        Time of this module's fit (summed over the passes of a sequential refit).
     predicted_error : float or None
         The plan's prediction of ``rel_error``.
     whitening : str or None
-        None when the input Gram was factored with the config's ``ridge``; otherwise how
+        None when the input Gram was factored with the config's ``ridge`` (plus ``refit_ridge``
+        in a sequential refit); otherwise how
         :func:`curlinalg.metric.whitening` fell back (a larger shift of the Cholesky factor, or
         the eigendecomposition route), e.g. because the layer saw fewer calibration tokens than
         it has input features.
@@ -147,10 +150,12 @@ class CompressionReport:
                          + ("  *" if m.whitening else ""))
         fell = [m for m in self.modules if m.whitening]
         if fell:
-            ridge = self.options.get("ridge")
+            asked = f"ridge={self.options.get('ridge')!r}"
+            if self.options.get("sequential") and self.options.get("refit_ridge"):
+                asked += f" + refit_ridge={self.options['refit_ridge']!r}"
             lines.append(
                 f"* whitening fell back for {len(fell)} module(s): the input Gram could not be factored with "
-                f"ridge={ridge!r} (singular, e.g. fewer calibration tokens than input features). The result "
+                f"{asked} (singular, e.g. fewer calibration tokens than input features). The result "
                 "is valid; pass more calibration tokens or a larger ridge= to choose the shift yourself:"
             )
             lines.extend(f"  {m.name}: {m.whitening}" for m in fell)
@@ -189,8 +194,13 @@ class _Applier:
         self.config = plan.config
         self.progress = progress
         self.swaps: list = []
-        self.reports: list[ModuleReport] = []
+        self.reports: dict[str, ModuleReport] = {}
         self.planned = {m.name: m for m in plan.modules if m.rank > 0}
+        self.sequential = isinstance(self.config, ActivationConfig) and self.config.sequential
+        # A refit's factor carries its ridge toward W on top of the numerical shift; its
+        # statistics are recorded afresh, so no factor is shared with the plan's.
+        self.fit_metrics = (Metrics(self.config.ridge + self.config.refit_ridge)
+                            if self.sequential and self.config.refit_ridge else metrics)
         self.routed = {f"{n}.{sub}" for n, mod in model.named_modules() if isinstance(mod, ExpertLinears)
                        for sub, _ in mod.named_modules() if sub}
 
@@ -204,26 +214,28 @@ class _Applier:
                     "sequential=False to fit on the dense model's statistics"
                 )
         workers = self.calib.workers
+        metrics = self.fit_metrics
         if self.method.needs_gram:  # one factor per shared input, made before the modules use it
-            map_modules(self.metrics.of, {id(s): s for _, s in todo}.values(), workers=workers)
+            map_modules(metrics.of, {id(s): s for _, s in todo}.values(), workers=workers)
 
         def one(item):
             name, stats = item
             t = time.perf_counter()
             with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
                 lin = as_linear(held)
-                res = self.method.fit(self.config, lin, stats, self.metrics, self.planned[name].rank)
+                res = self.method.fit(self.config, lin, stats, metrics, self.planned[name].rank)
             return lin, res, time.perf_counter() - t
 
         for (name, stats), (lin, res, seconds) in zip(todo, map_modules(one, todo, workers=workers)):
             mp = self.planned[name]
             before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
-            self.reports.append(ModuleReport(
+            earlier = self.reports.pop(name, None)  # a refit pass replaces the previous pass's fit
+            self.reports[name] = ModuleReport(
                 name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows,
                 cols=res.cols, params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
-                rel_error=res.rel_error, seconds=seconds, predicted_error=mp.predicted_error,
-                whitening=self.metrics.fallback(stats),
-            ))
+                rel_error=res.rel_error, seconds=seconds + (earlier.seconds if earlier else 0.0),
+                predicted_error=mp.predicted_error, whitening=metrics.fallback(stats),
+            )
             _swap(self.model, name, self.placer.place(name, res.module), self.swaps)
 
     @torch.no_grad()
@@ -240,13 +252,26 @@ class _Applier:
             self.fit_many([(name, kept[name]) for name in mods_of[i]])
 
     def _record_and_fit(self, mods_of, last) -> None:
-        """Layers ``0..last`` in order; a layer is swapped only after its inputs were recorded."""
-        sequential = isinstance(self.config, ActivationConfig) and self.config.sequential
+        """Layers ``0..last`` in order, ``passes`` times when sequential (see :meth:`_sweep`)."""
+        for p in range(self.config.passes if self.sequential else 1):
+            self._sweep(mods_of, last, refit=p > 0)
+
+    def _sweep(self, mods_of, last, *, refit: bool) -> None:
+        """One pass over layers ``0..last``; a layer is swapped only after its inputs were recorded.
+
+        The compressed path runs the model as it stands: layers before ``i`` fitted in this
+        pass, layer ``i`` dense in the first pass and as the previous pass left it in the next
+        ones (``refit``). There, each batch runs layer ``i`` with its dense modules put back
+        (the dense path), then with the previous pass's modules, and every module is fitted
+        again from its dense ``W`` at the planned rank.
+        """
+        sequential = self.sequential
         weighting = getattr(self.config, "token_weighting", "none")
         kept = self.plan._kept
         runner = self.calib.runner
         h_d = h_c = runner.hidden
-        for i in tqdm(range(last + 1), desc="compress", disable=not self.progress, leave=False):
+        for i in tqdm(range(last + 1), desc="compress" if not refit else "refit", disable=not self.progress,
+                      leave=False):
             mods = {n: m for n, m in mods_of.get(i, {}).items() if n not in kept}
             ready = {n: m for n, m in mods_of.get(i, {}).items() if n in kept}
             if not mods:
@@ -255,31 +280,51 @@ class _Applier:
                 h_c = runner.run_layer(i, h_c) if diverged else h_d
                 self.fit_many([(name, kept[name]) for name in ready])
                 continue
-            with onloaded_block(self.model, f"{runner.prefix}.{i}"):  # an offloaded layer is read once here
+            live = {n: self.model.get_submodule(n) for n in mods} if refit else mods
+            if refit:
+                self._install(mods)  # the block holds the dense modules; the previous fits load per forward
+            with onloaded_block(self.model, f"{runner.prefix}.{i}"), ExitStack() as stack:
+                rec = stack.enter_context(InputRecorder(mods))
+                rec_c = stack.enter_context(InputRecorder(live)) if refit else rec
                 stats: dict = {}
                 out_d = []
-                with InputRecorder(mods) as rec:
-                    for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
-                        rec.batch, rec.mask = b, runner.masks[b]
-                        y = runner.layers[i](hd, **kw)
-                        out_d.append(y[0] if isinstance(y, tuple) else y)
-                        xd = rec.take()
-                        if sequential and hc is not hd:
-                            runner.layers[i](hc, **kw)
-                            xc = rec.take()
-                            # A routed expert sees other tokens on the two paths: no paired rows, so
-                            # it is fitted on the dense path's inputs alone.
-                            accumulate_statistics(stats, {n: x for n, x in xc.items() if n not in self.routed},
-                                                  reference=xd, weighting=weighting)
-                            accumulate_statistics(stats, {n: x for n, x in xd.items() if n in self.routed},
-                                                  weighting=weighting)
-                        else:
-                            accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
+                for b, (hd, hc, kw) in enumerate(zip(h_d, h_c, runner.kwargs)):
+                    rec.batch, rec.mask = b, runner.masks[b]
+                    rec_c.batch, rec_c.mask = b, runner.masks[b]
+                    if refit:
+                        self._install(mods)
+                    y = runner.layers[i](hd, **kw)
+                    out_d.append(y[0] if isinstance(y, tuple) else y)
+                    xd = rec.take()
+                    if sequential and (hc is not hd or refit):
+                        if refit:
+                            self._install(live)
+                        runner.layers[i](hc, **kw)
+                        xc = rec_c.take()
+                        # A routed expert sees other tokens on the two paths: no paired rows, so
+                        # it is fitted on the dense path's inputs alone.
+                        accumulate_statistics(stats, {n: x for n, x in xc.items() if n not in self.routed},
+                                              reference=xd, weighting=weighting)
+                        accumulate_statistics(stats, {n: x for n, x in xd.items() if n in self.routed},
+                                              weighting=weighting)
+                    else:
+                        accumulate_statistics(stats, xd, weighting=weighting, gram=self.method.needs_gram)
+                if refit:
+                    self._install(mods)  # fit reads, and the placer places after, the dense module
                 self.fit_many([(name, kept[name]) for name in ready] + [(name, stats.get(name)) for name in mods])
                 for s in {id(s): s for s in stats.values()}.values():
-                    self.metrics.drop(s)
+                    self.fit_metrics.drop(s)
                 h_c = runner.run_layer(i, h_c) if sequential else out_d
                 h_d = out_d
+
+    def _install(self, modules: dict) -> None:
+        """Put ``modules`` (by dotted name) into the model, untracked: every name they take was
+        swapped once before, and restoring ``self.swaps`` in reverse ends on the dense module."""
+        for name, mod in modules.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name)
+            if getattr(parent, attr) is not mod:
+                setattr(parent, attr, mod)
 
 
 def compress(
@@ -446,7 +491,7 @@ def compress(
         if isinstance(mod, ExpertLinears):
             mod.own_storage()
     order = {m.name: k for k, m in enumerate(the_plan.modules)}
-    reports = sorted(applier.reports, key=lambda r: order[r.name])
+    reports = sorted(applier.reports.values(), key=lambda r: order[r.name])
     dense = [asdict(d) for d in the_plan.dense] + [
         asdict(LeftDense(m.name, m.shape, m.params_before, "rank 0 in the plan")) for m in the_plan.modules if m.rank == 0
     ]

@@ -75,6 +75,9 @@ class CompressionConfig:
 
     method: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    #: Older versions still read: version -> the values of the fields added since, which a
+    #: dictionary of that version lacks (what that version did, not today's defaults).
+    upgrades: ClassVar[dict] = {}
     #: Whether targets naming less than half of the blocks' linear parameters deserve a warning
     #: (False for a method whose targets are a deliberate subset).
     covers_blocks: ClassVar[bool] = True
@@ -126,10 +129,13 @@ class CompressionConfig:
         if method != cls.method:
             raise ValueError(f"{cls.__name__} reads method {cls.method!r}, got {method!r}; use config_from_dict")
         if version != cls.version:
-            raise ValueError(
-                f"{cls.__name__} version {version!r} is not supported (this library writes "
-                f"version {cls.version}); re-save the config with this version of adapters"
-            )
+            if version not in cls.upgrades:
+                raise ValueError(
+                    f"{cls.__name__} version {version!r} is not supported (this library writes "
+                    f"version {cls.version} and reads {sorted({cls.version, *cls.upgrades})}); re-save the "
+                    "config with this version of adapters"
+                )
+            data = cls.upgrades[version] | data
         return cls.with_options(**data)
 
     @classmethod
@@ -196,26 +202,95 @@ class BudgetConfig(CompressionConfig):
         return math.floor((1.0 - (0.1 if self.reduction is None else self.reduction)) * params_before)
 
 
+#: The values of the refit options that change nothing (what version 1 did).
+REFIT_OFF = {"mix": 0.0, "refit_ridge": 0.0, "passes": 1}
+
+_ERR_REFIT_TYPE = "{name} must be {what}, got {value!r} of type {kind}"
+_ERR_REFIT_ALONE = (
+    "{given} only acts on the sequential refit, and sequential=False; pass sequential=True to refit "
+    "each module on the compressed model's inputs, or drop {names}"
+)
+
+
+def _real(name, value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(_ERR_REFIT_TYPE.format(name=name, what=what, value=value, kind=type(value).__name__))
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ActivationConfig(BudgetConfig):
-    """Activation-aware selection: what the interpolative and C U R forms share.
+    r"""Activation-aware selection: what the interpolative and C U R forms share.
 
     Attributes
     ----------
     selector : {"deim", "qdeim", "maxvol"}
         The curlinalg selector of the rows (and columns).
     sequential : bool
-        Calibrate each layer on the outputs of the compressed layers before it and fit to the
-        dense outputs.
+        Calibrate each layer on the outputs of the compressed layers before it (inputs
+        ``x_c``) and refit each module there, against the target set by ``mix``.
+    mix : float in [0, 1], default 0
+        With ``sequential``: weight :math:`\alpha` of the compressed-input target in
+        :math:`\alpha W x_c + (1 - \alpha) W x_d` (PIFA's "M" refit uses about 0.75). 0 fits the
+        dense outputs ``W x_d`` alone (version 1's sequential fit); 1 fits ``W`` in the metric
+        of the compressed inputs' Gram, as the non-sequential fit does with the dense one.
+    refit_ridge : float >= 0, default 0
+        With ``sequential``: relative weight :math:`\lambda / \mathrm{mean}(\mathrm{diag}\,H_c)`
+        of a Tikhonov term :math:`\lambda\|W' - W\|_F^2` pulling each refit toward the dense
+        ``W`` (large values tend to the plain truncated SVD of ``W``). Added to ``ridge``, the
+        numerical shift of the Gram, for the refit's factor.
+    passes : int >= 1, default 1
+        With ``sequential``: sweeps over the model. Pass ``p > 1`` runs the compressed path
+        through the model as pass ``p - 1`` left it and refits every module from its dense ``W``
+        at the same rank.
+
+    Notes
+    -----
+    Version 2 added ``mix``, ``refit_ridge`` and ``passes``; a version-1 dictionary reads with
+    :data:`REFIT_OFF`. Without ``sequential`` the refit options must keep their off values
+    (:data:`REFIT_OFF`) or their defaults: any other value would be ignored, so it raises. The
+    formulas are in :func:`curlinalg.metric.mixed_cross`.
+
+    References
+    ----------
+    Zhao et al. (2025), "Pivoting Factorization", arXiv 2501.19090 (the "M" refit).
     """
+
+    version: ClassVar[int] = 2
+    upgrades: ClassVar[dict] = {1: REFIT_OFF}
 
     selector: str = "deim"
     sequential: bool = False
+    mix: float = 0.0
+    refit_ridge: float = 0.0
+    passes: int = 1
 
     def __post_init__(self):
         super().__post_init__()
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
+        if not isinstance(self.sequential, bool):
+            raise TypeError(f"sequential must be a bool, got {self.sequential!r}")
+        mix = _real("mix", self.mix, "a real number in [0, 1]")
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must lie in [0, 1] (the weight of the target W x_c), got {self.mix!r}; "
+                             "PIFA uses about 0.75")
+        ridge = _real("refit_ridge", self.refit_ridge, "a finite real number >= 0")
+        if not (math.isfinite(ridge) and ridge >= 0):
+            raise ValueError(f"refit_ridge must be a finite real number >= 0, got {self.refit_ridge!r}; e.g. 1e-2")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int):
+            raise TypeError(_ERR_REFIT_TYPE.format(name="passes", what="an int >= 1", value=self.passes,
+                                                   kind=type(self.passes).__name__))
+        if self.passes < 1:
+            raise ValueError(f"passes must be an int >= 1 (sweeps of the sequential refit), got {self.passes!r}")
+        object.__setattr__(self, "mix", mix)
+        object.__setattr__(self, "refit_ridge", ridge)
+        if not self.sequential:
+            defaults = {f.name: f.default for f in fields(self)}
+            stray = [n for n, off in REFIT_OFF.items() if getattr(self, n) not in (off, defaults[n])]
+            if stray:
+                raise ValueError(_ERR_REFIT_ALONE.format(
+                    given=", ".join(f"{n}={getattr(self, n)!r}" for n in stray), names=stray))
 
 
 @dataclass(frozen=True)
@@ -226,8 +301,10 @@ class InterpolativeConfig(ActivationConfig):
     ``L L^T`` the token-weighted input Gram): ``r (m + n) - r^2`` parameters
     (:class:`adapters.layer.InterpolativeLinear`; :func:`curlinalg.interpolative` with
     ``skeleton="truncation"`` in the metric of :mod:`curlinalg.metric`). ``sequential`` is off
-    by default: measured worse for this form (303 against 50 at -20% on SmolLM2-135M,
-    docs/adapters.md).
+    by default: its version-1 fit (``mix=0``) measured worse for this form (303 against 50 at
+    -20% on SmolLM2-135M, docs/adapters.md); the refit options ``mix``, ``refit_ridge`` and
+    ``passes`` (:class:`ActivationConfig`) are measured by ``benchmarks/adapters_quality.py``
+    (``refit@F``, ``refit2@F``).
     """
 
     method: ClassVar[str] = "interpolative"

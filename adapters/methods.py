@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import curlinalg
-from curlinalg.metric import Whitening, weighted_norm, whitening
+from curlinalg.metric import Whitening, mixed_cross, weighted_norm, whitening
 
 from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, SVDConfig
 from .layer import (
@@ -47,8 +47,20 @@ def _rel(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
     return weighted_norm(E, gram=H) / max(weighted_norm(W, gram=H), 1e-150)
 
 
+def _cross(config, stats, metric: Whitening):
+    """The cross-Gram of the fit: the sequential refit's mixed target and ridge
+    (:func:`curlinalg.metric.mixed_cross`), or None where the inputs of both paths coincide."""
+    if stats.cross is None:
+        return None
+    return mixed_cross(metric, stats.cross, mix=getattr(config, "mix", 0.0), ridge=getattr(config, "refit_ridge", 0.0))
+
+
 class Metrics:
-    """One :class:`~curlinalg.metric.Whitening` per shared input (q/k/v share one factor)."""
+    """One :class:`~curlinalg.metric.Whitening` per shared input (q/k/v share one factor).
+
+    ``ridge`` is the relative shift asked of each factor: the config's ``ridge``, plus its
+    ``refit_ridge`` for the statistics of a sequential refit (:mod:`adapters.compression`).
+    """
 
     def __init__(self, ridge: float):
         self.ridge = ridge
@@ -116,8 +128,9 @@ class _Interpolative(Method):
 
     def fit(self, config, linear, stats, metrics, rank):
         W = linear.weight.detach().to(torch.float64)
+        metric = metrics.of(stats)
         res = curlinalg.interpolative(
-            W, rank=rank, metric=metrics.of(stats), cross=stats.cross, skeleton="truncation",
+            W, rank=rank, metric=metric, cross=_cross(config, stats, metric), skeleton="truncation",
             basis="gram", method=config.selector,
         )
         E = W.clone()
@@ -145,7 +158,8 @@ class _CUR(Method):
 
     def fit(self, config, linear, stats, metrics, rank):
         W = linear.weight.detach().to(torch.float64)
-        res = curlinalg.weighted_cur(W, metrics.of(stats), rank=rank, method=config.selector, cross=stats.cross)
+        metric = metrics.of(stats)
+        res = curlinalg.weighted_cur(W, metric, rank=rank, method=config.selector, cross=_cross(config, stats, metric))
         E = W - res.to_dense()
         new = CURLinear.from_linear(linear, rows=res.rows, cols=res.cols, U=res.U, C=res.C)
         return Fit(new, res.rows.tolist(), res.cols.tolist(), _rel(E, W, stats.gram))

@@ -14,6 +14,7 @@ measures it; :func:`weighted_cur` is a CUR selected in it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import array_api_compat as aac
 from . import _backend, _validation
 from .bounds import selection_constant
 
-__all__ = ["WeightedCUR", "Whitening", "whitening", "weighted_norm", "weighted_cur", "SELECTORS"]
+__all__ = ["WeightedCUR", "Whitening", "whitening", "weighted_norm", "weighted_cur", "mixed_cross", "SELECTORS"]
 
 #: Selectors accepted by :func:`weighted_cur` and :func:`curlinalg.interpolative.interpolative`.
 SELECTORS = ("deim", "qdeim", "maxvol")
@@ -218,6 +219,101 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     if L is None:  # pragma: no cover - a clamped spectrum is positive definite
         raise ValueError("could not factor the Gram matrix even after clamping its spectrum")
     return Whitening(H, L, floor, "eigh", requested)
+
+
+_ERR_MIX = "mix must be a real number in [0, 1] (the weight of the target A X_c^T), got {mix!r}"
+_ERR_MIX_RIDGE = (
+    "ridge={ridge!r} asks for a shift lambda = {shift:.3g} larger than the metric's own shift "
+    "{have:.3g}; factor the Gram with at least that shift: whitening(H, ridge=ridge_of_the_metric + {ridge!r})"
+)
+
+
+def mixed_cross(metric: Whitening, cross: Any, /, *, mix: float, ridge: float = 0.0) -> Any:
+    r"""The cross-Gram of a refit against a mixed target, with a ridge toward ``A``.
+
+    :meth:`Whitening.whiten` with ``cross=K`` fits outputs :math:`AX_d^T` from inputs
+    :math:`X_c`. This returns the ``cross`` for which the same reduced-rank regression fits
+    the mixed target :math:`\alpha AX_c^T + (1 - \alpha)AX_d^T`, pulled toward ``A`` by a
+    Tikhonov term (PIFA's "M" refit, Zhao et al. 2025).
+
+    Parameters
+    ----------
+    metric : Whitening
+        :math:`LL^T = S = H + \delta I` of the compressed inputs' Gram :math:`H = X_c^TX_c`;
+        its shift :math:`\delta` must be at least :math:`\lambda` below (build it with
+        ``whitening(H, ridge=r0 + ridge)``).
+    cross : array, shape (n, n)
+        :math:`K = X_c^TX_d`.
+    mix : float
+        :math:`\alpha \in [0, 1]`, the weight of the target :math:`AX_c^T`.
+    ridge : float, default 0
+        :math:`\lambda = \mathrm{ridge}\cdot\mathrm{mean}(\mathrm{diag}\,H)` (as the shift of
+        :func:`whitening`; the mean diagonal is taken as 1 when it is 0).
+
+    Returns
+    -------
+    array, shape (n, n)
+        :math:`K' = \alpha S + (1 - \alpha)(K + \lambda I)`; ``cross`` itself when
+        :math:`\alpha = \lambda = 0`.
+
+    Raises
+    ------
+    ValueError
+        ``mix`` outside [0, 1], a negative ``ridge``, or :math:`\lambda > \delta`.
+
+    Notes
+    -----
+    With :math:`K'` the reduced-rank regression :math:`M = [AK'^TL^{-T}]_rL^{-1}` minimises,
+    over :math:`\mathrm{rank}\,M \le r`,
+
+    .. math::
+
+        \alpha\|(M - A)X_c^T\|_F^2 + (1 - \alpha)\|MX_c^T - AX_d^T\|_F^2
+        + \mu_A\|M - A\|_F^2 + \mu_0\|M\|_F^2,
+
+    :math:`\mu_A = \alpha\delta + (1 - \alpha)\lambda` and :math:`\mu_0 = (1 - \alpha)(\delta - \lambda)`
+    (expand both sides: the quadratic term is :math:`\mathrm{tr}(MSM^T)`, the linear one
+    :math:`-2\,\mathrm{tr}(AK'^TM^T)`). Each part of the target keeps the shift its own fit
+    has: :math:`\alpha = 1` gives :math:`K' = S` and :math:`AK'^TL^{-T} = AL`, the plain fit in
+    the metric (``cross=None``); :math:`\alpha = 0` the regression of :meth:`Whitening.whiten`
+    with a ridge :math:`\lambda` toward ``A`` (the numerical shift :math:`\delta - \lambda`
+    pulls toward 0, as without it). As :math:`\lambda \to \infty` the fit tends to the plain
+    rank-``r`` truncation of ``A``: the ridge trades the calibration's information for the
+    weights' own.
+
+    References
+    ----------
+    .. [1] Y. Zhao et al., "Pivoting Factorization: a compact meta low-rank representation of
+       sparsity for efficient inference in large language models", arXiv 2501.19090, 2025.
+    .. [2] A. J. Izenman, "Reduced-rank regression for the multivariate linear model",
+       J. Multivariate Anal. 5, 1975.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg.metric import mixed_cross, whitening
+    >>> X = np.random.default_rng(0).standard_normal((50, 4))
+    >>> w = whitening(X.T @ X, ridge=0.0)
+    >>> K = X.T @ (X + 0.1)
+    >>> mixed_cross(w, K, mix=0.0) is K, bool(np.allclose(mixed_cross(w, K, mix=1.0), X.T @ X))
+    (True, True)
+    """
+    if isinstance(mix, bool) or not isinstance(mix, numbers.Real):
+        raise TypeError(_ERR_MIX.format(mix=mix))
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(_ERR_MIX.format(mix=mix))
+    ridge = _validation.check_tol(ridge, "ridge") or 0.0
+    if mix == 0 and ridge == 0:
+        return cross
+    xp = aac.array_namespace(cross)
+    scale = _backend.to_float(xp.mean(xp.linalg.diagonal(metric.gram))) or 1.0
+    shift = ridge * scale
+    if shift > metric.shift * (1.0 + 1e-12):
+        raise ValueError(_ERR_MIX_RIDGE.format(ridge=ridge, shift=shift, have=metric.shift))
+    K = xp.astype(cross, xp.float64)
+    if mix == 0:
+        return _plus_diagonal(K, shift)
+    return mix * metric.shifted_gram() + (1.0 - mix) * _plus_diagonal(K, shift)
 
 
 def weighted_norm(E: Any, /, *, gram: Any) -> float:

@@ -447,3 +447,157 @@ def test_workers_do_not_change_the_result(tiny_llama, calib_tokens):
 def test_workers_checked(tiny_llama, calib_tokens):
     with pytest.raises(ValueError, match="workers must be a positive int"):
         compress(tiny_llama, calibration=calib_tokens, reduction=0.2, progress=False, workers=0)
+
+
+# The sequential refit (mix, refit_ridge, passes): PIFA's "M" (arXiv 2501.19090).
+
+
+def _refit(calib_tokens, config=InterpolativeConfig, **options):
+    return compress(make_tiny_llama(), config(reduction=0.3, sequential=True, **options), calibration=calib_tokens,
+                    progress=False)
+
+
+def _factored(model):
+    return {n: m.weight_product().detach() for n, m in model.named_modules() if isinstance(m, FACTORED_LINEARS)}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("config", [InterpolativeConfig, CURConfig], ids=["interpolative", "cur"])
+def test_refit_mix_0_is_the_sequential_fit_of_version_1(calib_tokens, monkeypatch, config):
+    """mix=0 (no ridge, one pass) passes the recorded cross-Gram K = X_c^T D X_d to the fit
+    untouched: the same model, bit for bit, as the fit that takes ``stats.cross`` as it is."""
+    new, rep = _refit(calib_tokens, config, mix=0.0, refit_ridge=0.0, passes=1)
+    monkeypatch.setattr("adapters.methods.mixed_cross", lambda metric, cross, **_: cross)
+    old, rep_old = _refit(calib_tokens, config)
+    assert _same(_factored(new), _factored(old)) and len(_factored(new)) == len(rep.modules)
+    assert [m.rel_error for m in rep.modules] == [m.rel_error for m in rep_old.modules]
+
+
+def test_refit_mix_1_fits_w_in_the_compressed_inputs_gram(calib_tokens, monkeypatch):
+    """mix=1: the target W x_c, i.e. the plain fit of W in the metric of the compressed path's
+    Gram (cross=None), layer by layer on the compressed model's inputs.
+
+    Equal up to the Gram's own asymmetry: ``X^T D X`` is summed from float32 products
+    (symmetric to ~1e-8 relative), the Cholesky factor reads one triangle, and the regression
+    ``W S L^{-T}`` amplifies the difference by about cond(L)^2 (~3e5 for layer 1's o_proj here,
+    5e-4 relative in its weights); every other module agrees to ~1e-7.
+    """
+    mixed, _ = _refit(calib_tokens, mix=1.0)
+    monkeypatch.setattr("adapters.methods.mixed_cross", lambda metric, cross, **_: None)
+    plain, _ = _refit(calib_tokens)
+    a, b = _factored(mixed), _factored(plain)
+    assert a.keys() == b.keys()
+    rel = {n: float(torch.linalg.norm(a[n] - b[n]) / torch.linalg.norm(b[n])) for n in a}
+    assert max(rel.values()) < 2e-3 and sorted(rel.values())[-2] < 1e-6, rel
+
+
+def test_refit_mix_moves_the_fit_the_expected_way(calib_tokens):
+    """Layer 1 is fitted on the same compressed inputs for every mix (layer 0's inputs are the
+    dense ones, so its fit ignores mix). Its fits minimise alpha E_c + (1 - alpha) E_d exactly
+    (the truncation in the metric), so the error on the compressed inputs, ``rel_error``, cannot
+    grow with alpha, and the fitted weights move."""
+    fits = {mix: _refit(calib_tokens, mix=mix) for mix in (0.0, 0.5, 1.0)}
+    weights = {mix: _factored(m) for mix, (m, _) in fits.items()}
+    layer0 = [n for n in weights[0.0] if ".layers.0." in n]
+    layer1 = [n for n in weights[0.0] if ".layers.1." in n]
+    assert layer0 and layer1
+    for n in layer0:
+        torch.testing.assert_close(weights[0.0][n], weights[1.0][n], rtol=1e-6, atol=1e-7)
+    assert all(not torch.allclose(weights[0.0][n], weights[0.5][n]) for n in layer1)
+    assert all(not torch.allclose(weights[0.5][n], weights[1.0][n]) for n in layer1)
+    err = {mix: {m.name: m.rel_error for m in rep.modules} for mix, (_, rep) in fits.items()}
+    for n in layer1:
+        assert err[1.0][n] <= err[0.5][n] * (1 + 1e-6) and err[0.5][n] <= err[0.0][n] * (1 + 1e-6)
+    assert sum(err[1.0][n] for n in layer1) < 0.99 * sum(err[0.0][n] for n in layer1)
+
+
+def test_refit_ridge_pulls_toward_the_plain_truncation_of_w(calib_tokens):
+    """The ridge changes the fit, and a huge one leaves the plain rank-r truncated SVD of each
+    dense W: the Tikhonov term lambda ||W' - W||_F^2 outweighs the calibration."""
+    dense = {n: m.weight.detach().clone() for n, m in make_tiny_llama().named_modules() if isinstance(m, nn.Linear)}
+    none, _ = _refit(calib_tokens, mix=0.5)
+    some, _ = _refit(calib_tokens, mix=0.5, refit_ridge=1e-1)
+    huge, rep = _refit(calib_tokens, mix=0.5, refit_ridge=1e8)
+    a, b, c = _factored(none), _factored(some), _factored(huge)
+    assert all(not torch.allclose(a[n], b[n]) for n in a)
+    ranks = {m.name: m.rank for m in rep.modules}
+    for n, Wr in c.items():
+        U, s, Vh = torch.linalg.svd(dense[n].double())
+        r = ranks[n]
+        trunc = (U[:, :r] * s[:r]) @ Vh[:r]
+        assert float(torch.linalg.norm(Wr.double() - trunc) / torch.linalg.norm(trunc)) < 1e-4, n
+        assert float(torch.linalg.norm(a[n].double() - trunc) / torch.linalg.norm(trunc)) > 1e-2, n
+
+
+def test_refit_passes_refit_every_module_at_the_same_ranks(calib_tokens, eval_tokens):
+    one, rep1 = _refit(calib_tokens, mix=0.75)
+    two, rep2 = _refit(calib_tokens, mix=0.75, passes=2)
+    a, b = _factored(one), _factored(two)
+    assert a.keys() == b.keys() and len(rep2.modules) == len(rep1.modules) == len(a)
+    assert [(m.name, m.rank) for m in rep2.modules] == [(m.name, m.rank) for m in rep1.modules]
+    assert count_parameters(two) == count_parameters(one) == rep2.params_after == rep1.params_after
+    # In layer 0 the second pass feeds o_proj from pass 1's q/k/v, gate/up from its o_proj and
+    # down_proj from its gate/up; q/k/v read the embeddings, as in pass 1.
+    for n in (n for n in a if ".layers.0." in n):
+        differs = not torch.allclose(a[n], b[n], rtol=1e-5, atol=1e-7)
+        assert differs != n.endswith(("q_proj", "k_proj", "v_proj")), n
+    assert all(not torch.allclose(a[n], b[n]) for n in a if ".layers.1." in n)
+    assert not torch.allclose(_logits(one, eval_tokens), _logits(two, eval_tokens))
+    assert rep2.options["passes"] == 2
+
+
+@pytest.mark.parametrize("where, after", [("adapters.methods._Interpolative.fit", 16),
+                                          ("adapters.compression.accumulate_statistics", 6)], ids=["fit", "record"])
+def test_refit_leaves_no_trace_on_failure(calib_tokens, monkeypatch, where, after):
+    """A failure in the second pass restores every dense module: pass 1 fits 13 modules and
+    records 6 batches of statistics, so both failures happen in pass 2 (the record one while
+    pass 1's modules are put in for the compressed path)."""
+    model = make_tiny_llama()
+    before = _state(model)
+    owner, _, attr = where.rpartition(".")
+    import importlib
+
+    try:
+        target = importlib.import_module(owner)
+    except ModuleNotFoundError:
+        mod, _, cls = owner.rpartition(".")
+        target = getattr(importlib.import_module(mod), cls)
+    real = getattr(target, attr)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, attr, failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        compress(model, InterpolativeConfig(reduction=0.3, sequential=True, mix=0.75, passes=2),
+                 calibration=calib_tokens, progress=False)
+    assert len(calls) > after  # side-by-side fits may start a few more before the failure stops them
+    assert not any(isinstance(m, FACTORED_LINEARS) for m in model.modules())
+    after_state = model.state_dict()
+    assert before.keys() == after_state.keys() and all(torch.equal(before[k], after_state[k]) for k in before)
+
+
+@pytest.mark.parametrize("options, match", [(dict(mix=0.75), "only acts on the sequential refit"),
+                                            (dict(sequential=True, mix=2.0), r"mix must lie in \[0, 1\]"),
+                                            (dict(sequential=True, passes=0), "passes must be an int >= 1")])
+def test_refit_bad_options_raise_before_touching(tiny_llama, calib_tokens, options, match):
+    before = _state(tiny_llama)
+    with pytest.raises(ValueError, match=match):
+        compress(tiny_llama, calibration=calib_tokens, reduction=0.3, progress=False, **options)
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+
+
+def test_workers_do_not_change_the_refit(calib_tokens):
+    """The refit's factors (ridge + refit_ridge) are made before the side-by-side fits as well."""
+    cfg = InterpolativeConfig(reduction=0.3, sequential=True, mix=0.75, refit_ridge=1e-2, passes=2)
+    one, _ = compress(make_tiny_llama(), cfg, calibration=calib_tokens, progress=False, workers=1)
+    two, _ = compress(make_tiny_llama(), cfg, calibration=calib_tokens, progress=False, workers=2)
+    a, b = one.state_dict(), two.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -70,7 +70,7 @@ def test_plan_puts_the_fused_experts_back_and_compress_applies_it():
 
 
 def test_a_failed_compression_restores_the_fused_experts(monkeypatch):
-    import adapters.compression
+    import adapters.methods
 
     model = make_tiny("mixtral")
     ref = _logits(model)
@@ -82,8 +82,8 @@ def test_a_failed_compression_restores_the_fused_experts(monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    real = adapters.compression._Applier.fit
-    monkeypatch.setattr(adapters.compression._Applier, "fit", lambda self, *a: boom(self, *a))
+    real = adapters.methods._Interpolative.fit
+    monkeypatch.setattr(adapters.methods._Interpolative, "fit", lambda self, *a: boom(self, *a))
     with pytest.raises(RuntimeError, match="boom"):
         compress(model, calibration=calibration_tokens(), progress=False)
     assert type(model.model.layers[0].mlp.experts).__name__ == "MixtralExperts"
@@ -111,10 +111,13 @@ def test_an_expert_no_token_reaches_stays_dense_with_the_reason():
     assert count_parameters(model) == report.params_after
 
 
-def test_sequential_fits_routed_experts_on_the_dense_inputs():
-    model, report = compress(make_tiny("mixtral"), CURConfig(reduction=0.1), calibration=calibration_tokens(),
-                             progress=False)
+@pytest.mark.parametrize("config", [CURConfig(reduction=0.1), CURConfig(reduction=0.1, mix=0.75, passes=2),
+                                    InterpolativeConfig(reduction=0.1, sequential=True, mix=0.75, passes=2)],
+                         ids=["cur", "cur-refit-2-passes", "interpolative-refit-2-passes"])
+def test_sequential_fits_routed_experts_on_the_dense_inputs(config):
+    model, report = compress(make_tiny("mixtral"), config, calibration=calibration_tokens(), progress=False)
     assert any(".experts." in m.name for m in report.modules)
+    assert len({m.name for m in report.modules}) == len(report.modules)
     assert torch.isfinite(_logits(model)).all() and count_parameters(model) == report.params_after
 
 

@@ -183,6 +183,36 @@ def test_refuses_unknown_compression_config_version(saved):
         AutoModelForCausalLM.from_pretrained(path)
 
 
+@pytest.mark.parametrize("form", ["interpolative", "cur"])
+def test_refit_options_round_trip_through_the_checkpoint(form, tmp_path):
+    """A model compressed with the sequential refit saves and loads; its record carries the
+    options (version 2), and a version-1 record of the same checkpoint reads with the refit off."""
+    from adapters import config_from_dict
+    from adapters.configs import CURConfig, InterpolativeConfig
+
+    cls = InterpolativeConfig if form == "interpolative" else CURConfig
+    cfg = cls(reduction=0.15, sequential=True, mix=0.75, refit_ridge=1e-2, passes=2)
+    model, report = compress(make_tiny_llama(), cfg, calibration=CALIB, progress=False)
+    model.save_pretrained(tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["compression"]
+    assert record == cfg.to_dict() and record["version"] == 2
+    assert (record["mix"], record["refit_ridge"], record["passes"]) == (0.75, 1e-2, 2)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.compression_config == cfg and config_from_dict(record) == cfg
+    assert count_parameters(loaded) == report.params_after
+    assert torch.equal(_out(loaded), _out(model))
+
+    def as_version_1(c):
+        comp = c["quantization_config"]["compression"]
+        comp.update(version=1, sequential=False)
+        for name in ("mix", "refit_ridge", "passes"):
+            del comp[name]
+
+    _edit_config(tmp_path, as_version_1)
+    old = AutoModelForCausalLM.from_pretrained(tmp_path).compression_config
+    assert old == cls(reduction=0.15, sequential=False) and (old.mix, old.refit_ridge, old.passes) == (0.0, 0.0, 1)
+
+
 def test_refuses_unknown_form(saved):
     path, name = saved
     _edit_config(path, lambda cfg: _modules(cfg)[name].update(form="tucker"))

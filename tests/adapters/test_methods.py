@@ -75,6 +75,45 @@ def test_interpolative_fit_solves_the_sequential_reduced_rank_regression():
         torch.testing.assert_close(M, ref, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("mix, refit_ridge", [(0.0, 0.0), (0.75, 0.0), (0.75, 0.05), (0.3, 2.0), (1.0, 0.05)])
+def test_interpolative_fit_solves_the_mixed_ridge_refit(mix, refit_ridge):
+    """The refit's options reach the fit: it is the rank-r optimum of
+
+    alpha ||(M - W) Xc^T||^2 + (1 - alpha) ||M Xc^T - W Xd^T||^2 + lambda ||M - W||^2,
+
+    lambda = refit_ridge * mean(diag Xc^T Xc): reduced-rank regression on stacked data
+    [sqrt(alpha) Xc; sqrt(1 - alpha) Xc; sqrt(lambda) I], computed here without curlinalg.
+    """
+    W, Xd, Xc = _problem(9)
+    n = W.shape[1]
+    st = SimpleNamespace(gram=Xc.T @ Xc, cross=Xc.T @ Xd)
+    lam = refit_ridge * float(torch.diagonal(st.gram).mean())
+    a, b = mix**0.5, (1 - mix) ** 0.5
+    X = torch.cat([a * Xc, b * Xc, lam**0.5 * torch.eye(n, dtype=torch.float64)])
+    Y = torch.cat([a * Xc @ W.T, b * Xd @ W.T, lam**0.5 * W.T])
+    ols = torch.linalg.lstsq(X, Y).solution.T
+    Uf = torch.linalg.svd(ols @ X.T, full_matrices=False).U
+    cfg = InterpolativeConfig(ridge=1e-14, sequential=True, mix=mix, refit_ridge=refit_ridge)
+    for r in (2, 9):
+        M = method_for(cfg).fit(cfg, _linear(W), st, Metrics(1e-14 + refit_ridge), r).module.weight_product().detach()
+        torch.testing.assert_close(M, Uf[:, :r] @ Uf[:, :r].T @ ols, rtol=1e-6, atol=1e-8)
+
+
+def test_cur_fit_core_follows_the_mixed_target():
+    """The C U R form's core is fitted to the mixed target: with mix=1 and the same rows and
+    columns, the core of the fit on the compressed Gram alone; mix moves it."""
+    W, Xd, Xc = _problem(10)
+    st = SimpleNamespace(gram=Xc.T @ Xc, cross=Xc.T @ Xd)
+    fits = {}
+    for mix in (0.0, 1.0):
+        cfg = CURConfig(ridge=1e-12, mix=mix)
+        fits[mix] = method_for(cfg).fit(cfg, _linear(W), st, Metrics(1e-12), 6).module
+    alone = method_for(CURConfig(ridge=1e-12)).fit(
+        CURConfig(ridge=1e-12), _linear(W), SimpleNamespace(gram=st.gram, cross=None), Metrics(1e-12), 6).module
+    torch.testing.assert_close(fits[1.0].weight_product(), alone.weight_product(), rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(fits[0.0].weight_product(), fits[1.0].weight_product(), rtol=1e-3)
+
+
 def test_cur_curve_matches_the_fitted_cur_at_every_rank():
     W, X, _ = _problem(3)
     st = SimpleNamespace(gram=X.T @ X, cross=None)

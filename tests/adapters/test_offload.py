@@ -50,7 +50,9 @@ def _dispatch(model, kind, tmp_path):
 @pytest.mark.parametrize("kind, config", [
     ("cpu", InterpolativeConfig(reduction=0.2)), ("auto", InterpolativeConfig(reduction=0.2)),
     ("disk", InterpolativeConfig(reduction=0.2)), ("disk", CURConfig(reduction=0.2)),  # CURConfig: sequential
-], ids=["cpu", "auto", "disk", "disk-cur-sequential"])
+    ("disk", InterpolativeConfig(reduction=0.2, sequential=True, mix=0.75, refit_ridge=1e-2, passes=2)),
+    ("cpu", InterpolativeConfig(reduction=0.2, sequential=True, mix=0.75, passes=2)),
+], ids=["cpu", "auto", "disk", "disk-cur-sequential", "disk-refit-2-passes", "cpu-refit-2-passes"])
 def test_offloaded_model_compresses_like_the_in_memory_one(kind, config, calib_tokens, eval_tokens, tmp_path):
     dense = make_tiny_llama(layers=3)
     off = _dispatch(dense, kind, tmp_path)

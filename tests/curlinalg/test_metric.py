@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curlinalg import optimal_core, weighted_cur, weighted_norm, whitening
-from curlinalg.metric import Whitening, solve_psd
+from curlinalg.metric import Whitening, mixed_cross, solve_psd
 
 
 def _inputs(seed, tokens, n, rank=None):
@@ -94,6 +94,72 @@ def test_cross_gives_the_reduced_rank_regression_target():
     # Full rank: B L^{-1} is the least-squares map from X_c to the outputs A X_d^T.
     ols = np.linalg.lstsq(Xc, Xd @ A.T, rcond=None)[0].T
     np.testing.assert_allclose(w.unwhiten(B), ols, rtol=1e-8, atol=1e-10)
+
+
+def _mixed_problem(seed, m=9, n=6, tokens=60):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n))
+    Xd = rng.standard_normal((tokens, n)) @ rng.standard_normal((n, n))
+    Xc = Xd + 0.3 * rng.standard_normal((tokens, n))
+    return A, Xd, Xc
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.25, 0.75, 1.0])
+@pytest.mark.parametrize("rank", [2, 6])
+@pytest.mark.parametrize("ridge", [0.0, 0.05, 3.0])
+def test_mixed_cross_solves_the_mixed_ridge_regression(mix, rank, ridge):
+    """The rank-r fit with the mixed cross is the reduced-rank regression of stacked data.
+
+    alpha ||(M - A) Xc^T||^2 + (1 - alpha) ||M Xc^T - A Xd^T||^2 + lambda ||M - A||^2 is one
+    least-squares problem on the inputs [sqrt(alpha) Xc; sqrt(1 - alpha) Xc; sqrt(lambda) I]:
+    its rank-r optimum is the OLS map projected on the top-r left singular vectors of the fitted
+    values (Izenman 1975), computed here without curlinalg.
+    """
+    A, Xd, Xc = _mixed_problem(11)
+    n = A.shape[1]
+    H = Xc.T @ Xc
+    w = whitening(H, ridge=ridge)  # the metric's whole shift is the ridge: no toward-zero part
+    lam = ridge * np.mean(np.diag(H))
+    X = np.vstack([np.sqrt(mix) * Xc, np.sqrt(1 - mix) * Xc, np.sqrt(lam) * np.eye(n)])
+    Y = np.vstack([np.sqrt(mix) * Xc @ A.T, np.sqrt(1 - mix) * Xd @ A.T, np.sqrt(lam) * A.T])
+    ols = np.linalg.lstsq(X, Y, rcond=None)[0].T
+    Uf = np.linalg.svd(ols @ X.T, full_matrices=False)[0][:, :rank]
+    ref = Uf @ Uf.T @ ols
+    B = w.whiten(A, cross=mixed_cross(w, Xc.T @ Xd, mix=mix, ridge=ridge))
+    P, s, Qt = np.linalg.svd(B, full_matrices=False)
+    M = w.unwhiten((P[:, :rank] * s[:rank]) @ Qt[:rank])
+    np.testing.assert_allclose(M, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_mixed_cross_ends():
+    """alpha = 0, no ridge: the cross itself; alpha = 1: the shifted Gram (the plain metric fit);
+    a large ridge: the fit tends to the plain truncation of A."""
+    A, Xd, Xc = _mixed_problem(12)
+    K = Xc.T @ Xd
+    w = whitening(Xc.T @ Xc, ridge=1e-3)
+    assert mixed_cross(w, K, mix=0.0) is K
+    np.testing.assert_allclose(mixed_cross(w, K, mix=1.0), w.shifted_gram())
+    np.testing.assert_allclose(w.whiten(A, cross=mixed_cross(w, K, mix=1.0)), w.whiten(A), rtol=1e-10, atol=1e-10)
+    big = whitening(Xc.T @ Xc, ridge=1e8)
+    B = big.whiten(A, cross=mixed_cross(big, K, mix=0.5, ridge=1e8))
+    P, s, Qt = np.linalg.svd(B, full_matrices=False)
+    U, sa, Vt = np.linalg.svd(A, full_matrices=False)
+    np.testing.assert_allclose(big.unwhiten((P[:, :2] * s[:2]) @ Qt[:2]), (U[:, :2] * sa[:2]) @ Vt[:2], rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda w: mixed_cross(w, np.eye(3), mix=1.5), ValueError, r"mix must be a real number in \[0, 1\]"),
+        (lambda w: mixed_cross(w, np.eye(3), mix="0.5"), TypeError, "mix must be a real number"),
+        (lambda w: mixed_cross(w, np.eye(3), mix=0.5, ridge=-1.0), ValueError, "ridge must be"),
+        (lambda w: mixed_cross(w, np.eye(3), mix=0.5, ridge=1e-2), ValueError, r"whitening\(H, ridge="),
+    ],
+)
+def test_mixed_cross_errors_say_what_to_pass(call, error, match):
+    with pytest.raises(error, match=match):
+        call(whitening(np.eye(3), ridge=1e-6))
 
 
 @pytest.mark.parametrize(
