@@ -164,6 +164,21 @@ class BudgetConfig(CompressionConfig):
         Relative shift of the input Gram ``X^T D X`` before its Cholesky factorisation.
     token_weighting : {"norm", "clip", "none"}
         Token weights ``D`` (:func:`adapters.calibration.token_weights`).
+    max_rank_fraction : float, default 1.0
+        Largest allocated rank, as a fraction of the form's break-even rank, at which a matrix
+        is factored; the allocator keeps a matrix dense rather than give it a higher rank, and
+        takes the budget from the others. A factored layer near its break-even rank costs
+        about the dense layer's multiply-adds, spread over two smaller GEMMs (and, for the
+        interpolative form, a scatter of its outputs), so it runs slower than the dense one.
+        In (0, 1]; 1.0 allows every rank below break-even.
+    rank_multiple : int, default 1
+        Allocated ranks are multiples of this (8 or 16 suit vector units and GEMM tiles); a
+        matrix whose allowed ranks hold no multiple stays dense.
+
+    Notes
+    -----
+    ``max_rank_fraction`` and ``rank_multiple`` restrict the ranks the allocator chooses from;
+    ranks fixed by ``rank=`` or ``overrides`` are taken as given.
     """
 
     reduction: float | None = None
@@ -171,6 +186,8 @@ class BudgetConfig(CompressionConfig):
     rank: int | None = None
     ridge: float = 1e-6
     token_weighting: str = "norm"
+    max_rank_fraction: float = 1.0
+    rank_multiple: int = 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -186,6 +203,14 @@ class BudgetConfig(CompressionConfig):
             raise ValueError(f"ridge must be a finite float >= 0, got {self.ridge!r}")
         if self.token_weighting not in TOKEN_WEIGHTINGS:
             raise ValueError(f"token_weighting must be one of {TOKEN_WEIGHTINGS}, got {self.token_weighting!r}")
+        f = self.max_rank_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+            raise ValueError(
+                f"max_rank_fraction must be a float in (0, 1] (the largest factored rank over the "
+                f"break-even rank), got {f!r}; 1.0 factors at any rank"
+            )
+        object.__setattr__(self, "max_rank_fraction", float(f))
+        _positive_int("rank_multiple", self.rank_multiple)
 
     def target(self, params_before: int, /) -> int | None:
         """The parameter budget for a model of ``params_before`` parameters (None: fixed rank)."""
