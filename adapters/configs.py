@@ -170,10 +170,15 @@ class BudgetConfig(CompressionConfig):
         takes the budget from the others. A factored layer near its break-even rank costs
         about the dense layer's multiply-adds, spread over two smaller GEMMs (and, for the
         interpolative form, a scatter of its outputs), so it runs slower than the dense one.
-        In (0, 1]; 1.0 allows every rank below break-even.
+        In (0, 1]; 1.0 allows every rank below break-even. Measured on SmolLM2-135M at -20%
+        (benchmarks/results/inference_cpu_max_rank_fraction.json): 0.5 gave no clear speed
+        gain and a worse perplexity, so it is off by default.
     rank_multiple : int, default 1
         Allocated ranks are multiples of this (8 or 16 suit vector units and GEMM tiles); a
-        matrix whose allowed ranks hold no multiple stays dense.
+        matrix whose allowed ranks hold no multiple stays dense. A single GEMM with an inner
+        dimension that is a multiple of 8 ran up to 1.7x faster on AVX2, but on SmolLM2-135M
+        at -20% ``rank_multiple=8`` measured within the noise of the default
+        (benchmarks/results/inference_cpu.json), so it is off by default.
 
     Notes
     -----
