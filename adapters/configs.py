@@ -170,6 +170,26 @@ class BudgetConfig(CompressionConfig):
         Relative shift of the input Gram ``X^T D X`` before its Cholesky factorisation.
     token_weighting : {"norm", "clip", "none"}
         Token weights ``D`` (:func:`adapters.calibration.token_weights`).
+    max_rank_fraction : float, default 1.0
+        Largest allocated rank, as a fraction of the form's break-even rank, at which a matrix
+        is factored; the allocator keeps a matrix dense rather than give it a higher rank, and
+        takes the budget from the others. A factored layer near its break-even rank costs
+        about the dense layer's multiply-adds, spread over two smaller GEMMs (and, for the
+        interpolative form, a scatter of its outputs), so it runs slower than the dense one.
+        In (0, 1]; 1.0 allows every rank below break-even. Measured on SmolLM2-135M at -20%
+        (benchmarks/results/inference_cpu_max_rank_fraction.json): 0.5 gave no clear speed
+        gain and a worse perplexity, so it is off by default.
+    rank_multiple : int, default 1
+        Allocated ranks are multiples of this (8 or 16 suit vector units and GEMM tiles); a
+        matrix whose allowed ranks hold no multiple stays dense. A single GEMM with an inner
+        dimension that is a multiple of 8 ran up to 1.7x faster on AVX2, but on SmolLM2-135M
+        at -20% ``rank_multiple=8`` measured within the noise of the default
+        (benchmarks/results/inference_cpu.json), so it is off by default.
+
+    Notes
+    -----
+    ``max_rank_fraction`` and ``rank_multiple`` restrict the ranks the allocator chooses from;
+    ranks fixed by ``rank=`` or ``overrides`` are taken as given.
     """
 
     reduction: float | None = None
@@ -177,6 +197,8 @@ class BudgetConfig(CompressionConfig):
     rank: int | None = None
     ridge: float = 1e-6
     token_weighting: str = "norm"
+    max_rank_fraction: float = 1.0
+    rank_multiple: int = 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -192,6 +214,14 @@ class BudgetConfig(CompressionConfig):
             raise ValueError(f"ridge must be a finite float >= 0, got {self.ridge!r}")
         if self.token_weighting not in TOKEN_WEIGHTINGS:
             raise ValueError(f"token_weighting must be one of {TOKEN_WEIGHTINGS}, got {self.token_weighting!r}")
+        f = self.max_rank_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+            raise ValueError(
+                f"max_rank_fraction must be a float in (0, 1] (the largest factored rank over the "
+                f"break-even rank), got {f!r}; 1.0 factors at any rank"
+            )
+        object.__setattr__(self, "max_rank_fraction", float(f))
+        _positive_int("rank_multiple", self.rank_multiple)
 
     def target(self, params_before: int, /) -> int | None:
         """The parameter budget for a model of ``params_before`` parameters (None: fixed rank)."""

@@ -45,7 +45,8 @@ _WARN_COVERAGE = (
 
 _ERR_INFEASIBLE = (
     "the budget target_params={target:,} cannot be met: the model has {before:,} parameters and "
-    "compressing every eligible matrix ({count}) at rank 1 still leaves {floor:,}. Ask for a "
+    "compressing every eligible matrix ({count}) at the smallest rank allowed (1, or rank_multiple=; "
+    "max_rank_fraction= leaves the matrices it allows no rank dense) still leaves {floor:,}. Ask for a "
     "smaller reduction= (at most {maxred:.4f}), a larger target_params=, or add targets={dense}"
 )
 
@@ -163,17 +164,35 @@ def dense_lines(dense) -> list[str]:
     return lines
 
 
-def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params) -> tuple[list[int], int]:
+def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params, max_ranks=None,
+                   multiple: int = 1) -> tuple[list[int], int]:
     """Ranks for matrices of ``shapes`` removing at least ``need`` parameters at least error.
 
     A thin map onto :func:`curlinalg.allocate_ranks` (kept for the earlier API): ``cost(m, n, r)``
     is the parameter count of a rank-``r`` layer (default :func:`adapters.layer.cur_params`), so
-    a rank saves ``m n - cost(m, n, r)``. Returns ``(ranks, slack)``.
+    a rank saves ``m n - cost(m, n, r)``; ``errors[j][r - 1]`` is matrix ``j``'s error at rank
+    ``r``. Matrix ``j`` chooses among the multiples of ``multiple`` up to ``max_ranks[j]``
+    (default: the length of its curve), or stays dense. Returns ``(ranks, slack)``.
     """
-    savings = [m * n - np.array([cost(m, n, int(k)) for k in range(1, len(e) + 1)], dtype=np.int64)
-               for (m, n), e in zip(shapes, errors)]
-    res = curlinalg.allocate_ranks(errors, savings, need=need)
-    return res.ranks, res.slack
+    caps = [len(e) for e in errors] if max_ranks is None else [min(len(e), int(c)) for e, c in zip(errors, max_ranks)]
+    allowed = [np.arange(multiple, cap + 1, multiple, dtype=np.int64) for cap in caps]
+    curves = [np.asarray(e, dtype=np.float64)[a - 1] for e, a in zip(errors, allowed)]
+    savings = [m * n - np.array([cost(m, n, int(k)) for k in a], dtype=np.int64)
+               for (m, n), a in zip(shapes, allowed)]
+    res = curlinalg.allocate_ranks(curves, savings, need=need)
+    return [int(a[k - 1]) if k else 0 for a, k in zip(allowed, res.ranks)], res.slack
+
+
+def allowed_ranks(config, method, m: int, n: int, /) -> tuple[int, int]:
+    """``(smallest, largest)`` rank the allocator may give an ``m x n`` matrix under ``config``.
+
+    ``largest`` is the largest multiple of ``config.rank_multiple`` at most
+    ``config.max_rank_fraction`` times the break-even rank; ``smallest > largest`` when no rank
+    is allowed (the matrix stays dense).
+    """
+    q = getattr(config, "rank_multiple", 1)
+    cap = math.floor(getattr(config, "max_rank_fraction", 1.0) * method.max_rank(m, n))
+    return q, cap - cap % q
 
 
 def _override_spec(key: str):
@@ -216,9 +235,11 @@ def _check_feasible(config, method, found, fixed, params_before, dense=()) -> in
     if not isinstance(config, BudgetConfig) or config.rank is not None:
         return None
     target = config.target(params_before)
-    floor = params_before - sum(
-        m * n - method.params(m, n, fixed.get(nm, 1)) for nm, (m, n) in shapes.items() if method.max_rank(m, n) >= 1
-    )
+    floor = params_before
+    for nm, (m, n) in shapes.items():
+        low, high = allowed_ranks(config, method, m, n)
+        if nm in fixed or low <= high:
+            floor -= m * n - method.params(m, n, fixed.get(nm, low))
     if target < floor:
         raise ValueError(_ERR_INFEASIBLE.format(
             target=target, before=params_before, count=len(found), floor=floor, maxred=1.0 - floor / params_before,
@@ -399,7 +420,9 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
             shapes[n][0] * shapes[n][1] - method.params(*shapes[n], r) for n, r in fixed.items()
         )
         chosen = allocate_ranks([shapes[n] for n in free], [curves[n] for n in free], need=need,
-                                cost=method.params)[0] if need > 0 else [0] * len(free)
+                                cost=method.params, multiple=config.rank_multiple,
+                                max_ranks=[allowed_ranks(config, method, *shapes[n])[1] for n in free],
+                                )[0] if need > 0 else [0] * len(free)
         ranks.update(zip(free, chosen))
         errors = {n: math.sqrt(max(float(curves[n][r - 1]), 0.0)) for n, r in ranks.items() if r > 0}
     modules = [

@@ -22,6 +22,7 @@ EXAMPLES = [
     CURConfig(reduction=0.2, mix=1, passes=3),
     CURingConfig(rank=5, n_layers=2),
     SVDConfig(kind="plain", rank=3),
+    InterpolativeConfig(reduction=0.2, max_rank_fraction=0.75, rank_multiple=16),
 ]
 
 
@@ -49,6 +50,9 @@ def test_every_method_is_registered_by_its_name():
         (lambda: InterpolativeConfig(overrides={"q": 0}), r"overrides\['q'\]"),
         (lambda: InterpolativeConfig(overrides={"q": 1.5}), r"overrides\['q'\]"),
         (lambda: SVDConfig(kind="nope"), "kind must be one of"),
+        (lambda: InterpolativeConfig(max_rank_fraction=0.0), r"max_rank_fraction must be a float in \(0, 1\]"),
+        (lambda: InterpolativeConfig(max_rank_fraction=1.5), r"max_rank_fraction must be a float in \(0, 1\]"),
+        (lambda: InterpolativeConfig(rank_multiple=0), "rank_multiple must be a positive int"),
         (lambda: InterpolativeConfig.with_options(n_layers=3), r"unknown option\(s\) \['n_layers'\]"),
         (lambda: config_from_dict({"method": "tucker"}), "config method must be one of"),
         (lambda: config_from_dict({**InterpolativeConfig().to_dict(), "version": 99}), "version 99"),
@@ -111,6 +115,14 @@ def test_earlier_keyword_options_map_onto_configs():
                           (dict(method="curing", reduction=0.1), "unknown option")]:
         with pytest.raises(ValueError, match=match):
             config_from_options(**kwargs)
+
+
+def test_dicts_written_before_the_rank_options_load_with_their_defaults():
+    old = {k: v for k, v in InterpolativeConfig(reduction=0.2).to_dict().items()
+           if k not in ("max_rank_fraction", "rank_multiple")}
+    cfg = config_from_dict(old)
+    assert (cfg.max_rank_fraction, cfg.rank_multiple) == (1.0, 1)
+    assert cfg == InterpolativeConfig(reduction=0.2)
 
 
 def test_budget_target():

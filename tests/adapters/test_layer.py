@@ -4,6 +4,7 @@ from torch import nn
 
 from adapters.layer import (
     CURLinear,
+    TRANSPOSED_FROM,
     InterpolativeLinear,
     break_even_rank,
     cur_params,
@@ -83,6 +84,33 @@ def test_interpolative_layer_keeps_rows_exactly_and_interpolates_the_rest():
     assert "form=interpolative" in repr(layer) and "rank=3" in repr(layer)
     y.sum().backward()
     assert layer.P.grad is not None and layer.R.grad is not None
+
+
+@pytest.mark.parametrize("tokens", [1, 5, TRANSPOSED_FROM - 1, TRANSPOSED_FROM, 3 * TRANSPOSED_FROM])
+@pytest.mark.parametrize("bias", [False, True])
+def test_interpolative_forward_and_gradients_match_the_weight_product(tokens, bias):
+    """Both output placements (in place along the last dimension, and as rows of ``y^T``) give
+    ``x W^T + b`` with ``W`` the weight product, and the gradients of the dense layer."""
+    torch.manual_seed(4)
+    lin = nn.Linear(12, 9, bias=bias).double()
+    layer = InterpolativeLinear.from_linear(lin, rows=[7, 0, 4, 2], P=torch.randn(5, 4, dtype=torch.float64))
+    dense = layer.to_linear()
+    x = torch.randn(tokens, 12, dtype=torch.float64).reshape(1, tokens, 12)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = layer(x1)
+    torch.testing.assert_close(y, dense(x2), rtol=1e-12, atol=1e-12)
+    assert y.shape == (1, tokens, 9) and y.is_contiguous()
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (dense(x2) * g).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
+    W = layer.weight_product().detach().requires_grad_()
+    (gW,) = torch.autograd.grad((x.reshape(-1, 12) @ W.T * g.reshape(-1, 9)).sum(), W)
+    rows, rest, P, R = layer.rows, layer.rest, layer.P.detach(), layer.R.detach()
+    torch.testing.assert_close(layer.R.grad, gW[rows] + P.T @ gW[rest], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.P.grad, gW[rest] @ R.T, rtol=1e-10, atol=1e-10)
+    assert sorted(layer.state_dict()) == (
+        ["P", "R", "bias", "rest", "rows"] if bias else ["P", "R", "rest", "rows"])
 
 
 @pytest.mark.parametrize(

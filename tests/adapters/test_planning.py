@@ -129,3 +129,40 @@ def test_curing_layer_scores_read_the_last_real_token(calib_tokens):
     plain = plan(make_tiny_llama(), cfg, calibration=rows, progress=False)
     padded = plan(make_tiny_llama(), cfg, calibration={"input_ids": ids, "attention_mask": mask}, progress=False)
     np.testing.assert_allclose(padded.angular_distances, plain.angular_distances, rtol=1e-5)
+
+
+def test_max_rank_fraction_keeps_high_ranks_dense_and_meets_the_budget(calib_tokens):
+    from adapters.methods import method_for
+
+    base = plan(make_tiny_llama(3), InterpolativeConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    method = method_for(base.config)
+    fractions = [m.rank / method.max_rank(*m.shape) for m in base.modules if m.rank]
+    cap = 0.5 * max(fractions)
+    assert any(f > cap for f in fractions)  # the default allocation uses ranks the cap forbids
+    cfg = InterpolativeConfig(reduction=0.2, max_rank_fraction=cap)
+    p = plan(make_tiny_llama(3), cfg, calibration=calib_tokens, progress=False)
+    assert all(m.rank <= cap * method.max_rank(*m.shape) for m in p.modules)
+    assert p.params_after() <= p.target_params == base.target_params
+    assert [m.rank for m in p.modules] != [m.rank for m in base.modules]
+
+
+def test_rank_multiple_rounds_allocated_ranks(calib_tokens):
+    base = plan(make_tiny_llama(3), InterpolativeConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    assert any(m.rank % 4 for m in base.modules)
+    p = plan(make_tiny_llama(3), InterpolativeConfig(reduction=0.2, rank_multiple=4), calibration=calib_tokens,
+             progress=False)
+    assert all(m.rank % 4 == 0 for m in p.modules) and any(m.rank for m in p.modules)
+    assert p.params_after() <= p.target_params
+
+
+def test_rank_options_leave_fixed_ranks_alone(calib_tokens):
+    cfg = InterpolativeConfig(reduction=0.2, overrides={"q_proj": 3}, rank_multiple=4, max_rank_fraction=0.5)
+    p = plan(make_tiny_llama(3), cfg, calibration=calib_tokens, progress=False)
+    assert all(m.rank == 3 for m in p.modules if m.name.endswith("q_proj"))
+    assert all(m.rank % 4 == 0 for m in p.modules if not m.name.endswith("q_proj"))
+
+
+def test_rank_options_count_in_the_feasibility_check(calib_tokens):
+    with pytest.raises(ValueError, match="cannot be met"):
+        plan(make_tiny_llama(3), InterpolativeConfig(reduction=0.3, max_rank_fraction=0.02),
+             calibration=calib_tokens, progress=False)

@@ -1,0 +1,32 @@
+"""Smoke test of benchmarks/inference_cpu.py's measuring functions on a tiny compressed model."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from adapters import compress
+
+from conftest import make_tiny_llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import inference_cpu  # noqa: E402
+
+
+def test_measure_profile_and_memory(calib_tokens):
+    dense = make_tiny_llama(3)
+    small, _ = compress(make_tiny_llama(3), calibration=calib_tokens, reduction=0.2, progress=False)
+    models = {"dense": dense, "compressed": small}
+    ids = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(0))
+    res = inference_cpu.measure(models, ids, ids[:, :4], new_tokens=3, repeats=2)
+    for r in res.values():
+        assert len(r["prefill_s"]) == len(r["decode_s"]) == 2 and len(r["generated"]) == 3
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
+    mem = {name: inference_cpu.weight_bytes(m) for name, m in models.items()}
+    assert mem["compressed"]["parameters"] < mem["dense"]["parameters"]
+    prof = inference_cpu.profile_models(models, ids, ids[:, :4], new_tokens=2)
+    kinds = prof["compressed"]["prefill_modules_s"]
+    assert kinds["factored linears"] > 0 and kinds["attention"] > 0 and kinds["lm_head"] > 0
+    assert "factored linears" not in prof["dense"]["prefill_modules_s"]
+    assert prof["compressed"]["prefill_ops"] and prof["compressed"]["decode_ops"]
+    assert all(d["excess_s"] > 0 for d in inference_cpu.limiting(prof, "dense", "compressed", "decode"))
