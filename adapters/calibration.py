@@ -15,6 +15,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from curlinalg.metric import gram_matrix
+
 from .offload import compute_device, onloaded_block
 from .tokens import EvaluationOverlapError, as_masked_batch, token_ids
 from . import texts
@@ -546,11 +548,11 @@ def accumulate_statistics(
         st.sq_sum += (xf * xf).sum(0).to(dtype)
         st.tokens += x.shape[0]
         w = token_weights(xf, weighting)
-        xw = xf if w is None else xf * w[:, None]
-        if gram:
-            g = (xw.T @ xf).to(dtype)
+        if gram:  # X^T D X = (D^{1/2} X)^T (D^{1/2} X), a symmetric product (weights are >= 0)
+            g = gram_matrix(xf if w is None else xf * w.sqrt()[:, None]).to(dtype)
             st.gram = g if st.gram is None else st.gram.add_(g)
         if reference is not None:
+            xw = xf if w is None else xf * w[:, None]
             c = (xw.T @ reference[name].float()).to(dtype)
             st.cross = c if st.cross is None else st.cross.add_(c)
 

