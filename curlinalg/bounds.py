@@ -71,7 +71,7 @@ def selection_constant(V: Any, rows: Any, /) -> float:
 
 
 def constant_from_smallest(smin: float, shape: tuple[int, ...], eps: float, /) -> float:
-    """:math:`1/\sigma_k(V[\mathrm{rows}])`, or ``inf`` when :math:`\sigma_k` is at the rounding
+    r""":math:`1/\sigma_k(V[\mathrm{rows}])`, or ``inf`` when :math:`\sigma_k` is at the rounding
     level ``eps * max(shape)`` of the ``shape`` basis (a singular selection)."""
     return math.inf if smin <= eps * max(shape) else 1.0 / smin
 

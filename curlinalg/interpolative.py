@@ -173,7 +173,7 @@ def _row_id(
 
 
 def _interpolation(left: Any, rows: Any, xp: Any) -> tuple[Any, Any]:
-    """The rows not chosen, and their coefficients :math:`X = U_k[\mathrm{rest}]\,U_k[I]^{-1}`."""
+    r"""The rows not chosen, and their coefficients :math:`X = U_k[\mathrm{rest}]\,U_k[I]^{-1}`."""
     rest = _complement(rows, left.shape[0], xp)
     coef = xp.linalg.solve(xp.take(left, rows, axis=0).T, xp.take(left, rest, axis=0).T).T
     return rest, coef
