@@ -14,8 +14,15 @@ LEGACY = Path(__file__).parent / "data"
 
 
 def _logits(model, tokens):
-    with torch.no_grad():
-        return model(tokens).logits
+    """Logits on one torch thread: multi-threaded CPU GEMMs may round differently for the same
+    weights at other addresses (a loaded copy), so bitwise checks pin the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return model(tokens).logits
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(
