@@ -216,7 +216,7 @@ class _Applier:
         workers = self.calib.workers
         metrics = self.fit_metrics
         if self.method.needs_gram:  # one factor per shared input, made before the modules use it
-            map_modules(metrics.of, {id(s): s for _, s in todo}.values(), workers=workers)
+            metrics.prepare([s for _, s in todo], workers=workers)
 
         def one(item):
             name, stats = item

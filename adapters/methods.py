@@ -16,6 +16,7 @@ from torch import nn
 import curlinalg
 from curlinalg.metric import Whitening, mixed_cross, weighted_norm, whitening
 
+from ._parallel import map_modules
 from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, SVDConfig
 from .layer import (
     CURLinear,
@@ -79,6 +80,11 @@ class Metrics:
         if hit is None or hit[0] is not stats or not hit[1].fell_back:
             return None
         return hit[1].describe()
+
+    def prepare(self, stats, /, *, workers: int = 1) -> None:
+        """Factor each distinct statistics object of ``stats`` once, ``workers`` side by side
+        (:func:`adapters._parallel.map_modules`), before the modules that share it use it."""
+        map_modules(self.of, {id(s): s for s in stats}.values(), workers=workers)
 
     def drop(self, stats) -> None:
         """Forget the factor of ``stats`` (its layer will be recorded again)."""

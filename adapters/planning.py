@@ -312,7 +312,7 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
                     return method.curve(config, as_linear(lin).weight, stats[name], metrics)
 
             if method.needs_gram:  # one factor per shared input, made before the modules use it
-                map_modules(metrics.of, {id(s): s for s in stats.values()}.values(), workers=calib.workers)
+                metrics.prepare(stats.values(), workers=calib.workers)
             curves.update(zip(heard, map_modules(curve, heard, workers=calib.workers)))
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)

@@ -242,3 +242,19 @@ def test_rank_deficient_weight_at_a_larger_rank_is_exact(config):
     for _ in range(3):
         fit = method.fit(config, _linear(W), st, Metrics(0.0), 12)
         assert fit.rel_error < 1e-10
+
+
+def test_metrics_prepare_factors_each_shared_input_once(monkeypatch):
+    import adapters.methods as methods
+
+    calls = []
+    real = methods.whitening
+    monkeypatch.setattr(methods, "whitening", lambda g, **k: calls.append(g) or real(g, **k))
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 6, generator=gen, dtype=torch.float64)
+    a, b = SimpleNamespace(gram=X.T @ X), SimpleNamespace(gram=2 * X.T @ X)
+    m = Metrics(1e-6)
+    m.prepare([a, a, b, a], workers=2)
+    assert len(calls) == 2
+    m.of(a), m.of(b)  # already factored: no further factorisation
+    assert len(calls) == 2
