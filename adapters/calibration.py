@@ -221,7 +221,7 @@ def prepare_calibration(
 
 
 _ERR_NO_TOKENIZER = (
-    "no calibration= was given, so the bundled WikiText-2 calibration split is used, which needs "
+    "no calibration= was given, so the bundled default calibration set (adapters.texts) is used, which needs "
     "the model's tokenizer; none was found (tried tokenizer=, model.tokenizer and "
     "AutoTokenizer.from_pretrained(model.config._name_or_path={path!r}, local_files_only=True)). "
     "Pass tokenizer=AutoTokenizer.from_pretrained(...), or calibration= token ids "
@@ -232,8 +232,9 @@ _ERR_NO_TOKENIZER = (
 def default_calibration(model: nn.Module, /, *, tokenizer=None):
     """The default calibration set's text and a tokenizer for it: ``(text, tokenizer)``.
 
-    The set is :data:`adapters.texts.DEFAULT_CALIBRATION_SET` (the bundled WikiText-2
-    calibration split, ``"wikitext"``; see :func:`adapters.texts.load_calibration_set`). The
+    The set is :data:`adapters.texts.DEFAULT_CALIBRATION_SET` (``"mix"``: WikiText-2's
+    calibration split, public-domain literature, dialogue in the chat template and a legal text,
+    all bundled; see :func:`adapters.texts.load_calibration_set`). The
     tokenizer is ``tokenizer``, else ``model.tokenizer``, else the one saved beside the model
     (``model.config._name_or_path``, local files only).
 

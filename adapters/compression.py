@@ -360,8 +360,8 @@ def compress(
         See :func:`adapters.calibration.prepare_calibration` (a mapping with ``input_ids`` and
         ``attention_mask``, as a tokenizer returns with padding, leaves the padding out of the
         statistics). Default: the calibration set
-        :data:`adapters.texts.DEFAULT_CALIBRATION_SET` (the bundled WikiText-2 calibration
-        split; ``load_calibration_set("mix", tokenizer=tok).text`` is the mixed-domain one),
+        :data:`adapters.texts.DEFAULT_CALIBRATION_SET` (the bundled mixed-domain set;
+        ``load_calibration_set("wikitext", tokenizer=tok).text`` is WikiText-2's alone),
         encoded with ``tokenizer`` or the model's own
         (:func:`adapters.calibration.default_calibration`; raises if none is found).
     tokenizer : transformers tokenizer, optional

@@ -20,7 +20,7 @@ def compress(model, config=None, /, *, calibration=None, tokenizer=None, progres
         Default :class:`adapters.InterpolativeConfig` (-10% parameters); its ``targets`` must
         be a subset of ``q k v o gate up down``.
     calibration : optional
-        Default: the bundled WikiText-2 calibration split, encoded with ``tokenizer``, the
+        Default: the bundled default calibration set (:mod:`adapters.texts`), encoded with ``tokenizer``, the
         model's ``tokenizer`` attribute, or the tokenizer saved beside the model.
     tokenizer, progress, heal, **options
         As :func:`adapters.compress`.

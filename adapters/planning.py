@@ -454,7 +454,7 @@ def plan(
     config : CompressionConfig, default InterpolativeConfig()
     calibration, tokenizer
         As :func:`adapters.compress` (only used when ranks are allocated, or for CURing's
-        layer choice; None: the bundled WikiText-2 calibration split).
+        layer choice; None: the bundled default calibration set, :mod:`adapters.texts`).
     filter_fn : callable, optional
         ``filter_fn(module, fqn) -> bool``, a further target condition.
     progress : bool, default True

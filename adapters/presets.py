@@ -68,7 +68,7 @@ class Preset:
                  **options):
         """:func:`adapters.compress` for this family (the model is checked first).
 
-        With no ``calibration`` the bundled WikiText-2 calibration split is used with
+        With no ``calibration`` the bundled default calibration set is used with
         ``tokenizer`` or the model's own (:func:`adapters.calibration.default_calibration`).
         """
         self.check(model)

@@ -203,6 +203,18 @@ def test_demo_defaults_are_its_own_and_overridable():
     assert p.parse_args(["eval", "m"]).eval_tokens == 32768
 
 
+def test_demo_fits_in_one_pass_unless_asked_to_refit():
+    """The demo skips the library default's sequential refit (for its minutes); --sequential adds
+    it with the library's refit options, and compress keeps the library's default."""
+    p = cli._parser()
+    assert cli.DEMO_SEQUENTIAL is False and InterpolativeConfig().sequential is True
+    demo = cli.config_from_args(p.parse_args(["demo"]))
+    assert demo.sequential is False and demo.mix == 0.0
+    refit = cli.config_from_args(p.parse_args(["demo", "--sequential"]))
+    assert refit == InterpolativeConfig(nsamples=cli.DEMO_NSAMPLES)
+    assert cli.config_from_args(p.parse_args(["compress", "m", "-o", "o"])).sequential is True
+
+
 class _Stop(Exception):
     pass
 
@@ -221,7 +233,7 @@ def _record_calibration(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("option, expected", [([], "wikitext"), (["--calibration-set", "mix"], "mix")])
+@pytest.mark.parametrize("option, expected", [([], "mix"), (["--calibration-set", "wikitext"], "wikitext")])
 def test_compress_honours_the_calibration_set(option, expected, tiny_folder, tmp_path, monkeypatch, capsys):
     from conftest import char_tokenizer
 
@@ -237,12 +249,17 @@ def test_compress_honours_the_calibration_set(option, expected, tiny_folder, tmp
 def test_demo_honours_the_calibration_set(tiny_llama, monkeypatch):
     from conftest import char_tokenizer
 
+    from adapters.wikitext import load_wikitext2
+
     tok = char_tokenizer()
     monkeypatch.setattr(cli, "load_model", lambda *a, **k: (tiny_llama, tok))
     seen = _record_calibration(monkeypatch)
     with pytest.raises(_Stop):
-        cli.main(["--quiet", "demo", "--calibration-set", "mix", "--eval-tokens", "128", "--eval-seqlen", "64"])
-    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0] and "We the People" in seen[0]
+        cli.main(["--quiet", "demo", "--eval-tokens", "128", "--eval-seqlen", "64"])
+    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0] and "We the People" in seen[0]  # the default: mix
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "demo", "--calibration-set", "wikitext", "--eval-tokens", "128", "--eval-seqlen", "64"])
+    assert seen[1] == load_wikitext2(tokenizer=tok).calibration_text
 
 
 def test_calibration_file_and_set_are_exclusive(capsys):
@@ -276,12 +293,12 @@ def test_ood_without_the_package_is_an_error_before_loading(monkeypatch, capsys)
 def test_compress_follows_the_default_calibration_set(tiny_folder, tmp_path, monkeypatch, capsys):
     from adapters import texts
 
-    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "mix")
+    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "wikitext")
     seen = _record_calibration(monkeypatch)
     with pytest.raises(_Stop):
         cli.main(["--quiet", "compress", str(tiny_folder), "-o", str(tmp_path / "out"), "--rank", "2"])
-    assert "CHAPTER I. Down the Rabbit-Hole" in seen[0]
-    assert "calibration set 'mix'" in capsys.readouterr().out
+    assert "CHAPTER I. Down the Rabbit-Hole" not in seen[0] and " = Attalea" in seen[0]
+    assert "calibration set 'wikitext'" in capsys.readouterr().out
 
 
 def test_demo_ood_reports_both_domains_and_their_ratio(tiny_llama, monkeypatch, capsys):

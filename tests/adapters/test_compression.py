@@ -7,6 +7,7 @@ import adapters.planning
 from adapters import CURConfig, CURLinear, InterpolativeConfig, SVDConfig, compress, count_parameters, cur_params, plan
 from adapters import allocate_ranks, break_even_rank
 from adapters.calibration import CalibrationError
+from adapters.configs import REFIT_OFF
 from adapters.layer import FACTORED_LINEARS, InterpolativeLinear, interpolative_break_even_rank, interpolative_params
 
 from conftest import _deim_reference, make_tiny_llama
@@ -34,7 +35,9 @@ def test_compress_then_forward_and_count(tiny_llama, calib_tokens, eval_tokens, 
         else (InterpolativeLinear, interpolative_params, interpolative_break_even_rank)
     )
     assert report.options["form"] == (form or "interpolative")
-    assert report.options["sequential"] is (form == "cur")
+    assert report.options["sequential"] is True  # both forms refit by default
+    if form is None:  # PIFA's "M" (version 3); the C U R form's fit is unmixed
+        assert (report.options["mix"], report.options["refit_ridge"]) == (0.75, 1e-2)
     n_cur = sum(isinstance(m, kind) for m in model.modules())
     assert n_cur == len(report.modules) > 0
     for m in report.modules:
@@ -302,15 +305,15 @@ def test_form_options_raise(tiny_llama, calib_tokens):
     assert not any(isinstance(m, (CURLinear, InterpolativeLinear)) for m in tiny_llama.modules())
 
 
-def test_default_layers_are_the_direct_formula(calib_tokens):
-    """Each compressed weight is M = [W L]_r L^{-1}, computed here from the recorded inputs.
+def test_one_pass_layers_are_the_direct_formula(calib_tokens):
+    """Each weight of the one-pass fit is M = [W L]_r L^{-1}, computed here from the recorded inputs.
 
     L L^T = X^T X + ridge * mean(diag) I (plain token weights), [.]_r the truncated SVD; the
     ranks come from the plan, the formula from the docs, nothing from the code under test.
     """
     model = make_tiny_llama(9)
     ref = make_tiny_llama(9)
-    cfg = InterpolativeConfig(reduction=0.2, token_weighting="none")
+    cfg = InterpolativeConfig(reduction=0.2, token_weighting="none", sequential=False)
     _, report = compress(model, cfg, calibration=calib_tokens, progress=False)
     xs = {}
     hooks = [ref.get_submodule(m.name).register_forward_pre_hook(
@@ -349,8 +352,9 @@ def _few_tokens_model():
     return make_tiny_llama(3, hidden=32, intermediate=128)
 
 
-@pytest.mark.parametrize("config", [InterpolativeConfig(reduction=0.2), CURConfig(reduction=0.2),
-                                    SVDConfig(reduction=0.2)], ids=lambda c: c.method)
+@pytest.mark.parametrize("config", [InterpolativeConfig(reduction=0.2, sequential=False), InterpolativeConfig(reduction=0.2),
+                                    CURConfig(reduction=0.2), SVDConfig(reduction=0.2)],
+                         ids=["interpolative", "interpolative-refit", "cur", "svd"])
 @pytest.mark.parametrize("build", [_tiny_gemma2, _few_tokens_model], ids=["gemma2", "few-tokens"])
 def test_singular_input_grams_compress(build, config, calib_tokens, eval_tokens):
     """Issue 13: these raised a raw ``LinAlgError`` from the Cholesky factor. Now the factor falls
@@ -366,7 +370,10 @@ def test_singular_input_grams_compress(build, config, calib_tokens, eval_tokens)
         # 64 tokens against 128 (down_proj) or 256 (Gemma2's o_proj) input features: singular Grams.
         wide = {m.name for m in report.modules if m.shape[1] > calib.numel()}
         assert wide
-        if ridge == 0.0:
+        if getattr(config, "refit_ridge", 0.0):
+            # The refit's ridge (1e-2 x mean(diag H)) makes every Gram it factors definite.
+            assert not fell
+        elif ridge == 0.0:
             assert wide <= fell
         else:
             # The Gram is summed from float32 products, so its null space holds rounding of about
@@ -453,6 +460,8 @@ def test_workers_checked(tiny_llama, calib_tokens):
 
 
 def _refit(calib_tokens, config=InterpolativeConfig, **options):
+    """A sequential compression at -30%, the refit's options off (REFIT_OFF) unless given."""
+    options = {**REFIT_OFF, **options}
     return compress(make_tiny_llama(), config(reduction=0.3, sequential=True, **options), calibration=calib_tokens,
                     progress=False)
 
@@ -584,7 +593,7 @@ def test_refit_leaves_no_trace_on_failure(calib_tokens, monkeypatch, where, afte
     assert before.keys() == after_state.keys() and all(torch.equal(before[k], after_state[k]) for k in before)
 
 
-@pytest.mark.parametrize("options, match", [(dict(mix=0.75), "only acts on the sequential refit"),
+@pytest.mark.parametrize("options, match", [(dict(sequential=False, mix=0.5), "only acts on the sequential refit"),
                                             (dict(sequential=True, mix=2.0), r"mix must lie in \[0, 1\]"),
                                             (dict(sequential=True, passes=0), "passes must be an int >= 1")])
 def test_refit_bad_options_raise_before_touching(tiny_llama, calib_tokens, options, match):

@@ -5,6 +5,7 @@ import pytest
 
 from adapters.configs import (
     CONFIGS,
+    REFIT_DEFAULT,
     CURConfig,
     CURingConfig,
     InterpolativeConfig,
@@ -61,8 +62,8 @@ def test_every_method_is_registered_by_its_name():
         (lambda: InterpolativeConfig(sequential=True, refit_ridge=-1e-3), "refit_ridge must be a finite"),
         (lambda: InterpolativeConfig(sequential=True, refit_ridge=float("inf")), "refit_ridge must be a finite"),
         (lambda: InterpolativeConfig(sequential=True, passes=0), "passes must be an int >= 1"),
-        (lambda: InterpolativeConfig(mix=0.75), r"mix=0.75 only acts on the sequential refit.*sequential=True"),
-        (lambda: InterpolativeConfig(refit_ridge=1e-2), "refit_ridge=0.01 only acts on the sequential refit"),
+        (lambda: InterpolativeConfig(sequential=False, mix=0.5), r"mix=0.5 only acts on the sequential refit.*sequential=True"),
+        (lambda: InterpolativeConfig(sequential=False, refit_ridge=1e-3), "refit_ridge=0.001 only acts on the sequential refit"),
         (lambda: CURConfig(sequential=False, passes=2), "passes=2 only acts on the sequential refit"),
     ],
 )
@@ -84,25 +85,36 @@ def test_refit_options_are_stored_as_given_kinds():
     assert cfg == InterpolativeConfig(sequential=True, mix=1.0, refit_ridge=0.0)
 
 
-def test_version_1_configs_read_with_the_refit_off():
-    """A version-1 dictionary (before mix/refit_ridge/passes) reads as what version 1 did, and
-    stays readable when the field defaults change."""
+def test_the_interpolative_default_is_the_refit():
+    """Version 3: PIFA's "M" refit on by default; without ``sequential`` its options read as off."""
+    cfg = InterpolativeConfig()
+    assert {k: getattr(cfg, k) for k in REFIT_DEFAULT} == REFIT_DEFAULT == {
+        "sequential": True, "mix": 0.75, "refit_ridge": 1e-2, "passes": 1}
+    assert cfg.to_dict()["version"] == 3
+    one_pass = InterpolativeConfig(sequential=False)
+    assert (one_pass.mix, one_pass.refit_ridge, one_pass.passes) == (0.0, 0.0, 1)  # says what runs
+    assert one_pass == InterpolativeConfig(sequential=False, mix=0.0, refit_ridge=0.0)
+    assert CURConfig().mix == 0.0 and CURConfig.version == 2  # the C U R form's defaults did not move
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_earlier_versions_read_with_their_defaults(version):
+    """A dictionary of version 1 (before mix/refit_ridge/passes) or 2 (refit off by default) reads
+    as what that version did for every field it does not hold."""
     for cls in (InterpolativeConfig, CURConfig):
-        data = cls(reduction=0.2).to_dict()
-        data["version"] = 1
-        for name in ("mix", "refit_ridge", "passes"):
+        data = cls(reduction=0.2, sequential=False).to_dict()
+        data["version"] = version
+        missing = ("mix", "refit_ridge", "passes") if version == 1 else ("mix", "refit_ridge", "passes", "sequential")
+        for name in missing:
             del data[name]
+        if cls is CURConfig and version == 2:
+            continue  # CURConfig is still version 2: a v2 dict of it reads with today's defaults
         back = config_from_dict(data)
-        assert back == cls(reduction=0.2) and (back.mix, back.refit_ridge, back.passes) == (0.0, 0.0, 1)
-        assert back.to_dict()["version"] == 2
-    flipped = dataclasses.make_dataclass(
-        "Flipped", [("sequential", bool, True), ("mix", float, 0.75), ("passes", int, 2)],
-        bases=(InterpolativeConfig,), frozen=True)
-    assert flipped(sequential=False).mix == 0.75  # a default is never "set without sequential"
-    old = {"method": "interpolative", "version": 1, "reduction": 0.1, "sequential": False}
-    assert flipped.from_dict(old).mix == 0.0
-    with pytest.raises(ValueError, match="mix=0.5 only acts"):
-        flipped(sequential=False, mix=0.5)
+        assert back == cls(reduction=0.2, sequential=False)
+        assert (back.sequential, back.mix, back.refit_ridge, back.passes) == (False, 0.0, 0.0, 1)
+        assert back.to_dict()["version"] == cls.version
+    full = InterpolativeConfig(reduction=0.2, sequential=True, mix=0.5).to_dict() | {"version": version}
+    assert config_from_dict(full) == InterpolativeConfig(reduction=0.2, sequential=True, mix=0.5)
 
 
 def test_earlier_keyword_options_map_onto_configs():

@@ -186,7 +186,8 @@ def test_refuses_unknown_compression_config_version(saved):
 @pytest.mark.parametrize("form", ["interpolative", "cur"])
 def test_refit_options_round_trip_through_the_checkpoint(form, tmp_path):
     """A model compressed with the sequential refit saves and loads; its record carries the
-    options (version 2), and a version-1 record of the same checkpoint reads with the refit off."""
+    options (version 3 for the interpolative form, 2 for C U R), and a version-1 record of the same
+    checkpoint reads with the refit off."""
     from adapters import config_from_dict
     from adapters.configs import CURConfig, InterpolativeConfig
 
@@ -195,7 +196,7 @@ def test_refit_options_round_trip_through_the_checkpoint(form, tmp_path):
     model, report = compress(make_tiny_llama(), cfg, calibration=CALIB, progress=False)
     model.save_pretrained(tmp_path)
     record = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["compression"]
-    assert record == cfg.to_dict() and record["version"] == 2
+    assert record == cfg.to_dict() and record["version"] == {"interpolative": 3, "cur": 2}[form]
     assert (record["mix"], record["refit_ridge"], record["passes"]) == (0.75, 1e-2, 2)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert loaded.compression_config == cfg and config_from_dict(record) == cfg

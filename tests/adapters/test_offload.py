@@ -161,8 +161,13 @@ def test_failure_midway_restores_and_deletes_written_factors(calib_tokens, eval_
     torch.testing.assert_close(_logits(off, eval_tokens), ref, rtol=0, atol=0)
 
 
-def test_each_offloaded_weight_is_read_once_per_pass_and_one_layer_is_resident(calib_tokens, monkeypatch):
-    """Four calibration batches, two passes (ranks, then fits): two reads, not eight; one layer on the device."""
+@pytest.mark.parametrize("sequential, expected", [(False, {"weight": 2}), (True, {"weight": 2, "P": 1, "R": 1})],
+                         ids=["one-pass", "refit"])
+def test_each_offloaded_weight_is_read_once_per_pass_and_one_layer_is_resident(calib_tokens, monkeypatch, sequential,
+                                                                               expected):
+    """Four calibration batches, two passes (ranks, then fits): two reads of the dense weight, not
+    eight (the default refit reads its fitted factors once more, to run the compressed path); one
+    layer on the device."""
     import accelerate.hooks
     import accelerate.utils
 
@@ -180,8 +185,9 @@ def test_each_offloaded_weight_is_read_once_per_pass_and_one_layer_is_resident(c
 
     monkeypatch.setattr(accelerate.hooks, "set_module_tensor_to_device", counted)
     monkeypatch.setattr(accelerate.utils, "set_module_tensor_to_device", counted)
-    compress(off, InterpolativeConfig(reduction=0.2, batch_size=4), calibration=calib_tokens, progress=False)
-    assert reads == {"weight": 2}
+    compress(off, InterpolativeConfig(reduction=0.2, batch_size=4, sequential=sequential), calibration=calib_tokens,
+             progress=False)
+    assert reads == expected
     assert 0 < peak[0] <= one_layer
 
 

@@ -177,7 +177,7 @@ def test_the_default_set_is_one_name(tiny_llama, monkeypatch):
     from adapters.calibration import default_calibration
 
     tok = char_tokenizer()
-    assert texts.DEFAULT_CALIBRATION_SET == "wikitext"
-    assert default_calibration(tiny_llama, tokenizer=tok)[0] == load_wikitext2(tokenizer=tok).calibration_text
-    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "mix")
+    assert texts.DEFAULT_CALIBRATION_SET == "mix"  # the set that generalises (issue 14)
     assert default_calibration(tiny_llama, tokenizer=tok)[0] == load_calibration_set("mix", tokenizer=tok).text
+    monkeypatch.setattr(texts, "DEFAULT_CALIBRATION_SET", "wikitext")
+    assert default_calibration(tiny_llama, tokenizer=tok)[0] == load_wikitext2(tokenizer=tok).calibration_text
