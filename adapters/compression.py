@@ -17,6 +17,7 @@ from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .hf_quantizer import attach, check_quantization
 from .layer import FACTORED_LINEARS
+from .layouts import mark_feature_major
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
@@ -496,6 +497,7 @@ def compress(
         asdict(LeftDense(m.name, m.shape, m.params_before, "rank 0 in the plan")) for m in the_plan.modules if m.rank == 0
     ]
     model.compression_config = config
+    mark_feature_major(model)  # gated MLPs' gate/up skip their output copy (adapters.layouts)
     if hasattr(model, "config") and any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
     heal_result = _heal(model, heal, calib, config, progress) if heal else None

@@ -43,6 +43,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
 from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear, fold
+from .layouts import mark_feature_major
 from .offload import read_offloaded
 from .targets import LINEAR_VIEWS, as_linear
 
@@ -384,6 +385,7 @@ class CompressedQuantizer(HfQuantizer):
             if meta:
                 raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
             _check_indices(name, mod)
+        mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
         if self.quantization_config.compression is not None:
             model.compression_config = config_from_dict(self.quantization_config.compression)
         model.is_quantized = False  # nothing is quantized: .half() and .float() stay allowed

@@ -403,10 +403,16 @@ class InterpolativeLinear(_FactoredLinear):
     Forward cost ``r n + (m - r) r`` multiply-adds per token, the parameter count
     (:func:`interpolative_params`), ``r^2`` fewer than a rank-``r`` SVD and ``2 r^2`` fewer
     than a rank-``r`` ``C U R``; every ``r < min(m, n)`` is smaller than dense.  Buffers
-    ``rows`` and ``rest`` (the complement, increasing) place the two output blocks: in place
-    along the last dimension for fewer than :data:`TRANSPOSED_FROM` tokens (decoding: fewest
-    operations), else as rows of the transposed output, copied once into place (prefill,
-    training: the column scatter would cost more than the transposing copy).
+    ``rows`` and ``rest`` (the complement, increasing) place the two output blocks. Below
+    :data:`TRANSPOSED_FROM` tokens (decoding) the blocks are concatenated and put in order
+    by one gather along the last dimension (fewest calls: each costs more than its bytes
+    there). From :data:`TRANSPOSED_FROM` tokens on (prefill, training) they are placed as
+    rows of the transposed output ``y^T`` (contiguous rows), then either copied into the
+    usual layout (one transposing copy) or, when ``feature_major_output`` is set, returned as
+    the transposed view ``(y^T)^T`` without the copy: the same values with strides
+    ``(1, tokens)``, which every elementwise operation and every matrix product accepts, and
+    which :func:`adapters.layouts.mark_feature_major` sets where the consumer is an
+    elementwise product feeding a linear layer (a gated MLP's ``gate`` and ``up``).
 
     References
     ----------
@@ -429,6 +435,8 @@ class InterpolativeLinear(_FactoredLinear):
 
     form = "interpolative"
     core = "P"
+    #: Return the transposed view for many tokens instead of copying it into place (see Notes).
+    feature_major_output = False
 
     def __init__(self, P, R, /, *, rows, bias=None):
         super().__init__()
@@ -492,13 +500,23 @@ class InterpolativeLinear(_FactoredLinear):
             raise ValueError(f"an InterpolativeLinear needs 0 < rank < min(out, in) = {min(m, n)}, got {rank}")
         return {"P": (m - rank, rank), "R": (rank, n)}, {"rows": (rank,), "rest": (m - rank,)}
 
+    def _order(self) -> torch.Tensor:
+        """``argsort(cat(rows, rest))``: where each output sits in ``cat(z, P z)``.
+
+        Derived, not stored (checkpoints keep ``rows`` and ``rest``), and cached for the buffers'
+        current storage and version, so a move or a load in place recomputes it.
+        """
+        key = (self.rows.device, self.rows.data_ptr(), self.rows._version, self.rest.data_ptr(), self.rest._version)
+        if self.__dict__.get("_order_key") != key:
+            self.__dict__["_order_cache"] = torch.argsort(torch.cat((self.rows, self.rest)))
+            self.__dict__["_order_key"] = key
+        return self.__dict__["_order_cache"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // max(self.in_features, 1)
         if tokens < TRANSPOSED_FROM:
             z = nn.functional.linear(x, self.R)
-            y = z.new_empty(*z.shape[:-1], self.out_features)
-            y.index_copy_(-1, self.rows, z)
-            y.index_copy_(-1, self.rest, nn.functional.linear(z, self.P))
+            y = torch.cat((z, nn.functional.linear(z, self.P)), -1).index_select(-1, self._order())
         else:
             # Output rows of ``y^T`` are contiguous, so the two blocks are placed by row copies,
             # and one transposing copy lays ``y`` out; the same scatter along the last dimension
@@ -508,7 +526,8 @@ class InterpolativeLinear(_FactoredLinear):
             yt = zt.new_empty(self.out_features, tokens)
             yt.index_copy_(0, self.rows, zt)
             yt.index_copy_(0, self.rest, self.P @ zt)
-            y = yt.t().contiguous().reshape(*x.shape[:-1], self.out_features)
+            yt = yt.t() if self.feature_major_output else yt.t().contiguous()
+            y = yt.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y.add_(self.bias)
 
     def weight_product(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 from adapters import InterpolativeConfig, compress, count_parameters  # noqa: E402
 from adapters.calibration import find_decoder_layers  # noqa: E402
 from adapters.experts import is_fused_experts  # noqa: E402
-from adapters.layer import FACTORED_LINEARS  # noqa: E402
+from adapters.layer import FACTORED_LINEARS, TRANSPOSED_FROM  # noqa: E402
 from adapters.targets import LINEAR_VIEWS  # noqa: E402
 
 from families import FAMILIES, calibration_tokens, make_tiny  # noqa: E402
@@ -93,6 +93,26 @@ def test_family_compresses_with_default_settings(family, tmp_path):
     assert type(back) is type(model) and count_parameters(back) == count_parameters(model)
     with torch.no_grad():
         torch.testing.assert_close(back(tokens).logits, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_runs_prefill_sized_inputs_in_either_output_layout(family):
+    """Inputs of TRANSPOSED_FROM tokens and more take the transposed placement; the layers that
+    adapters.layouts let return the transposed view give the logits of the copying layout."""
+    model, *_ = _compressed(family)
+    tokens = torch.randint(3, 128, (1, TRANSPOSED_FROM), generator=torch.Generator().manual_seed(4))
+    marked = [m for m in model.modules() if getattr(m, "feature_major_output", False)]
+    with torch.no_grad():
+        fast = model(tokens).logits
+        for m in marked:
+            m.feature_major_output = False
+        try:
+            copied = model(tokens).logits
+        finally:
+            for m in marked:
+                m.feature_major_output = True
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, copied, rtol=1e-5, atol=1e-5)
 
 
 def _relative(name: str, prefix: str) -> str:

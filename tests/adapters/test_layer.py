@@ -88,18 +88,24 @@ def test_interpolative_layer_keeps_rows_exactly_and_interpolates_the_rest():
 
 @pytest.mark.parametrize("tokens", [1, 5, TRANSPOSED_FROM - 1, TRANSPOSED_FROM, 3 * TRANSPOSED_FROM])
 @pytest.mark.parametrize("bias", [False, True])
-def test_interpolative_forward_and_gradients_match_the_weight_product(tokens, bias):
-    """Both output placements (in place along the last dimension, and as rows of ``y^T``) give
-    ``x W^T + b`` with ``W`` the weight product, and the gradients of the dense layer."""
+@pytest.mark.parametrize("feature_major", [False, True], ids=["copied", "feature-major"])
+def test_interpolative_forward_and_gradients_match_the_weight_product(tokens, bias, feature_major):
+    """Every output placement (the gather along the last dimension, rows of ``y^T`` copied into
+    place, or returned as the transposed view) gives ``x W^T + b`` with ``W`` the weight product,
+    and the gradients of the dense layer."""
     torch.manual_seed(4)
     lin = nn.Linear(12, 9, bias=bias).double()
     layer = InterpolativeLinear.from_linear(lin, rows=[7, 0, 4, 2], P=torch.randn(5, 4, dtype=torch.float64))
+    layer.feature_major_output = feature_major
     dense = layer.to_linear()
     x = torch.randn(tokens, 12, dtype=torch.float64).reshape(1, tokens, 12)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y = layer(x1)
     torch.testing.assert_close(y, dense(x2), rtol=1e-12, atol=1e-12)
-    assert y.shape == (1, tokens, 9) and y.is_contiguous()
+    long = tokens >= TRANSPOSED_FROM
+    assert y.shape == (1, tokens, 9) and y.is_contiguous() is not (feature_major and long)
+    if feature_major and long:  # the transposed view of one contiguous (out x tokens) buffer
+        assert y.stride() == (tokens, 1, tokens) and y.reshape(tokens, 9).t().is_contiguous()
     g = torch.randn_like(y)
     (y * g).sum().backward()
     (dense(x2) * g).sum().backward()
@@ -150,3 +156,18 @@ def test_empty_refuses_ranks_the_form_cannot_hold():
         CURLinear.empty(4, 6, 0, bias=False)
     with pytest.raises(ValueError, match="0 < rank < min"):
         InterpolativeLinear.empty(4, 6, 4, bias=False)
+
+
+def test_interpolative_gather_order_follows_the_buffers():
+    """The decoding path's gather order is derived from ``rows``/``rest``, never stale: a load in
+    place or a move recomputes it."""
+    torch.manual_seed(5)
+    lin = nn.Linear(6, 5, bias=False).double()
+    layer = InterpolativeLinear.from_linear(lin, rows=[3, 1], P=torch.randn(3, 2, dtype=torch.float64))
+    x = torch.randn(2, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.weight_product().T)
+    other = InterpolativeLinear.from_linear(lin, rows=[0, 4], P=torch.randn(3, 2, dtype=torch.float64))
+    layer.load_state_dict(other.state_dict())  # copies into the same buffers
+    torch.testing.assert_close(layer(x), x @ other.weight_product().T)
+    moved = layer.to(torch.float32)
+    torch.testing.assert_close(moved(x.float()), x.float() @ other.weight_product().float().T)
