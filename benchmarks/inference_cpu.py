@@ -205,19 +205,32 @@ def profile_models(models: dict, prefill_ids, prompt, *, new_tokens: int) -> dic
     return out
 
 
-def scatter_forward(self, x):
-    """``InterpolativeLinear.forward`` before this benchmark (for ``--before``): two
-    out-of-place ``index_copy`` along the last dimension."""
+def previous_forward(self, x):
+    """``InterpolativeLinear.forward`` before the gather and the transposed views (for
+    ``--before``): decoding places the two blocks by two ``index_copy_`` along the last
+    dimension; long inputs place them as rows of ``y^T`` and always copy it into place."""
     from torch import nn
 
-    z = nn.functional.linear(x, self.R)
-    y = z.new_empty(*z.shape[:-1], self.out_features)
-    y = y.index_copy(-1, self.rows, z).index_copy(-1, self.rest, nn.functional.linear(z, self.P))
-    return y if self.bias is None else y + self.bias
+    from adapters.layer import TRANSPOSED_FROM
+
+    tokens = x.numel() // max(self.in_features, 1)
+    if tokens < TRANSPOSED_FROM:
+        z = nn.functional.linear(x, self.R)
+        y = z.new_empty(*z.shape[:-1], self.out_features)
+        y.index_copy_(-1, self.rows, z)
+        y.index_copy_(-1, self.rest, nn.functional.linear(z, self.P))
+    else:
+        xt = x.reshape(tokens, self.in_features).t()
+        zt = self.R @ xt
+        yt = zt.new_empty(self.out_features, tokens)
+        yt.index_copy_(0, self.rows, zt)
+        yt.index_copy_(0, self.rest, self.P @ zt)
+        y = yt.t().contiguous().reshape(*x.shape[:-1], self.out_features)
+    return y if self.bias is None else y.add_(self.bias)
 
 
-def with_scatter_forward(model):
-    """A copy of ``model`` whose interpolative layers run :func:`scatter_forward`."""
+def with_previous_forward(model):
+    """A copy of ``model`` whose interpolative layers run :func:`previous_forward`."""
     import copy
     import types
 
@@ -226,7 +239,7 @@ def with_scatter_forward(model):
     model = copy.deepcopy(model)
     for mod in model.modules():
         if isinstance(mod, InterpolativeLinear):
-            mod.forward = types.MethodType(scatter_forward, mod)
+            mod.forward = types.MethodType(previous_forward, mod)
     return model
 
 
@@ -294,8 +307,8 @@ def main(argv=None) -> int:
                    help="also the WikiText-2 perplexity of each model on the first N tokens of the evaluation "
                         "text (2048-token windows; default 0: not measured), to see what a rank option costs")
     p.add_argument("--before", action="store_true",
-                   help="also measure each compressed model with the earlier InterpolativeLinear forward "
-                        "(two out-of-place index_copy along the last dimension)")
+                   help="also measure each compressed model with the previous InterpolativeLinear forward "
+                        "(decoding by two index_copy_, every long output copied into place)")
     p.add_argument("--output", default="inference_cpu.json", help="JSON name under benchmarks/results/")
     args = p.parse_args(argv)
     _common.limit_threads(max(args.threads))
@@ -337,7 +350,7 @@ def main(argv=None) -> int:
         if name != "dense":
             compression.setdefault(name, {})["layers"] = _layer_summary(m)
             if args.before:
-                models[f"{name}, scatter forward (before)"] = with_scatter_forward(m)
+                models[f"{name}, previous forward (before)"] = with_previous_forward(m)
 
     text = load_wikitext2(tokenizer=tok).eval_text
     ids = tok(text[: 40 * args.prefill], return_tensors="pt").input_ids
@@ -375,7 +388,7 @@ def main(argv=None) -> int:
                 r["decode_limited_by"] = limiting(prof, "dense", name, "decode")[:3]
             run["ratios"][name] = r
         for name in models:
-            before = f"{name}, scatter forward (before)"
+            before = f"{name}, previous forward (before)"
             if before in models:  # the forward's own effect: this forward over the earlier one
                 run["ratios"][name]["prefill_over_before"] = (
                     res[name]["prefill_tokens_per_s"] / res[before]["prefill_tokens_per_s"])
