@@ -11,8 +11,12 @@ most: a compression that generalises loses no more out of domain than in it).  R
 * ``dense``
 * ``curing``: CURing's configuration (10 layers by angular distance, q/k/gate, rank 36)
 * ``default@curing``: the default method at exactly CURing's parameter count
-* ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``
-* ``default-seq@F``: the default with ``sequential=True`` (ablation)
+* ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``; ``default`` is
+  the library's default of the code that ran (each run stores its ``options``): the
+  sequential refit since issue 14 (``InterpolativeConfig`` version 3), the one-pass fit before
+  (``default@F:sequential=false`` now; the plot names those runs ``one-pass``)
+* ``default-seq@F``: ``sequential=True`` with the refit off (``mix=0, refit_ridge=0``: version
+  1's sequential fit; ablation)
 * ``cur@F``: ``form="cur"`` (C U R layers, the default before the interpolative form;
   files begun before that change name these runs ``default@F``: their top-level
   ``default_form`` is ``"cur"`` or absent, and the plot labels them by form)
@@ -215,8 +219,8 @@ def main(argv=None) -> int:
                     kw = {"reduction": float(budget)}
                 if name in ("default", "default-seq", "cur", "cur-curalloc", "refit", "refit2"):
                     form_kw = {"form": "cur"} if name.startswith("cur") else {}
-                    if name == "default-seq":
-                        form_kw["sequential"] = True
+                    if name == "default-seq":  # version 1's sequential fit, whatever the defaults
+                        form_kw.update(sequential=True, mix=0.0, refit_ridge=0.0, passes=1)
                     if name.startswith("refit"):
                         form_kw.update(REFIT, passes=2 if name == "refit2" else 1)
                     if name.startswith("cur"):  # the interpolative form has one curve, no allocation option
@@ -317,9 +321,12 @@ def _plot_panel(ax, results: dict, key: str) -> None:
         form = r.get("options", {}).get("form", file_form)
         if form == "cur" and name.startswith("default"):
             name = "cur" + name[len("default"):]
+        elif name.startswith("default") and r.get("options", {}).get("sequential") is False:
+            name = "one-pass" + name[len("default"):].replace(":sequential=false", "")  # the default before issue 14
         series.setdefault(name, []).append((100 * r["reduction"], r[key]))
     styles = {
-        "default": ("C0", "o", "activation, interpolative form (default)"),
+        "default": ("C0", "o", "activation, interpolative form, library default (the refit since issue 14)"),
+        "one-pass": ("C9", "o", "activation, interpolative form, one-pass fit (the default before issue 14)"),
         "default-seq": ("C0", "o", "activation, interpolative form, sequential=True"),
         "refit": ("C6", "P", "interpolative form, sequential refit (mix 0.75, ridge 1e-2)"),
         "refit2": ("C6", "X", "interpolative form, sequential refit, 2 passes"),
