@@ -4,10 +4,12 @@
 of the transposed output ``y^T`` and, by default, copies it into the usual layout. A gated MLP,
 ``down(act(gate(x)) * up(x))``, reads ``gate``'s and ``up``'s outputs only elementwise and then
 through ``down``'s matrix product, both of which take the transposed layout as it is; there the
-copy is pure cost (a 2048-token prefill of SmolLM2-135M at -20% on 2 CPU cores: 0.968x of
-dense with the copies, 1.092x without them on ``gate`` and ``up``; the same on ``q``, ``k``,
-``v`` made it 2.6x slower, the rotary embedding and attention being slow on that layout).
-docs/benchmarks.md, section 10, item 6.
+copy is pure cost. A 2048-token prefill of SmolLM2-135M at -20% on 2 CPU cores ran at 0.860x
+of dense with every output copied and 1.039x with ``gate`` and ``up`` returning the view
+(1.062x and 1.118x on one thread; benchmarks/inference_cpu.py ``--before``,
+``benchmarks/results/inference_cpu_issue14.json``, docs/benchmarks.md section 10, item 6). The
+view is not returned for ``q``, ``k``, ``v``: an exploratory run (not kept) was several times
+slower there, the rotary embedding and attention being slow on that layout.
 """
 
 from __future__ import annotations
