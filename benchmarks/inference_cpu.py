@@ -211,21 +211,14 @@ def previous_forward(self, x):
     dimension; long inputs place them as rows of ``y^T`` and always copy it into place."""
     from torch import nn
 
-    from adapters.layer import TRANSPOSED_FROM
+    from adapters.layer import TRANSPOSED_FROM, InterpolativeLinear
 
-    tokens = x.numel() // max(self.in_features, 1)
-    if tokens < TRANSPOSED_FROM:
-        z = nn.functional.linear(x, self.R)
-        y = z.new_empty(*z.shape[:-1], self.out_features)
-        y.index_copy_(-1, self.rows, z)
-        y.index_copy_(-1, self.rest, nn.functional.linear(z, self.P))
-    else:
-        xt = x.reshape(tokens, self.in_features).t()
-        zt = self.R @ xt
-        yt = zt.new_empty(self.out_features, tokens)
-        yt.index_copy_(0, self.rows, zt)
-        yt.index_copy_(0, self.rest, self.P @ zt)
-        y = yt.t().contiguous().reshape(*x.shape[:-1], self.out_features)
+    if x.numel() // max(self.in_features, 1) >= TRANSPOSED_FROM:
+        return InterpolativeLinear.forward(self, x)  # with_previous_forward turned the view off
+    z = nn.functional.linear(x, self.R)
+    y = z.new_empty(*z.shape[:-1], self.out_features)
+    y.index_copy_(-1, self.rows, z)
+    y.index_copy_(-1, self.rest, nn.functional.linear(z, self.P))
     return y if self.bias is None else y.add_(self.bias)
 
 
@@ -240,6 +233,7 @@ def with_previous_forward(model):
     for mod in model.modules():
         if isinstance(mod, InterpolativeLinear):
             mod.forward = types.MethodType(previous_forward, mod)
+            mod.feature_major_output = False
     return model
 
 

@@ -30,3 +30,18 @@ def test_measure_profile_and_memory(calib_tokens):
     assert "factored linears" not in prof["dense"]["prefill_modules_s"]
     assert prof["compressed"]["prefill_ops"] and prof["compressed"]["decode_ops"]
     assert all(d["excess_s"] > 0 for d in inference_cpu.limiting(prof, "dense", "compressed", "decode"))
+
+
+def test_previous_forward_is_the_same_map_without_the_views(calib_tokens):
+    """``--before`` compares layouts, not maps: the previous forward gives the same logits, and its
+    copy of the model returns no transposed view."""
+    from adapters.layer import TRANSPOSED_FROM
+
+    small, _ = compress(make_tiny_llama(3), calibration=calib_tokens, reduction=0.2, progress=False)
+    before = inference_cpu.with_previous_forward(small)
+    assert any(getattr(m, "feature_major_output", False) for m in small.modules())
+    assert not any(getattr(m, "feature_major_output", False) for m in before.modules())
+    for length in (5, TRANSPOSED_FROM):
+        ids = torch.randint(0, 128, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            torch.testing.assert_close(before(ids).logits, small(ids).logits, rtol=1e-5, atol=1e-5)
