@@ -155,6 +155,8 @@ def main(argv=None) -> int:
         "wall_if_unshared_s": cpu_s / torch.get_num_threads(),
         "forward_s": forward_s, "forwards": wall / forward_s,
         "workers": args.workers, "workers_1_wall_s": one_worker,
+        "config": {k: report.options.get(k) for k in ("method", "version", "sequential", "mix", "refit_ridge",
+                                                       "passes", "nsamples", "token_weighting")},
     }
     print(_common.table([row], [
         ("wall_s", "wall s", ".1f"), ("calibration_and_rest_s", "calibration + rest s", ".1f"),
