@@ -328,7 +328,7 @@ def _plot_panel(ax, results: dict, key: str) -> None:
         "default": ("C0", "o", "activation, interpolative form, library default (the refit since issue 14)"),
         "one-pass": ("C9", "o", "activation, interpolative form, one-pass fit (the default before issue 14)"),
         "default-seq": ("C0", "o", "activation, interpolative form, sequential=True"),
-        "refit": ("C6", "P", "interpolative form, sequential refit (mix 0.75, ridge 1e-2)"),
+        "refit": ("C6", "P", "interpolative form, sequential refit (mix 0.75, ridge 1e-2): the default since issue 14"),
         "refit2": ("C6", "X", "interpolative form, sequential refit, 2 passes"),
         "cur": ("C5", "v", "activation C U R (form='cur'; token_weighting='norm')"),
         "cur+none": ("C5", "v", "activation C U R, plain X^T X (token_weighting='none')"),
