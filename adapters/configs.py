@@ -348,7 +348,8 @@ class InterpolativeConfig(ActivationConfig):
     ``0.75 W x_c + 0.25 W x_d``. On SmolLM2-135M at -20% (32 x 512 tokens of the mixed
     calibration set) it gave WikiText-2 perplexity 51.64 against 67.45 without it, and 71.14
     against 92.23 on Shakespeare (``benchmarks/results/adapters_quality_issue14_mix.json``), for
-    about twice the compression time. ``sequential=False`` is the one-pass fit on the dense
+    2.7x the compression time (371 s against 136 s at -10% on 2 CPU cores,
+    ``benchmarks/results/compress_cpu_issue14_refit.json``). ``sequential=False`` is the one-pass fit on the dense
     model's statistics (what :func:`adapters.plan` measures the budget on).
 
     Notes

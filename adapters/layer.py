@@ -519,8 +519,9 @@ class InterpolativeLinear(_FactoredLinear):
             y = torch.cat((z, nn.functional.linear(z, self.P)), -1).index_select(-1, self._order())
         else:
             # Output rows of ``y^T`` are contiguous, so the two blocks are placed by row copies,
-            # and one transposing copy lays ``y`` out; the same scatter along the last dimension
-            # of ``y`` copies one strided column per index, several times slower on CPU.
+            # and one transposing copy lays ``y`` out (none with ``feature_major_output``); the
+            # same scatter along the last dimension of ``y`` copies one strided column per index,
+            # several times slower on CPU.
             xt = x.reshape(tokens, self.in_features).t()
             zt = self.R @ xt
             yt = zt.new_empty(self.out_features, tokens)
