@@ -274,3 +274,21 @@ def test_gram_matrix_is_the_exactly_symmetric_gram(n, xp_name):
     np.testing.assert_allclose(G, X.T @ X, rtol=1e-12, atol=1e-10)
     assert np.array_equal(G, G.T)
     assert GRAM_BLOCK == 512
+
+
+@pytest.mark.parametrize("X, error, match", [
+    (np.ones(3), ValueError, r"expected a matrix \(m, n\)"),
+    (np.ones((4, 3), dtype=np.int64), TypeError, "float"),
+])
+def test_gram_matrix_refuses_what_is_not_a_real_float_matrix(X, error, match):
+    from curlinalg.metric import gram_matrix
+
+    with pytest.raises(error, match=match):
+        gram_matrix(X)
+
+
+def test_gram_matrix_of_no_tokens_is_zero():
+    from curlinalg.metric import gram_matrix
+
+    G = gram_matrix(np.ones((0, 3)))
+    assert G.shape == (3, 3) and not G.any()
