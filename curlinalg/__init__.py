@@ -15,6 +15,7 @@ from .deim import deim, qdeim
 from .interpolative import IDResult, interpolative
 from .leverage import LeverageSample, LeverageScores, leverage_sample, leverage_scores
 from .maxvol import maxvol, rect_maxvol
+from .output_id import OutputID, OutputIDCurve, output_id, output_id_curve
 from .metric import WeightedCUR, Whitening, weighted_cur, weighted_norm, whitening
 from .allocation import Allocation, allocate_ranks, cur_error_curve, svd_error_curve
 from .sketch import TruncatedSVD, range_finder, truncated_svd
@@ -31,6 +32,8 @@ __all__ = [
     "ConvergenceWarning",
     "IDResult",
     "LeverageSample",
+    "OutputID",
+    "OutputIDCurve",
     "LeverageScores",
     "RankDeficiencyWarning",
     "TruncatedSVD",
@@ -51,6 +54,8 @@ __all__ = [
     "maxvol_bound",
     "optimal_core",
     "optimal_core_factors",
+    "output_id",
+    "output_id_curve",
     "qdeim",
     "qdeim_bound",
     "range_finder",

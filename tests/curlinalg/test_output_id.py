@@ -1,0 +1,127 @@
+"""curlinalg.output_id: the column ID of activations under the next projection's output metric."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curlinalg.output_id import output_id, output_id_curve
+from curlinalg.testing import known_spectrum
+
+EPS = np.finfo(np.float64).eps
+
+
+def _problem(seed, tokens, n, m, decay, rank=None):
+    """Activations Z (tokens x n) with a decaying spectrum (or exact rank), and a projection W."""
+    rng = np.random.default_rng(seed)
+    s = np.exp(-decay * np.arange(min(tokens, n)))
+    if rank is not None:
+        s[rank:] = 0.0
+    Z = known_spectrum(tokens, n, s, rng=rng)
+    W = rng.standard_normal((m, n)) * rng.uniform(0.1, 2.0, n)
+    return Z, W
+
+
+def _direct(Z, W, res):
+    """The relative squared output error computed from the tokens themselves."""
+    S = np.asarray(res.indices)
+    return np.linalg.norm(Z @ W.T - Z[:, S] @ np.asarray(res.weight).T) ** 2 / np.linalg.norm(Z @ W.T) ** 2
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 24), m=st.integers(1, 12),
+       decay=st.floats(0.0, 1.0), extra=st.integers(0, 30))
+def test_curve_is_the_exact_refit_error_and_above_its_lower_bound(seed, n, m, decay, extra):
+    Z, W = _problem(seed, n + extra, n, m, decay)
+    G = Z.T @ Z
+    c = output_id_curve(G, W, ridge=0.0)
+    assert sorted(np.asarray(c.order).tolist()) == list(range(n))
+    assert np.all(np.diff(c.errors) <= 1e-12) and c.errors[0] <= 1.0 + 1e-12
+    # Eckart-Young: no refit through k units beats the SVD tail of the whitened output.
+    assert np.all(c.lower <= c.errors + 64 * n * EPS)
+    for k in {1, max(1, n // 2), n}:
+        res = output_id(G, W, rank=k, order=c.order, shift=0.0)
+        slack = 1e4 * n * EPS * (1 + np.linalg.cond(Z[:, np.asarray(res.indices)]))
+        assert abs(_direct(Z, W, res) - c.errors[k - 1]) <= slack
+        assert abs(res.rel_error**2 - c.errors[k - 1]) <= slack
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 20), rank=st.integers(1, 3))
+def test_activations_of_rank_r_are_reproduced_exactly_by_r_units(seed, n, rank):
+    Z, W = _problem(seed, 3 * n, n, 4, 0.0, rank=rank)
+    res = output_id(Z.T @ Z, W, rank=rank, shift=0.0)
+    np.testing.assert_allclose(Z[:, np.asarray(res.indices)] @ np.asarray(res.weight).T, Z @ W.T,
+                               atol=1e-8 * np.linalg.norm(Z @ W.T))
+
+
+def test_refit_is_the_least_squares_optimum_for_its_units():
+    Z, W = _problem(3, 80, 12, 5, 0.3)
+    res = output_id(Z.T @ Z, W, rank=5, shift=0.0)
+    S = np.asarray(res.indices)
+    base = np.linalg.norm(Z @ W.T - Z[:, S] @ res.weight.T)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        moved = res.weight + 1e-3 * rng.standard_normal(res.weight.shape)
+        assert np.linalg.norm(Z @ W.T - Z[:, S] @ moved.T) > base
+
+
+def test_output_weighting_prefers_the_units_that_the_projection_reads():
+    """Two equally strong, independent units; W reads only the second: it is kept first."""
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((100, 2))
+    W = np.array([[0.0, 1.0], [0.0, 2.0]])
+    c = output_id_curve(Z.T @ Z, W, ridge=0.0)
+    assert int(np.asarray(c.order)[0]) == 1
+    assert c.errors[0] < 1e-12
+
+
+def test_mixed_target_and_ridge():
+    rng = np.random.default_rng(2)
+    Zc = rng.standard_normal((120, 10))
+    Zd = Zc + 0.3 * rng.standard_normal((120, 10))
+    W = rng.standard_normal((4, 10))
+    G, K = Zc.T @ Zc, Zc.T @ Zd
+    order = output_id_curve(G, W).order
+    # mix=0 fits the reference outputs Z_d W^T from the kept Z_c columns: least squares there.
+    res = output_id(G, W, rank=6, order=order, cross=K, mix=0.0, shift=0.0)
+    S = np.asarray(res.indices)
+    sol = np.linalg.lstsq(Zc[:, S], Zd @ W.T, rcond=None)[0].T
+    np.testing.assert_allclose(res.weight, sol, rtol=1e-8, atol=1e-10)
+    # mix=1 is the plain fit on Z_c.
+    plain = output_id(G, W, rank=6, order=order, shift=0.0)
+    np.testing.assert_allclose(output_id(G, W, rank=6, order=order, cross=K, mix=1.0, shift=0.0).weight,
+                               plain.weight, rtol=1e-10)
+    # A huge ridge pulls the refit onto the kept columns of W.
+    far = output_id(G, W, rank=6, order=order, ridge=1e8)
+    np.testing.assert_allclose(far.weight, W[:, S], atol=1e-5)
+
+
+def test_backends_agree(xp):
+    Z, W = _problem(4, 60, 9, 3, 0.2)
+    G, Wx = xp.asarray(Z.T @ Z), xp.asarray(W)
+    c = output_id_curve(G, Wx)
+    ref = output_id_curve(Z.T @ Z, W)
+    np.testing.assert_allclose(c.errors, ref.errors, rtol=1e-8, atol=1e-12)
+    res = output_id(G, Wx, rank=4, order=c.order)
+    assert type(res.weight) is type(G) and tuple(res.weight.shape) == (3, 4)
+    np.testing.assert_allclose(xp.to_numpy(res.weight), output_id(Z.T @ Z, W, rank=4).weight, rtol=1e-8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank": 0}, "rank must be an int in"),
+    ({"rank": 7}, "rank must be an int in"),
+    ({"rank": 2, "mix": 1.5}, "mix must be"),
+    ({"rank": 2, "order": [0, 0, 1, 2, 3, 4]}, "permutation"),
+])
+def test_bad_options_are_named(kwargs, match):
+    Z, W = _problem(5, 30, 6, 2, 0.1)
+    with pytest.raises(ValueError, match=match):
+        output_id(Z.T @ Z, W, **kwargs)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="square"):
+        output_id_curve(np.ones((3, 4)), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="weight must be an"):
+        output_id_curve(np.eye(3), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="finite"):
+        output_id_curve(np.full((2, 2), np.nan), np.ones((1, 2)))
