@@ -27,6 +27,7 @@ from .configs import (
     CURConfig,
     CURingConfig,
     InterpolativeConfig,
+    StructuredConfig,
     SVDConfig,
     config_from_dict,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ModuleReport",
     "Plan",
     "SVDConfig",
+    "StructuredConfig",
     "allocate_ranks",
     "break_even_rank",
     "compress",

@@ -15,9 +15,9 @@ from ._common import count_parameters
 from ._parallel import map_modules
 from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
-from .hf_quantizer import attach, check_quantization
-from .layer import FACTORED_LINEARS
+from .hf_quantizer import is_recorded, attach, check_quantization
 from .layouts import mark_feature_major
+from .pruned import settle_widths
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
@@ -67,6 +67,11 @@ class ModuleReport:
         :func:`curlinalg.metric.whitening` fell back (a larger shift of the Cholesky factor, or
         the eigendecomposition route), e.g. because the layer saw fewer calibration tokens than
         it has input features.
+    unit : str
+        ``"linear"``, or ``"mlp"`` for a gated MLP kept as a structured unit
+        (:class:`adapters.planning.ModulePlan`): ``rank`` is then its kept width, ``rows`` the
+        kept neurons, ``shape`` ``(neurons, parameters per neuron)``, and ``rel_error`` the
+        relative output error of the refitted ``down``.
     """
 
     name: str
@@ -81,6 +86,7 @@ class ModuleReport:
     seconds: float
     predicted_error: float | None = None
     whitening: str | None = None
+    unit: str = "linear"
 
 
 @dataclass
@@ -222,28 +228,36 @@ class _Applier:
         def one(item):
             name, stats = item
             t = time.perf_counter()
+            mp = self.planned[name]
+            if mp.unit != "linear":  # its fit reads the unit's children, one at a time
+                res = self.method.for_unit(mp.unit).fit_unit(self.config, self.model, name, stats, metrics, mp.rank)
+                return None, res, time.perf_counter() - t
             with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
                 lin = as_linear(held)
-                res = self.method.fit(self.config, lin, stats, metrics, self.planned[name].rank)
+                res = self.method.for_unit(mp.unit).fit(self.config, lin, stats, metrics, mp.rank)
             return lin, res, time.perf_counter() - t
 
         for (name, stats), (lin, res, seconds) in zip(todo, map_modules(one, todo, workers=workers)):
             mp = self.planned[name]
-            before = lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
+            new = {name: res.module} if res.replaces is None else {f"{name}.{a}": m for a, m in res.replaces.items()}
+            before = mp.params_before if lin is None else lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
             earlier = self.reports.pop(name, None)  # a refit pass replaces the previous pass's fit
             self.reports[name] = ModuleReport(
-                name=name, layer=mp.layer, shape=tuple(lin.weight.shape), rank=mp.rank, rows=res.rows,
-                cols=res.cols, params_before=before, params_after=sum(p.numel() for p in res.module.parameters()),
+                name=name, layer=mp.layer, shape=mp.shape if lin is None else tuple(lin.weight.shape), rank=mp.rank,
+                rows=res.rows, cols=res.cols, params_before=before,
+                params_after=sum(p.numel() for m in new.values() for p in m.parameters()),
                 rel_error=res.rel_error, seconds=seconds + (earlier.seconds if earlier else 0.0),
-                predicted_error=mp.predicted_error, whitening=metrics.fallback(stats),
+                predicted_error=mp.predicted_error, whitening=metrics.fallback(stats), unit=mp.unit,
             )
-            _swap(self.model, name, self.placer.place(name, res.module), self.swaps)
+            for full, module in new.items():
+                _swap(self.model, full, self.placer.place(full, module), self.swaps)
 
     @torch.no_grad()
     def run(self) -> None:
         mods_of: dict[int, dict] = {}
-        for name in self.planned:
-            mods_of.setdefault(self.planned[name].layer, {})[name] = self.model.get_submodule(name)
+        for name, mp in self.planned.items():  # a unit is recorded at its anchor (an MLP's down_proj)
+            anchor = self.method.for_unit(mp.unit).anchor(name)
+            mods_of.setdefault(mp.layer, {})[name] = self.model.get_submodule(anchor)
         kept = self.plan._kept
         todo = [i for i, mods in mods_of.items() if not all(n in kept for n in mods)]
         last = max(todo) if todo else -1
@@ -498,7 +512,8 @@ def compress(
     ]
     model.compression_config = config
     mark_feature_major(model)  # gated MLPs' gate/up skip their output copy (adapters.layouts)
-    if hasattr(model, "config") and any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
+    settle_widths(model)  # one width for every MLP: the family's own config, a stock architecture
+    if hasattr(model, "config") and any(is_recorded(m) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}

@@ -31,6 +31,7 @@ __all__ = [
     "REFIT_DEFAULT",
     "REFIT_OFF",
     "SVDConfig",
+    "StructuredConfig",
     "config_from_dict",
     "config_from_options",
 ]
@@ -40,7 +41,7 @@ DEFAULT_TARGETS = "all-linear"
 
 _ERR_UNKNOWN = (
     "unknown option(s) {names} for {cls}; its options are {known}. Pick the config of the method "
-    "you mean (InterpolativeConfig, CURConfig, CURingConfig, SVDConfig) or drop them"
+    "you mean (InterpolativeConfig, CURConfig, CURingConfig, SVDConfig, StructuredConfig) or drop them"
 )
 
 
@@ -451,8 +452,80 @@ class SVDConfig(BudgetConfig):
             raise ValueError(f"kind must be one of {SVD_KINDS}, got {self.kind!r}")
 
 
+#: What a :class:`StructuredConfig` does with the targets that have no structured unit.
+STRUCTURED_MATRICES = ("dense", "interpolative")
+
+
+@dataclass(frozen=True)
+class StructuredConfig(ActivationConfig):
+    """Structured compression: keep whole MLP neurons, refit the down projection.
+
+    Each gated MLP ``down(act(gate(x)) * up(x))`` is one *unit*: keeping ``k`` of its ``N``
+    neurons keeps ``k`` rows of ``gate`` and ``up`` and ``k`` columns of ``down``, refitted in
+    ridge least squares (:func:`curlinalg.output_id.output_id`); the neurons are chosen by
+    column-pivoted QR of the whitened activations at ``down``'s input, each weighted by the
+    norm of the ``down`` column that reads it. The result is smaller dense matrices: an
+    ordinary MLP of width ``k``. The widths come from one exact-budget allocation over the
+    units' error curves (:func:`curlinalg.output_id.output_id_curve`, the exact relative output
+    error of the refit at every width), together with the other targets' when ``matrices`` is
+    ``"interpolative"``.
+
+    Attributes
+    ----------
+    matrices : {"dense", "interpolative"}
+        The targets that are not in a structured unit (attention's q/k/v/o): left dense, or
+        factored in the interpolative form (:class:`InterpolativeConfig`'s fit), with their
+        ranks allocated in the same budget as the widths (the hybrid).
+    uniform : bool, default False
+        One width for every MLP: the model keeps its family's own architecture with a smaller
+        ``intermediate_size`` (a stock checkpoint when nothing else is factored). Otherwise each
+        MLP gets its own width (checkpoints record the widths, :mod:`adapters.hf_quantizer`).
+    width_multiple : int, default 1
+        Widths are multiples of this (64 suits GEMM tiles and vector units).
+    sequential, mix, refit_ridge
+        As :class:`ActivationConfig`, defaults as :class:`InterpolativeConfig` (the refit on
+        the compressed model's inputs, against ``0.75 W z_c + 0.25 W z_d``, with a ridge toward
+        the dense ``down`` columns). ``passes`` must stay 1.
+
+    Notes
+    -----
+    Units exist for modules that hold the three children ``gate_proj``, ``up_proj`` and
+    ``down_proj`` (:data:`adapters.layouts.GATED_MLP`: Llama, Mistral, Qwen2/3, Gemma 1-3, and
+    their kin); an MLP of another layout among the targets is refused by name in the plan.
+
+    References
+    ----------
+    Chee et al. (2022), "Model preserving compression for neural networks", NeurIPS. Lin et
+    al. (2025), "MoDeGPT", ICLR, arXiv 2408.09632.
+    """
+
+    method: ClassVar[str] = "structured"
+    version: ClassVar[int] = 1
+
+    sequential: bool = REFIT_DEFAULT["sequential"]
+    mix: float = REFIT_DEFAULT["mix"]
+    refit_ridge: float = REFIT_DEFAULT["refit_ridge"]
+    passes: int = 1
+    matrices: str = "dense"
+    uniform: bool = False
+    width_multiple: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.matrices not in STRUCTURED_MATRICES:
+            raise ValueError(f"matrices must be one of {STRUCTURED_MATRICES}, got {self.matrices!r}")
+        if not isinstance(self.uniform, bool):
+            raise TypeError(f"uniform must be a bool, got {self.uniform!r}")
+        _positive_int("width_multiple", self.width_multiple)
+        if self.passes != 1:
+            raise ValueError(f"passes must be 1 for StructuredConfig (one sequential sweep), got {self.passes!r}")
+        if self.rank is not None:
+            raise ValueError("StructuredConfig allocates widths from a budget; pass reduction= or target_params=, "
+                             "not rank=")
+
+
 #: ``method`` name -> config class (to read a saved config back).
-CONFIGS = {cls.method: cls for cls in (InterpolativeConfig, CURConfig, CURingConfig, SVDConfig)}
+CONFIGS = {cls.method: cls for cls in (InterpolativeConfig, CURConfig, CURingConfig, SVDConfig, StructuredConfig)}
 
 
 def config_from_dict(data: dict, /) -> CompressionConfig:

@@ -45,6 +45,7 @@ from .experts import ExpertLinears, open_experts
 from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear, fold
 from .layouts import mark_feature_major
 from .offload import read_offloaded
+from .pruned import KEPT
 from .targets import LINEAR_VIEWS, as_linear
 
 #: Module types a compressed layer may replace (``nn.Linear``, transformers' ``Conv1D``).
@@ -58,6 +59,7 @@ __all__ = [
     "CompressedQuantizer",
     "attach",
     "detach",
+    "is_recorded",
 ]
 
 #: ``quant_method`` of the record in ``config.json``.
@@ -65,6 +67,9 @@ QUANT_METHOD = "curlinalg"
 #: Version of the record; 1 was the ``cur_compression`` section of ``save_compressed``.
 FORMAT_VERSION = 2
 _SPEC_KEYS = ("form", "out_features", "in_features", "rank", "bias")
+#: Record form -> what builds the layer: the factored layers and the cut ``nn.Linear`` of a
+#: structured unit (:mod:`adapters.pruned`; ``rank`` is then the kept width).
+RECORDED = {**LAYERS, **KEPT}
 _RESAVE = "the record in config.json and the weights were not saved together; re-save the model with model.save_pretrained(path)"
 
 
@@ -72,7 +77,17 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's record, architecture or tensors disagree with each other."""
 
 
+def is_recorded(module) -> bool:
+    """A factored layer, or a linear cut from a dense one that the architecture does not know."""
+    return isinstance(module, FACTORED_LINEARS) or hasattr(module, "kept_from")
+
+
 def _spec_of(module) -> dict:
+    kept = getattr(module, "kept_from", None)
+    if kept is not None:
+        width = module.out_features if kept.form == "rows" else module.in_features
+        return {"form": kept.form, "out_features": kept.out_features, "in_features": kept.in_features,
+                "rank": width, "bias": module.bias is not None}
     return {
         "form": module.form, "out_features": module.out_features, "in_features": module.in_features,
         "rank": module.rank, "bias": module.bias is not None,
@@ -164,7 +179,7 @@ class CompressedCheckpointConfig(QuantizationConfigMixin):
         """The record of ``model``'s compressed layers and its ``compression_config``."""
         used = getattr(model, "compression_config", None)
         return cls(
-            modules={name: _spec_of(mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)},
+            modules={name: _spec_of(mod) for name, mod in model.named_modules() if is_recorded(mod)},
             compression=None if used is None else used.to_dict(),
             experts=[name for name, mod in model.named_modules() if isinstance(mod, ExpertLinears)],
         )
@@ -195,10 +210,10 @@ def _checked_spec(name, spec) -> dict:
             f"{name}: quantization_config entry has fields {sorted(spec)}, expected {list(_SPEC_KEYS)} "
             f"(missing {missing}, unknown {extra}); {_RESAVE}"
         )
-    if spec["form"] not in LAYERS:
+    if spec["form"] not in RECORDED:
         raise CheckpointMismatchError(
             f"{name}: quantization_config records form {spec['form']!r}, which names no layer class; "
-            f"expected one of {sorted(LAYERS)} (adapters.layer.LAYERS). The checkpoint was written by "
+            f"expected one of {sorted(RECORDED)} (adapters.hf_quantizer.RECORDED). The checkpoint was written by "
             "another version of adapters or edited"
         )
     for key in ("out_features", "in_features", "rank"):
@@ -207,7 +222,7 @@ def _checked_spec(name, spec) -> dict:
     if not isinstance(spec["bias"], bool):
         raise CheckpointMismatchError(f"{name}: quantization_config bias must be true or false, got {spec['bias']!r}")
     try:
-        LAYERS[spec["form"]]._layout(spec["out_features"], spec["in_features"], spec["rank"])
+        RECORDED[spec["form"]]._layout(spec["out_features"], spec["in_features"], spec["rank"])
     except ValueError as exc:
         raise CheckpointMismatchError(
             f"{name}: quantization_config records a {spec['form']} layer of rank {spec['rank']} for a "
@@ -354,7 +369,7 @@ class CompressedQuantizer(HfQuantizer):
                     f"{name}: the record says a {m}x{n} weight, the architecture in config.json builds "
                     f"{old.out_features}x{old.in_features}; {_RESAVE}"
                 )
-            shell = LAYERS[spec["form"]].empty(
+            shell = RECORDED[spec["form"]].empty(
                 m, n, spec["rank"], bias=spec["bias"], dtype=old.weight.dtype, device=old.weight.device,
             )
             if stored is not None:
@@ -379,12 +394,13 @@ class CompressedQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         for name, mod in model.named_modules():
-            if not isinstance(mod, FACTORED_LINEARS):
+            if not is_recorded(mod):
                 continue
             meta = [k for k, t in mod.state_dict().items() if t.is_meta]
             if meta:
                 raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
-            _check_indices(name, mod)
+            if isinstance(mod, FACTORED_LINEARS):
+                _check_indices(name, mod)
         mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
         if self.quantization_config.compression is not None:
             model.compression_config = config_from_dict(self.quantization_config.compression)

@@ -7,6 +7,7 @@ from torch import nn
 
 from .hf_quantizer import detach
 from .layer import fold
+from .pruned import pad_widths
 
 __all__ = ["merge"]
 
@@ -33,7 +34,10 @@ def merge(model: nn.Module, /) -> nn.Module:
     Notes
     -----
     The merged model has the dense model's size and speed: merging gives up the compression
-    and keeps only the approximation.  The dense weight is the factored product (formed in
+    and keeps only the approximation. Gated MLPs cut to different widths by
+    :class:`~adapters.configs.StructuredConfig` are padded with zero neurons to the widest one
+    (:func:`adapters.pruned.pad_widths`: the same function), which becomes the config's
+    ``intermediate_size``; MLPs of one width are the family's architecture already.  The dense weight is the factored product (formed in
     float32 for half-precision layers and rounded once), so outputs agree with the factored
     model up to the rounding of a differently ordered product, not bit for bit.
 
@@ -45,6 +49,8 @@ def merge(model: nn.Module, /) -> nn.Module:
     >>> type(merge(net)[0]).__name__
     'Linear'
     """
-    if fold(model):
+    folded = fold(model)
+    padded = pad_widths(model)
+    if folded or padded is not None:
         detach(model)
     return model

@@ -17,7 +17,7 @@ import curlinalg
 from curlinalg.metric import Whitening, mixed_cross, weighted_norm, whitening
 
 from ._parallel import map_modules
-from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, SVDConfig
+from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, StructuredConfig, SVDConfig
 from .layer import (
     CURLinear,
     InterpolativeLinear,
@@ -29,18 +29,27 @@ from .layer import (
     svd_break_even_rank,
     svd_params,
 )
+from .layouts import GATED_MLP
+from .offload import onloaded
+from .pruned import kept_linear
+from .targets import as_linear
 
 __all__ = ["Fit", "Method", "METHODS", "method_for"]
 
 
 @dataclass
 class Fit:
-    """One fitted layer: the module, its kept indices and its relative weighted error."""
+    """One fitted layer (or unit): the module, its kept indices and its relative weighted error.
 
-    module: nn.Module
+    A unit's fit replaces several children of its module: ``replaces`` maps each child's
+    attribute name to its new module (``module`` is then None).
+    """
+
+    module: nn.Module | None
     rows: list
     cols: list
     rel_error: float
+    replaces: dict | None = None
 
 
 def _rel(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
@@ -104,6 +113,22 @@ class Method:
 
     form = ""
     needs_gram = True
+    #: The kind of unit this method fits: ``"linear"`` (one matrix) or ``"mlp"`` (a gated MLP).
+    unit = "linear"
+
+    def for_unit(self, unit: str, /) -> "Method":
+        """The method that fits units of kind ``unit`` under this config (itself by default)."""
+        if unit != self.unit:
+            raise ValueError(f"the {self.form or type(self).__name__} method fits {self.unit!r} units, not {unit!r}")
+        return self
+
+    def anchor(self, name: str, /) -> str:
+        """The module whose inputs the unit ``name`` is calibrated on and whose weight its curve reads."""
+        return name
+
+    def shape(self, module: nn.Module, /) -> tuple:
+        """``(m, n)`` of the unit: ``params(m, n, r)`` counts it at rank ``r`` and ``m * n`` dense."""
+        return tuple(as_linear(module).weight.shape)
 
     def params(self, m: int, n: int, r: int, /) -> int:
         raise NotImplementedError
@@ -233,12 +258,83 @@ class _SVD(Method):
         return Fit(new, [], [], err)
 
 
+class _Neurons(Method):
+    """A gated MLP ``down(act(gate(x)) * up(x))`` keeping ``r`` of its ``m`` neurons.
+
+    Its shape is ``(m, n)``: ``m`` neurons of ``n`` parameters each (a row of ``gate`` and of
+    ``up``, a column of ``down``, and the bias entries of ``gate`` and ``up``).
+    """
+
+    form = "neurons"
+    unit = "mlp"
+
+    def anchor(self, name, /):
+        return f"{name}.down_proj"
+
+    def shape(self, module, /):
+        gate, up, down = (getattr(module, a) for a in GATED_MLP)
+        per_neuron = gate.in_features + up.in_features + down.out_features
+        per_neuron += (gate.bias is not None) + (up.bias is not None)
+        return (gate.out_features, per_neuron)
+
+    def params(self, m, n, r, /):
+        return r * n
+
+    def max_rank(self, m, n, /):
+        return m - 1
+
+    def curve(self, config, weight, stats, metrics):
+        W = weight.detach().to(torch.float64)
+        return curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge).errors[: W.shape[1] - 1]
+
+    def fit_unit(self, config, model, name, stats, metrics, rank) -> Fit:
+        """Keep ``rank`` neurons of the MLP ``name`` and refit its ``down`` (:func:`curlinalg.output_id`)."""
+        with onloaded(model, f"{name}.gate_proj") as gate, onloaded(model, f"{name}.up_proj") as up, \
+                onloaded(model, f"{name}.down_proj") as down:
+            W = down.weight.detach().to(torch.float64)
+            sequential = stats.cross is not None
+            order = curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge).order
+            res = curlinalg.output_id(
+                stats.gram, W, rank=rank, order=order, cross=stats.cross, mix=config.mix if sequential else 0.0,
+                ridge=config.refit_ridge if sequential else 0.0, shift=config.ridge,
+            )
+            keep, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
+            new_down = res.weight[:, where].to(down.weight)
+            replaces = {
+                "gate_proj": kept_linear(gate.weight[keep], None if gate.bias is None else gate.bias[keep],
+                                         form="rows", shape=gate.weight.shape),
+                "up_proj": kept_linear(up.weight[keep], None if up.bias is None else up.bias[keep],
+                                       form="rows", shape=up.weight.shape),
+                "down_proj": kept_linear(new_down, down.bias, form="columns", shape=down.weight.shape),
+            }
+        return Fit(None, keep.tolist(), [], res.rel_error, replaces)
+
+
+class _Structured(Method):
+    """:class:`StructuredConfig`: gated MLPs as neuron units, other targets interpolative (or dense)."""
+
+    form = "structured"
+    _units = {"mlp": _Neurons(), "linear": _Interpolative()}
+
+    def for_unit(self, unit, /):
+        if unit not in self._units:
+            raise ValueError(f"the structured method fits units {sorted(self._units)}, not {unit!r}")
+        return self._units[unit]
+
+    def params(self, m, n, r, /):
+        return self._units["linear"].params(m, n, r)
+
+    def max_rank(self, m, n, /):
+        return self._units["linear"].max_rank(m, n)
+
+
 #: Config type -> its method (the one dispatch by type; subclasses find their base's entry).
 METHODS: dict[type, Method] = {
     InterpolativeConfig: _Interpolative(),
     CURConfig: _CUR(),
     CURingConfig: _CURing(),
     SVDConfig: _SVD(),
+    StructuredConfig: _Structured(),
 }
 
 

@@ -17,10 +17,11 @@ import curlinalg
 from ._common import AdaptersWarning, count_parameters
 from ._parallel import map_modules, workers_for
 from .calibration import LayerRunner, angular_distance, default_calibration, prepare_calibration, record_layer
-from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, config_from_dict
+from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, StructuredConfig, config_from_dict
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
 from .experts import open_experts
+from .layouts import GATED_MLP
 from .offload import check_readable, onloaded, onloaded_block
 from .targets import LeftDense, as_linear, matches, survey_targets
 
@@ -70,6 +71,11 @@ class ModulePlan:
     predicted_error : float or None
         Predicted relative activation-weighted error at ``rank`` (the square root of the error
         curve the ranks were allocated on); None when the ranks were not allocated.
+    unit : str
+        ``"linear"``: one matrix (``shape`` its weight's, ``rank`` its rank). ``"mlp"``: a gated
+        MLP as a structured unit (:class:`adapters.configs.StructuredConfig`): ``name`` is the
+        MLP module, ``shape`` is ``(neurons, parameters per neuron)`` and ``rank`` the neurons
+        kept.
     """
 
     name: str
@@ -78,6 +84,7 @@ class ModulePlan:
     rank: int
     params_before: int
     predicted_error: float | None = None
+    unit: str = "linear"
 
 
 @dataclass
@@ -112,7 +119,8 @@ class Plan:
         """Parameters of the model once the plan is applied (biases stay)."""
         method = method or method_for(self.config)
         return self.params_before - sum(
-            m.shape[0] * m.shape[1] - method.params(*m.shape, m.rank) for m in self.modules if m.rank > 0
+            m.shape[0] * m.shape[1] - method.for_unit(m.unit).params(*m.shape, m.rank) for m in self.modules
+            if m.rank > 0
         )
 
     @property
@@ -171,14 +179,17 @@ def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params, max_ranks=N
     A thin map onto :func:`curlinalg.allocate_ranks` (kept for the earlier API): ``cost(m, n, r)``
     is the parameter count of a rank-``r`` layer (default :func:`adapters.layer.cur_params`), so
     a rank saves ``m n - cost(m, n, r)``; ``errors[j][r - 1]`` is matrix ``j``'s error at rank
-    ``r``. Matrix ``j`` chooses among the multiples of ``multiple`` up to ``max_ranks[j]``
-    (default: the length of its curve), or stays dense. Returns ``(ranks, slack)``.
+    ``r``. Matrix ``j`` chooses among the multiples of ``multiple`` (or ``multiple[j]``) up to
+    ``max_ranks[j]`` (default: the length of its curve), or stays dense; ``cost`` may be a list
+    of one cost per matrix. Returns ``(ranks, slack)``.
     """
     caps = [len(e) for e in errors] if max_ranks is None else [min(len(e), int(c)) for e, c in zip(errors, max_ranks)]
-    allowed = [np.arange(multiple, cap + 1, multiple, dtype=np.int64) for cap in caps]
+    multiples = [multiple] * len(caps) if isinstance(multiple, int) else list(multiple)
+    costs = [cost] * len(caps) if callable(cost) else list(cost)
+    allowed = [np.arange(q, cap + 1, q, dtype=np.int64) for q, cap in zip(multiples, caps)]
     curves = [np.asarray(e, dtype=np.float64)[a - 1] for e, a in zip(errors, allowed)]
-    savings = [m * n - np.array([cost(m, n, int(k)) for k in a], dtype=np.int64)
-               for (m, n), a in zip(shapes, allowed)]
+    savings = [m * n - np.array([c(m, n, int(k)) for k in a], dtype=np.int64)
+               for (m, n), a, c in zip(shapes, allowed, costs)]
     res = curlinalg.allocate_ranks(curves, savings, need=need)
     return [int(a[k - 1]) if k else 0 for a, k in zip(allowed, res.ranks)], res.slack
 
@@ -188,8 +199,13 @@ def allowed_ranks(config, method, m: int, n: int, /) -> tuple[int, int]:
 
     ``largest`` is the largest multiple of ``config.rank_multiple`` at most
     ``config.max_rank_fraction`` times the break-even rank; ``smallest > largest`` when no rank
-    is allowed (the matrix stays dense).
+    is allowed (the matrix stays dense). A structured unit's widths are the multiples of
+    ``config.width_multiple`` below its full width.
     """
+    if method.unit != "linear":
+        q = config.width_multiple
+        cap = method.max_rank(m, n)
+        return q, cap - cap % q
     q = getattr(config, "rank_multiple", 1)
     cap = math.floor(getattr(config, "max_rank_fraction", 1.0) * method.max_rank(m, n))
     return q, cap - cap % q
@@ -223,26 +239,27 @@ def _dense_note(dense) -> str:
             f"{reasons[:5]}{' ...' if len(reasons) > 5 else ''}")
 
 
-def _check_feasible(config, method, found, fixed, params_before, dense=()) -> int | None:
-    shapes = {name: _shape(mod) for name, (_, mod) in found.items()}
-    too_big = [n for n, r in fixed.items() if r > method.max_rank(*shapes[n])]
+def _check_feasible(config, methods, shapes, fixed, params_before, dense=()) -> int | None:
+    """The budget, checked against what compressing every target as far as allowed leaves.
+    ``methods`` and ``shapes`` map each target to its unit's method and shape."""
+    too_big = [n for n, r in fixed.items() if r > methods[n].max_rank(*shapes[n])]
     if too_big:
         (m, k), r = shapes[too_big[0]], fixed[too_big[0]]
         raise ValueError(
             f"rank={r} would make {len(too_big)} matrices larger than dense (e.g. {too_big[0]}, "
-            f"{m}x{k}, break-even rank {method.max_rank(m, k)}); pass a smaller rank="
+            f"{m}x{k}, break-even rank {methods[too_big[0]].max_rank(m, k)}); pass a smaller rank="
         )
     if not isinstance(config, BudgetConfig) or config.rank is not None:
         return None
     target = config.target(params_before)
     floor = params_before
     for nm, (m, n) in shapes.items():
-        low, high = allowed_ranks(config, method, m, n)
+        low, high = allowed_ranks(config, methods[nm], m, n)
         if nm in fixed or low <= high:
-            floor -= m * n - method.params(m, n, fixed.get(nm, low))
+            floor -= m * n - methods[nm].params(m, n, fixed.get(nm, low))
     if target < floor:
         raise ValueError(_ERR_INFEASIBLE.format(
-            target=target, before=params_before, count=len(found), floor=floor, maxred=1.0 - floor / params_before,
+            target=target, before=params_before, count=len(shapes), floor=floor, maxred=1.0 - floor / params_before,
             dense=_dense_note(dense),
         ))
     if target >= params_before:
@@ -291,7 +308,7 @@ def _by_layer(found) -> dict[int, dict]:
 
 
 @torch.no_grad()
-def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
+def _curves(config, method, found, calib, metrics, keep, units=None) -> tuple[dict, dict]:
     """One pass over the dense model: every error curve, and the statistics worth keeping."""
     by_layer, curves, kept, used = _by_layer(found), {}, {}, 0
     silent = []
@@ -308,8 +325,9 @@ def _curves(config, method, found, calib, metrics, keep) -> tuple[dict, dict]:
             def curve(name):
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-                with onloaded(calib.model, name) as lin:
-                    return method.curve(config, as_linear(lin).weight, stats[name], metrics)
+                um = method.for_unit((units or {}).get(name, "linear"))
+                with onloaded(calib.model, um.anchor(name)) as lin:
+                    return um.curve(config, as_linear(lin).weight, stats[name], metrics)
 
             if method.needs_gram:  # one factor per shared input, made before the modules use it
                 metrics.prepare(stats.values(), workers=calib.workers)
@@ -350,14 +368,59 @@ def _curing_pass(config, found, calib) -> tuple[list, dict]:
     return ang, kept
 
 
+#: Final names of MLP matrices that are not in a gated MLP (no structured unit in this version).
+_OTHER_MLP = ("fc1", "fc2", "c_fc", "dense_h_to_4h", "dense_4h_to_h", "gate_up_proj", "w1", "w2", "w3")
+
+_ERR_NO_UNIT = (
+    "StructuredConfig keeps whole neurons of gated MLPs (modules with gate_proj, up_proj and down_proj); "
+    "{what}. Pass targets= or exclude= leaving them out, or use InterpolativeConfig for this model"
+)
+
+
+def _group_units(model, config, found, dense) -> dict:
+    """Turn each gated MLP among ``found`` into one ``"mlp"`` unit, in place; the units' kinds.
+
+    A unit is keyed by the MLP's name and holds its ``down_proj`` (whose inputs calibrate it);
+    the other targets stay matrices, or go to ``dense`` when ``config.matrices`` is "dense".
+    """
+    members: dict[str, dict] = {}
+    for name in found:
+        parent, _, attr = name.rpartition(".")
+        if attr in GATED_MLP and all(isinstance(getattr(model.get_submodule(parent), a, None), nn.Linear)
+                                     for a in GATED_MLP):
+            members.setdefault(parent, {})[attr] = name
+        elif attr in _OTHER_MLP:
+            raise ValueError(_ERR_NO_UNIT.format(
+                what=f"{name} is an MLP matrix of another layout ({type(model).__name__}), which has no unit yet"))
+    units = {}
+    for parent, names in members.items():
+        if len(names) != len(GATED_MLP):
+            raise ValueError(_ERR_NO_UNIT.format(
+                what=f"the targets hold {sorted(names)} of {parent} but not all three; target the whole MLP"))
+        i = found[names["down_proj"]][0]
+        for name in names.values():
+            found.pop(name)
+        found[parent] = (i, model.get_submodule(names["down_proj"]))
+        units[parent] = "mlp"
+    if not units:
+        raise ValueError(_ERR_NO_UNIT.format(what=f"none of the targets of {type(model).__name__} is one"))
+    if config.matrices == "dense":
+        for name in [n for n in found if n not in units]:
+            lin = as_linear(found.pop(name)[1])
+            dense.append(LeftDense(name, tuple(lin.weight.shape), sum(p.numel() for p in lin.parameters()),
+                                   "not in a structured unit (StructuredConfig matrices='dense')"))
+    return units
+
+
 def _survey(model, config, method, filter_fn):
-    """The targets that can be factored, and every other block weight with its reason."""
+    """The targets that can be compressed, every other block weight with its reason, and the
+    kinds of the structured units among the targets (by name; matrices are not listed)."""
     survey = survey_targets(model, targets=config.targets, layers=config.layers, exclude=config.exclude,
                             filter_fn=filter_fn)
     found, dense = {}, list(survey.dense)
     for name, (i, mod) in survey.found.items():
         m, n = _shape(mod)
-        if method.max_rank(m, n) < 1:
+        if method.for_unit("linear").max_rank(m, n) < 1:
             bias = as_linear(mod).bias
             dense.append(LeftDense(name, (m, n), m * n + (0 if bias is None else bias.numel()),
                                    f"no rank below the break-even rank of a {m}x{n} weight"))
@@ -374,7 +437,61 @@ def _survey(model, config, method, filter_fn):
                        if d.reason not in ("excluded (exclude=)", "block not selected (layers=)", "filter_fn returned False")})
         warnings.warn(_WARN_COVERAGE.format(targets=config.targets, covered=covered, left=left[:10]),
                       AdaptersWarning, stacklevel=4)
-    return found, dense
+    units = _group_units(model, config, found, dense) if isinstance(config, StructuredConfig) else {}
+    return found, dense, units
+
+
+def _params_of(model, name, mod, units) -> int:
+    """Weight and bias parameters of a target now (a unit's: its module's)."""
+    held = model.get_submodule(name) if name in units else as_linear(mod)
+    return sum(p.numel() for p in held.parameters())
+
+
+_ERR_UNIFORM = (
+    "uniform=True keeps one width for every MLP, but no width (a multiple of width_multiple={q} below "
+    "{width}) meets the budget: the narrowest saves {most:,} parameters with the other targets as allowed, "
+    "the budget needs {need:,}. Ask for a smaller reduction=, pass matrices='interpolative' to factor "
+    "the other targets too, or pass uniform=False"
+)
+
+
+def _allocate_uniform(config, free, units, methods, shapes, curves, need) -> list[int]:
+    """One width for every MLP unit: the width (with the other targets' ranks allocated in what
+    remains of the budget) of least total predicted error that saves at least ``need``."""
+    mlps = [n for n in free if n in units]
+    mats = [n for n in free if n not in units]
+    widths = {shapes[n][0] for n in mlps}
+    if len(widths) != 1:
+        raise ValueError(f"uniform=True needs MLPs of one width, got widths {sorted(widths)}; pass uniform=False")
+    full = widths.pop()
+    q, cap = allowed_ranks(config, methods[mlps[0]], *shapes[mlps[0]])
+    best, best_err = None, math.inf
+    for k in range(q, cap + 1, q):
+        saved = sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], k) for n in mlps)
+        err = sum(float(curves[n][k - 1]) for n in mlps)
+        rest = need - saved
+        ranks = [0] * len(mats)
+        if rest > 0:
+            if not mats:
+                continue
+            try:
+                ranks, _ = allocate_ranks(
+                    [shapes[n] for n in mats], [curves[n] for n in mats], need=rest,
+                    cost=[methods[n].params for n in mats],
+                    multiple=[allowed_ranks(config, methods[n], *shapes[n])[0] for n in mats],
+                    max_ranks=[allowed_ranks(config, methods[n], *shapes[n])[1] for n in mats],
+                )
+            except ValueError:
+                continue
+            err += sum(float(curves[n][r - 1]) for n, r in zip(mats, ranks) if r > 0)
+        if err < best_err:
+            best, best_err = (k, ranks), err
+    if best is None:
+        most = sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], q) for n in mlps)
+        raise ValueError(_ERR_UNIFORM.format(q=q, width=full, most=most, need=need))
+    k, ranks = best
+    by_name = dict(zip(mats, ranks))
+    return [k if n in units else by_name[n] for n in free]
 
 
 def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False,
@@ -385,7 +502,7 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     their replacements (:func:`adapters.offload.check_readable`), before any calibration runs.
     """
     method = method_for(config)
-    found, dense = _survey(model, config, method, filter_fn)
+    found, dense, units = _survey(model, config, method, filter_fn)
     check_readable(model, names=found if placing else (), offload_folder=offload_folder)
     unused = [k for k in config.overrides if not any(matches(n, _override_spec(k)) for n in found)]
     if unused:
@@ -395,9 +512,10 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
             "spelling, or add the layers to targets="
         )
     params_before = count_parameters(model)
-    fixed = {n: r for n, (_, mod) in found.items()
-             if (r := _fixed_rank(config, method, n, _shape(mod))) is not None}
-    target = _check_feasible(config, method, found, fixed, params_before, dense)
+    methods = {n: method.for_unit(units.get(n, "linear")) for n in found}
+    shapes = {n: methods[n].shape(model.get_submodule(n) if n in units else mod) for n, (_, mod) in found.items()}
+    fixed = {n: r for n in found if (r := _fixed_rank(config, methods[n], n, shapes[n])) is not None}
+    target = _check_feasible(config, methods, shapes, fixed, params_before, dense)
     ranks, errors, ang, kept = dict(fixed), {}, None, {}
     if isinstance(config, CURingConfig):
         ang, kept = _curing_pass(config, found, calib)
@@ -406,7 +524,7 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
             m, n = _shape(mod)
             ranks[name] = 0 if i not in layers else (config.rank or min(method.max_rank(m, n), config.max_rank))
     elif target is not None:
-        curves, kept, silent = _curves(config, method, found, calib, metrics, keep)
+        curves, kept, silent = _curves(config, method, found, calib, metrics, keep, units)
         for name in silent:
             _, mod = found.pop(name)
             lin = as_linear(mod)
@@ -415,19 +533,25 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
             fixed.pop(name, None)
             ranks.pop(name, None)
         free = [n for n in found if n not in fixed]
-        shapes = {n: _shape(mod) for n, (_, mod) in found.items()}
         need = params_before - target - sum(
-            shapes[n][0] * shapes[n][1] - method.params(*shapes[n], r) for n, r in fixed.items()
+            shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], r) for n, r in fixed.items()
         )
-        chosen = allocate_ranks([shapes[n] for n in free], [curves[n] for n in free], need=need,
-                                cost=method.params, multiple=config.rank_multiple,
-                                max_ranks=[allowed_ranks(config, method, *shapes[n])[1] for n in free],
-                                )[0] if need > 0 else [0] * len(free)
+        if need <= 0:
+            chosen = [0] * len(free)
+        elif getattr(config, "uniform", False):
+            chosen = _allocate_uniform(config, free, units, methods, shapes, curves, need)
+        else:
+            chosen = allocate_ranks(
+                [shapes[n] for n in free], [curves[n] for n in free], need=need,
+                cost=[methods[n].params for n in free],
+                multiple=[allowed_ranks(config, methods[n], *shapes[n])[0] for n in free],
+                max_ranks=[allowed_ranks(config, methods[n], *shapes[n])[1] for n in free],
+            )[0]
         ranks.update(zip(free, chosen))
         errors = {n: math.sqrt(max(float(curves[n][r - 1]), 0.0)) for n, r in ranks.items() if r > 0}
     modules = [
-        ModulePlan(name, i, _shape(mod), ranks.get(name, 0), sum(p.numel() for p in as_linear(mod).parameters()),
-                   errors.get(name))
+        ModulePlan(name, i, shapes[name], ranks.get(name, 0), _params_of(model, name, mod, units),
+                   errors.get(name), units.get(name, "linear"))
         for name, (i, mod) in found.items()
     ]
     return Plan(config, modules, params_before, target, ang, dense, kept if keep else {})

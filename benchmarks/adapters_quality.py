@@ -22,6 +22,10 @@ most: a compression that generalises loses no more out of domain than in it).  R
   ``default_form`` is ``"cur"`` or absent, and the plot labels them by form)
 * ``cur-curalloc@F``: ``form="cur"`` with ranks allocated on its own measured CUR error
   curves (``allocation="cur"``) instead of the whitened SVD spectra (ablation)
+* ``structured@F``: :class:`adapters.StructuredConfig` (whole MLP neurons kept, ``down``
+  refitted; attention dense); ``hybrid@F`` the same with the other targets factored in the
+  interpolative form in one allocation (``matrices="interpolative"``); ``:uniform=true`` gives
+  every MLP one width (a stock architecture)
 * a ``+norm`` / ``+none`` suffix on a method name (``default+norm@0.2``,
   ``svd-whitened+norm@0.2``) sets ``token_weighting`` (ablation of the covariance weighting)
 * ``refit@F``: the default form with PIFA's "M"-style sequential refit (arXiv 2501.19090):
@@ -61,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import _common  # noqa: E402
-from adapters import compress, count_parameters  # noqa: E402
+from adapters import StructuredConfig, compress, count_parameters  # noqa: E402
 from adapters.baselines import compress_svd  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2, perplexity  # noqa: E402
@@ -217,7 +221,10 @@ def main(argv=None) -> int:
                     kw = {"target_params": target}
                 else:
                     kw = {"reduction": float(budget)}
-                if name in ("default", "default-seq", "cur", "cur-curalloc", "refit", "refit2"):
+                if name in ("structured", "hybrid"):
+                    cfg = StructuredConfig(matrices="interpolative" if name == "hybrid" else "dense")
+                    model, report = compress(model, cfg, **(kw | weight_kw | run_kw), **common)
+                elif name in ("default", "default-seq", "cur", "cur-curalloc", "refit", "refit2"):
                     form_kw = {"form": "cur"} if name.startswith("cur") else {}
                     if name == "default-seq":  # version 1's sequential fit, whatever the defaults
                         form_kw.update(sequential=True, mix=0.0, refit_ridge=0.0, passes=1)

@@ -1,0 +1,183 @@
+"""StructuredConfig: gated MLPs as neuron units through plan, compress, checkpoints and merge."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import adapters
+from adapters import InterpolativeLinear, StructuredConfig, compress, merge, plan
+from adapters.configs import config_from_dict
+
+from conftest import make_tiny_llama
+from families import calibration_tokens, make_tiny
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def _widths(model):
+    return [layer.mlp.gate_proj.out_features for layer in model.model.layers]
+
+
+def _close(a, b, dtype=torch.float32):
+    """Same weights, possibly other kernels (another process, a padded GEMM): the rounding of a
+    few dot products of length <= 128 through 3 layers, far below any real difference (0.59
+    between two random initialisations)."""
+    torch.testing.assert_close(a, b, rtol=0, atol=256 * torch.finfo(dtype).eps * max(1.0, float(b.abs().max())))
+
+
+def test_plan_has_one_unit_per_mlp_and_meets_the_budget(calib_tokens):
+    model = make_tiny_llama(layers=3)
+    p = plan(model, StructuredConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    units = [m for m in p.modules if m.unit == "mlp"]
+    assert [m.name for m in units] == [f"model.layers.{i}.mlp" for i in range(3)]
+    assert all(m.shape == (64, 3 * 32) for m in units) and all(0 < m.rank < 64 for m in units)
+    assert len(units) == len(p.modules)  # matrices="dense": attention stays dense, with the reason
+    assert {d.reason for d in p.dense} == {"not in a structured unit (StructuredConfig matrices='dense')"}
+    assert p.params_after() <= p.target_params
+    assert p.params_after() > p.target_params - 3 * 32 * 3  # within one width step of each unit
+    again = adapters.Plan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert [(m.name, m.unit, m.rank) for m in again.modules] == [(m.name, m.unit, m.rank) for m in p.modules]
+    assert again.params_after() == p.params_after()
+
+
+def test_compress_keeps_whole_neurons_and_the_planned_count(calib_tokens, eval_tokens):
+    dense = make_tiny_llama(layers=3)
+    model = make_tiny_llama(layers=3)
+    model, report = compress(model, StructuredConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    assert report.params_after <= report.target_params
+    assert sum(p.numel() for p in model.parameters()) == report.params_after
+    for r, layer, ref in zip(report.modules, model.model.layers, dense.model.layers):
+        assert r.unit == "mlp" and type(layer.mlp.gate_proj) is nn.Linear
+        keep = torch.tensor(r.rows)
+        assert layer.mlp.gate_proj.out_features == layer.mlp.down_proj.in_features == r.rank == len(r.rows)
+        # gate and up keep the dense rows of the kept neurons exactly; down is refitted
+        assert torch.equal(layer.mlp.gate_proj.weight, ref.mlp.gate_proj.weight[keep])
+        assert torch.equal(layer.mlp.up_proj.weight, ref.mlp.up_proj.weight[keep])
+        assert 0.0 <= r.rel_error < 1.0
+    out = _logits(model, eval_tokens)
+    assert torch.isfinite(out).all() and not torch.equal(out, _logits(dense, eval_tokens))
+
+
+def test_sequential_option_changes_the_refit(calib_tokens):
+    fits = []
+    for sequential in (True, False):
+        model, _ = compress(make_tiny_llama(), StructuredConfig(reduction=0.2, sequential=sequential),
+                            calibration=calib_tokens, progress=False)
+        fits.append(model.model.layers[1].mlp.down_proj.weight)
+    assert fits[0].shape != fits[1].shape or not torch.allclose(fits[0], fits[1])
+
+
+def test_uniform_widths_make_a_stock_model(calib_tokens, eval_tokens, tmp_path):
+    model, report = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.2, uniform=True, width_multiple=8),
+                             calibration=calib_tokens, progress=False)
+    widths = _widths(model)
+    assert len(set(widths)) == 1 and widths[0] % 8 == 0
+    assert model.config.intermediate_size == widths[0]
+    assert getattr(model.config, "quantization_config", None) is None  # nothing for adapters to record
+    model.save_pretrained(tmp_path / "stock")
+    torch.save(eval_tokens, tmp_path / "tokens.pt")
+    torch.save(_logits(model, eval_tokens), tmp_path / "logits.pt")
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'stock')!r})\n"
+        "assert 'adapters' not in sys.modules and 'curlinalg' not in sys.modules\n"
+        f"t = torch.load({str(tmp_path / 'tokens.pt')!r})\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m(t).logits, {str(tmp_path / 'back.pt')!r})\n"
+        "print(type(m).__name__, m.config.intermediate_size)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["LlamaForCausalLM", str(widths[0])]
+    _close(torch.load(tmp_path / "back.pt"), torch.load(tmp_path / "logits.pt"))
+
+
+def test_per_layer_widths_round_trip_through_the_record(calib_tokens, eval_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, _ = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.25), calibration=calib_tokens,
+                        progress=False)
+    widths = _widths(model)
+    assert len(set(widths)) > 1, "the allocation gave every MLP one width; pick a budget where they differ"
+    model.save_pretrained(tmp_path / "ckpt")
+    record = json.loads((tmp_path / "ckpt" / "config.json").read_text())["quantization_config"]
+    spec = record["modules"]["model.layers.0.mlp.down_proj"]
+    assert spec == {"form": "columns", "out_features": 32, "in_features": 64, "rank": widths[0], "bias": False}
+    assert record["modules"]["model.layers.0.mlp.gate_proj"]["form"] == "rows"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert _widths(loaded) == widths
+    assert isinstance(loaded.compression_config, StructuredConfig)
+    assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
+
+
+def test_merge_pads_per_layer_widths_into_a_stock_checkpoint(calib_tokens, eval_tokens, tmp_path):
+    model, _ = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.25, matrices="interpolative"),
+                        calibration=calib_tokens, progress=False)
+    assert any(isinstance(m, InterpolativeLinear) for m in model.modules())
+    before = _logits(model, eval_tokens)
+    widths = _widths(model)
+    merge(model)
+    assert set(_widths(model)) == {max(widths)} == {model.config.intermediate_size}
+    assert not any(isinstance(m, InterpolativeLinear) for m in model.modules())
+    _close(_logits(model, eval_tokens), before)
+    model.save_pretrained(tmp_path / "merged")
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+    code = (
+        "import sys\nfrom transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r})\n"
+        "assert 'adapters' not in sys.modules\nprint(m.config.intermediate_size)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(max(widths))]
+
+
+def test_hybrid_allocates_widths_and_ranks_in_one_budget(calib_tokens):
+    p = plan(make_tiny_llama(layers=3), StructuredConfig(reduction=0.35, matrices="interpolative"),
+             calibration=calib_tokens, progress=False)
+    kinds = {m.unit for m in p.modules if m.rank > 0}
+    assert kinds == {"mlp", "linear"}
+    assert p.params_after() <= p.target_params
+
+
+def test_width_multiple_is_honoured(calib_tokens):
+    p = plan(make_tiny_llama(layers=3), StructuredConfig(reduction=0.2, width_multiple=16), calibration=calib_tokens,
+             progress=False)
+    assert all(m.rank % 16 == 0 for m in p.modules if m.rank)
+
+
+def test_config_round_trip_and_bad_options():
+    cfg = StructuredConfig(reduction=0.2, matrices="interpolative", uniform=True, width_multiple=64)
+    assert config_from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="matrices must be one of"):
+        StructuredConfig(matrices="cur")
+    with pytest.raises(ValueError, match="passes must be 1"):
+        StructuredConfig(passes=2)
+    with pytest.raises(ValueError, match="not rank="):
+        StructuredConfig(rank=4)
+
+
+def test_a_family_without_gated_mlp_is_refused_by_name_before_any_work():
+    model = make_tiny("gpt2")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"c_fc is an MLP matrix of another layout \(GPT2LMHeadModel\)"):
+        compress(model, StructuredConfig(reduction=0.1), calibration=calibration_tokens(), progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_partial_mlp_targets_and_infeasible_budget_are_refused_before_calibration():
+    with pytest.raises(ValueError, match="not all three"):
+        plan(make_tiny_llama(), StructuredConfig(reduction=0.1, targets=("gate", "down")), calibration=None,
+             progress=False)
+    # the narrowest allowed width (width_multiple) bounds what the units can save; no calibration is needed to say so
+    with pytest.raises(ValueError, match=r"cannot be met.*at most 0\.2294"):
+        plan(make_tiny_llama(), StructuredConfig(reduction=0.3, uniform=True, width_multiple=32), calibration=None,
+             progress=False)
