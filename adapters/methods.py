@@ -293,9 +293,8 @@ class _Neurons(Method):
                 onloaded(model, f"{name}.down_proj") as down:
             W = down.weight.detach().to(torch.float64)
             sequential = stats.cross is not None
-            order = curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge).order
-            res = curlinalg.output_id(
-                stats.gram, W, rank=rank, order=order, cross=stats.cross, mix=config.mix if sequential else 0.0,
+            res = curlinalg.output_id(  # the order of output_id_curve on these statistics
+                stats.gram, W, rank=rank, cross=stats.cross, mix=config.mix if sequential else 0.0,
                 ridge=config.refit_ridge if sequential else 0.0, shift=config.ridge,
             )
             keep, where = torch.sort(torch.as_tensor(res.indices, device=W.device))

@@ -173,11 +173,7 @@ def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6) -> Output
     (True, True)
     """
     xp = _check(gram, weight)
-    w = whitening(gram, ridge=ridge)
-    R = w.L.T
-    W = xp.astype(weight, xp.float64)
-    d = xp.sqrt(xp.sum(W * W, axis=0))
-    order = _backend.pivoted_rows((R * d[None, :]).T, gram.shape[0])
+    R, W, order, shift = _order(gram, weight, ridge, xp)
     Q, _ = xp.linalg.qr(xp.take(R, order, axis=1))
     B = R @ W.T
     captured = _host(xp.sum((Q.T @ B) ** 2, axis=1))
@@ -187,7 +183,17 @@ def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6) -> Output
     errors = np.maximum(total - np.cumsum(captured), 0.0) / scale
     tail = np.concatenate([total - np.cumsum(s2), np.zeros(gram.shape[0] - s2.size)])
     lower = np.minimum(np.maximum(tail[: gram.shape[0]], 0.0) / scale, errors)
-    return OutputIDCurve(order, errors, lower, w.shift)
+    return OutputIDCurve(order, errors, lower, shift)
+
+
+def _order(gram: Any, weight: Any, ridge: float, xp: Any) -> tuple:
+    """``(R, W, order, shift)``: the factor ``R^T R = G + shift I``, ``W`` in float64, and the
+    pivot order of the columns of ``R diag(||W_{:,j}||)``."""
+    w = whitening(gram, ridge=ridge)
+    R = w.L.T
+    W = xp.astype(weight, xp.float64)
+    d = xp.sqrt(xp.sum(W * W, axis=0))
+    return R, W, _backend.pivoted_rows((R * d[None, :]).T, gram.shape[0]), w.shift
 
 
 def output_id(
@@ -205,8 +211,9 @@ def output_id(
     rank : int
         Units kept, ``1 <= rank <= n``.
     order : array of int, optional
-        A column order (:attr:`OutputIDCurve.order`); default: :func:`output_id_curve` of
-        ``gram`` and ``weight``. The kept units are ``order[:rank]``.
+        A column order (:attr:`OutputIDCurve.order`); default: the order
+        :func:`output_id_curve` gives for ``gram`` and ``weight`` with ``ridge=shift``. The kept
+        units are ``order[:rank]``.
     cross : array, shape (n, n), optional
         :math:`K = Z_c^TZ_d` against reference activations :math:`Z_d` (the dense model's in a
         sequential refit); the target becomes :math:`\alpha Z_cW^T + (1 - \alpha)Z_dW^T`.
@@ -266,7 +273,7 @@ def output_id(
     G = xp.astype(gram, xp.float64)
     W = xp.astype(weight, xp.float64)
     if order is None:
-        order = output_id_curve(G, W).order
+        order = _order(G, W, shift, xp)[2]
     perm = _host(order).astype(np.int64).ravel()
     if perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
         raise ValueError(_ERR_ORDER.format(n=n, got=perm[:10].tolist()))

@@ -35,7 +35,7 @@ def test_json_round_trip(config):
 
 
 def test_every_method_is_registered_by_its_name():
-    assert set(CONFIGS) == {"interpolative", "cur", "curing", "svd"}
+    assert set(CONFIGS) == {"interpolative", "cur", "curing", "svd", "structured"}
     assert all(cls.method == name for name, cls in CONFIGS.items())
 
 
