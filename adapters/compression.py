@@ -15,7 +15,7 @@ from ._common import count_parameters
 from ._parallel import map_modules
 from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
-from .hf_quantizer import is_recorded, attach, check_quantization
+from .hf_quantizer import attach, check_quantization, is_recorded, rebuild_buffers
 from .layouts import mark_feature_major
 from .pruned import settle_widths
 from .experts import ExpertLinears, open_experts
@@ -444,7 +444,10 @@ def compress(
     model's inputs (the two paths route other tokens to them, so no rows pair up). Any
     exception restores every replaced module, fused experts included, before it propagates.
     ``report.dense`` lists every 2-D weight of the blocks left dense and why.
-    The factorisations are in docs/adapters.md (Methods).
+    The factorisations are in docs/adapters.md (Methods). The returned model is the one
+    ``save_pretrained`` / ``from_pretrained`` give back, logit for logit in every dtype: the
+    non-persistent buffers that loading rebuilds (a rotary ``inv_freq`` that ``model.to(dtype)``
+    cast) are rebuilt as loading builds them (:func:`adapters.hf_quantizer.rebuild_buffers`).
 
     References
     ----------
@@ -513,6 +516,7 @@ def compress(
     model.compression_config = config
     mark_feature_major(model)  # gated MLPs' gate/up skip their output copy (adapters.layouts)
     settle_widths(model)  # one width for every MLP: the family's own config, a stock architecture
+    rebuild_buffers(model)  # e.g. a rotary inv_freq cast by model.to(bf16): as from_pretrained builds it
     if hasattr(model, "config") and any(is_recorded(m) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
     heal_result = _heal(model, heal, calib, config, progress) if heal else None

@@ -20,8 +20,8 @@ Importing :mod:`adapters` registers the record under ``quant_method="curlinalg"`
 :class:`CompressedQuantizer` with ``transformers.quantizers.register_quantization_config`` and
 ``register_quantizer``, the extension point out-of-tree methods such as compressed-tensors use.
 ``AutoModel*.from_pretrained(path)`` then builds the model on the meta device, the quantizer
-replaces each recorded ``nn.Linear`` by an empty :class:`~adapters.layer.CURLinear` or
-:class:`~adapters.layer.InterpolativeLinear` (still on meta), checks the record against the
+replaces each recorded ``nn.Linear`` by an empty :class:`~adapters.layer.CURLinear`,
+:class:`~adapters.layer.InterpolativeLinear` or :class:`~adapters.layer.LowRankLinear` (still on meta), checks the record against the
 safetensors headers, and transformers fills the layers from the files: the dense weights of the
 compressed layers are never allocated.  :func:`adapters.compress` attaches the quantizer to the
 model it returns (:func:`attach`), so ``model.save_pretrained(path)`` writes the record.
@@ -42,7 +42,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
-from .layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear, fold
+from .layer import LAYERS, SAVED_LINEARS, InterpolativeLinear, LowRankLinear, fold
 from .layouts import mark_feature_major
 from .offload import read_offloaded
 from .pruned import KEPT
@@ -60,6 +60,7 @@ __all__ = [
     "attach",
     "detach",
     "is_recorded",
+    "rebuild_buffers",
 ]
 
 #: ``quant_method`` of the record in ``config.json``.
@@ -79,7 +80,7 @@ class CheckpointMismatchError(ValueError):
 
 def is_recorded(module) -> bool:
     """A factored layer, or a linear cut from a dense one that the architecture does not know."""
-    return isinstance(module, FACTORED_LINEARS) or hasattr(module, "kept_from")
+    return isinstance(module, SAVED_LINEARS) or hasattr(module, "kept_from")
 
 
 def _spec_of(module) -> dict:
@@ -305,6 +306,8 @@ def _compare(name: str, spec: dict, shell: nn.Module, stored: dict) -> None:
 def _check_indices(name: str, mod: nn.Module) -> None:
     """Index buffers as loaded: in range, distinct, and (interpolative) rows + rest a split."""
     m = mod.out_features
+    if isinstance(mod, LowRankLinear):
+        return  # no indices
     if isinstance(mod, InterpolativeLinear):
         both = torch.cat([mod.rows, mod.rest]).cpu()
         if not torch.equal(torch.sort(both).values, torch.arange(m)):
@@ -385,6 +388,7 @@ class CompressedQuantizer(HfQuantizer):
         if stored is not None:
             recorded = set(records)
             factored_keys = {k.rpartition(".")[0] for k in stored if k.rpartition(".")[2] in ("C", "U", "P")}
+            factored_keys |= {k[:-2] for k in stored if k.endswith(".A") and k[:-2] + ".B" in stored}
             unrecorded = sorted(factored_keys - recorded)
             if unrecorded:
                 raise CheckpointMismatchError(
@@ -399,9 +403,10 @@ class CompressedQuantizer(HfQuantizer):
             meta = [k for k, t in mod.state_dict().items() if t.is_meta]
             if meta:
                 raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
-            if isinstance(mod, FACTORED_LINEARS):
+            if isinstance(mod, SAVED_LINEARS):
                 _check_indices(name, mod)
         mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
+        _realign(model)
         if self.quantization_config.compression is not None:
             model.compression_config = config_from_dict(self.quantization_config.compression)
         model.is_quantized = False  # nothing is quantized: .half() and .float() stay allowed
@@ -435,6 +440,25 @@ try:
     register_quantization_config(QUANT_METHOD)(CompressedCheckpointConfig)
 except ValueError:  # registered already (this module imported twice, e.g. under importlib.reload)
     pass
+
+
+#: Byte alignment of PyTorch's CPU allocator (``c10::gAlignment``), which a model built in memory has.
+_ALIGNMENT = 64
+
+
+def _realign(model: nn.Module, /) -> None:
+    """Give each CPU tensor that loading left at an unaligned address its own aligned copy.
+
+    Loaded tensors are views into the safetensors file at arbitrary byte offsets; the model that
+    was saved held them in the allocator's aligned blocks. Some BLAS kernels split their work by
+    alignment: on two threads MKL summed a loaded interpolative layer's ``P z`` (one output row)
+    in another order than the saved one's, so the reloaded model's logits differed in the last
+    bit. With the same alignment the two run the same kernels.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and not tensor.is_meta and tensor.data_ptr() % _ALIGNMENT:
+                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
 
 
 def _offloaded_state(model: nn.Module, /) -> dict | None:
@@ -490,14 +514,76 @@ def check_quantization(model: nn.Module, /) -> None:
     )
 
 
+def rebuild_buffers(model: nn.Module, /) -> list[str]:
+    """Rebuild the non-persistent floating buffers that loading would build in another dtype.
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+
+    Returns
+    -------
+    list of str
+        The names of the buffers rebuilt (empty when none differed, or for a model that is not
+        a transformers ``PreTrainedModel``).
+
+    Notes
+    -----
+    ``save_pretrained`` does not write non-persistent buffers: ``from_pretrained`` builds them
+    again, in the dtype the model's constructor gives them. The rotary embedding's ``inv_freq``
+    is built in float32 whatever the model's dtype, but ``model.to(torch.bfloat16)`` casts it
+    too, so a model cast that way and its reloaded copy differ (a bf16 Llama by about 1% of its
+    largest logit, a float16 one by 0.1%), a dense one as much as a compressed one. The
+    dtypes loading would give are read from the model built again on the meta device (nothing
+    is allocated); each buffer that differs is replaced by one of that dtype, filled by the
+    model's own ``_init_weights``, as loading fills it. Only buffers of parameter-free modules
+    are rebuilt (``_init_weights`` would re-initialise the parameters too), and a buffer that
+    ``_init_weights`` does not fill is left as it was.
+    """
+    import copy
+
+    named = getattr(model, "named_non_persistent_buffers", None)
+    init = getattr(model, "_init_weights", None)
+    if named is None or init is None or not hasattr(model, "config"):
+        return []
+    current = {name: buf for name, buf in named() if buf.is_floating_point() and not buf.is_meta}
+    if not current:
+        return []
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    try:
+        with torch.device("meta"):
+            twin = type(model)._from_config(config, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return []  # a model transformers cannot build from its config alone: nothing to compare with
+    built = dict(twin.named_non_persistent_buffers())
+    rebuilt = []
+    for name, buf in current.items():
+        ref = built.get(name)
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        if ref is None or ref.dtype == buf.dtype or any(True for _ in owner.parameters(recurse=False)):
+            continue
+        fresh = torch.full(buf.shape, float("nan"), dtype=ref.dtype, device=buf.device)
+        owner.register_buffer(attr, fresh, persistent=False)
+        init(owner)
+        if torch.isnan(getattr(owner, attr)).any():
+            owner.register_buffer(attr, buf, persistent=False)
+            continue
+        rebuilt.append(name)
+    return rebuilt
+
+
 def attach(model: nn.Module, /) -> nn.Module:
     """Make ``model.save_pretrained`` write the compression record (done by :func:`adapters.compress`).
 
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A model holding :class:`~adapters.layer.CURLinear` or
-        :class:`~adapters.layer.InterpolativeLinear` layers.
+        A model holding :class:`~adapters.layer.CURLinear`,
+        :class:`~adapters.layer.InterpolativeLinear` or :class:`~adapters.layer.LowRankLinear` layers.
 
     Returns
     -------
@@ -521,8 +607,8 @@ def attach(model: nn.Module, /) -> nn.Module:
     record = CompressedCheckpointConfig.from_model(model)
     if not record.modules:
         raise ValueError(
-            "the model holds no CURLinear or InterpolativeLinear modules; compress it first with "
-            "adapters.compress(...), or save a dense model with model.save_pretrained(path)"
+            "the model holds no CURLinear, InterpolativeLinear or LowRankLinear modules; compress it first "
+            "with adapters.compress(...), or save a dense model with model.save_pretrained(path)"
         )
     quantizer = CompressedQuantizer(record, pre_quantized=True)
     model.hf_quantizer = quantizer

@@ -1,5 +1,6 @@
-"""Factored linear layers: ``CURLinear`` (``C @ U @ R``) and ``InterpolativeLinear`` (kept rows
-plus interpolation coefficients); neither ever forms the dense weight."""
+"""Factored linear layers: ``CURLinear`` (``C @ U @ R``), ``InterpolativeLinear`` (kept rows
+plus interpolation coefficients) and ``LowRankLinear`` (``A @ B``); none ever forms the dense
+weight."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ __all__ = [
     "CURLinear",
     "InterpolativeLinear",
     "LowRankLinear",
+    "SAVED_LINEARS",
     "TRANSPOSED_FROM",
     "fold",
     "break_even_rank",
@@ -141,7 +143,7 @@ class _FactoredLinear(nn.Module):
 
         Returns
         -------
-        CURLinear or InterpolativeLinear
+        CURLinear, InterpolativeLinear or LowRankLinear
             Parameters and index buffers of the right shapes, with undefined values; nothing
             is validated until values are loaded.
 
@@ -175,12 +177,13 @@ class _FactoredLinear(nn.Module):
         In half precision the product is formed in float32 and rounded once, so the dense
         weight is the factored one up to a single rounding of each entry.
         """
-        dtype = self.R.dtype
+        first = next(self.parameters())
+        dtype = first.dtype
         low = dtype in (torch.float16, torch.bfloat16)
         source = copy.deepcopy(self).float() if low else self
         lin = nn.Linear(
             self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.R.device, dtype=dtype,
+            device=first.device, dtype=dtype,
         )
         lin.weight.copy_(source.weight_product())
         if self.bias is not None:
@@ -562,8 +565,11 @@ def svd_break_even_rank(out_features: int, in_features: int, /) -> int:
     return (out_features * in_features - 1) // (out_features + in_features)
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(_FactoredLinear):
     """``y = x B^T A^T + b`` with ``A`` (out x r) and ``B`` (r x in): the SVD baselines' layer.
+
+    Saved and loaded like the other factored layers (form ``"svd"``, the name of the method that
+    builds it); :func:`adapters.heal` does not train it (it has no core between its factors).
 
     Examples
     --------
@@ -571,6 +577,8 @@ class LowRankLinear(nn.Module):
     >>> LowRankLinear(torch.ones(4, 2), torch.ones(2, 6))(torch.ones(3, 6)).shape
     torch.Size([3, 4])
     """
+
+    form = "svd"
 
     def __init__(self, A, B, /, *, bias=None):
         super().__init__()
@@ -582,24 +590,33 @@ class LowRankLinear(nn.Module):
         self.B = nn.Parameter(B.detach().clone(memory_format=torch.contiguous_format))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
+    @staticmethod
+    def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:
+        if rank < 1:
+            raise ValueError(f"a LowRankLinear needs rank >= 1, got {rank}")
+        return {"A": (m, rank), "B": (rank, n)}, {}
+
     def forward(self, x):
         y = nn.functional.linear(nn.functional.linear(x, self.B), self.A)
         return y if self.bias is None else y + self.bias
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+    def weight_product(self) -> torch.Tensor:
+        """The dense weight ``A @ B`` (``out x in``)."""
+        return self.A @ self.B
 
 
-#: The layer types :func:`adapters.compress` builds that checkpoints hold and healing trains.
+#: The layer types :func:`adapters.compress` builds whose core healing trains.
 FACTORED_LINEARS = (CURLinear, InterpolativeLinear)
+#: Every layer type a checkpoint holds (:mod:`adapters.hf_quantizer`) and :func:`fold` folds.
+SAVED_LINEARS = (*FACTORED_LINEARS, LowRankLinear)
 #: Recorded form -> layer class (what a checkpoint's ``form`` field names).
-LAYERS = {cls.form: cls for cls in FACTORED_LINEARS}
+LAYERS = {cls.form: cls for cls in SAVED_LINEARS}
 
 
 def fold(model: nn.Module, /) -> int:
     """Replace each compressed layer by its ``to_linear()``; the number replaced.  What
     :func:`adapters.merge` and ``model.dequantize()`` (transformers' API, through the quantizer) do."""
-    swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)]
+    swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, SAVED_LINEARS)]
     for name, mod in swaps:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, mod.to_linear())

@@ -28,7 +28,7 @@ from .hf_quantizer import (
     CompressedCheckpointConfig,
     attach,
 )
-from .layer import FACTORED_LINEARS
+from .layer import SAVED_LINEARS
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
@@ -57,8 +57,9 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     Parameters
     ----------
     model : transformers PreTrainedModel
-        A model holding :class:`~adapters.layer.CURLinear` or
-        :class:`~adapters.layer.InterpolativeLinear` modules (from :func:`adapters.compress`).
+        A model holding :class:`~adapters.layer.CURLinear`,
+        :class:`~adapters.layer.InterpolativeLinear` or :class:`~adapters.layer.LowRankLinear`
+        modules (from :func:`adapters.compress`).
     path : str or os.PathLike
         Destination folder: new, or an existing empty folder.
     tokenizer : transformers tokenizer, optional
@@ -87,10 +88,10 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     half-written checkpoint at ``path``.
     """
     path = Path(path)
-    if not any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
+    if not any(isinstance(m, SAVED_LINEARS) for m in model.modules()):
         raise ValueError(
-            "the model holds no CURLinear or InterpolativeLinear modules; compress it first with adapters.compress(...) "
-            "or save a dense model with model.save_pretrained(path)"
+            "the model holds no CURLinear, InterpolativeLinear or LowRankLinear modules; compress it first with "
+            "adapters.compress(...) or save a dense model with model.save_pretrained(path)"
         )
     replace = path.exists() and not _is_empty_dir(path)
     if replace and not overwrite:

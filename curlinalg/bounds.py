@@ -14,6 +14,9 @@ from .operands import Operand, _is_operator, _is_sparse, as_operand
 
 __all__ = [
     "Certificate",
+    "ROUNDING_FACTOR",
+    "evaluation_rounding",
+    "rounding_term",
     "certify",
     "selection_constant",
     "deim_bound",
@@ -27,6 +30,60 @@ __all__ = [
 EXACT_SPECTRAL_MAX_ENTRIES = 1 << 18
 #: Rows per block when the residual is formed blockwise for an exact Frobenius norm.
 _BLOCK_ROWS = 1024
+
+#: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`
+#: (and of :attr:`curlinalg.IDResult.bound`) and of the norm in an exact :func:`certify`;
+#: re-exported as ``curlinalg.cur.ROUNDING_FACTOR``.
+ROUNDING_FACTOR = 4.0
+
+
+def rounding_term(shape: tuple[int, ...], eps: float, norm: float, /) -> float:
+    r""":math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` for a matrix of ``shape``, unit roundoff
+    ``eps`` and (an estimate of) ``norm`` :math:`= \|A\|_2` (``c`` = :data:`ROUNDING_FACTOR`)."""
+    return ROUNDING_FACTOR * max(shape) * eps * norm
+
+
+def evaluation_rounding(inner: int, eps: float, a_fro: float, left_fro: float, right_fro: float, /) -> float:
+    r"""Twice the largest error of the residual :math:`A - LR` evaluated in floating point.
+
+    Parameters
+    ----------
+    inner : int
+        :math:`k`, the columns of :math:`L` (rows of :math:`R`).
+    eps : float
+        Machine epsilon of the precision the residual is evaluated in, :math:`2u`.
+    a_fro, left_fro, right_fro : float
+        :math:`\|A\|_F`, :math:`\|L\|_F` and :math:`\|R\|_F`.
+
+    Returns
+    -------
+    float
+        :math:`2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F)`,
+        :math:`\gamma_j = ju/(1 - ju)`.
+
+    Notes
+    -----
+    Each entry :math:`a_{ij} - \sum_l \ell_{il} r_{lj}` is a sum of :math:`k + 1` terms, so
+    in any order of summation, fused multiply-adds or not, the computed residual
+    :math:`\hat E` satisfies :math:`|\hat E - E| \le \gamma_{k+1}(|A| + |L||R|)` entrywise
+    (Higham 2002, Sec. 3.1 and 3.5), hence
+    :math:`\|\hat E - E\|_2 \le \|\hat E - E\|_F \le \gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F)`.
+    Twice that also covers the distance between two evaluations in different orders.
+
+    References
+    ----------
+    .. [1] N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., SIAM, 2002.
+
+    Examples
+    --------
+    >>> bool(evaluation_rounding(10, 2.0**-52, 1.0, 1.0, 1.0) < 1e-14)
+    True
+    """
+    u = eps / 2
+    j = inner + 1
+    if j * u >= 1:
+        return math.inf
+    return 2 * (j * u / (1 - j * u)) * (a_fro + left_fro * right_fro)
 
 
 def selection_constant(V: Any, rows: Any, /) -> float:
@@ -117,9 +174,10 @@ class Certificate:
     ----------
     bound : float
         Upper bound on the error; holds with probability at least ``1 - failure_probability``
-        over the probes (certainly when ``exact``).
+        over the probes (certainly when ``exact``, rounding included: see :func:`certify`).
     estimate : float
-        The exact value when ``exact``; for the power-iteration spectral certificate, the
+        When ``exact``, the computed norm of the computed residual (``bound`` adds what
+        rounding may hide); for the power-iteration spectral certificate, the
         largest Rayleigh quotient, a lower bound on the error that always holds; for the one-pass
         certificates, the largest (``ord=2``) or mean-square (``"fro"``) probe residual norm.
     ord : {2, "fro"}
@@ -238,7 +296,16 @@ def certify(
       :math:`\delta`, so :math:`\|E\|_F \le \sqrt{T/(1 - 2\sqrt{\ln(1/\delta)/r})}`
       (requires :math:`r > 4\ln(1/\delta)`).
 
-    The certificate bounds the residual as evaluated in the input's precision.
+    An exact certificate holds in floating point: ``estimate`` is the norm :math:`\hat e` computed
+    from the computed residual :math:`\hat E`, and ``bound`` is
+    :math:`\hat e + 2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F) + c\max(m, n)\,u\,\hat e`,
+    with :math:`(L, R)` the result's factors, :math:`k` their inner dimension and
+    :math:`c` = :data:`ROUNDING_FACTOR`. The middle term bounds the error of evaluating
+    :math:`A - LR` in any order (:func:`evaluation_rounding`), twice, so that ``bound`` is above
+    both the exact residual's norm of the stored factors and that of any other evaluation of it
+    in the same precision; the last bounds the error of the SVD (or of the sum of squares) with
+    the dimension factor LAPACK's error bounds use. The probabilistic certificates bound the
+    residual as evaluated in the input's precision.
 
     References
     ----------
@@ -278,7 +345,9 @@ def certify(
             return _exact_fro(dense, left, right, xp)
         if m * n <= EXACT_SPECTRAL_MAX_ENTRIES:
             err = _backend.to_float(xp.linalg.svdvals(dense - left @ right)[0])
-            return Certificate(err, err, 2, 0.0, 0, True)
+            a_fro = math.sqrt(_backend.to_float(xp.sum(dense * dense)))
+            rho = _exact_rounding(err, dense, a_fro, left, right, xp)
+            return Certificate(err + rho, err, 2, 0.0, 0, True)
         matmat = lambda X: dense @ X  # noqa: E731
         rmatmat = lambda Y: dense.T @ Y  # noqa: E731
     log_inv = math.log(1.0 / delta)
@@ -385,10 +454,24 @@ def spectral_norm_bound(
     return top, SPECTRAL_OVERESTIMATE * top
 
 
+def _exact_rounding(err: float, A: Any, a_fro: float, left: Any, right: Any, xp: Any, /) -> float:
+    """What an exact certificate adds to the computed norm ``err`` of the computed residual:
+    the residual's evaluation (:func:`evaluation_rounding`) and the norm's
+    (:func:`rounding_term`), in the lowest precision among ``A`` and the factors."""
+    eps = max(_backend.machine_eps(t.dtype, xp) for t in (A, left, right))
+    left_fro = math.sqrt(_backend.to_float(xp.sum(left * left)))
+    right_fro = math.sqrt(_backend.to_float(xp.sum(right * right)))
+    shape = (left.shape[0], right.shape[1])
+    return evaluation_rounding(left.shape[1], eps, a_fro, left_fro, right_fro) + rounding_term(shape, eps, err)
+
+
 def _exact_fro(A: Any, left: Any, right: Any, xp: Any) -> Certificate:
-    total = 0.0
+    total = a_sq = 0.0
     for start in range(0, A.shape[0], _BLOCK_ROWS):
-        block = A[start : start + _BLOCK_ROWS, :] - left[start : start + _BLOCK_ROWS, :] @ right
+        rows = A[start : start + _BLOCK_ROWS, :]
+        block = rows - left[start : start + _BLOCK_ROWS, :] @ right
         total += _backend.to_float(xp.sum(block * block))
+        a_sq += _backend.to_float(xp.sum(rows * rows))
     err = math.sqrt(total)
-    return Certificate(err, err, "fro", 0.0, 0, True)
+    rho = _exact_rounding(err, A, math.sqrt(a_sq), left, right, xp)
+    return Certificate(err + rho, err, "fro", 0.0, 0, True)

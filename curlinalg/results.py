@@ -8,20 +8,9 @@ from typing import Any
 import array_api_compat as aac
 
 from . import _backend
-from .bounds import Certificate
+from .bounds import ROUNDING_FACTOR, Certificate, rounding_term
 
 __all__ = ["CURBatch", "CURResult", "ROUNDING_FACTOR", "rounding_term"]
-
-#: ``c`` in the rounding term :math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` of :attr:`CURResult.bound`
-#: (and of :attr:`curlinalg.IDResult.bound`); re-exported as ``curlinalg.cur.ROUNDING_FACTOR``.
-ROUNDING_FACTOR = 4.0
-
-
-def rounding_term(shape: tuple[int, ...], eps: float, norm: float, /) -> float:
-    r""":math:`\rho = c\,\max(m, n)\,u\,\|A\|_2` for a matrix of ``shape``, unit roundoff
-    ``eps`` and (an estimate of) ``norm`` :math:`= \|A\|_2` (``c`` = :data:`ROUNDING_FACTOR`)."""
-    return ROUNDING_FACTOR * max(shape) * eps * norm
-
 
 @dataclass(frozen=True, eq=False, repr=False)
 class CURResult:

@@ -314,3 +314,28 @@ def test_a_model_with_quantized_layers_is_refused_before_work(case, monkeypatch)
     with pytest.raises(ValueError, match="layers are quantized .*before compressing"):
         compress(model, calibration=CALIB, reduction=0.15, progress=False)
     assert not any(isinstance(m, FACTORED_LINEARS) for m in model.modules())
+
+
+def test_rebuild_buffers_gives_what_loading_builds(tmp_path):
+    """``model.to(bf16)`` casts the rotary ``inv_freq`` (non-persistent), which from_pretrained
+    rebuilds in float32: rebuilt, the buffers are the loaded model's, bit for bit."""
+    from adapters.hf_quantizer import rebuild_buffers
+
+    model = make_tiny_llama().to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    assert rebuild_buffers(model) == ["model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"]
+    model.save_pretrained(tmp_path / "dense")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")
+    for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert rebuild_buffers(model) == []
+    assert rebuild_buffers(torch.nn.Linear(2, 2)) == []
+
+
+def test_loaded_tensors_are_aligned(calib_tokens, tmp_path):
+    """Loaded tensors are views into the file at any byte offset; the loaded model gets aligned
+    copies, as the saved one had (some BLAS kernels split their work by alignment)."""
+    model, _ = compress(make_tiny_llama(), calibration=calib_tokens, reduction=0.2, progress=False)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()])
