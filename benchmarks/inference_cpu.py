@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import inspect
 import statistics
 import sys
@@ -258,9 +259,10 @@ def _compress(model, tok, args):
         options["max_rank_fraction"] = args.max_rank_fraction
     if args.rank_multiple is not None:
         options["rank_multiple"] = args.rank_multiple
+    config = adapters.config_from_dict(json.loads(args.config)) if args.config else None
     t = time.perf_counter()
     model, report = adapters.compress(
-        model, calibration=data.calibration_text, tokenizer=tok, reduction=args.reduction,
+        model, config, calibration=data.calibration_text, tokenizer=tok, reduction=args.reduction,
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, progress=False, **options,
     )
     return model, report, time.perf_counter() - t
@@ -288,6 +290,10 @@ def main(argv=None) -> int:
                    help="BudgetConfig.max_rank_fraction of the compression (default: the library's)")
     p.add_argument("--rank-multiple", type=int, default=None,
                    help="BudgetConfig.rank_multiple of the compression (default: the library's)")
+    p.add_argument("--config", default=None, metavar="JSON",
+                   help="the compression config as JSON (config.to_dict()), e.g. "
+                        "'{\"method\": \"structured\", \"uniform\": true, \"width_multiple\": 64}'; "
+                        "default: the library's default")
     p.add_argument("--load", nargs="+", default=None, metavar="DIR",
                    help="compressed checkpoints to measure instead of compressing (each against dense)")
     p.add_argument("--save", default=None, metavar="DIR", help="save the compressed model here")
@@ -324,8 +330,8 @@ def main(argv=None) -> int:
         for path in args.load:
             name = f"compressed ({Path(path).name})" if len(args.load) > 1 else "compressed"
             models[name] = _load(path)
-            compression[name] = {"loaded_from": str(path),
-                                 "config": models[name].config.quantization_config.to_dict()}
+            record = getattr(models[name].config, "quantization_config", None)  # None: a stock checkpoint
+            compression[name] = {"loaded_from": str(path), "config": None if record is None else record.to_dict()}
     else:
         model, report, seconds = _compress(copy.deepcopy(dense), tok, args)
         model.eval()
@@ -337,8 +343,12 @@ def main(argv=None) -> int:
         }
         print(f"compressed to {report.params_after:,} parameters (-{report.reduction:.2%}) in {seconds:.0f}s",
               flush=True)
-        if args.save:
-            adapters.save_compressed(model, args.save, tokenizer=tok, overwrite=True)
+        if args.save:  # a stock architecture (uniform structured widths) has no record to write
+            if getattr(model.config, "quantization_config", None) is None:
+                model.save_pretrained(args.save)
+                tok.save_pretrained(args.save)
+            else:
+                adapters.save_compressed(model, args.save, tokenizer=tok, overwrite=True)
             print(f"saved {args.save}")
     for name, m in list(models.items()):
         if name != "dense":

@@ -61,12 +61,16 @@ class OutputIDCurve:
         (``errors >= lower``).
     shift : float
         The absolute shift :math:`\\delta` of the factor.
+    widths : numpy.ndarray
+        ``widths[t - 1]``: columns kept at step ``t`` (``t`` itself without ``groups``; the
+        columns of the first ``t`` items with them). ``errors`` and ``lower`` are per step.
     """
 
     order: Any
     errors: np.ndarray
     lower: np.ndarray
     shift: float
+    widths: np.ndarray
 
 
 @dataclass
@@ -110,7 +114,8 @@ def _check(gram: Any, weight: Any) -> Any:
     return xp
 
 
-def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6) -> OutputIDCurve:
+def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6, groups: Any = None,
+                    order: Any = None) -> OutputIDCurve:
     r"""Column order and refit error at every width, for keeping inner units of ``Z`` read by ``W``.
 
     Parameters
@@ -121,6 +126,14 @@ def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6) -> Output
         The projection ``W`` that reads the ``n`` inner units.
     ridge : float, default 1e-6
         Relative shift of the factor :math:`LL^T = G + \delta I` (:func:`curlinalg.whitening`).
+    groups : array of int, shape (n,), optional
+        Column labels: the columns of one label are kept or dropped together, as one *item*
+        (a value dimension that the query heads of one KV group share). Items are ordered by
+        block-pivoted Gram-Schmidt (the item whose columns keep the most weighted residual
+        energy first); ``errors`` is then per item, and ``order`` lists the columns item by item.
+    order : array of int, shape (n,), optional
+        A column order to evaluate instead of choosing one (with ``groups``, each item's
+        columns must be consecutive in it).
 
     Returns
     -------
@@ -129,7 +142,9 @@ def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6) -> Output
     Raises
     ------
     ValueError
-        Shapes that do not pair up, non-float or non-finite input, a negative ``ridge``.
+        Shapes that do not pair up, non-float or non-finite input, a negative ``ridge``;
+        ``groups`` or ``order`` of the wrong length, an ``order`` that is not a permutation or
+        splits an item.
 
     Notes
     -----
@@ -173,27 +188,83 @@ def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6) -> Output
     (True, True)
     """
     xp = _check(gram, weight)
-    R, W, order, shift = _order(gram, weight, ridge, xp)
+    n = gram.shape[0]
+    labels = None if groups is None else _host(groups).ravel()
+    if labels is not None and labels.shape != (n,):
+        raise ValueError(f"groups must hold one label per column ({n}), got {labels.shape[0]}")
+    if order is None:
+        R, W, order, shift = _order(gram, weight, ridge, xp, labels)
+    else:
+        R, W, _, shift = _order(gram, weight, ridge, xp, labels, pivot=False)
+        perm = _host(order).astype(np.int64).ravel()
+        if perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
+            raise ValueError(_ERR_ORDER.format(n=n, got=perm[:10].tolist()))
+        order = xp.asarray(perm, device=aac.device(R))
+    perm = _host(order).astype(np.int64).ravel()
+    if labels is None:
+        ends = np.arange(n)
+    else:
+        seq = labels[perm]
+        ends = np.flatnonzero(np.append(seq[1:] != seq[:-1], True))
+        if np.unique(seq[ends]).size != ends.size:
+            raise ValueError("order splits an item: the columns of each label of groups must be consecutive in it")
     Q, _ = xp.linalg.qr(xp.take(R, order, axis=1))
     B = R @ W.T
     captured = _host(xp.sum((Q.T @ B) ** 2, axis=1))
     s2 = _host(xp.linalg.svdvals(B)) ** 2
     total = float(s2.sum())
     scale = total if total > 0 else 1.0
-    errors = np.maximum(total - np.cumsum(captured), 0.0) / scale
-    tail = np.concatenate([total - np.cumsum(s2), np.zeros(gram.shape[0] - s2.size)])
-    lower = np.minimum(np.maximum(tail[: gram.shape[0]], 0.0) / scale, errors)
-    return OutputIDCurve(order, errors, lower, shift)
+    errors = np.maximum(total - np.cumsum(captured), 0.0)[ends] / scale
+    tail = np.concatenate([total - np.cumsum(s2), np.zeros(n - s2.size)])
+    lower = np.minimum(np.maximum(tail[ends], 0.0) / scale, errors)
+    return OutputIDCurve(order, errors, lower, shift, ends + 1)
 
 
-def _order(gram: Any, weight: Any, ridge: float, xp: Any) -> tuple:
+def _order(gram: Any, weight: Any, ridge: float, xp: Any, labels=None, pivot: bool = True) -> tuple:
     """``(R, W, order, shift)``: the factor ``R^T R = G + shift I``, ``W`` in float64, and the
-    pivot order of the columns of ``R diag(||W_{:,j}||)``."""
+    pivot order of the columns of ``R diag(||W_{:,j}||)`` (by items when ``labels``; None
+    unless ``pivot``)."""
     w = whitening(gram, ridge=ridge)
     R = w.L.T
     W = xp.astype(weight, xp.float64)
-    d = xp.sqrt(xp.sum(W * W, axis=0))
-    return R, W, _backend.pivoted_rows((R * d[None, :]).T, gram.shape[0]), w.shift
+    if not pivot:
+        return R, W, None, w.shift
+    M = R * xp.sqrt(xp.sum(W * W, axis=0))[None, :]
+    if labels is None:
+        return R, W, _backend.pivoted_rows(M.T, gram.shape[0]), w.shift
+    return R, W, _grouped_order(M, labels, xp), w.shift
+
+
+def _grouped_order(M: Any, labels: np.ndarray, xp: Any) -> Any:
+    """Columns of ``M`` item by item: block-pivoted Gram-Schmidt over the items of ``labels``.
+
+    Step ``t`` takes the item whose columns have the largest summed squared residual norm and
+    projects every column onto the complement of their span (a QR of the block; directions
+    below rounding level are dropped).
+    """
+    n = M.shape[1]
+    dev = aac.device(M)
+    items, index = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(index == i) for i in range(items.size)]
+    member = np.zeros((n, items.size))
+    member[np.arange(n), index] = 1.0
+    member = xp.asarray(member, device=dev)
+    work = xp.asarray(M, copy=True)
+    tol = float(np.finfo(np.float64).eps) * n * max(_backend.to_float(xp.max(xp.abs(M))), 1e-300)
+    taken = np.zeros(items.size, dtype=bool)
+    cols: list[int] = []
+    for _ in range(items.size):
+        score = _host(xp.sum(work * work, axis=0) @ member)
+        score[taken] = -np.inf
+        p = int(np.argmax(score))
+        taken[p] = True
+        cols.extend(members[p].tolist())
+        Q, Rb = xp.linalg.qr(xp.take(work, xp.asarray(members[p], device=dev), axis=1))
+        live = _host(xp.abs(xp.linalg.diagonal(Rb))) > tol
+        if live.any():
+            Q = xp.take(Q, xp.asarray(np.flatnonzero(live), device=dev), axis=1)
+            work = work - Q @ (Q.T @ work)
+    return xp.asarray(np.asarray(cols, dtype=np.int64), device=dev)
 
 
 def output_id(

@@ -125,3 +125,32 @@ def test_bad_shapes_are_named():
         output_id_curve(np.eye(3), np.ones((2, 4)))
     with pytest.raises(ValueError, match="finite"):
         output_id_curve(np.full((2, 2), np.nan), np.ones((1, 2)))
+
+
+@given(seed=st.integers(0, 2**32 - 1), dims=st.integers(2, 8), heads=st.integers(1, 3), m=st.integers(1, 6))
+def test_grouped_curve_keeps_items_whole_and_is_exact(seed, dims, heads, m):
+    """Items of ``heads`` columns each (a KV group's shared value dimension): the order never
+    splits one, and the curve at ``t`` items is the exact refit error on their columns."""
+    n = dims * heads
+    Z, W = _problem(seed, 3 * n, n, m, 0.2)
+    labels = np.tile(np.arange(dims), heads)  # column h * dims + i belongs to item i
+    G = Z.T @ Z
+    c = output_id_curve(G, W, ridge=0.0, groups=labels)
+    order = np.asarray(c.order)
+    assert sorted(order.tolist()) == list(range(n)) and len(c.errors) == dims
+    assert np.array_equal(c.widths, heads * np.arange(1, dims + 1))
+    items = labels[order].reshape(dims, heads)
+    assert (items == items[:, :1]).all()  # each item's columns are consecutive
+    assert np.all(np.diff(c.errors) <= 1e-12)
+    for t in {1, dims}:
+        res = output_id(G, W, rank=heads * t, order=order, shift=0.0)
+        slack = 1e4 * n * EPS * (1 + np.linalg.cond(Z[:, np.asarray(res.indices)]))
+        assert abs(_direct(Z, W, res) - c.errors[t - 1]) <= slack
+    again = output_id_curve(G, W, ridge=0.0, groups=labels, order=order)
+    np.testing.assert_allclose(again.errors, c.errors, atol=1e-12)
+
+
+def test_given_order_that_splits_an_item_is_refused():
+    Z, W = _problem(6, 40, 4, 2, 0.1)
+    with pytest.raises(ValueError, match="splits an item"):
+        output_id_curve(Z.T @ Z, W, groups=[0, 0, 1, 1], order=[0, 2, 1, 3])
