@@ -454,6 +454,8 @@ class SVDConfig(BudgetConfig):
 
 #: What a :class:`StructuredConfig` does with the targets that have no structured unit.
 STRUCTURED_MATRICES = ("dense", "interpolative")
+#: The kinds of structured unit: gated MLP neurons, attention value-output dimensions.
+STRUCTURED_UNITS = ("mlp", "vo")
 
 
 @dataclass(frozen=True)
@@ -482,6 +484,12 @@ class StructuredConfig(ActivationConfig):
         MLP gets its own width (checkpoints record the widths, :mod:`adapters.hf_quantizer`).
     width_multiple : int, default 1
         Widths are multiples of this (64 suits GEMM tiles and vector units).
+    units : tuple of {"mlp", "vo"}, default ("mlp",)
+        The structured units: ``"mlp"`` keeps whole neurons of gated MLPs; ``"vo"`` keeps
+        value dimensions of each attention head, KV-group aware (the query heads that share a
+        KV head keep the same dimensions of it), and refits ``o_proj`` on them
+        (:class:`adapters.layer.ScatteredLinear` and :class:`adapters.layer.GatheredLinear`:
+        the attention itself is unchanged). Widths of ``"vo"`` units are per layer.
     sequential, mix, refit_ridge
         As :class:`ActivationConfig`, defaults as :class:`InterpolativeConfig` (the refit on
         the compressed model's inputs, against ``0.75 W z_c + 0.25 W z_d``, with a ridge toward
@@ -509,9 +517,13 @@ class StructuredConfig(ActivationConfig):
     matrices: str = "dense"
     uniform: bool = False
     width_multiple: int = 1
+    units: tuple = ("mlp",)
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "units", (self.units,) if isinstance(self.units, str) else tuple(self.units))
+        if not self.units or not set(self.units) <= set(STRUCTURED_UNITS) or len(set(self.units)) != len(self.units):
+            raise ValueError(f"units must be a non-empty tuple of distinct values from {STRUCTURED_UNITS}, got {self.units!r}")
         if self.matrices not in STRUCTURED_MATRICES:
             raise ValueError(f"matrices must be one of {STRUCTURED_MATRICES}, got {self.matrices!r}")
         if not isinstance(self.uniform, bool):

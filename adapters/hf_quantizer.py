@@ -42,7 +42,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
-from .layer import LAYERS, SAVED_LINEARS, InterpolativeLinear, LowRankLinear, fold
+from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear, fold
 from .layouts import mark_feature_major
 from .offload import read_offloaded
 from .pruned import KEPT
@@ -308,6 +308,15 @@ def _check_indices(name: str, mod: nn.Module) -> None:
     m = mod.out_features
     if isinstance(mod, LowRankLinear):
         return  # no indices
+    if isinstance(mod, (ScatteredLinear, GatheredLinear)):
+        key, size = ("rows", m) if isinstance(mod, ScatteredLinear) else ("cols", mod.in_features)
+        idx = getattr(mod, key).cpu()
+        if bool((idx < 0).any() or (idx >= size).any()) or idx.unique().numel() != idx.numel():
+            raise CheckpointMismatchError(
+                f"{name}: the stored '{key}' indices {idx.tolist()[:10]} must be {idx.numel()} distinct values "
+                f"in [0, {size}); the weights are damaged or were edited, {_RESAVE}"
+            )
+        return
     if isinstance(mod, InterpolativeLinear):
         both = torch.cat([mod.rows, mod.rest]).cpu()
         if not torch.equal(torch.sort(both).values, torch.arange(m)):
@@ -389,6 +398,7 @@ class CompressedQuantizer(HfQuantizer):
             recorded = set(records)
             factored_keys = {k.rpartition(".")[0] for k in stored if k.rpartition(".")[2] in ("C", "U", "P")}
             factored_keys |= {k[:-2] for k in stored if k.endswith(".A") and k[:-2] + ".B" in stored}
+            factored_keys |= {k[:-5] for k in stored if k.endswith((".rows", ".cols"))}  # index buffers
             unrecorded = sorted(factored_keys - recorded)
             if unrecorded:
                 raise CheckpointMismatchError(

@@ -13,9 +13,11 @@ __all__ = [
     "FACTORED_LINEARS",
     "LAYERS",
     "CURLinear",
+    "GatheredLinear",
     "InterpolativeLinear",
     "LowRankLinear",
     "SAVED_LINEARS",
+    "ScatteredLinear",
     "TRANSPOSED_FROM",
     "fold",
     "break_even_rank",
@@ -605,10 +607,83 @@ class LowRankLinear(_FactoredLinear):
         return self.A @ self.B
 
 
+class ScatteredLinear(_FactoredLinear):
+    """Kept output rows of a linear layer, put back in place: ``y[rows] = W' x``, zeros elsewhere.
+
+    A structured value-output unit (:class:`adapters.configs.StructuredConfig`) keeps ``rank``
+    of the ``m`` output rows of ``v_proj`` (value dimensions of each KV head) and returns the
+    full-width output, so the attention that reads it is unchanged: the dropped dimensions
+    carry zeros (plus the bias, if any), which the :class:`GatheredLinear` after the attention
+    never reads. Stores ``weight`` (``rank x n``), the int64 buffer ``rows`` and the full
+    ``bias``; ``rank n`` weight parameters.
+    """
+
+    form = "scattered"
+    core = "weight"
+
+    def __init__(self, weight, /, *, rows, out_features: int, bias=None):
+        super().__init__()
+        self.rank, self.in_features = weight.shape
+        self.out_features = int(out_features)
+        self.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.register_buffer("rows", torch.as_tensor(rows, dtype=torch.long, device=weight.device).clone())
+
+    @staticmethod
+    def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:
+        if not 1 <= rank <= m:
+            raise ValueError(f"a ScatteredLinear keeps 1 to {m} rows, got {rank}")
+        return {"weight": (rank, n)}, {"rows": (rank,)}
+
+    def forward(self, x):
+        y = nn.functional.linear(x, self.weight)
+        out = y.new_zeros(*y.shape[:-1], self.out_features).index_copy_(-1, self.rows, y)
+        return out if self.bias is None else out + self.bias
+
+    def weight_product(self) -> torch.Tensor:
+        """The dense weight: the kept rows in place, zero rows elsewhere."""
+        w = self.weight.new_zeros(self.out_features, self.in_features)
+        return w.index_copy_(0, self.rows, self.weight)
+
+
+class GatheredLinear(_FactoredLinear):
+    """Kept input columns of a linear layer: ``y = W' x[cols] (+ b)``.
+
+    The ``o_proj`` of a structured value-output unit reads only the kept value dimensions of
+    each head (:class:`ScatteredLinear`), refitted. Stores ``weight`` (``m x rank``), the int64
+    buffer ``cols`` and ``bias``; ``m rank`` weight parameters.
+    """
+
+    form = "gathered"
+    core = "weight"
+
+    def __init__(self, weight, /, *, cols, in_features: int, bias=None):
+        super().__init__()
+        self.out_features, self.rank = weight.shape
+        self.in_features = int(in_features)
+        self.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.register_buffer("cols", torch.as_tensor(cols, dtype=torch.long, device=weight.device).clone())
+
+    @staticmethod
+    def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:
+        if not 1 <= rank <= n:
+            raise ValueError(f"a GatheredLinear keeps 1 to {n} columns, got {rank}")
+        return {"weight": (m, rank)}, {"cols": (rank,)}
+
+    def forward(self, x):
+        return nn.functional.linear(x.index_select(-1, self.cols), self.weight, self.bias)
+
+    def weight_product(self) -> torch.Tensor:
+        """The dense weight: the kept columns in place, zero columns elsewhere."""
+        w = self.weight.new_zeros(self.out_features, self.in_features)
+        return w.index_copy_(1, self.cols, self.weight)
+
+
 #: The layer types :func:`adapters.compress` builds whose core healing trains.
 FACTORED_LINEARS = (CURLinear, InterpolativeLinear)
 #: Every layer type a checkpoint holds (:mod:`adapters.hf_quantizer`) and :func:`fold` folds.
-SAVED_LINEARS = (*FACTORED_LINEARS, LowRankLinear)
+SAVED_LINEARS = (*FACTORED_LINEARS, LowRankLinear, ScatteredLinear, GatheredLinear)
 #: Recorded form -> layer class (what a checkpoint's ``form`` field names).
 LAYERS = {cls.form: cls for cls in SAVED_LINEARS}
 

@@ -20,6 +20,8 @@ from ._parallel import map_modules
 from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, StructuredConfig, SVDConfig
 from .layer import (
     CURLinear,
+    GatheredLinear,
+    ScatteredLinear,
     InterpolativeLinear,
     LowRankLinear,
     break_even_rank,
@@ -129,6 +131,11 @@ class Method:
     def shape(self, module: nn.Module, /) -> tuple:
         """``(m, n)`` of the unit: ``params(m, n, r)`` counts it at rank ``r`` and ``m * n`` dense."""
         return tuple(as_linear(module).weight.shape)
+
+    def unit_curve(self, config, model, name, stats, metrics) -> np.ndarray:
+        """:meth:`curve` of the unit ``name`` of ``model``, reading its anchor's weight."""
+        with onloaded(model, self.anchor(name)) as lin:
+            return self.curve(config, as_linear(lin).weight, stats, metrics)
 
     def params(self, m: int, n: int, r: int, /) -> int:
         raise NotImplementedError
@@ -309,11 +316,91 @@ class _Neurons(Method):
         return Fit(None, keep.tolist(), [], res.rel_error, replaces)
 
 
+def heads_of(attention: nn.Module, /) -> tuple[int, int, int]:
+    """``(kv_heads, query_heads, head_dim)`` of an attention module with ``v_proj``/``o_proj``."""
+    d = int(attention.head_dim)
+    return attention.v_proj.out_features // d, attention.o_proj.in_features // d, d
+
+
+def _value_order(G, W, heads, ridge):
+    """Per KV group, its value dimensions in pivot order (items: one dimension of every query
+    head of the group, :func:`curlinalg.output_id_curve` with ``groups=``); and the column order
+    of ``o_proj``'s input that keeps the ``t``-th dimension of every group at step ``t``."""
+    kv, q, d = heads
+    g = q // kv
+    dims = []
+    for j in range(kv):
+        cols = torch.arange(j * g * d, (j + 1) * g * d, device=W.device)
+        sub = curlinalg.output_id_curve(G[cols][:, cols], W[:, cols], ridge=ridge,
+                                        groups=torch.arange(g * d) % d)
+        dims.append((sub.order[::g] % d).tolist())  # each item's first column: its dimension
+    full = [h * d + dims[h // g][t] for t in range(d) for h in range(q)]
+    return dims, torch.as_tensor(full, device=W.device)
+
+
+class _ValueOutput(Method):
+    """An attention's value-output pair keeping ``r`` of the ``m`` value dimensions of each head.
+
+    KV-group aware: the query heads that share a KV head keep the same dimensions (those of
+    the shared ``v_proj`` rows). Its shape is ``(head_dim, n)``: ``n`` parameters per kept
+    dimension (a ``v_proj`` row per KV head, an ``o_proj`` column per query head).
+    """
+
+    form = "value-output"
+    unit = "vo"
+
+    def anchor(self, name, /):
+        return f"{name}.o_proj"
+
+    def shape(self, module, /):
+        kv, q, d = heads_of(module)
+        return (d, kv * module.v_proj.in_features + q * module.o_proj.out_features)
+
+    def params(self, m, n, r, /):
+        return r * n
+
+    def max_rank(self, m, n, /):
+        return m - 1
+
+    def unit_curve(self, config, model, name, stats, metrics):
+        heads = heads_of(model.get_submodule(name))
+        with onloaded(model, self.anchor(name)) as o:
+            W = o.weight.detach().to(torch.float64)
+        _, full = _value_order(stats.gram, W, heads, config.ridge)
+        labels = torch.arange(W.shape[1], device=W.device)
+        labels = (labels // (heads[1] // heads[0] * heads[2])) * heads[2] + labels % heads[2]  # (group, dim)
+        c = curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge, groups=labels, order=full)
+        return c.errors[heads[0] - 1 :: heads[0]][: heads[2] - 1]  # t dimensions in every group
+
+    def fit_unit(self, config, model, name, stats, metrics, rank) -> Fit:
+        """Keep ``rank`` value dimensions per head of the attention ``name``; refit its ``o_proj``."""
+        heads = heads_of(model.get_submodule(name))
+        kv, q, d = heads
+        with onloaded(model, f"{name}.v_proj") as v, onloaded(model, f"{name}.o_proj") as o:
+            W = o.weight.detach().to(torch.float64)
+            dims, full = _value_order(stats.gram, W, heads, config.ridge)
+            sequential = stats.cross is not None
+            res = curlinalg.output_id(
+                stats.gram, W, rank=rank * q, order=full, cross=stats.cross, mix=config.mix if sequential else 0.0,
+                ridge=config.refit_ridge if sequential else 0.0, shift=config.ridge,
+            )
+            cols, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
+            rows = torch.sort(torch.as_tensor([j * d + i for j in range(kv) for i in dims[j][:rank]],
+                                              device=W.device)).values
+            replaces = {
+                "v_proj": ScatteredLinear(v.weight[rows], rows=rows, out_features=v.out_features, bias=v.bias),
+                "o_proj": GatheredLinear(res.weight[:, where].to(o.weight), cols=cols, in_features=o.in_features,
+                                         bias=o.bias),
+            }
+        return Fit(None, cols.tolist(), [], res.rel_error, replaces)
+
+
 class _Structured(Method):
-    """:class:`StructuredConfig`: gated MLPs as neuron units, other targets interpolative (or dense)."""
+    """:class:`StructuredConfig`: gated MLPs as neuron units, attention value-output pairs as
+    units (``units=``), other targets interpolative (or dense)."""
 
     form = "structured"
-    _units = {"mlp": _Neurons(), "linear": _Interpolative()}
+    _units = {"mlp": _Neurons(), "vo": _ValueOutput(), "linear": _Interpolative()}
 
     def for_unit(self, unit, /):
         if unit not in self._units:

@@ -199,11 +199,12 @@ def allowed_ranks(config, method, m: int, n: int, /) -> tuple[int, int]:
 
     ``largest`` is the largest multiple of ``config.rank_multiple`` at most
     ``config.max_rank_fraction`` times the break-even rank; ``smallest > largest`` when no rank
-    is allowed (the matrix stays dense). A structured unit's widths are the multiples of
-    ``config.width_multiple`` below its full width.
+    is allowed (the matrix stays dense). An MLP unit's widths are the multiples of
+    ``config.width_multiple`` below its full width; a value-output unit's every head dimension
+    below the full one.
     """
-    if method.unit != "linear":
-        q = config.width_multiple
+    if method.unit != "linear":  # MLP widths in multiples of width_multiple; head dimensions one by one
+        q = config.width_multiple if method.unit == "mlp" else 1
         cap = method.max_rank(m, n)
         return q, cap - cap % q
     q = getattr(config, "rank_multiple", 1)
@@ -326,8 +327,7 @@ def _curves(config, method, found, calib, metrics, keep, units=None) -> tuple[di
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
                 um = method.for_unit((units or {}).get(name, "linear"))
-                with onloaded(calib.model, um.anchor(name)) as lin:
-                    return um.curve(config, as_linear(lin).weight, stats[name], metrics)
+                return um.unit_curve(config, calib.model, name, stats[name], metrics)
 
             if method.needs_gram:  # one factor per shared input, made before the modules use it
                 metrics.prepare(stats.values(), workers=calib.workers)
@@ -375,14 +375,17 @@ _ERR_NO_UNIT = (
     "StructuredConfig keeps whole neurons of gated MLPs (modules with gate_proj, up_proj and down_proj); "
     "{what}. Pass targets= or exclude= leaving them out, or use InterpolativeConfig for this model"
 )
+_ERR_NO_VO = (
+    "StructuredConfig(units=(..., 'vo')) keeps value dimensions of attentions with v_proj, o_proj and an int "
+    "head_dim; {what}. Target both projections, or drop 'vo' from units="
+)
+#: Final names of fused attention projections (no value-output unit: v is not a matrix of its own).
+_FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "W_pack")
 
 
-def _group_units(model, config, found, dense) -> dict:
-    """Turn each gated MLP among ``found`` into one ``"mlp"`` unit, in place; the units' kinds.
-
-    A unit is keyed by the MLP's name and holds its ``down_proj`` (whose inputs calibrate it);
-    the other targets stay matrices, or go to ``dense`` when ``config.matrices`` is "dense".
-    """
+def _group_mlp(model, found) -> dict:
+    """Each gated MLP among ``found`` becomes one ``"mlp"`` unit (keyed by the MLP's name,
+    holding its ``down_proj``, whose inputs calibrate it), in place."""
     members: dict[str, dict] = {}
     for name in found:
         parent, _, attr = name.rpartition(".")
@@ -404,6 +407,41 @@ def _group_units(model, config, found, dense) -> dict:
         units[parent] = "mlp"
     if not units:
         raise ValueError(_ERR_NO_UNIT.format(what=f"none of the targets of {type(model).__name__} is one"))
+    return units
+
+
+def _group_value_output(model, found) -> dict:
+    """Each attention among ``found`` with ``v_proj``, ``o_proj`` and ``head_dim`` becomes one
+    ``"vo"`` unit (keyed by its name, holding ``o_proj``, whose inputs calibrate it), in place."""
+    units = {}
+    for name in list(found):
+        parent, _, attr = name.rpartition(".")
+        if attr in _FUSED_QKV:
+            raise ValueError(_ERR_NO_VO.format(
+                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no value-output unit"))
+        if attr != "v_proj":
+            continue
+        attn = model.get_submodule(parent)
+        o_name = f"{parent}.o_proj"
+        if o_name not in found or not isinstance(getattr(attn, "head_dim", None), int):
+            lacks = "o_proj among the targets" if o_name not in found else "an int head_dim"
+            raise ValueError(_ERR_NO_VO.format(what=f"{parent} ({type(attn).__name__}) lacks {lacks}"))
+        i = found.pop(name)[0]
+        found[parent] = (i, found.pop(o_name)[1])
+        units[parent] = "vo"
+    if not units:
+        raise ValueError(_ERR_NO_VO.format(what=f"none of the targets of {type(model).__name__} is one"))
+    return units
+
+
+def _group_units(model, config, found, dense) -> dict:
+    """The structured units of ``config.units`` among ``found`` (their kinds by name), in place;
+    the other targets stay matrices, or go to ``dense`` when ``config.matrices`` is "dense"."""
+    units = {}
+    if "vo" in config.units:
+        units.update(_group_value_output(model, found))
+    if "mlp" in config.units:
+        units.update(_group_mlp(model, found))
     if config.matrices == "dense":
         for name in [n for n in found if n not in units]:
             lin = as_linear(found.pop(name)[1])
@@ -458,8 +496,8 @@ _ERR_UNIFORM = (
 def _allocate_uniform(config, free, units, methods, shapes, curves, need) -> list[int]:
     """One width for every MLP unit: the width (with the other targets' ranks allocated in what
     remains of the budget) of least total predicted error that saves at least ``need``."""
-    mlps = [n for n in free if n in units]
-    mats = [n for n in free if n not in units]
+    mlps = [n for n in free if units.get(n) == "mlp"]
+    mats = [n for n in free if units.get(n) != "mlp"]
     widths = {shapes[n][0] for n in mlps}
     if len(widths) != 1:
         raise ValueError(f"uniform=True needs MLPs of one width, got widths {sorted(widths)}; pass uniform=False")
@@ -491,7 +529,7 @@ def _allocate_uniform(config, free, units, methods, shapes, curves, need) -> lis
         raise ValueError(_ERR_UNIFORM.format(q=q, width=full, most=most, need=need))
     k, ranks = best
     by_name = dict(zip(mats, ranks))
-    return [k if n in units else by_name[n] for n in free]
+    return [k if units.get(n) == "mlp" else by_name[n] for n in free]
 
 
 def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False,
@@ -538,7 +576,7 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
         )
         if need <= 0:
             chosen = [0] * len(free)
-        elif getattr(config, "uniform", False):
+        elif getattr(config, "uniform", False) and any(units.get(n) == "mlp" for n in free):
             chosen = _allocate_uniform(config, free, units, methods, shapes, curves, need)
         else:
             chosen = allocate_ranks(

@@ -181,3 +181,42 @@ def test_partial_mlp_targets_and_infeasible_budget_are_refused_before_calibratio
     with pytest.raises(ValueError, match=r"cannot be met.*at most 0\.2294"):
         plan(make_tiny_llama(), StructuredConfig(reduction=0.3, uniform=True, width_multiple=32), calibration=None,
              progress=False)
+
+
+def test_value_output_units_keep_the_same_dimensions_across_a_kv_group(calib_tokens, eval_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from adapters.layer import GatheredLinear, ScatteredLinear
+
+    model, report = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.1, units=("vo",)),
+                             calibration=calib_tokens, progress=False)
+    d, kv, q = 8, 2, 4  # the tiny Llama: 4 query heads of dimension 8 sharing 2 KV heads
+    assert {r.unit for r in report.modules} == {"vo"} and all(r.shape == (d, kv * 32 + q * 32) for r in report.modules)
+    for r, layer in zip(report.modules, model.model.layers):
+        v, o = layer.self_attn.v_proj, layer.self_attn.o_proj
+        assert isinstance(v, ScatteredLinear) and isinstance(o, GatheredLinear)
+        kept = [sorted(int(i) % d for i in v.rows if int(i) // d == j) for j in range(kv)]
+        assert all(len(k) == r.rank for k in kept)
+        for h in range(q):  # query head h reads KV head h // 2: it keeps that head's dimensions
+            assert sorted(int(c) % d for c in o.cols if int(c) // d == h) == kept[h // 2]
+    assert sum(p.numel() for p in model.parameters()) == report.params_after <= report.target_params
+    before = _logits(model, eval_tokens)
+    model.save_pretrained(tmp_path / "vo")
+    assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "vo"), eval_tokens), before)
+    merge(model)
+    assert type(model.model.layers[0].self_attn.v_proj) is nn.Linear
+    _close(_logits(model, eval_tokens), before)
+
+
+def test_both_kinds_of_unit_share_one_budget(calib_tokens):
+    p = plan(make_tiny_llama(layers=3), StructuredConfig(reduction=0.3, units=("mlp", "vo")),
+             calibration=calib_tokens, progress=False)
+    assert {m.unit for m in p.modules} == {"mlp", "vo"}
+    assert p.params_after() <= p.target_params
+
+
+def test_fused_attention_has_no_value_output_unit():
+    with pytest.raises(ValueError, match=r"qkv_proj is a fused query-key-value projection \(Phi3ForCausalLM\)"):
+        plan(make_tiny("phi3"), StructuredConfig(reduction=0.1, units=("vo",)), calibration=None, progress=False)
+    with pytest.raises(ValueError, match="units must be"):
+        StructuredConfig(units=("mlp", "heads"))
