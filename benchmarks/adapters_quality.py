@@ -24,8 +24,9 @@ most: a compression that generalises loses no more out of domain than in it).  R
   curves (``allocation="cur"``) instead of the whitened SVD spectra (ablation)
 * ``structured@F``: :class:`adapters.StructuredConfig` (whole MLP neurons kept, ``down``
   refitted; attention dense); ``hybrid@F`` the same with the other targets factored in the
-  interpolative form in one allocation (``matrices="interpolative"``); ``:uniform=true`` gives
-  every MLP one width (a stock architecture)
+  interpolative form in one allocation (``matrices="interpolative"``); ``structured-vo@F`` and
+  ``hybrid-vo@F`` add the attention's value-output units (``units=("mlp", "vo")``);
+  ``:uniform=true`` gives every MLP one width (a stock architecture)
 * a ``+norm`` / ``+none`` suffix on a method name (``default+norm@0.2``,
   ``svd-whitened+norm@0.2``) sets ``token_weighting`` (ablation of the covariance weighting)
 * ``refit@F``: the default form with PIFA's "M"-style sequential refit (arXiv 2501.19090):
@@ -221,8 +222,9 @@ def main(argv=None) -> int:
                     kw = {"target_params": target}
                 else:
                     kw = {"reduction": float(budget)}
-                if name in ("structured", "hybrid"):
-                    cfg = StructuredConfig(matrices="interpolative" if name == "hybrid" else "dense")
+                if name in ("structured", "hybrid", "structured-vo", "hybrid-vo"):
+                    cfg = StructuredConfig(matrices="interpolative" if name.startswith("hybrid") else "dense",
+                                           units=("mlp", "vo") if name.endswith("-vo") else ("mlp",))
                     model, report = compress(model, cfg, **(kw | weight_kw | run_kw), **common)
                 elif name in ("default", "default-seq", "cur", "cur-curalloc", "refit", "refit2"):
                     form_kw = {"form": "cur"} if name.startswith("cur") else {}
