@@ -478,10 +478,14 @@ class StructuredConfig(ActivationConfig):
         The targets that are not in a structured unit (attention's q/k/v/o): left dense, or
         factored in the interpolative form (:class:`InterpolativeConfig`'s fit), with their
         ranks allocated in the same budget as the widths (the hybrid).
-    uniform : bool, default False
+    uniform : bool, default True
         One width for every MLP: the model keeps its family's own architecture with a smaller
-        ``intermediate_size`` (a stock checkpoint when nothing else is factored). Otherwise each
-        MLP gets its own width (checkpoints record the widths, :mod:`adapters.hf_quantizer`).
+        ``intermediate_size`` (a stock checkpoint when nothing else is factored). With False each
+        MLP gets its own width from the allocation over relative error curves (checkpoints
+        record the widths, :mod:`adapters.hf_quantizer`); on SmolLM2-135M at -20% that gave
+        perplexity 59.38 against 40.50 uniform (one-pass fits): relative MLP errors leave the
+        first and last layers with 535 and 141 of 1536 neurons, and those cost the model most
+        (docs/benchmarks.md, section 11).
     width_multiple : int, default 1
         Widths are multiples of this (64 suits GEMM tiles and vector units).
     units : tuple of {"mlp", "vo"}, default ("mlp",)
@@ -515,7 +519,7 @@ class StructuredConfig(ActivationConfig):
     refit_ridge: float = REFIT_DEFAULT["refit_ridge"]
     passes: int = 1
     matrices: str = "dense"
-    uniform: bool = False
+    uniform: bool = True
     width_multiple: int = 1
     units: tuple = ("mlp",)
 

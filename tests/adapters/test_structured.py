@@ -103,7 +103,7 @@ def test_uniform_widths_make_a_stock_model(calib_tokens, eval_tokens, tmp_path):
 def test_per_layer_widths_round_trip_through_the_record(calib_tokens, eval_tokens, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model, _ = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.25), calibration=calib_tokens,
+    model, _ = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.25, uniform=False), calibration=calib_tokens,
                         progress=False)
     widths = _widths(model)
     assert len(set(widths)) > 1, "the allocation gave every MLP one width; pick a budget where they differ"
@@ -119,7 +119,7 @@ def test_per_layer_widths_round_trip_through_the_record(calib_tokens, eval_token
 
 
 def test_merge_pads_per_layer_widths_into_a_stock_checkpoint(calib_tokens, eval_tokens, tmp_path):
-    model, _ = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.25, matrices="interpolative"),
+    model, _ = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.25, matrices="interpolative", uniform=False),
                         calibration=calib_tokens, progress=False)
     assert any(isinstance(m, InterpolativeLinear) for m in model.modules())
     before = _logits(model, eval_tokens)
