@@ -27,8 +27,8 @@ from .hf_quantizer import (
     CheckpointMismatchError,
     CompressedCheckpointConfig,
     attach,
+    is_recorded,
 )
-from .layer import SAVED_LINEARS
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
 
@@ -75,20 +75,24 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     Raises
     ------
     ValueError
-        If the model holds no compressed layer (save a dense model with ``save_pretrained``).
+        If the model holds no compressed layer and was not compressed (save a dense model with
+        ``save_pretrained``).
     FileExistsError
         If ``path`` exists, is not an empty folder, and ``overwrite`` is False.
 
     Notes
     -----
     Equivalent to ``model.save_pretrained(path)`` (plus ``tokenizer.save_pretrained(path)``),
-    which writes config.json with the compression record, the safetensors weights in the
+    which writes config.json with the compression record (none for a structured model whose
+    MLPs share one width and nothing else is factored: a stock checkpoint), the safetensors weights in the
     model's dtype (tied weights once) and generation_config.json.  Everything is written to a
     temporary folder beside ``path`` and renamed into place, so a crash never leaves a
     half-written checkpoint at ``path``.
     """
     path = Path(path)
-    if not any(isinstance(m, SAVED_LINEARS) for m in model.modules()):
+    recorded = any(is_recorded(m) for m in model.modules())
+    stock = getattr(model, "compression_config", None) is not None and not recorded
+    if not recorded and not stock:
         raise ValueError(
             "the model holds no CURLinear, InterpolativeLinear or LowRankLinear modules; compress it first with "
             "adapters.compress(...) or save a dense model with model.save_pretrained(path)"
@@ -96,7 +100,8 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     replace = path.exists() and not _is_empty_dir(path)
     if replace and not overwrite:
         raise FileExistsError(f"{path} already exists and is not an empty folder; pass overwrite=True or choose another path")
-    attach(model)
+    if recorded:  # a structured model of one MLP width and nothing factored is the family's stock architecture
+        attach(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:

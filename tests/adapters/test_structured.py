@@ -220,3 +220,16 @@ def test_fused_attention_has_no_value_output_unit():
         plan(make_tiny("phi3"), StructuredConfig(reduction=0.1, units=("vo",)), calibration=None, progress=False)
     with pytest.raises(ValueError, match="units must be"):
         StructuredConfig(units=("mlp", "heads"))
+
+
+def test_save_compressed_writes_a_stock_folder_for_one_width(calib_tokens, eval_tokens, tmp_path):
+    from adapters import load_compressed, save_compressed
+    from transformers import AutoModelForCausalLM
+
+    model, _ = compress(make_tiny_llama(), StructuredConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    path = save_compressed(model, tmp_path / "stock")
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
+    back = AutoModelForCausalLM.from_pretrained(path)
+    assert torch.equal(_logits(back, eval_tokens), _logits(model, eval_tokens))
+    with pytest.raises(Exception, match="not a CUR-compressed"):
+        load_compressed(path)  # a stock folder loads with from_pretrained, not as a compressed checkpoint
