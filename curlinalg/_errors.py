@@ -72,7 +72,7 @@ CORE_RTOL = "core_rtol applies to core='cross' only, got core={core!r}; drop cor
 UNREACHABLE = (
     "tolerance {target:.3g} not reached: the smallest certified error found is {error:.3g}, at "
     "rank {rank} (the ranks tried go up to {limit}, the numerical rank or the rank cap); "
-    "returning that rank. Ask for a larger tolerance, or use float64 input"
+    "returning that rank. {advice}"
 )
 LEVERAGE_DEFICIENT = (
     "{method} selection gave {found} indices spanning fewer than rank {k} directions of the "

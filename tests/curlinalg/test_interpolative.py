@@ -5,10 +5,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import warnings
+
+import scipy.linalg as sla
+import scipy.linalg.interpolative as sli
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
-from curlinalg import IDResult, certify, interpolative, whitening
+from curlinalg import CURWarning, IDResult, certify, cur, interpolative, whitening
+from curlinalg.tolerance import TOLERANCE_RANK_FACTOR
 from curlinalg.testing import exponential_spectrum, known_spectrum
 from curlinalg.testing.strategies import hard_problems, problems
 
@@ -78,20 +83,32 @@ def test_gram_basis_picks_the_same_subspace(problem):
     assert err <= sigma_next + 1e-6 * (1 + res.eta) * problem.s[0]
 
 
+def assert_minimal_within_factor(A, res, target, **options):
+    """The tolerance contract of ``cur`` (issue 25): the certificate meets the target and bounds
+    the error, and the rank ``res.rank / TOLERANCE_RANK_FACTOR`` (rounded down) misses it, by
+    the spectrum (no rank-k approximation beats sigma_{k+1}) or by its own exact certificate."""
+    assert res.certificate.bound <= target
+    assert spectral_error(A, res) <= res.certificate.bound
+    lower = int(res.rank / TOLERANCE_RANK_FACTOR)
+    if lower >= 1:
+        s = np.linalg.svd(np.asarray(A, dtype=np.float64), compute_uv=False)
+        below = interpolative(A, rank=lower, **options)
+        assert s[lower] > target or certify(A, below, rng=0).bound > target
+
+
+def spectral_error(A, res):
+    A = np.asarray(A, dtype=np.float64)
+    return np.linalg.norm(A - np.asarray(res.to_dense(), dtype=np.float64), 2)
+
+
 @pytest.mark.parametrize("rtol", [1e-1, 1e-4, 1e-10])
 def test_tolerance_meets_the_certificate(rtol):
-    from curlinalg.testing import exponential_spectrum, known_spectrum
-
     s = exponential_spectrum(30, decay=0.5)
     A = known_spectrum(40, 30, s, rng=3)
     res = interpolative(A, rtol=rtol, rng=0)
-    assert res.certificate is not None
-    assert res.certificate.bound <= rtol * s[0] or res.rank == 30
-    assert res.bound <= rtol * s[0]
-    if res.rank > 1:
-        assert interpolative(A, rank=res.rank - 1).bound > rtol * s[0]
+    assert_minimal_within_factor(A, res, rtol * s[0])
     capped = interpolative(A, rtol=1e-14, rank=3)
-    assert capped.rank == 3
+    assert capped.rank == 3 and capped.certificate.bound > 1e-14
 
 
 def test_metric_error_is_the_whitened_problems_error():
@@ -216,14 +233,12 @@ def test_tolerance_on_operands_meets_the_certificate(kind):
     A = known_spectrum(300, 200, exponential_spectrum(200, decay=0.2), rng=1)
     s = np.linalg.svd(A, compute_uv=False)
     res = interpolative(_as_kind(A, kind), rtol=1e-6, basis="randomized", rng=0)
-    assert res.bound <= 1e-6 * s[0] and res.certificate.bound <= 1e-6 * s[0]
-    assert np.linalg.norm(A - res.to_dense(), 2) <= res.certificate.bound
-    below = interpolative(_as_kind(A, kind), rank=res.rank - 1, basis="randomized", rng=0)
-    assert below.bound > 1e-6 * s[0]  # the search stopped at the first rank that met it
+    assert res.failure_probability > 0
+    assert_minimal_within_factor(A, res, 1e-6 * s[0])
 
 
 def test_tolerance_tries_few_ranks(monkeypatch):
-    """Doubling steps then bisection: a rank 100 above the start costs O(log) ID evaluations."""
+    """One SVD, then a few certified ranks (the search of cur)."""
     mod = importlib.import_module("curlinalg.interpolative")
 
     A = known_spectrum(300, 250, exponential_spectrum(250, decay=0.1), rng=2)
@@ -231,12 +246,110 @@ def test_tolerance_tries_few_ranks(monkeypatch):
     real = mod._row_id
     monkeypatch.setattr(mod, "_row_id", lambda *a, **k: seen.append(a[1]) or real(*a, **k))
     res = interpolative(A, rtol=1e-9, rng=0)
-    assert len(seen) <= 2 * np.log2(max(res.rank - seen[0], 2)) + 3
-    assert res.bound <= 1e-9 * np.linalg.norm(A, 2)
-    assert interpolative(A, rank=res.rank - 1).bound > 1e-9 * np.linalg.norm(A, 2)
+    assert len(seen) <= 4
+    monkeypatch.undo()
+    assert_minimal_within_factor(A, res, 1e-9 * np.linalg.norm(A, 2))
 
 
 @pytest.mark.parametrize("options", [dict(metric=np.eye(6)), dict(basis="gram")])
 def test_dense_only_options_refused_for_operands(options):
     with pytest.raises(ValueError, match="needs a dense array, got a sparse input"):
         interpolative(sp.csr_matrix(np.ones((8, 6))), rank=2, **options)
+
+
+# Issue 25, item 2: the ID's tolerance mode keeps cur's contract on every basis and input kind.
+HILBERT_300 = sla.hilbert(300)
+
+
+@pytest.mark.parametrize("basis", ["svd", "randomized"])
+def test_hilbert_tolerance_is_not_full_rank(basis):
+    """Issue 25: rank 300 (svd basis, no warning) and rank 32 with a bound above the target
+    (randomized); scipy's ``interp_decomp(A, 1e-12)`` finds 19, ``cur`` 20."""
+    A = HILBERT_300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = interpolative(A, rtol=1e-12, axis="columns", basis=basis, rng=0)
+    assert_minimal_within_factor(A, res, 1e-12 * np.linalg.norm(A, 2), axis="columns")
+    k_scipy = sli.interp_decomp(A, 1e-12)[0]
+    assert res.rank <= TOLERANCE_RANK_FACTOR * (k_scipy + 1)
+    assert abs(res.rank - cur(A, rtol=1e-12, rng=0).rank) <= 2
+
+
+def test_hilbert_operator_tolerance_grows_its_sketch():
+    """Issue 25: a 2000 x 1000 Hilbert LinearOperator stopped at rank 32, bound 1.15e-10 against
+    a target of 2.47e-12: the search stopped at its first sketch size."""
+    A = sla.hilbert(2000)[:, :1000]
+    target = 1e-12 * np.linalg.norm(A, 2)
+    res = interpolative(aslinearoperator(A), rtol=1e-12, rng=0)
+    assert res.failure_probability > 0  # too large to densify: a sketch
+    assert res.certificate.bound <= target
+    assert spectral_error(A, res) <= res.certificate.bound
+    s = np.linalg.svd(A, compute_uv=False)
+    assert s[int(res.rank / TOLERANCE_RANK_FACTOR)] > target / 10  # the rank is not inflated
+
+
+@pytest.mark.parametrize("solver", ["interpolative", "cur"])
+def test_float32_tolerance_past_its_precision_warns(solver):
+    """Issue 25: float32 hilbert(5) at rtol=1e-6 gave rank 5, bound 7.47e-6 above the target
+    1.57e-6 and no warning (cur warned): one search, one answer."""
+    A = sla.hilbert(5).astype(np.float32)
+    call = interpolative if solver == "interpolative" else cur
+    with pytest.warns(CURWarning, match="not reached") as caught:
+        res = call(A, rtol=1e-6, rng=0)
+    assert all(w.filename == __file__ for w in caught)
+    assert f"at rank {res.rank}" in str(caught[0].message)
+    assert f"{res.certificate.bound:.3g}" in str(caught[0].message)
+    assert res.certificate.bound > 1e-6 * np.linalg.norm(A.astype(np.float64), 2)
+    assert spectral_error(A, res) <= res.certificate.bound
+
+
+def test_gram_tolerance_below_its_accuracy_warns_and_stays_low():
+    """The Gram route resolves singular values to sqrt(eps) sigma_1 only: a tolerance below that
+    is answered with a warning naming basis='svd', at a rank that basis resolves."""
+    with pytest.warns(CURWarning, match="basis='svd'"):
+        res = interpolative(HILBERT_300, rtol=1e-12, basis="gram", rng=0)
+    assert res.rank < 30
+    assert spectral_error(HILBERT_300, res) <= res.certificate.bound
+    reachable = interpolative(HILBERT_300, rtol=1e-4, basis="gram", rng=0)
+    assert_minimal_within_factor(HILBERT_300, reachable, 1e-4 * np.linalg.norm(HILBERT_300, 2),
+                                 basis="gram")
+
+
+def test_metric_tolerance_certifies_the_error_in_the_metric():
+    rng = np.random.default_rng(0)
+    A = known_spectrum(40, 30, exponential_spectrum(30, decay=0.3), rng=1)
+    X = rng.standard_normal((200, 30)) * np.logspace(0, -2, 30)
+    w = whitening(X.T @ X, ridge=0.0)
+    B = A @ w.L
+    target = 1e-5 * np.linalg.norm(B, 2)
+    res = interpolative(A, rtol=1e-5, metric=w, rng=0)
+    np.testing.assert_array_equal(res.skeleton, A[res.indices])
+    assert np.linalg.norm((A - res.to_dense()) @ w.L, 2) <= res.certificate.bound <= target
+    lower = interpolative(A, rank=int(res.rank / TOLERANCE_RANK_FACTOR), metric=w)
+    assert np.linalg.norm((A - lower.to_dense()) @ w.L, 2) > target
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.RankDeficiencyWarning")
+@given(
+    hard_problems(max_dim=30), st.sampled_from([1e-2, 1e-5, 1e-9, 1e-13]),
+    st.sampled_from(["svd", "gram", "randomized"]), st.sampled_from(["rows", "columns"]),
+    st.sampled_from(["dense", "operator"]),
+)
+def test_tolerance_contract_on_every_basis_and_kind(problem, rtol, basis, axis, kind):
+    """Either the certificate meets the target at a rank within the stated factor of the
+    smallest, or a CURWarning gives the best rank and its certified error: never full rank
+    silently."""
+    if kind == "operator" and basis == "gram":
+        basis = "auto"
+    A = problem.A
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = interpolative(_as_kind(A, kind), rtol=rtol, basis=basis, axis=axis, rng=problem.seed)
+    unreached = [w for w in caught if "not reached" in str(w.message)]
+    assert spectral_error(A, res) <= res.certificate.bound
+    target = rtol * problem.s[0]
+    if unreached:
+        assert res.certificate.bound > target * (1 - 1e-6)
+        assert f"at rank {res.rank}" in str(unreached[0].message)
+    else:
+        assert_minimal_within_factor(A, res, target, axis=axis, basis="svd")
