@@ -74,6 +74,12 @@ UNREACHABLE = (
     "rank {rank} (the ranks tried go up to {limit}, the numerical rank or the rank cap); "
     "returning that rank. {advice}"
 )
+SVD_UNREACHABLE = (
+    "tolerance {target:.3g} not reached: it is below what the SVD resolves. Its bound at the "
+    "numerical rank {rank} is {error:.3g}, of which {floor:.3g} is the rounding floor "
+    "4 max(m, n) eps ||A||_2; returning that rank. Ask for a larger tolerance, or use float64 "
+    "input"
+)
 LEVERAGE_DEFICIENT = (
     "{method} selection gave {found} indices spanning fewer than rank {k} directions of the "
     "basis; added Q-DEIM's indices ({total} kept) so the bound stays finite. "

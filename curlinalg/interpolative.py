@@ -16,7 +16,7 @@ from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
 from .tolerance import ADVICE, ToleranceSearch
 
-__all__ = ["IDResult", "interpolative", "SKELETONS", "AXES"]
+__all__ = ["IDResult", "id_to_svd", "interpolative", "SKELETONS", "AXES"]
 
 #: Where the skeleton comes from: rows of ``A`` itself, or rows of its rank-``k`` truncation.
 SKELETONS = ("rows", "truncation")
@@ -465,3 +465,69 @@ def interpolative(
     )
     res = search.run(rtol, atol)
     return res if metric is None else _unwhitened(res, A, metric, cross, xp)
+
+
+def id_to_svd(result: Any, /) -> TruncatedSVD:
+    r"""The SVD of an interpolative decomposition: :math:`XA[I,:] = U\,\mathrm{diag}(s)\,V^T`.
+
+    Parameters
+    ----------
+    result : IDResult
+        From :func:`interpolative` (any axis, skeleton or basis); any result with ``shape``,
+        the stable ``factors`` ``(left, right)`` and ``bound`` is accepted, e.g. a
+        :class:`curlinalg.CURResult`.
+
+    Returns
+    -------
+    TruncatedSVD
+        ``rank`` triplets of the approximation, in the factors' namespace and device; ``kind``
+        is ``"randomized"`` when the result's bound holds only with a probability.
+        ``residual`` is the result's bound on :math:`\|A - A'\|_2` (its ``certificate``'s
+        when it has one, else :attr:`IDResult.bound`), so :attr:`TruncatedSVD.bound` bounds
+        :math:`\|A - U\,\mathrm{diag}(s)\,V^T\|_2` and :attr:`TruncatedSVD.tail` the
+        residuals of the leading subspaces, as for any truncated SVD.
+
+    Raises
+    ------
+    TypeError
+        ``result`` has no ``factors``, ``shape`` or ``bound``.
+
+    Notes
+    -----
+    With :math:`L = Q_LR_L` and :math:`R^T = Q_RR_R` (thin QRs of the ``(m, k)`` and
+    ``(k, n)`` factors) and :math:`R_LR_R^T = \hat U\,\mathrm{diag}(s)\,\hat V^T`,
+    :math:`U = Q_L\hat U`, :math:`V = Q_R\hat V`: :math:`O((m + n)k^2)` work, exact in exact
+    arithmetic. Since :math:`\mathrm{range}(U) = \mathrm{range}(LR)`,
+    :math:`\|(I - U_jU_j^T)A\|_2 \le \|(I - U_jU_j^T)LR\|_2 + \|A - LR\|_2 = s_{j+1} +
+    \mathrm{residual}` for every :math:`j \le k`, and likewise for :math:`V`. This is scipy's
+    ``id_to_svd(B, idx, proj)``: ``id_to_svd(interpolative(A, rank=k, axis="columns"))``.
+
+    References
+    ----------
+    .. [1] H. Cheng, Z. Gimbutas, P.-G. Martinsson and V. Rokhlin, "On the compression of low
+       rank matrices", SIAM J. Sci. Comput. 26(4), 2005.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg import id_to_svd, interpolative
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((30, 5)) @ rng.standard_normal((5, 20))
+    >>> svd = id_to_svd(interpolative(A, rank=5, axis="columns"))
+    >>> svd.rank, bool(np.allclose((svd.U * svd.s) @ svd.V.T, A))
+    (5, True)
+    """
+    if not all(hasattr(result, a) for a in ("factors", "shape", "bound")):
+        raise TypeError(_errors.NOT_A_RESULT.format(kind=type(result).__name__))
+    left, right = result.factors
+    xp = _backend.namespace(left, right)
+    Ql, Rl = xp.linalg.qr(left)
+    Qr, Rr = xp.linalg.qr(right.T)
+    Us, s, Vts = xp.linalg.svd(Rl @ Rr.T, full_matrices=False)
+    certificate = getattr(result, "certificate", None)
+    if certificate is not None:
+        residual, failure = certificate.bound, certificate.failure_probability
+    else:
+        residual, failure = float(result.bound), float(getattr(result, "failure_probability", 0.0))
+    kind = "randomized" if failure > 0 else "exact"
+    return TruncatedSVD(Ql @ Us, s, Qr @ Vts.T, kind, residual)
