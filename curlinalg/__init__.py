@@ -8,11 +8,13 @@ result on the input's device.
 """
 
 from ._errors import ConvergenceWarning, CURWarning, RankDeficiencyWarning
-from .bounds import Certificate, certify, deim_bound, maxvol_bound, qdeim_bound, selection_constant
+from .bounds import (
+    Certificate, certify, deim_bound, maxvol_bound, qdeim_bound, selection_constant, spectral_norm,
+)
 from .cores import CoreFactors, cross_core, cross_core_factors, optimal_core, optimal_core_factors
 from .cur import CURBatch, CURResult, cur
 from .deim import deim, qdeim
-from .interpolative import IDResult, interpolative
+from .interpolative import IDResult, id_to_svd, interpolative
 from .leverage import LeverageSample, LeverageScores, leverage_sample, leverage_scores
 from .maxvol import maxvol, rect_maxvol
 from .output_id import OutputID, OutputIDCurve, output_id, output_id_curve
@@ -47,6 +49,7 @@ __all__ = [
     "cur_error_curve",
     "deim",
     "deim_bound",
+    "id_to_svd",
     "interpolative",
     "leverage_sample",
     "leverage_scores",
@@ -61,6 +64,7 @@ __all__ = [
     "range_finder",
     "rect_maxvol",
     "selection_constant",
+    "spectral_norm",
     "svd_error_curve",
     "truncated_svd",
     "weighted_cur",

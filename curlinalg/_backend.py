@@ -227,6 +227,14 @@ def _pivoted_rows_xp(V: Any, k: int) -> Any:
     return xp.astype(xp.stack(chosen), xp.int64)
 
 
+def streams(rng: Any, count: int) -> list[Any]:
+    """Independent seeds for the random steps of one call (a native generator is shared)."""
+    if type(rng).__module__.split(".")[0] in ("torch", "cupy"):
+        return [rng] * count
+    gen = np.random.default_rng(seed_of(rng))
+    return [int(s) for s in gen.integers(0, 2**62, size=count)]
+
+
 def seed_of(rng: Any) -> int:
     """An int seed from ``None`` (fresh entropy), an int, or a numpy Generator (one draw)."""
     if rng is None:

@@ -72,7 +72,13 @@ CORE_RTOL = "core_rtol applies to core='cross' only, got core={core!r}; drop cor
 UNREACHABLE = (
     "tolerance {target:.3g} not reached: the smallest certified error found is {error:.3g}, at "
     "rank {rank} (the ranks tried go up to {limit}, the numerical rank or the rank cap); "
-    "returning that rank. Ask for a larger tolerance, or use float64 input"
+    "returning that rank. {advice}"
+)
+SVD_UNREACHABLE = (
+    "tolerance {target:.3g} not reached: it is below what the SVD resolves. Its bound at the "
+    "numerical rank {rank} is {error:.3g}, of which {floor:.3g} is the rounding floor "
+    "4 max(m, n) eps ||A||_2; returning that rank. Ask for a larger tolerance, or use float64 "
+    "input"
 )
 LEVERAGE_DEFICIENT = (
     "{method} selection gave {found} indices spanning fewer than rank {k} directions of the "

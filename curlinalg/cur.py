@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as aac
-import numpy as np
 
 from . import _backend, _errors, _validation, batched
 from .bounds import selection_constant
@@ -18,7 +17,7 @@ from .maxvol import maxvol
 from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
 from .results import ROUNDING_FACTOR, CURBatch, CURResult, rounding_term
-from .tolerance import TOLERANCE_RANK_FACTOR, ToleranceSearch, numerical_rank
+from .tolerance import TOLERANCE_RANK_FACTOR, ToleranceSearch, exact_spectrum, numerical_rank
 
 __all__ = [
     "CURBatch", "CURResult", "cur", "METHODS", "CORES", "ROUNDING_FACTOR", "TOLERANCE_RANK_FACTOR",
@@ -28,14 +27,6 @@ METHODS = ("deim", "qdeim", "maxvol", "leverage", "leverage_sampling", "randomiz
 CORES = ("optimal", "cross", "sketch")
 #: Leverage selections whose constant exceeds Q-DEIM's on the same basis by this factor warn.
 LEVERAGE_WARN_RATIO = 10.0
-
-
-def _streams(rng: Any, count: int) -> list[Any]:
-    """Independent seeds for the random steps of one call (a native generator is shared)."""
-    if type(rng).__module__.split(".")[0] in ("torch", "cupy"):
-        return [rng] * count
-    gen = np.random.default_rng(_backend.seed_of(rng))
-    return [int(s) for s in gen.integers(0, 2**62, size=count)]
 
 
 def _top_k(scores: Any, k: int, xp: Any) -> Any:
@@ -269,7 +260,7 @@ def cur(
         "rank", "rtol", "atol", "core_rtol", "oversample", "power_iters"))
     _validation.check_rng(rng, op.like)
     kind = "randomized" if method == "randomized" else basis
-    seeds = _streams(rng, 4)
+    seeds = _backend.streams(rng, 4)
     opts = _Options(method, core, core_rtol, oversample, seeds[1:3])
 
     def svd_at(k: int) -> TruncatedSVD:
@@ -293,7 +284,7 @@ def cur(
 
     if rtol is None and atol is None:
         return build(svd_at(rank), rank)
-    search = ToleranceSearch(op, kind, svd_at, build, rank, seeds[3])
+    search = ToleranceSearch(op, svd_at, build, rank, seeds[3], exact=exact_spectrum(op, kind))
     return search.run(rtol, atol)
 
 
@@ -331,5 +322,5 @@ def _cur_batch(A: Any, /, *, rng: Any, **options: Any) -> CURBatch:
         out = batched.batched_cur(A, rank=o["rank"], method=o["method"], core=o["core"])
         if out is not None:
             return out
-    seeds = _streams(rng, A.shape[0])
+    seeds = _backend.streams(rng, A.shape[0])
     return CURBatch(tuple(cur(A[i], rng=seeds[i], **options) for i in range(A.shape[0])))

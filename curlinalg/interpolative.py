@@ -9,18 +9,25 @@ from typing import Any
 import array_api_compat as aac
 
 from . import _backend, _errors, _validation
-from .bounds import Certificate, certify, selection_constant
+from .bounds import Certificate, selection_constant
 from .results import ROUNDING_FACTOR, rounding_term
 from .metric import SELECTORS, Whitening, gram_svd, select, whitening
 from .operands import Operand, as_operand
 from .sketch import RESIDUAL_FAILURE_PROBABILITY, TruncatedSVD, _truncated_svd
+from .tolerance import ADVICE, ToleranceSearch
 
-__all__ = ["IDResult", "interpolative", "SKELETONS", "AXES"]
+__all__ = ["IDResult", "id_to_svd", "interpolative", "SKELETONS", "AXES"]
 
 #: Where the skeleton comes from: rows of ``A`` itself, or rows of its rank-``k`` truncation.
 SKELETONS = ("rows", "truncation")
 AXES = ("rows", "columns")
 BASES = ("auto", "svd", "gram", "randomized")
+#: The unreachable-tolerance advice with ``basis="gram"``, whose singular values (hence ranks)
+#: resolve only down to about :math:`\sqrt{\max(m, n)\,u}\,\sigma_1`.
+GRAM_ADVICE = (
+    "basis='gram' resolves singular values only down to about sqrt(max(m, n) eps) ||A||_2: "
+    "use basis='svd' for a smaller tolerance"
+)
 #: Oversampling and power iterations of ``basis="randomized"``.
 OVERSAMPLE, POWER_ITERS = 10, 2
 
@@ -53,7 +60,8 @@ class IDResult:
     sigma_next : float
         :math:`\sigma_{k+1}` of ``A`` (of the whitened matrix with ``metric``); 0 at full rank.
     certificate : Certificate or None
-        Set when the rank was chosen by a tolerance.
+        Set when the rank was chosen by a tolerance: the certified bound that met it (of the
+        whitened problem with a metric, i.e. the error in the metric).
     failure_probability : float
         Probability that :attr:`bound` fails: 0 for an exact basis; for ``basis="randomized"``
         that of the sketch's certified residual (``sigma_next`` is then the sketch's
@@ -149,27 +157,32 @@ def _svd(B: Any, k: int, basis: str, xp: Any) -> tuple[Any, Any, Any]:
 
 
 def _row_id(
-    A: Any, k: int, method: str, kind: str, basis: str, metric: Whitening | None, cross: Any, xp: Any,
+    B: Any, k: int, method: str, kind: str, basis: str, xp: Any,
     dec: tuple[Any, Any, Any] | None = None,
 ) -> IDResult:
-    """Row ID at rank ``k``; ``dec`` is the whitened matrix' decomposition with at least ``k``
-    vectors, when the caller (tolerance mode, trying several ranks) has it already."""
-    B = A if metric is None else metric.whiten(A, cross=cross)
+    """Row ID of ``B`` at rank ``k`` (the whitened matrix with a metric: see
+    :func:`_unwhitened`); ``dec`` is its decomposition with at least ``k`` vectors, when the
+    caller (tolerance mode, trying several ranks) has it already."""
     left, right, s = _svd(B, k, basis, xp) if dec is None else dec
     left, right = left[:, :k], right[:, :k]
     rows = select(left, method)
     rest, coef = _interpolation(left, rows, xp)
+    S = xp.take(B, rows, axis=0)
     if kind == "truncation":
-        S = (xp.take(B, rows, axis=0) @ right) @ right.T
-    else:
-        S = xp.take(B, rows, axis=0)
-    if metric is not None:
-        S = xp.take(A, rows, axis=0) if kind == "rows" and cross is None else metric.unwhiten(S)
+        S = (S @ right) @ right.T
     sigma_next = _backend.to_float(s[k]) if s.shape[0] > k else 0.0
     return IDResult(
         rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), sigma_next,
         _rounding(B, _backend.to_float(s[0]), basis, xp),
     )
+
+
+def _unwhitened(res: IDResult, A: Any, metric: Whitening, cross: Any, xp: Any) -> IDResult:
+    """The ID of the whitened matrix as an ID of ``A``: the same rows and coefficients, the
+    skeleton mapped back (rows of ``A`` itself when they are its rows)."""
+    if res.kind == "rows" and cross is None:
+        return replace(res, skeleton=xp.take(A, res.indices, axis=0))
+    return replace(res, skeleton=metric.unwhiten(res.skeleton))
 
 
 def _interpolation(left: Any, rows: Any, xp: Any) -> tuple[Any, Any]:
@@ -236,56 +249,44 @@ def _operand_row_id(op: Operand, svd: TruncatedSVD, k: int, method: str, kind: s
     )
 
 
-def _operand_id(
-    op: Operand, rank: int | None, rtol: float | None, atol: float | None, axis: str,
-    method: str, kind: str, basis: str, rng: Any,
-) -> IDResult:
-    """:func:`interpolative` of a sparse, matrix-free or dask input (or a dense one with
-    ``basis="randomized"``): one truncated SVD, grown until it resolves the tolerance."""
+def _operand_search(
+    op: Operand, axis: str, method: str, kind: str, basis: str, rng: Any,
+) -> tuple[Any, Any]:
+    """``(svd_at, build)`` for a sparse, matrix-free or dask input (or a dense one with
+    ``basis="randomized"``): truncated SVDs of it (exact when it densifies cheaply), and the ID
+    at rank ``k`` from one."""
     work = op if axis == "rows" else _Adjoint(op)
-    kmax = min(op.shape)
-    exact = basis != "randomized" and op.densifiable
-    svd_kind = "exact" if exact else "randomized"
+    svd_kind = "exact" if basis != "randomized" and op.densifiable else "randomized"
 
     def svd_at(size: int) -> TruncatedSVD:
         return _truncated_svd(work, size, svd_kind, OVERSAMPLE, POWER_ITERS, rng, work.xp)
 
-    def at(svd: TruncatedSVD, k: int) -> IDResult:
+    def build(svd: TruncatedSVD, k: int, **_: Any) -> IDResult:
         res = _operand_row_id(work, svd, k, method, kind)
         return res if axis == "rows" else _transposed(res)
 
-    if rtol is None and atol is None:
-        return at(svd_at(rank), rank)
-    kcap = rank or kmax
-    size = kcap if exact else min(kcap, 32)
-    svd = svd_at(size)
-    # sigma_1 from the first sketch: at most ||A||_2, so the target errs on the safe side.
-    target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(svd.s[0]))
-    while svd.tail(size) > target and size < kcap:  # no rank below this one can meet it
-        size = min(kcap, 2 * size)
-        svd = svd_at(size)
-    k = max(1, min(size, _backend.count_above(svd.s[:size], target)))
-    return _first_meeting(lambda j: at(svd, j), k, size, target)
+    return svd_at, build
 
 
-def _first_meeting(at: Any, k: int, kcap: int, target: float) -> IDResult:
-    r"""A rank in ``[k, kcap]`` whose bound meets ``target`` with the rank below it failing
-    (or ``kcap``): steps of 1, 2, 4, ... from ``k`` (no rank below ``k`` can meet it, since
-    every bound is at least :math:`\sigma_{k+1}`), then bisection; ``O(log)`` ranks tried."""
-    res, step, failed = at(k), 1, k
-    while res.bound > target and res.rank < kcap:
-        failed = res.rank
-        res = at(min(kcap, failed + step))
-        step *= 2
-    lo = failed  # fails (or is k itself, when k met the target at once)
-    while res.rank - lo > 1 and res.bound <= target:
-        mid = (lo + res.rank) // 2
-        trial = at(mid)
-        if trial.bound <= target:
-            res = trial
-        else:
-            lo = mid
-    return res
+def _dense_search(B: Any, axis: str, method: str, kind: str, basis: str, xp: Any) -> tuple[Any, Any]:
+    r"""``(svd_at, build)`` for a dense ``B`` (``A``, ``A^T`` for columns, or the whitened
+    matrix): one decomposition, whose singular values are lowered by the Gram route's accuracy
+    :math:`\rho` (:math:`\sqrt{s^2 - \rho^2}`) so that they stay lower bounds of the true ones."""
+    raw: list[Any] = []
+
+    def svd_at(size: int) -> TruncatedSVD:
+        left, right, s = _svd(B, size, basis, xp)
+        raw.append(s)
+        if basis == "gram":
+            rho = _rounding(B, _backend.to_float(s[0]), basis, xp)
+            s = xp.sqrt(xp.clip(s * s - rho * rho, min=0.0))
+        return TruncatedSVD(left, s, right, "exact")
+
+    def build(svd: TruncatedSVD, k: int, **_: Any) -> IDResult:
+        res = _row_id(B, k, method, kind, basis, xp, (svd.U, svd.V, raw[-1]))
+        return res if axis == "rows" else _transposed(res)
+
+    return svd_at, build
 
 
 def interpolative(
@@ -315,10 +316,13 @@ def interpolative(
     rank : int, optional
         ``1 <= rank <= min(m, n)``. With a tolerance too, it caps the rank.
     rtol, atol : float, optional
-        Smallest rank whose a priori bound :attr:`IDResult.bound` (in the metric, when given)
-        is at most :math:`\max(\mathrm{atol}, \mathrm{rtol}\,\sigma_1)`; the result carries the
-        certificate of :func:`curlinalg.certify` (without a metric). Whichever of ``rank`` and
-        the tolerance is met first wins.
+        Find the smallest rank whose certified bound on :math:`\|A - A'\|_2` (the result's
+        ``certificate``, from :func:`curlinalg.certify`; with a metric, that of the whitened
+        problem) is at most :math:`\max(\mathrm{atol}, \mathrm{rtol}\,\|A\|_2)`, within
+        :data:`curlinalg.tolerance.TOLERANCE_RANK_FACTOR`: the search of :func:`curlinalg.cur`,
+        on every basis and input kind. The a priori :attr:`IDResult.bound` carries a worst-case
+        rounding term and the factor :math:`\eta`, so it may exceed the target. Whichever of
+        ``rank`` and the tolerance is met first wins.
     axis : {"rows", "columns"}, default "rows"
         Row ID :math:`A \approx XA[I,:]`, or column ID of :math:`A^T`'s rows.
     method : {"deim", "qdeim", "maxvol"}, default "deim"
@@ -359,6 +363,13 @@ def interpolative(
         Not 2-D, empty, NaN/Inf; rank out of range; no stopping rule; unknown option;
         ``metric`` with ``axis="columns"``.
 
+    Warns
+    -----
+    CURWarning
+        The tolerance cannot be reached below the numerical rank (or, with ``basis="gram"``,
+        the rank that basis resolves): the result is the rank with the smallest certified
+        error, which the message gives; full rank is never returned silently.
+
     Notes
     -----
     With :math:`A = U\Sigma V^T` and :math:`I` chosen on :math:`U_k`,
@@ -373,6 +384,16 @@ def interpolative(
     ``skeleton="truncation"``, :math:`XA_k[I,:] = U_kU_k[I,:]^{-1}U_k[I,:]\Sigma_kV_k^T = A_k`:
     the error is that of the truncation, :math:`\sigma_{k+1}`, and the coefficient sizes are
     still bounded by :math:`\eta` (Cheng et al. 2005; the storage of Zhao et al. 2025).
+
+    Tolerance mode reads the rank off the singular values (no rank ``k`` with
+    :math:`\sigma_{k+1}` above the target can meet it), certifies the ID there and moves the
+    rank by the observed ratio of certified error to :math:`\sigma_{k+1}`, then bisects: the
+    returned rank is at most :data:`~curlinalg.tolerance.TOLERANCE_RANK_FACTOR` times one more
+    than a rank known to fail (:func:`curlinalg.cur`, Notes). A randomized basis is grown until
+    its singular values fall below the target. With ``basis="gram"`` the singular values are
+    only known to :math:`\rho = 4\sqrt{\max(m,n)\,u}\,\sigma_1`; the search reads
+    :math:`\sqrt{s^2 - \rho^2}`, lower bounds of the true ones, and stops at the last rank
+    they resolve.
 
     References
     ----------
@@ -408,14 +429,18 @@ def interpolative(
     if rank is None and rtol is None and atol is None:
         raise ValueError(_errors.NO_STOP)
     _validation.check_rng(rng, op.like)
+    tolerance = rtol is not None or atol is not None
+    # the certificate's probes get a stream of their own: never the sketch's draws
+    cert_seed = _backend.streams(rng, 1)[0] if tolerance else None
     if op.kind != "dense" or basis == "randomized":
         if metric is not None or cross is not None or basis == "gram":
             what = "metric=/cross=" if basis != "gram" else "basis='gram'"
             raise ValueError(_errors.ID_OPERAND.format(what=what, kind=op.kind, basis=basis))
-        res = _operand_id(op, rank, rtol, atol, axis, method, skeleton, basis, rng)
-        if rtol is not None or atol is not None:
-            res = replace(res, certificate=certify(op, res, ord=2, rng=rng))
-        return res
+        svd_at, build = _operand_search(op, axis, method, skeleton, basis, rng)
+        if not tolerance:
+            return build(svd_at(rank), rank)
+        exact = basis != "randomized" and op.densifiable
+        return ToleranceSearch(op, svd_at, build, rank, cert_seed, exact=exact).run(rtol, atol)
     A, xp = op.A, op.xp
     basis = "svd" if basis == "auto" else basis
     if metric is not None:
@@ -427,21 +452,82 @@ def interpolative(
     elif cross is not None:
         raise ValueError("cross= only applies with metric=; pass the Gram of the inputs as metric=")
     work = A if axis == "rows" else A.T
-
-    def at(k: int, dec: Any = None) -> IDResult:
-        res = _row_id(work, k, method, skeleton, basis, metric, cross, xp, dec)
-        return res if axis == "rows" else _transposed(res)
-
-    if rtol is None and atol is None:
-        return at(rank)
     B = work if metric is None else metric.whiten(work, cross=cross)
-    kcap = rank or kmax
-    dec = _svd(B, kcap, basis, xp)  # once: every rank tried below reads its leading vectors
-    s = dec[2]
-    target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(s[0]))
-    # No rank-k approximation beats sigma_{k+1}: start at the first rank the SVD allows.
-    k = max(1, min(kcap, _backend.count_above(s, target)))
-    res = _first_meeting(lambda j: at(j, dec), k, kcap, target)
-    if metric is None:
-        res = replace(res, certificate=certify(A, res, ord=2, rng=rng))
-    return res
+    if not tolerance:
+        res = _row_id(B, rank, method, skeleton, basis, xp)
+        res = res if metric is None else _unwhitened(res, A, metric, cross, xp)
+        return res if axis == "rows" else _transposed(res)
+    svd_at, build = _dense_search(B, axis, method, skeleton, basis, xp)
+    # with a metric the certificate is that of the whitened problem: the error in the metric
+    search = ToleranceSearch(
+        op if metric is None else as_operand(B), svd_at, build, rank, cert_seed, exact=True,
+        advice=GRAM_ADVICE if basis == "gram" else ADVICE,
+    )
+    res = search.run(rtol, atol)
+    return res if metric is None else _unwhitened(res, A, metric, cross, xp)
+
+
+def id_to_svd(result: Any, /) -> TruncatedSVD:
+    r"""The SVD of an interpolative decomposition: :math:`XA[I,:] = U\,\mathrm{diag}(s)\,V^T`.
+
+    Parameters
+    ----------
+    result : IDResult
+        From :func:`interpolative` (any axis, skeleton or basis); any result with ``shape``,
+        the stable ``factors`` ``(left, right)`` and ``bound`` is accepted, e.g. a
+        :class:`curlinalg.CURResult`.
+
+    Returns
+    -------
+    TruncatedSVD
+        ``rank`` triplets of the approximation, in the factors' namespace and device; ``kind``
+        is ``"randomized"`` when the result's bound holds only with a probability.
+        ``residual`` is the result's bound on :math:`\|A - A'\|_2` (its ``certificate``'s
+        when it has one, else :attr:`IDResult.bound`), so :attr:`TruncatedSVD.bound` bounds
+        :math:`\|A - U\,\mathrm{diag}(s)\,V^T\|_2` and :attr:`TruncatedSVD.tail` the
+        residuals of the leading subspaces, as for any truncated SVD.
+
+    Raises
+    ------
+    TypeError
+        ``result`` has no ``factors``, ``shape`` or ``bound``.
+
+    Notes
+    -----
+    With :math:`L = Q_LR_L` and :math:`R^T = Q_RR_R` (thin QRs of the ``(m, k)`` and
+    ``(k, n)`` factors) and :math:`R_LR_R^T = \hat U\,\mathrm{diag}(s)\,\hat V^T`,
+    :math:`U = Q_L\hat U`, :math:`V = Q_R\hat V`: :math:`O((m + n)k^2)` work, exact in exact
+    arithmetic. Since :math:`\mathrm{range}(U) = \mathrm{range}(LR)`,
+    :math:`\|(I - U_jU_j^T)A\|_2 \le \|(I - U_jU_j^T)LR\|_2 + \|A - LR\|_2 = s_{j+1} +
+    \mathrm{residual}` for every :math:`j \le k`, and likewise for :math:`V`. This is scipy's
+    ``id_to_svd(B, idx, proj)``: ``id_to_svd(interpolative(A, rank=k, axis="columns"))``.
+
+    References
+    ----------
+    .. [1] H. Cheng, Z. Gimbutas, P.-G. Martinsson and V. Rokhlin, "On the compression of low
+       rank matrices", SIAM J. Sci. Comput. 26(4), 2005.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from curlinalg import id_to_svd, interpolative
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((30, 5)) @ rng.standard_normal((5, 20))
+    >>> svd = id_to_svd(interpolative(A, rank=5, axis="columns"))
+    >>> svd.rank, bool(np.allclose((svd.U * svd.s) @ svd.V.T, A))
+    (5, True)
+    """
+    if not all(hasattr(result, a) for a in ("factors", "shape", "bound")):
+        raise TypeError(_errors.NOT_A_RESULT.format(kind=type(result).__name__))
+    left, right = result.factors
+    xp = _backend.namespace(left, right)
+    Ql, Rl = xp.linalg.qr(left)
+    Qr, Rr = xp.linalg.qr(right.T)
+    Us, s, Vts = xp.linalg.svd(Rl @ Rr.T, full_matrices=False)
+    certificate = getattr(result, "certificate", None)
+    if certificate is not None:
+        residual, failure = certificate.bound, certificate.failure_probability
+    else:
+        residual, failure = float(result.bound), float(getattr(result, "failure_probability", 0.0))
+    kind = "randomized" if failure > 0 else "exact"
+    return TruncatedSVD(Ql @ Us, s, Qr @ Vts.T, kind, residual)

@@ -76,6 +76,12 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
     :math:`\|(P^TA)^{-1}\|_2 = \|B\|_2 \le \|B\|_F \le \sqrt{k + \mathrm{tol}^2\,k(n-k)}`
     (Goreinov, Oseledets, Savostyanov et al. 2010).
 
+    The start and the swap rule are teneva's and maxvolpy's, so ``teneva.maxvol(A, e, k)`` and
+    ``maxvolpy.maxvol.maxvol(A, tol, max_iters)`` select the same rows as
+    ``maxvol(A, tol=e, max_iters=k)`` (their ``tol < 1`` is read as 1, here it is an error;
+    maxvolpy's ``top_k_index``, pivots among the first rows only, is ``maxvol(A[:top])`` with
+    the other rows' coefficients formed as ``A @ inv(A[rows])``).
+
     References
     ----------
     .. [1] S. A. Goreinov, I. V. Oseledets, D. V. Savostyanov, E. E. Tyrtyshnikov and
@@ -174,7 +180,15 @@ def _swap_loop_device(
 
 
 def rect_maxvol(
-    A: Any, /, *, tol: float = 1.0, max_rank: int | None = None, maxvol_tol: float = 1.05
+    A: Any,
+    /,
+    *,
+    tol: float = 1.0,
+    max_rank: int | None = None,
+    min_rank: int | None = None,
+    maxvol_tol: float = 1.05,
+    maxvol_iters: int = 100,
+    identity: bool = False,
 ) -> tuple[Any, Any]:
     r"""Rows of a tall matrix whose rectangular submatrix has (locally) maximal 2-volume.
 
@@ -187,26 +201,44 @@ def rect_maxvol(
         :math:`\le` ``tol``. Must be ``> 0``.
     max_rank : int, optional
         Maximum number of rows to return (``k <= max_rank <= n``); default ``n``.
+    min_rank : int, optional
+        Minimum number of rows to return (``k <= min_rank <= max_rank``): rows are added
+        greedily up to it even where every coefficient row already meets ``tol``; default ``k``.
     maxvol_tol : float, default 1.05
         ``tol`` of the square :func:`maxvol` that seeds the selection.
+    maxvol_iters : int, default 100
+        ``max_iters`` of that square :func:`maxvol`: the number of swaps its start may make.
+        The default lets the start converge on most inputs, as :func:`maxvol` does alone;
+        teneva and maxvolpy stop it at 10 (set ``maxvol_iters=10`` to select as they do).
+    identity : bool, default False
+        Return the coefficients with :math:`B[\mathrm{rows}] = I_r` (teneva's and maxvolpy's
+        form: each kept row is its own interpolant) instead of
+        :math:`B = A\,A[\mathrm{rows}]^+`. Both satisfy :math:`A = B\,A[\mathrm{rows}]`
+        (every row of ``A`` lies in the row space of ``A[rows]``). The default is the
+        least-squares form because its norm is the selection constant,
+        :math:`\|B\|_2 = \|A[\mathrm{rows}]^+\|_2` for orthonormal ``A``, which the bounds
+        below and in :func:`curlinalg.selection_constant` use; with ``identity=True``
+        :math:`B` is an interpolation matrix, whose kept rows reproduce ``M[rows]`` exactly
+        when it is applied to another matrix ``M`` with the same rows.
 
     Returns
     -------
     rows : int64 array, shape (r,)
-        ``k <= r <= max_rank`` selected rows.
+        ``min_rank <= r <= max_rank`` selected rows, in the order they were chosen.
     B : array, shape (n, r)
-        Coefficients :math:`B = A\,A[\mathrm{rows}]^+`. Every row outside ``rows`` has
+        Coefficients :math:`B = A\,A[\mathrm{rows}]^+` (with ``identity``, the same but
+        :math:`B[\mathrm{rows}] = I_r`). Every row outside ``rows`` has
         :math:`\|B_{i,:}\|_2 \le` ``tol`` unless ``max_rank`` rows were reached first (then a
         ``ConvergenceWarning`` says so); the selected rows are rows of the orthogonal projector
-        :math:`B[\mathrm{rows}]` and have norm at most 1, so :math:`\max_i\|B_{i,:}\|_2 \le
-        \max(\mathrm{tol}, 1)`.
+        :math:`A[\mathrm{rows}]A[\mathrm{rows}]^+` (norm at most 1; exactly 1 with
+        ``identity``), so :math:`\max_i\|B_{i,:}\|_2 \le \max(\mathrm{tol}, 1)`.
 
     Raises
     ------
     ValueError
-        Bad shape, values, ``tol <= 0`` or ``max_rank`` out of range.
+        Bad shape, values, ``tol <= 0``, ``max_rank`` or ``min_rank`` out of range.
     TypeError
-        Non-floating input.
+        Non-floating input; ``identity`` not a bool.
 
     Notes
     -----
@@ -220,10 +252,29 @@ def rect_maxvol(
     A row norm bound gives :math:`\|(P^TA)^+\|_2 = \|B\|_2 \le \sqrt{k + \mathrm{tol}^2(n - r)}`
     for orthonormal ``A``, better than square maxvol for the same ``k``.
 
+    **The same selection as teneva and maxvolpy.** The algorithm is theirs (Mikhalev &
+    Oseledets 2018: an LU-pivoted start, maxvol swaps of the largest coefficient, then greedy
+    rows of largest norm), so with matching options the rows are identical:
+
+    * ``teneva.maxvol_rect(A, e, dr_min, dr_max, e0=1.05, k0=10)`` is
+      ``rect_maxvol(A, tol=e, min_rank=k + dr_min, max_rank=k + dr_max, maxvol_tol=e0,
+      maxvol_iters=k0, identity=True)`` (``max_rank=None`` for ``dr_max=None``);
+    * ``maxvolpy.maxvol.rect_maxvol(A, tol, maxK, min_add_K, minK, start_maxvol_iters=10,
+      identity_submatrix=True)`` is ``rect_maxvol(A, tol=tol, max_rank=maxK,
+      min_rank=max(minK, k + min_add_K), maxvol_iters=start_maxvol_iters, maxvol_tol=1.05,
+      identity=identity_submatrix)`` (maxvolpy's ``top_k_index``, pivots among the first rows
+      only, has no counterpart: select on ``A[:top]``).
+
+    Only the default ``maxvol_iters`` differs (100 against their 10): with 10 the start may
+    stop before convergence, and the greedy phase then picks other rows (16 of 58 on teneva's
+    own ``default_rng(42)`` 5000 x 50 case at ``tol=1.01``, ``max_rank=58``).
+
     References
     ----------
     .. [1] A. Mikhalev and I. V. Oseledets, "Rectangular maximum-volume submatrices and their
        applications", Linear Algebra Appl. 538, 2018.
+    .. [2] A. Chertkov, teneva (``teneva.maxvol_rect``); A. Mikhalev, maxvolpy
+       (``maxvolpy.maxvol.rect_maxvol``).
 
     Examples
     --------
@@ -233,6 +284,9 @@ def rect_maxvol(
     >>> rows, B = rect_maxvol(A, tol=1.0)
     >>> bool(np.linalg.norm(B, axis=1).max() <= 1.0 + 1e-12)
     True
+    >>> rows, B = rect_maxvol(A, tol=1.0, min_rank=8, identity=True)
+    >>> len(rows) >= 8, bool(np.allclose(B[rows], np.eye(len(rows))))
+    (True, True)
     """
     xp = _validation.check_basis(A)
     tol = _check_tol(tol, 0.0)
@@ -241,11 +295,23 @@ def rect_maxvol(
     n, k = A.shape
     max_rank = n if max_rank is None else _validation.check_int(max_rank, "max_rank", minimum=k)
     if max_rank > n:
-        raise ValueError(f"max_rank must satisfy k={k} <= max_rank <= n={n}, got {max_rank}")
+        raise ValueError(
+            f"max_rank must satisfy k={k} <= max_rank <= n={n}, got {max_rank}; pass at most "
+            "the number of rows, or None for no cap"
+        )
+    min_rank = k if min_rank is None else _validation.check_int(min_rank, "min_rank", minimum=k)
+    if min_rank > max_rank:
+        raise ValueError(
+            f"min_rank must satisfy k={k} <= min_rank <= max_rank={max_rank}, got {min_rank}; "
+            "lower min_rank or raise max_rank"
+        )
+    maxvol_iters = _validation.check_int(maxvol_iters, "maxvol_iters", minimum=0)
+    if not isinstance(identity, (bool, np.bool_)):
+        raise TypeError(f"identity must be a bool, got {type(identity).__name__}")
     with warnings.catch_warnings():
         # An unconverged seed only makes the greedy phase add more rows.
         warnings.simplefilter("ignore", _errors.ConvergenceWarning)
-        rows, B = maxvol(A, tol=maxvol_tol)
+        rows, B = maxvol(A, tol=maxvol_tol, max_iters=maxvol_iters)
     chosen = [int(r) for r in rows]
     device = aac.device(A)
     idx = xp.arange(n, device=device)
@@ -254,8 +320,9 @@ def rect_maxvol(
         alive = xp.where(idx == r, xp.zeros_like(alive), alive)
     norms = xp.sum(B * B, axis=1) * alive
     while len(chosen) < max_rank:
-        i = int(xp.argmax(norms))
-        if _backend.to_float(norms[i]) <= tol * tol:
+        # rows already kept score -1: the downdated norms of the others may round below 0
+        i = int(xp.argmax(xp.where(alive > 0, norms, -xp.ones_like(norms))))
+        if len(chosen) >= min_rank and _backend.to_float(norms[i]) <= tol * tol:
             break
         c = B[i, :]
         v = B @ c
@@ -274,4 +341,7 @@ def rect_maxvol(
             _errors.ConvergenceWarning,
             stacklevel=2,
         )
-    return xp.asarray(chosen, dtype=xp.int64, device=device), B
+    rows = xp.asarray(chosen, dtype=xp.int64, device=device)
+    if identity:
+        B[rows, :] = xp.eye(len(chosen), dtype=B.dtype, device=device)
+    return rows, B

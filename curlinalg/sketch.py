@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from . import _backend, _validation
+import warnings
+
+from . import _backend, _errors, _validation
+from .bounds import rounding_term
 from .operands import Operand, as_operand
 
 __all__ = ["range_finder", "TruncatedSVD", "truncated_svd", "randomized_failure_factor"]
@@ -18,6 +21,8 @@ EXACT_SVD_MAX_DIM = 512
 RESIDUAL_PROBES = 10
 #: Probability that the sketch's residual bound fails (over its probes).
 RESIDUAL_FAILURE_PROBABILITY = 1e-6
+#: Columns of the first sketch in tolerance mode (then doubled until the tolerance is resolved).
+TOLERANCE_FIRST_SKETCH = 32
 
 
 def range_finder(
@@ -123,24 +128,58 @@ class TruncatedSVD:
         s_next = _backend.to_float(self.s[k]) if self.s.shape[0] > k else 0.0
         return s_next + self.residual
 
+    @property
+    def rank(self) -> int:
+        """``k``, the number of triplets kept."""
+        return int(self.U.shape[1])
+
+    @property
+    def bound(self) -> float:
+        r"""Upper bound on :math:`\|A - U\,\mathrm{diag}(s_{1:k})\,V^T\|_2` for the computed
+        factors: ``s[k] + residual`` plus the rounding term
+        :math:`\rho = 4\max(m, n)\,u\,(s_1 + \mathrm{residual})`
+        (:func:`curlinalg.bounds.rounding_term`).
+
+        Exact: :math:`\sigma_{k+1} + \rho`, certain. Randomized: with :math:`QQ^TA =
+        U_l\,\mathrm{diag}(s)\,V_l^T`, :math:`\|A - U_kS_kV_k^T\|_2 \le \|(I-QQ^T)A\|_2 +
+        s_{k+1}`, and ``residual`` bounds the first term except with probability
+        :data:`RESIDUAL_FAILURE_PROBABILITY`.
+        """
+        return self.tail(self.rank) + self.rounding
+
+    @property
+    def rounding(self) -> float:
+        r""":math:`\rho` of :attr:`bound`."""
+        m, n = self.U.shape[0], self.V.shape[0]
+        eps = float(_backend.namespace(self.U).finfo(self.U.dtype).eps)
+        return rounding_term((m, n), eps, _backend.to_float(self.s[0]) + self.residual)
+
 
 def truncated_svd(
     A: Any,
     /,
     *,
-    rank: int,
+    rank: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
     kind: str = "auto",
     oversample: int = 10,
     power_iters: int = 2,
     rng: Any = None,
 ) -> TruncatedSVD:
-    r"""Leading ``rank`` singular triplets of ``A``, exactly or by randomized SVD.
+    r"""Leading singular triplets of ``A``, exactly or by randomized SVD; a rank or a tolerance.
 
     Parameters
     ----------
     A : array, scipy.sparse matrix or LinearOperator, shape (m, n)
-    rank : int
-        Number of triplets, ``1 <= rank <= min(m, n)``.
+    rank : int, optional
+        Number of triplets, ``1 <= rank <= min(m, n)``. With a tolerance too, it caps the rank.
+    rtol, atol : float, optional
+        Keep the smallest rank ``k`` whose :attr:`TruncatedSVD.bound` on
+        :math:`\|A - U_kS_kV_k^T\|_2` is at most
+        :math:`\max(\mathrm{atol}, \mathrm{rtol}\,\|A\|_2)` (:math:`\|A\|_2` estimated from
+        below by :math:`s_1`, so the target errs on the safe side); whichever of ``rank`` and
+        the tolerance is met first wins.
     kind : {"auto", "exact", "randomized"}
         ``"auto"`` is exact when ``min(m, n) <= 512`` or when ``rank + oversample`` exceeds
         a quarter of ``min(m, n)``, randomized otherwise; sparse and matrix-free input is
@@ -152,6 +191,19 @@ def truncated_svd(
     Returns
     -------
     TruncatedSVD
+        ``rank`` (:attr:`TruncatedSVD.rank`) triplets; ``bound`` holds the error bound.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`curlinalg.cur`: bad input, rank out of range, no stopping rule, negative
+        tolerance, unknown ``kind``.
+
+    Warns
+    -----
+    CURWarning
+        The tolerance is below the rounding floor (or the rank cap's bound): the result stops at
+        the numerical rank, and the message gives its bound.
 
     Notes
     -----
@@ -160,7 +212,19 @@ def truncated_svd(
     :math:`1 - 6p^{-p}` (``p >= 4``) the basis error obeys
     :math:`\|(I-QQ^T)A\|_2 \le [1 + 11\sqrt{(k+p)\min(m,n)}]^{1/(2q+1)}\sigma_{k+1}`
     (Halko et al. 2011, eq. (1.9) applied to :math:`(AA^T)^qA` through Theorem 9.2); see
-    :func:`randomized_failure_factor`.
+    :func:`randomized_failure_factor`. The reported ``residual`` is a certified a posteriori
+    bound on it instead.
+
+    Tolerance mode: one exact SVD, or sketches of 32, 64, ... columns (each with its certified
+    residual :math:`r`), until some :math:`k` has :math:`s_{k+1} + r + \rho \le` target. The
+    sketch's values are lower bounds of the true ones (:math:`s_j \le \sigma_j`), so the
+    returned ``k`` is the numerical rank at the target, up to the slack :math:`r + \rho`:
+
+    .. math:: \sigma_{k+1} \le \mathrm{target}, \qquad \sigma_k > \mathrm{target} - r - \rho.
+
+    This is the rank estimator scipy has as ``estimate_rank(A, eps)``
+    (``truncated_svd(A, rtol=eps).rank``) and its SVD in tolerance mode
+    (``svd(A, eps_or_k=eps)``), with the bound stated.
 
     References
     ----------
@@ -174,14 +238,57 @@ def truncated_svd(
     >>> t = truncated_svd(A, rank=3)
     >>> t.kind, t.U.shape, t.V.shape
     ('exact', (40, 3), (30, 3))
+    >>> B = A[:, :5] @ np.random.default_rng(1).standard_normal((5, 30))
+    >>> t = truncated_svd(B, rtol=1e-10)
+    >>> t.rank, bool(t.bound <= 1e-10 * np.linalg.norm(B, 2))
+    (5, True)
     """
     op = as_operand(A)
-    rank = _validation.check_rank(rank, min(op.shape))
+    kmax = min(op.shape)
+    if rank is not None:
+        rank = _validation.check_rank(rank, kmax)
+    rtol = _validation.check_tol(rtol, "rtol")
+    atol = _validation.check_tol(atol, "atol")
+    if rank is None and rtol is None and atol is None:
+        raise ValueError(_errors.NO_STOP)
     _validation.check_choice(kind, "kind", ("auto", "exact", "randomized"))
     oversample = _validation.check_int(oversample, "oversample", minimum=0)
     power_iters = _validation.check_int(power_iters, "power_iters", minimum=0)
     _validation.check_rng(rng, op.like)
-    return _truncated_svd(op, rank, kind, oversample, power_iters, rng, op.xp)
+    if rtol is None and atol is None:
+        return _truncated_svd(op, rank, kind, oversample, power_iters, rng, op.xp)
+    kcap = kmax if rank is None else rank
+    exact = kind == "exact" or (kind == "auto" and kmax <= EXACT_SVD_MAX_DIM and op.densifiable)
+    size = kcap if exact else min(kcap, TOLERANCE_FIRST_SKETCH)
+    while True:
+        svd = _truncated_svd(op, size, kind, oversample, power_iters, rng, op.xp)
+        target = max(atol or 0.0, (rtol or 0.0) * _backend.to_float(svd.s[0]))
+        # bound(k) = s[k] + residual + rho: the first k with s[k] at or below the rest
+        level = target - svd.rounding - svd.residual
+        k = max(1, _backend.count_above(svd.s, level)) if level >= 0 else size + 1
+        if k <= size:
+            return _cut(svd, k)
+        if size >= kcap:
+            break
+        size = min(kcap, 2 * size)
+    if rank is not None:
+        return svd  # the rank cap was met first
+    eps = float(op.xp.finfo(svd.s.dtype).eps)
+    numerical = _backend.count_above(svd.s, eps * max(op.shape) * _backend.to_float(svd.s[0]))
+    k = max(1, min(svd.rank, numerical))
+    cut = _cut(svd, k)
+    warnings.warn(
+        _errors.SVD_UNREACHABLE.format(target=target, rank=k, error=cut.bound,
+                                       floor=cut.rounding),
+        _errors.CURWarning,
+        stacklevel=2,
+    )
+    return cut
+
+
+def _cut(svd: TruncatedSVD, k: int) -> TruncatedSVD:
+    """The first ``k`` triplets (every singular value kept, for ``s[k]``)."""
+    return replace(svd, U=svd.U[:, :k], V=svd.V[:, :k])
 
 
 def _truncated_svd(

@@ -1,4 +1,5 @@
-"""Tolerance mode of :func:`curlinalg.cur`: the smallest rank whose certificate meets a target."""
+"""Tolerance mode of :func:`curlinalg.cur` and :func:`curlinalg.interpolative`: the smallest rank
+whose certificate meets a target, one search for both."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Any, Callable
 from . import _backend, _errors
 from .bounds import certify
 from .operands import Operand
-from .results import CURResult
-from .sketch import EXACT_SVD_MAX_DIM, TruncatedSVD, _truncated_svd
+from .sketch import EXACT_SVD_MAX_DIM, TruncatedSVD
 
-__all__ = ["ToleranceSearch", "TOLERANCE_RANK_FACTOR", "numerical_rank"]
+__all__ = ["ToleranceSearch", "TOLERANCE_RANK_FACTOR", "exact_spectrum", "numerical_rank"]
 
 #: Tolerance mode returns a rank at most this factor above the smallest rank whose certificate
 #: it saw fail (plus one).
@@ -33,27 +33,43 @@ def numerical_rank(s: Any, shape: tuple[int, int], xp: Any) -> int:
     return _backend.count_above(s, top * max(shape) * float(xp.finfo(s.dtype).eps))
 
 
+def exact_spectrum(op: Operand, kind: str) -> bool:
+    """Whether :func:`curlinalg.cur`'s ``basis=kind`` gives one exact SVD of ``op`` (otherwise
+    tolerance mode grows sketches)."""
+    return kind == "exact" or (kind == "auto" and min(op.shape) <= EXACT_SVD_MAX_DIM and op.densifiable)
+
+
+#: What the unreachable-tolerance warning advises by default.
+ADVICE = "Ask for a larger tolerance, or use float64 input"
+
+
 class ToleranceSearch:
-    """The smallest rank whose certificate meets a tolerance (see :func:`curlinalg.cur`, Notes)."""
+    r"""The smallest rank whose certificate meets a tolerance (see :func:`curlinalg.cur`, Notes).
+
+    ``svd_at(l)`` gives a basis of at least ``l`` triplets whose singular values are lower bounds
+    of ``op``'s (exact, or a sketch's); with ``exact`` it is called once, for the rank cap, and
+    ``s`` must hold every singular value. ``build(svd, k, stacklevel=...)`` gives a result of
+    rank ``k`` (at most ``k``: ``result.rank`` says) with ``factors``, certified here against
+    ``op`` with ``seed``. Any decomposition whose error is at least :math:`\sigma_{k+1}` at rank
+    ``k`` fits: CUR and the ID.
+    """
 
     def __init__(
-        self, op: Operand, kind: str, svd_at: Callable[[int], TruncatedSVD],
-        build: Callable[..., CURResult], rank: int | None, seed: Any,
+        self, op: Operand, svd_at: Callable[[int], TruncatedSVD], build: Callable[..., Any],
+        rank: int | None, seed: Any, *, exact: bool, advice: str = ADVICE,
     ):
         self.op, self.svd_at, self.build, self.seed, self.xp = op, svd_at, build, seed, op.xp
         self.kmax = min(op.shape)
         self.capped = rank is not None
         self.kcap = self.kmax if rank is None else rank
-        self.exact = kind == "exact" or (
-            kind == "auto" and self.kmax <= EXACT_SVD_MAX_DIM and op.densifiable
-        )
+        self.exact, self.advice = exact, advice
         self.svd: TruncatedSVD | None = None
 
     def _spectrum(self, rank: int) -> TruncatedSVD:
         """A basis of at least ``rank`` triplets (one exact SVD, or a sketch grown to ``rank``)."""
         if self.exact:
             if self.svd is None:
-                self.svd = _truncated_svd(self.op, self.kmax, "exact", 0, 0, None, self.xp)
+                self.svd = self.svd_at(self.kcap)
             return self.svd
         have = 0 if self.svd is None else self.svd.U.shape[1]
         if rank > have:
@@ -87,11 +103,13 @@ class ToleranceSearch:
             return max(1, min(above, limit))
         return None
 
-    def _certified(self, svd: TruncatedSVD, k: int) -> CURResult:
+    def _certified(self, svd: TruncatedSVD, k: int) -> Any:
         res = self.build(svd, k, stacklevel=5)
         return replace(res, certificate=certify(self.op, res, ord=2, rng=self.seed))
 
-    def run(self, rtol: float | None, atol: float | None) -> CURResult:
+    def run(self, rtol: float | None, atol: float | None) -> Any:
+        """The result; called from the public function itself, so that warnings point at its
+        caller."""
         svd = self._spectrum(min(self.kcap, 32))
         while True:  # grow the sketch until it resolves the tolerance (or covers the cap)
             norm2 = _backend.to_float(svd.s[0])  # a lower estimate: the target stays conservative
@@ -127,13 +145,12 @@ class ToleranceSearch:
             k = self._next_rank(svd, res, target, failed, passed, limit)
 
     def _next_rank(
-        self, svd: TruncatedSVD, res: CURResult, target: float, failed: int,
-        passed: CURResult | None, limit: int,
+        self, svd: TruncatedSVD, res: Any, target: float, failed: int, passed: Any, limit: int,
     ) -> int:
         if passed is not None:  # bracketed: bisect
             return max(failed + 1, (failed + passed.rank) // 2)
         # the certified error over sigma_{k+1} at this rank predicts the rank that meets it
-        tiny = float(self.xp.finfo(res.U.dtype).tiny)
+        tiny = float(self.xp.finfo(self.op.dtype).tiny)
         s_next = _backend.to_float(svd.s[res.rank]) if svd.s.shape[0] > res.rank else 0.0
         level = target * s_next / max(res.certificate.bound, tiny)
         guess = self._first_at_or_below(svd, level, limit)
@@ -141,10 +158,11 @@ class ToleranceSearch:
             guess = self._first_at_or_below(self._spectrum(2 * svd.U.shape[1]), level, limit)
         return min(limit, max(res.rank + 1, guess if guess is not None else 2 * res.rank))
 
-    def _unreachable(self, best: CURResult, target: float, limit: int) -> CURResult:
+    def _unreachable(self, best: Any, target: float, limit: int) -> Any:
         warnings.warn(
             _errors.UNREACHABLE.format(
-                target=target, limit=limit, error=best.certificate.bound, rank=best.rank
+                target=target, limit=limit, error=best.certificate.bound, rank=best.rank,
+                advice=self.advice,
             ),
             _errors.CURWarning,
             stacklevel=4,

@@ -189,3 +189,28 @@ def test_certificate_of_the_zero_residual():
     cert = certify(A, res, rng=0)
     assert not cert.exact and np.isfinite(cert.bound)
     assert cert.bound <= 1e-12
+
+
+@pytest.mark.parametrize("kind", ["dense", "large dense", "operator", "sparse"])
+def test_spectral_norm_brackets_the_norm(kind):
+    """Issue 25, item 4: a documented spectral-norm estimator with its bound (scipy's
+    estimate_spectral_norm): estimate <= ||A||_2 <= bound, exact when small and dense."""
+    import scipy.sparse as sp
+
+    from curlinalg import spectral_norm
+
+    m, n = (700, 400) if kind == "large dense" else (90, 60)
+    A = known_spectrum(m, n, polynomial_spectrum(n, power=1.0), rng=2)
+    s1 = np.linalg.norm(A, 2)
+    given_A = {"operator": aslinearoperator(A), "sparse": sp.csr_matrix(A)}.get(kind, A)
+    c = spectral_norm(given_A, rng=0)
+    assert c.estimate <= s1 * (1 + 1e-12) and s1 <= c.bound
+    assert c.exact == (kind == "dense")
+    assert c.bound <= SPECTRAL_OVERESTIMATE * s1 * (1 + 1e-12)
+
+
+def test_spectral_norm_refuses_a_bare_callable():
+    from curlinalg import spectral_norm
+
+    with pytest.raises(TypeError, match="LinearOperator"):
+        spectral_norm(lambda X: X)

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+import scipy.linalg as sla
+import scipy.sparse as sp
 
 from curlinalg import deim, deim_bound, qdeim, qdeim_bound, selection_constant
 from curlinalg._backend import _lu_row_order_torch, _lu_row_order_xp, _pivoted_rows_xp
@@ -93,3 +95,72 @@ def test_indices_distinct_and_on_the_input_backend(xp, select):
 def test_bad_input(select, bad, err, match):
     with pytest.raises(err, match=match):
         select(bad)
+
+
+# The DEIM reference examples (issue 25, item 5).
+def deim_reference_snapshots(n=100, snapshots=51):
+    """Chaturantabut & Sorensen (2010), the DEIM paper's first numerical example:
+    s(x; mu) = (1 - x) cos(3 pi mu (x + 1)) exp(-(1 + x) mu) on n points of [-1, 1], snapshots
+    at equally spaced mu in [1, pi]."""
+    x = np.linspace(-1.0, 1.0, n)
+
+    def s(mu):
+        return (1 - x) * np.cos(3 * np.pi * mu * (x + 1)) * np.exp(-(1 + x) * mu)
+
+    return s, np.stack([s(mu) for mu in np.linspace(1.0, np.pi, snapshots)], axis=1)
+
+
+def qdeim_reference(U):
+    """Drmac & Gugercin (2016), Q-DEIM in one line of MATLAB, [~, ~, P] = qr(U', 'vector');
+    p = P(1:k): the column-pivoted QR (LAPACK geqp3) of U^T."""
+    return sla.qr(U.T, mode="r", pivoting=True)[1][: U.shape[1]]
+
+
+@pytest.mark.parametrize("k", [4, 10, 20])
+def test_deim_reference_example_of_chaturantabut_and_sorensen(k):
+    """DEIM and Q-DEIM pick the reference codes' points on the POD basis of the snapshots, and
+    the interpolation error at a parameter outside the snapshots obeys
+    ||f - U (P^T U)^{-1} P^T f|| <= ||(P^T U)^{-1}|| ||(I - U U^T) f|| (C&S 2010, Lemma 3.2)."""
+    s, snaps = deim_reference_snapshots()
+    U = np.linalg.svd(snaps, full_matrices=False)[0][:, :k]
+    np.testing.assert_array_equal(deim(U), naive_deim(U))
+    np.testing.assert_array_equal(qdeim(U), qdeim_reference(U))
+    f = s(1.17)
+    for rows, a_priori in ((deim(U), deim_bound(100, k)), (qdeim(U), qdeim_bound(100, k))):
+        eta = selection_constant(U, rows)
+        assert eta <= a_priori * (1 + 1e-10)
+        approx = U @ np.linalg.solve(U[rows], f[rows])
+        tail = np.linalg.norm(f - U @ (U.T @ f))
+        assert np.linalg.norm(f - approx) <= eta * tail * (1 + 1e-8) + 1e-13
+
+
+def stewart_sparse_matrix(m, n, density=0.025, seed=0):
+    """Sorensen & Embree (2016), the first example of their numerical section (after Stewart
+    1999): the sparse nonnegative A = sum_{j<=10} (2/j) x_j y_j^T + sum_{10<j<=50} (1/j) x_j y_j^T
+    with sparse random nonnegative x_j, y_j (MATLAB sprand, density 0.025); m = 300000 there,
+    smaller here."""
+    rng = np.random.default_rng(seed)
+    A = sp.csr_matrix((m, n))
+    for j in range(1, 51):
+        x = sp.random(m, 1, density=density, random_state=rng)
+        y = sp.random(n, 1, density=density, random_state=rng)
+        A = A + (2.0 / j if j <= 10 else 1.0 / j) * (x @ y.T)
+    return A.tocsr()
+
+
+@pytest.mark.parametrize("k", [10, 20, 30])
+def test_deim_cur_reference_example_of_sorensen_and_embree(k):
+    """DEIM-CUR on S&E's sparse example: the rows and columns are Algorithm 1's (the paper's
+    DEIM point selection) on the singular vectors, C and R stay sparse cuts, and
+    ||A - CUR||_2 <= (eta_p + eta_q) sigma_{k+1} (S&E 2016, Theorem 4.1)."""
+    from curlinalg import cur
+
+    A = stewart_sparse_matrix(3000, 300)
+    dense = A.toarray()
+    U, sig, Vt = np.linalg.svd(dense, full_matrices=False)
+    res = cur(A, rank=k, method="deim", rng=0)
+    np.testing.assert_array_equal(res.rows, naive_deim(U[:, :k]))
+    np.testing.assert_array_equal(res.cols, naive_deim(Vt[:k].T))
+    assert sp.issparse(res.C) and sp.issparse(res.R)
+    err = np.linalg.norm(dense - res.to_dense(), 2)
+    assert err <= (res.eta_rows + res.eta_cols) * (sig[k] + res.rounding)

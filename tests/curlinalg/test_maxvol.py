@@ -4,7 +4,9 @@ from array_api_compat import array_namespace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from curlinalg import maxvol, maxvol_bound, rect_maxvol, selection_constant
+import warnings
+
+from curlinalg import ConvergenceWarning, maxvol, maxvol_bound, rect_maxvol, selection_constant
 
 tall = st.tuples(st.integers(2, 120), st.integers(1, 10), st.integers(0, 2**32 - 1)).filter(
     lambda t: t[0] >= t[1]
@@ -64,12 +66,22 @@ def test_maxvol_rank_deficient():
         maxvol(A)
 
 
-def test_rect_maxvol_bad_options():
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"tol": 0.0}, ValueError, "tol must be"),
+        ({"max_rank": 11}, ValueError, "max_rank must satisfy k=2 <= max_rank <= n=10"),
+        ({"min_rank": 1}, ValueError, "min_rank must be >= 2"),
+        ({"min_rank": 6, "max_rank": 5}, ValueError, "lower min_rank or raise max_rank"),
+        ({"maxvol_iters": -1}, ValueError, "maxvol_iters must be >= 0"),
+        ({"maxvol_iters": 2.5}, TypeError, "maxvol_iters must be an int"),
+        ({"identity": "yes"}, TypeError, "identity must be a bool"),
+    ],
+)
+def test_rect_maxvol_bad_options(kwargs, exc, match):
     A = np.random.default_rng(0).standard_normal((10, 2))
-    with pytest.raises(ValueError, match="tol must be"):
-        rect_maxvol(A, tol=0.0)
-    with pytest.raises(ValueError, match="max_rank"):
-        rect_maxvol(A, max_rank=11)
+    with pytest.raises(exc, match=match):
+        rect_maxvol(A, **kwargs)
 
 
 def test_numba_kernel_matches_the_array_api_loop():
@@ -139,3 +151,82 @@ def test_rect_maxvol_warns_when_max_rank_stops_it():
     with pytest.warns(ConvergenceWarning, match="max_rank=12"):
         rows, _ = rect_maxvol(Q, tol=0.1, max_rank=12)
     assert rows.shape == (12,)
+
+
+@given(tall, st.sampled_from([0.5, 1.0, 2.0]), st.integers(0, 6), st.booleans())
+def test_rect_maxvol_min_rank_and_identity(shape, tol, extra, identity):
+    """Issue 25, item 3: at least ``min_rank`` rows (teneva's ``dr_min``, maxvolpy's
+    ``min_add_K``), and the identity block of teneva and maxvolpy on request; ``A = B A[rows]``
+    either way."""
+    n, k, seed = shape
+    A = np.random.default_rng(seed).standard_normal((n, k))
+    min_rank = min(n, k + extra)
+    rows, B = rect_maxvol(A, tol=tol, min_rank=min_rank, identity=identity)
+    assert len(set(rows.tolist())) == len(rows) >= min_rank
+    np.testing.assert_allclose(B @ A[rows], A, atol=1e-8 * (1 + np.abs(A).max()))
+    ls = A @ np.linalg.pinv(A[rows])
+    others = np.setdiff1d(np.arange(n), rows)
+    np.testing.assert_allclose(B[others], ls[others], atol=1e-8)
+    if identity:
+        np.testing.assert_array_equal(B[rows], np.eye(len(rows)))
+    else:
+        np.testing.assert_allclose(B[rows], ls[rows], atol=1e-8)
+    if len(others):
+        assert np.linalg.norm(B[others], axis=1).max() <= tol * (1 + 1e-8)
+
+
+def test_rect_maxvol_fewer_start_swaps_change_the_start():
+    """``maxvol_iters`` is the square start's budget: 0 keeps the LU (DEIM) rows."""
+    from curlinalg import deim
+
+    Q = np.linalg.qr(np.random.default_rng(2).standard_normal((400, 12)))[0]
+    rows, _ = rect_maxvol(Q, tol=1e9, maxvol_iters=0)
+    np.testing.assert_array_equal(np.sort(rows), np.sort(deim(Q)))
+
+
+# teneva's own maxvol cases (AndreiChertkov/teneva, test/test_maxvol.py): a 5000 x 50 Gaussian
+# from default_rng(42), e = 1.01, k = 500 swaps; maxvol_rect with dr_min = 2, dr_max = 8.
+TENEVA_A = np.random.default_rng(42).normal(size=(5000, 50))
+
+
+def test_teneva_maxvol_case():
+    rows, B = maxvol(TENEVA_A, tol=1.01, max_iters=500)
+    assert 1.0 <= np.abs(B).max() <= 1.01
+    assert np.abs(TENEVA_A - B @ TENEVA_A[rows]).max() < 1e-12
+
+
+def test_teneva_maxvol_rect_case():
+    """teneva asserts ``1 <= max |B| <= 1.01`` on its identity-block coefficients (entries;
+    58 rows leave row norms above 1.01, which curlinalg reports)."""
+    with pytest.warns(ConvergenceWarning, match="max_rank=58"):
+        rows, B = rect_maxvol(TENEVA_A, tol=1.01, min_rank=52, max_rank=58, maxvol_iters=10,
+                              identity=True)
+    assert 52 <= len(rows) <= 58
+    assert 1.0 <= np.abs(B).max() <= 1.01
+    assert np.abs(TENEVA_A - B @ TENEVA_A[rows]).max() < 1e-12
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.ConvergenceWarning")
+def test_selections_identical_to_teneva():
+    """With the options the rect_maxvol docstring gives, the rows are teneva's, in its order
+    (issue 25: 16 of 58 differed with the fixed 100-swap start)."""
+    teneva = pytest.importorskip("teneva")
+    I, B = teneva.maxvol_rect(TENEVA_A, 1.01, 0, 8)
+    rows, ours = rect_maxvol(TENEVA_A, tol=1.01, max_rank=58, maxvol_iters=10, identity=True)
+    np.testing.assert_array_equal(rows, I)
+    np.testing.assert_allclose(ours, B, atol=1e-10)
+    I, B = teneva.maxvol_rect(TENEVA_A, 1.01, 2, 8, 1.05, 10)
+    rows, ours = rect_maxvol(TENEVA_A, tol=1.01, min_rank=52, max_rank=58, maxvol_iters=10,
+                             identity=True)
+    np.testing.assert_array_equal(rows, I)
+    Q = np.linalg.qr(TENEVA_A[:600, :20])[0]
+    I, _ = teneva.maxvol_rect(Q, 1.0, 5, None, 1.0, 3)
+    rows, _ = rect_maxvol(Q, tol=1.0, min_rank=25, maxvol_tol=1.0, maxvol_iters=3, identity=True)
+    np.testing.assert_array_equal(rows, I)
+    for e, k in ((1.01, 500), (1.05, 10), (1.2, 3)):
+        I, B = teneva.maxvol(TENEVA_A, e, k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            rows, ours = maxvol(TENEVA_A, tol=e, max_iters=k)
+        np.testing.assert_array_equal(rows, I)
+        np.testing.assert_allclose(ours, B, atol=1e-10)

@@ -4,9 +4,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from curlinalg import cur, range_finder, truncated_svd
+from curlinalg import CURWarning, cur, range_finder, truncated_svd
 from curlinalg.sketch import randomized_failure_factor
-from curlinalg.testing import known_spectrum, polynomial_spectrum, rank_deficient_spectrum
+from curlinalg.testing import (
+    exponential_spectrum, known_spectrum, polynomial_spectrum, rank_deficient_spectrum,
+)
+from curlinalg.testing.strategies import hard_problems, problems
 
 
 def test_range_finder_orthonormal_and_exact_on_low_rank(xp):
@@ -65,3 +68,65 @@ def test_randomized_residual_bounds_the_basis_error():
         assert np.linalg.norm(A - (A @ V[:, :j]) @ V[:, :j].T, 2) <= t.tail(j)
     assert t.residual > 0
     assert truncated_svd(A[:100, :80], rank=5, kind="exact").residual == 0.0
+
+
+def _svd_error(A, t):
+    A = A.astype(np.float64)
+    return np.linalg.norm(A - (t.U.astype(np.float64) * t.s[: t.rank]) @ t.V.T.astype(np.float64), 2)
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(hard_problems(max_dim=40), st.sampled_from(["exact", "randomized"]))
+def test_truncated_svd_bound_holds_at_every_rank(problem, kind):
+    """Issue 25, item 4: TruncatedSVD.bound, s[k] + residual + rho, bounds the computed
+    truncation's error in float32 and float64, past the numerical rank too."""
+    t = truncated_svd(problem.A, rank=problem.rank, kind=kind, oversample=2, power_iters=1,
+                      rng=problem.seed)
+    assert t.rank == problem.rank
+    assert _svd_error(problem.A, t) <= t.bound
+
+
+@given(problems(max_dim=40), st.sampled_from([1e-1, 1e-4, 1e-9]),
+       st.sampled_from(["exact", "randomized"]))
+def test_truncated_svd_tolerance_is_the_numerical_rank(problem, rtol, kind):
+    """Tolerance mode: the bound meets the target, and the rank is the numerical rank at the
+    target up to the slack r + rho: sigma_{k+1} <= target < sigma_k + r + rho."""
+    A, s = problem.A, problem.s
+    t = truncated_svd(A, rtol=rtol, kind=kind, rng=problem.seed)
+    target = rtol * s[0]
+    k = t.rank
+    assert _svd_error(A, t) <= t.bound <= target
+    assert s[k] <= target if k < len(s) else True
+    assert k == 1 or s[k - 1] > target - t.residual - t.rounding
+
+
+def test_truncated_svd_tolerance_grows_its_sketch_and_honours_a_cap():
+    A = known_spectrum(700, 600, exponential_spectrum(600, decay=0.1), rng=0)
+    s = np.linalg.svd(A, compute_uv=False)
+    t = truncated_svd(A, rtol=1e-8, kind="randomized", rng=0)
+    assert t.kind == "randomized" and t.rank > 32  # past the first sketch
+    assert _svd_error(A, t) <= t.bound <= 1e-8 * s[0]
+    capped = truncated_svd(A, rank=10, rtol=1e-8, rng=0)
+    assert capped.rank == 10 and capped.bound > 1e-8 * s[0]
+
+
+def test_truncated_svd_tolerance_below_the_rounding_floor_warns():
+    A = known_spectrum(60, 50, exponential_spectrum(50, decay=1.0), rng=0)
+    with pytest.warns(CURWarning, match="below what the SVD resolves") as caught:
+        t = truncated_svd(A, rtol=1e-20)
+    assert caught[0].filename == __file__
+    assert f"numerical rank {t.rank}" in str(caught[0].message)
+    assert t.rank < 50 and _svd_error(A, t) <= t.bound
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({}, ValueError, "rank=, rtol= or atol="),
+        ({"rtol": -1.0}, ValueError, "rtol must be"),
+        ({"rank": 6}, ValueError, "rank must satisfy"),
+    ],
+)
+def test_truncated_svd_bad_stopping_rules(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        truncated_svd(np.ones((8, 5)), **kwargs)
