@@ -17,8 +17,10 @@ def compress(model, config=None, /, *, calibration=None, tokenizer=None, progres
     model : transformers LlamaForCausalLM
         ``model.config.model_type`` must be ``"llama"``; modified in place.
     config : CompressionConfig or Plan, optional
-        Default :class:`adapters.InterpolativeConfig` (-10% parameters); its ``targets`` must
-        be a subset of ``q k v o gate up down``.
+        Default :class:`adapters.StructuredConfig` (-10% parameters: whole MLP neurons kept,
+        one width for every layer, ``down`` refitted; the result is a stock ``LlamaForCausalLM``
+        with a smaller ``intermediate_size``); keyword options are its fields. Its ``targets``
+        must be a subset of ``q k v o gate up down``.
     calibration : optional
         Default: the bundled default calibration set (:mod:`adapters.texts`), encoded with ``tokenizer``, the
         model's ``tokenizer`` attribute, or the tokenizer saved beside the model.

@@ -9,12 +9,13 @@ def test_preset_default_budget(calib_tokens, eval_tokens):
     model = make_tiny_llama()
     before = count_parameters(model)
     model, report = llama.compress(model, calibration=calib_tokens, progress=False)
-    assert report.method == "interpolative"
+    assert report.method == "structured"
+    assert model.config.intermediate_size < 64  # a stock Llama of a smaller width
+    tuned, _ = llama.compress(make_tiny_llama(), calibration=calib_tokens, progress=False, width_multiple=8)
+    assert tuned.config.intermediate_size % 8 == 0  # keyword options are the default config's fields
     assert report.target_params == int(0.9 * before) or report.target_params == (before * 9) // 10
     assert count_parameters(model) == report.params_after <= report.target_params
-    assert {m.name.rsplit(".", 1)[-1] for m in report.modules} <= {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
-    }
+    assert {(m.unit, m.name.rsplit(".", 1)[-1]) for m in report.modules} == {("mlp", "mlp")}
 
 
 def test_preset_curing_defaults(calib_tokens):
