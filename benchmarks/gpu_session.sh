@@ -5,6 +5,7 @@
 #
 #     bash benchmarks/gpu_session.sh                    # every step (about 26 min of limits: too long for one session)
 #     bash benchmarks/gpu_session.sh issue14            # issue 14's steps only (about 11 min of limits)
+#     bash benchmarks/gpu_session.sh tests issue22      # the CUDA tests and issue 22's quality on CUDA (about 8 min)
 #     bash benchmarks/gpu_session.sh tests core offload # the steps of issues 13 and 15 (about 11 min)
 #
 # Results in benchmarks/results/ (copied to $OUT), logs in $OUT.
@@ -14,6 +15,10 @@
 #            14336 x 4096 at rank 256, default and core="sketch", against torch.svd_lowrank);
 #   offload  issue 13: benchmarks/offload_gpu.py (8B-shaped layers under a GPU memory cap, against
 #            the same model fully resident);
+#   issue22  issue 22: benchmarks/adapters_quality.py on CUDA (SmolLM2-135M, the mixed calibration
+#            set): the structured default (StructuredConfig, one MLP width) at -20% and -30% beside
+#            today's interpolative default and dense, compression time and perplexity in and out
+#            of domain (about 4 min of limits);
 #   issue14  issue 14, items 3, 5, 6: benchmarks/compress_gpu.py at the Llama-3.1-8B shape
 #            (CURing's configuration <= 10 s; the default at -20% <= 60 s, peak <= 1.25x the bf16
 #            model), benchmarks/curing_score_svd.py at the 8B shapes (the randomized score SVD
@@ -72,6 +77,15 @@ elif has issue14; then
         --output benchmarks/results/heal_gpu_issue14.json --quiet >"$LOG/heal_gpu.log" 2>&1; echo "heal_gpu rc=$?"
     tail -6 "$LOG/heal_gpu.log"
 fi
+if has issue22 && [ "$CUDA_OK" != 1 ]; then
+    echo "issue22: no CUDA device, step skipped"
+elif has issue22; then
+    timeout 240 "$PY" benchmarks/adapters_quality.py --device cuda --calibration-set mix \
+        --runs dense structured@0.2 structured@0.3 refit@0.2 \
+        --output benchmarks/results/adapters_quality_issue22_gpu.json >"$LOG/quality_gpu.log" 2>&1
+    echo "quality_gpu rc=$?"; tail -8 "$LOG/quality_gpu.log"
+fi
+cp -f benchmarks/results/adapters_quality_issue22_gpu.json "$LOG/" 2>/dev/null || true
 cp -f benchmarks/results/compress_gpu_issue14.json benchmarks/results/curing_score_svd_cuda.json \
     benchmarks/results/heal_gpu_issue14.json benchmarks/results/inference_gpu.json "$LOG/" 2>/dev/null || true
 cp -f benchmarks/results/core_gpu*.json benchmarks/results/offload_gpu*.json "$LOG/" 2>/dev/null || true
