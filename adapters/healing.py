@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._common import AdaptersWarning
-from .layer import FACTORED_LINEARS
+from .layer import FACTORED_LINEARS, GatheredLinear
 from .distillation import HealingError, Loss, Session, lr_at
 from .tokens import TokenBatches
 from .wikitext import load_wikitext2
@@ -33,9 +33,10 @@ from .wikitext import load_wikitext2
 __all__ = ["HealResult", "HealingError", "heal", "trainable_parameters"]
 
 _ERR_NO_CUR = (
-    "heal trains the cores of CURLinear (U) and InterpolativeLinear (P) modules, but the model "
-    "holds none; compress it first "
-    "with adapters.compress(...) or load a compressed checkpoint with adapters.load_compressed(...)"
+    "heal trains the cores of CURLinear (U) and InterpolativeLinear (P) modules and the refitted "
+    "projections of structured units, but the model holds none; compress it first "
+    "with adapters.compress(...) or load a compressed checkpoint with adapters.load_compressed(...). "
+    "A structured model saved with one MLP width is a plain model of its family: fine-tune it as one"
 )
 _ERR_NO_TEACHER = (
     "alpha={alpha} gives weight to distillation, which needs teacher=; pass the uncompressed "
@@ -97,7 +98,10 @@ class HealResult:
 
 
 def _cur_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: mod for name, mod in model.named_modules() if isinstance(mod, FACTORED_LINEARS)}
+    """The modules whose core heal trains: factored layers, and the projections a structured unit
+    refitted (an MLP's ``down``, marked ``refitted`` by the fit; an attention's gathered ``o_proj``)."""
+    return {name: mod for name, mod in model.named_modules()
+            if isinstance(mod, (*FACTORED_LINEARS, GatheredLinear)) or getattr(mod, "refitted", False)}
 
 
 def _is_norm(mod: nn.Module) -> bool:
@@ -105,7 +109,8 @@ def _is_norm(mod: nn.Module) -> bool:
 
 
 def trainable_parameters(model: nn.Module, /, *, train_bias: bool = False, train_norms: bool = False) -> dict[str, nn.Parameter]:
-    """The parameters :func:`heal` trains: every ``U`` (``P``), optionally biases and norms.
+    """The parameters :func:`heal` trains: every ``U`` (``P``) and every weight a structured unit
+    refitted (an MLP's ``down``, an attention's gathered ``o_proj``), optionally biases and norms.
 
     Parameters
     ----------
@@ -133,7 +138,8 @@ def trainable_parameters(model: nn.Module, /, *, train_bias: bool = False, train
         raise ValueError(_ERR_NO_CUR)
     out = {}
     for name, mod in curs.items():
-        out[f"{name}.{mod.core}"] = getattr(mod, mod.core)
+        core = getattr(mod, "core", "weight")  # a refitted nn.Linear trains its weight
+        out[f"{name}.{core}"] = getattr(mod, core)
         if train_bias and mod.bias is not None:
             out[f"{name}.bias"] = mod.bias
     if train_norms:

@@ -313,6 +313,7 @@ class _Neurons(Method):
                                        form="rows", shape=up.weight.shape),
                 "down_proj": kept_linear(new_down, down.bias, form="columns", shape=down.weight.shape),
             }
+            replaces["down_proj"].refitted = True  # what adapters.heal trains in a structured model
         return Fit(None, keep.tolist(), [], res.rel_error, replaces)
 
 

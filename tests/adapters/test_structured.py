@@ -233,3 +233,14 @@ def test_save_compressed_writes_a_stock_folder_for_one_width(calib_tokens, eval_
     assert torch.equal(_logits(back, eval_tokens), _logits(model, eval_tokens))
     with pytest.raises(Exception, match="not a CUR-compressed"):
         load_compressed(path)  # a stock folder loads with from_pretrained, not as a compressed checkpoint
+
+
+def test_heal_trains_the_refitted_projections_only(calib_tokens):
+    model, report = compress(make_tiny_llama(), StructuredConfig(reduction=0.2), calibration=calib_tokens,
+                             progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = adapters.heal(model, data=calib_tokens, steps=2, progress=False)
+    assert result.trainable_params == sum(layer.mlp.down_proj.weight.numel() for layer in model.model.layers)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(2)}
