@@ -42,7 +42,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
-from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear, fold
+from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear
 from .layouts import mark_feature_major
 from .offload import read_offloaded
 from .pruned import KEPT
@@ -57,6 +57,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CompressedCheckpointConfig",
     "CompressedQuantizer",
+    "architecture_twin",
     "attach",
     "detach",
     "is_recorded",
@@ -423,8 +424,10 @@ class CompressedQuantizer(HfQuantizer):
         return model
 
     def _dequantize(self, model, dtype=None):
-        """``model.dequantize()``: fold the compressed layers into ``nn.Linear`` (:func:`adapters.merge`)."""
-        fold(model)
+        """``model.dequantize()``: the dense model in the family's own layout (:func:`adapters.merge`)."""
+        from .merging import densify
+
+        densify(model)
         return model
 
     def get_state_dict_and_metadata(self, model):
@@ -524,6 +527,28 @@ def check_quantization(model: nn.Module, /) -> None:
     )
 
 
+def architecture_twin(model: nn.Module, /) -> nn.Module | None:
+    """``model``'s class built again from its config (without a compression record), on ``meta``.
+
+    What ``from_pretrained`` would build before any record is applied: the family's own module
+    types and buffer dtypes, with nothing allocated. None for a model transformers cannot build
+    from its config alone (or that is not a ``PreTrainedModel``).
+    """
+    import copy
+
+    if not hasattr(model, "config") or not hasattr(type(model), "_from_config"):
+        return None
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    try:
+        with torch.device("meta"):
+            return type(model)._from_config(config, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
 def rebuild_buffers(model: nn.Module, /) -> list[str]:
     """Rebuild the non-persistent floating buffers that loading would build in another dtype.
 
@@ -550,8 +575,6 @@ def rebuild_buffers(model: nn.Module, /) -> list[str]:
     are rebuilt (``_init_weights`` would re-initialise the parameters too), and a buffer that
     ``_init_weights`` does not fill is left as it was.
     """
-    import copy
-
     named = getattr(model, "named_non_persistent_buffers", None)
     init = getattr(model, "_init_weights", None)
     if named is None or init is None or not hasattr(model, "config"):
@@ -559,14 +582,8 @@ def rebuild_buffers(model: nn.Module, /) -> list[str]:
     current = {name: buf for name, buf in named() if buf.is_floating_point() and not buf.is_meta}
     if not current:
         return []
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    try:
-        with torch.device("meta"):
-            twin = type(model)._from_config(config, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
+    twin = architecture_twin(model)
+    if twin is None:
         return []  # a model transformers cannot build from its config alone: nothing to compare with
     built = dict(twin.named_non_persistent_buffers())
     rebuilt = []
