@@ -14,7 +14,8 @@ A compressed checkpoint is a plain Hugging Face folder (``config.json``, safeten
                   {"form": "interpolative", "out_features": 64, "in_features": 32,
                    "rank": 20, "bias": false}},
       "compression": {"method": "interpolative", "version": 1, "reduction": 0.1}
-    }
+    },
+    "transformers_weights": "curlinalg-compressed checkpoint - run import adapters before from_pretrained.safetensors"
 
 Importing :mod:`adapters` registers the record under ``quant_method="curlinalg"`` and
 :class:`CompressedQuantizer` with ``transformers.quantizers.register_quantization_config`` and
@@ -25,6 +26,12 @@ replaces each recorded ``nn.Linear`` by an empty :class:`~adapters.layer.CURLine
 safetensors headers, and transformers fills the layers from the files: the dense weights of the
 compressed layers are never allocated.  :func:`adapters.compress` attaches the quantizer to the
 model it returns (:func:`attach`), so ``model.save_pretrained(path)`` writes the record.
+
+``transformers_weights`` (:data:`WITHOUT_ADAPTERS`) names a weights file that does not exist:
+without :mod:`adapters`, transformers would skip the unknown ``quant_method`` with a warning and
+give the factored layers' places random weights; with that name it stops before reading any
+tensor, with an error whose path says to ``import adapters``. The quantizer forgets the name
+when it loads the checkpoint.
 
 >>> import adapters                                                                # doctest: +SKIP
 >>> model.save_pretrained("smol-cur")                       # a model from adapters.compress  # doctest: +SKIP
@@ -54,6 +61,7 @@ _SLOTS = tuple(LINEAR_VIEWS)
 __all__ = [
     "FORMAT_VERSION",
     "QUANT_METHOD",
+    "WITHOUT_ADAPTERS",
     "CheckpointMismatchError",
     "CompressedCheckpointConfig",
     "CompressedQuantizer",
@@ -72,6 +80,15 @@ _SPEC_KEYS = ("form", "out_features", "in_features", "rank", "bias")
 #: Record form -> what builds the layer: the factored layers and the cut ``nn.Linear`` of a
 #: structured unit (:mod:`adapters.pruned`; ``rank`` is then the kept width).
 RECORDED = {**LAYERS, **KEPT}
+#: What a compressed checkpoint's ``config.json`` names as its weights file
+#: (``transformers_weights``): a file that does not exist, whose name is the instruction.
+#: Without :mod:`adapters`, transformers skips the unknown ``quant_method`` with a warning and
+#: fills the factored layers' places with randomly initialised ``nn.Linear`` weights; naming
+#: this file makes every ``from_pretrained`` stop instead, before any tensor is read, with
+#: ``FileNotFoundError: No such file or directory: <folder>/<this name>``. With :mod:`adapters`
+#: imported the quantizer forgets the name before transformers looks for the weights
+#: (:func:`forget_weights_name`) and ``model.safetensors`` loads as usual.
+WITHOUT_ADAPTERS = "curlinalg-compressed checkpoint - run import adapters before from_pretrained.safetensors"
 _RESAVE = "the record in config.json and the weights were not saved together; re-save the model with model.save_pretrained(path)"
 
 
@@ -233,6 +250,54 @@ def _checked_spec(name, spec) -> dict:
     return dict(spec)
 
 
+def name_weights_for_adapters(folder, /) -> bool:
+    """Write :data:`WITHOUT_ADAPTERS` as ``transformers_weights`` into ``folder/config.json``
+    when it holds a compression record; whether it did.
+
+    ``save_pretrained`` drops ``transformers_weights`` from the config it writes (the key is
+    read on load only), so the name is added to the file afterwards, in transformers' own format.
+    """
+    import json
+    import os
+
+    path = os.path.join(os.fspath(folder), "config.json")
+    if not os.path.isfile(path):
+        return False  # not the main process, or a PEFT adapter folder: no config written
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    record = raw.get("quantization_config")
+    if not isinstance(record, dict) or record.get("quant_method") != QUANT_METHOD:
+        return False
+    raw["transformers_weights"] = WITHOUT_ADAPTERS
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def _save_pretrained(model, save_directory, *args, **kwargs):
+    """``model.save_pretrained`` of a compressed model: transformers' own, then
+    :func:`name_weights_for_adapters` on the folder written."""
+    type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    name_weights_for_adapters(save_directory)
+
+
+def _name_on_save(model: nn.Module, /) -> None:
+    """Make ``model.save_pretrained`` write :data:`WITHOUT_ADAPTERS` (and ``push_to_hub``, which
+    calls it); a bound method on the instance, so ``copy.deepcopy`` binds it to the copy. A
+    ``save_pretrained`` already set on the instance (ours, or the user's own) is left alone."""
+    import types
+
+    if "save_pretrained" not in vars(model):
+        model.save_pretrained = types.MethodType(_save_pretrained, model)
+
+
+def forget_weights_name(config, /):
+    """Undo :func:`name_weights_for_adapters` (a user's own ``transformers_weights`` stays); returns ``config``."""
+    if getattr(config, "transformers_weights", None) == WITHOUT_ADAPTERS:
+        del config.transformers_weights
+    return config
+
+
 def _locate(model: nn.Module, name: str) -> str | None:
     """``name`` as a module path of ``model``, allowing for a base model loaded from a head's
     checkpoint (``model.layers.0...`` -> ``layers.0...``) and the reverse."""
@@ -360,6 +425,18 @@ class CompressedQuantizer(HfQuantizer):
 
     requires_calibration = False
 
+    # transformers hands the config to these hooks after it reads the record and before it
+    # looks for the weights files (5.25: update_attn_implementation; earlier 5.x:
+    # update_tp_plan / update_ep_plan): the place to forget WITHOUT_ADAPTERS.
+    def update_attn_implementation(self, config):
+        return forget_weights_name(super().update_attn_implementation(config))
+
+    def update_tp_plan(self, config):
+        return forget_weights_name(config)
+
+    def update_ep_plan(self, config):
+        return forget_weights_name(config)
+
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         stored = _as_model_keys(model, _stored_shapes(checkpoint_files))
         records = self.quantization_config.modules
@@ -421,6 +498,7 @@ class CompressedQuantizer(HfQuantizer):
         if self.quantization_config.compression is not None:
             model.compression_config = config_from_dict(self.quantization_config.compression)
         model.is_quantized = False  # nothing is quantized: .half() and .float() stay allowed
+        _name_on_save(model)
         return model
 
     def _dequantize(self, model, dtype=None):
@@ -641,6 +719,7 @@ def attach(model: nn.Module, /) -> nn.Module:
     model.hf_quantizer = quantizer
     model.config.quantization_config = record
     model.quantization_method = QUANT_METHOD
+    _name_on_save(model)
     return model
 
 

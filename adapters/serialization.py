@@ -27,6 +27,7 @@ from .hf_quantizer import (
     CheckpointMismatchError,
     CompressedCheckpointConfig,
     attach,
+    name_weights_for_adapters,
 )
 from .layer import SAVED_LINEARS
 
@@ -101,6 +102,7 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:
         model.save_pretrained(str(tmp))
+        name_weights_for_adapters(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if replace:

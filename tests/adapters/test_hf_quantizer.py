@@ -1,15 +1,19 @@
 """Compressed checkpoints through transformers' quantizer registry (adapters.hf_quantizer)."""
 
+import copy
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from adapters import CheckpointMismatchError, CompressedCheckpointConfig, compress, count_parameters
-from adapters.hf_quantizer import QUANT_METHOD, CompressedQuantizer
+from adapters.hf_quantizer import QUANT_METHOD, WITHOUT_ADAPTERS, CompressedQuantizer
 from adapters.layer import FACTORED_LINEARS, CURLinear, InterpolativeLinear
 
-from conftest import make_tiny_classifier, make_tiny_llama
+from conftest import make_tiny_classifier, make_tiny_llama, save_char_tokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
@@ -339,3 +343,51 @@ def test_loaded_tensors_are_aligned(calib_tokens, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()])
+
+
+def test_loading_by_path_without_adapters_stops_before_reading_weights(tmp_path):
+    """Issue 24: without `import adapters`, transformers skipped the unknown quant_method and
+    filled the factored layers with random weights. Every loader must stop instead, naming
+    the import, before it reads a tensor: the weights file here is garbage, so a loader that
+    read it would fail with another error."""
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["transformers_weights"] == WITHOUT_ADAPTERS
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "garbage")
+    (tmp_path / "garbage" / "model.safetensors").write_bytes(b"not a safetensors file")
+    save_char_tokenizer(tmp_path / "garbage")
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForCausalLM, LlamaForCausalLM, pipeline\n"
+        f"path = {str(tmp_path / 'garbage')!r}\n"
+        "loaders = {'auto': lambda: AutoModelForCausalLM.from_pretrained(path),\n"
+        "           'class': lambda: LlamaForCausalLM.from_pretrained(path),\n"
+        "           'pipeline': lambda: pipeline('text-generation', model=path)}\n"
+        "for name, load in loaders.items():\n"
+        "    try:\n"
+        "        load()\n"
+        "        print(name, 'LOADED')\n"
+        "    except Exception as exc:\n"
+        "        print(name, type(exc).__name__, ' '.join(str(exc).split()))\n"
+        "assert 'adapters' not in sys.modules and 'curlinalg' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.split()[:1] in (["auto"], ["class"], ["pipeline"])]
+    assert len(lines) == 3, done.stdout
+    for line in lines:
+        assert "FileNotFoundError" in line and "run import adapters before from_pretrained" in line, line
+
+
+def test_loading_with_adapters_forgets_the_name_and_saving_writes_it_again(tmp_path):
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert getattr(loaded.config, "transformers_weights", None) is None
+    assert torch.equal(_out(loaded), _out(model))
+    copy.deepcopy(loaded).save_pretrained(tmp_path / "again")  # a copy saves as the original does
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["transformers_weights"] == WITHOUT_ADAPTERS
+    loaded.dequantize().save_pretrained(tmp_path / "dense")
+    assert "transformers_weights" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+    make_tiny_llama().save_pretrained(tmp_path / "stock")
+    assert "transformers_weights" not in json.loads((tmp_path / "stock" / "config.json").read_text())
