@@ -51,7 +51,7 @@ from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
 from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear
 from .layouts import mark_feature_major
-from .offload import read_offloaded
+from .offload import is_offloaded, read_offloaded
 from .pruned import KEPT
 from .targets import LINEAR_VIEWS, as_linear
 
@@ -369,14 +369,17 @@ def _compare(name: str, spec: dict, shell: nn.Module, stored: dict) -> None:
     )
 
 
-def _check_indices(name: str, mod: nn.Module) -> None:
-    """Index buffers as loaded: in range, distinct, and (interpolative) rows + rest a split."""
+def _check_indices(name: str, mod: nn.Module, buffer=None) -> None:
+    """Index buffers as loaded: in range, distinct, and (interpolative) rows + rest a split.
+    ``buffer(key)`` gives a buffer's value (default the module's own: pass a reader for
+    buffers that an offload hook holds)."""
+    read = buffer or (lambda key: getattr(mod, key))
     m = mod.out_features
     if isinstance(mod, LowRankLinear):
         return  # no indices
     if isinstance(mod, (ScatteredLinear, GatheredLinear)):
         key, size = ("rows", m) if isinstance(mod, ScatteredLinear) else ("cols", mod.in_features)
-        idx = getattr(mod, key).cpu()
+        idx = read(key).cpu()
         if bool((idx < 0).any() or (idx >= size).any()) or idx.unique().numel() != idx.numel():
             raise CheckpointMismatchError(
                 f"{name}: the stored '{key}' indices {idx.tolist()[:10]} must be {idx.numel()} distinct values "
@@ -384,15 +387,16 @@ def _check_indices(name: str, mod: nn.Module) -> None:
             )
         return
     if isinstance(mod, InterpolativeLinear):
-        both = torch.cat([mod.rows, mod.rest]).cpu()
+        rows = read("rows").cpu()
+        both = torch.cat([rows, read("rest").cpu()])
         if not torch.equal(torch.sort(both).values, torch.arange(m)):
             raise CheckpointMismatchError(
-                f"{name}: the stored 'rows' {mod.rows.tolist()[:10]} and 'rest' indices are not a split of "
+                f"{name}: the stored 'rows' {rows.tolist()[:10]} and 'rest' indices are not a split of "
                 f"range({m}) (each output index exactly once); the weights are damaged or were edited, {_RESAVE}"
             )
         return
     for key, size in (("rows", m), ("cols", mod.in_features)):
-        idx = getattr(mod, key).cpu()
+        idx = read(key).cpu()
         if bool((idx == -1).all()):
             continue  # built without recorded indices
         if bool((idx < 0).any() or (idx >= size).any()) or idx.unique().numel() != idx.numel():
@@ -488,11 +492,19 @@ class CompressedQuantizer(HfQuantizer):
         for name, mod in model.named_modules():
             if not is_recorded(mod):
                 continue
+            # on meta: offloaded (an accelerate hook holds it, device_map=... / offload_folder=...)
+            # or missing from the files
             meta = [k for k, t in mod.state_dict().items() if t.is_meta]
-            if meta:
-                raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
+            missing = [k for k in meta if not is_offloaded(model, f"{name}.{k}")]
+            if missing:
+                held = sorted(set(meta) - set(missing))
+                raise CheckpointMismatchError(
+                    f"{name}: tensors {missing} were not in the checkpoint (they are on the meta device and no "
+                    f"accelerate offload hook holds them{f'; {held} are offloaded' if held else ''}); {_RESAVE}"
+                )
             if isinstance(mod, SAVED_LINEARS):
-                _check_indices(name, mod)
+                _check_indices(name, mod, lambda key, name=name, mod=mod: (
+                    read_offloaded(model, f"{name}.{key}") if getattr(mod, key).is_meta else getattr(mod, key)))
         mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
         _realign(model)
         if self.quantization_config.compression is not None:

@@ -391,3 +391,61 @@ def test_loading_with_adapters_forgets_the_name_and_saving_writes_it_again(tmp_p
     assert "transformers_weights" not in json.loads((tmp_path / "dense" / "config.json").read_text())
     make_tiny_llama().save_pretrained(tmp_path / "stock")
     assert "transformers_weights" not in json.loads((tmp_path / "stock" / "config.json").read_text())
+
+
+def _offload_map(where):
+    """Layer 0 and the head offloaded to ``where``, the rest resident on the CPU."""
+    return {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "model.layers.1": "cpu",
+            "model.layers.0": where, "lm_head": where}
+
+
+@pytest.mark.parametrize("buffers", [False, True], ids=["weights", "weights-and-indices"])
+def test_offloaded_loading_gives_the_in_memory_logits(buffers, tmp_path):
+    """Issue 24: from_pretrained(..., device_map=..., offload_folder=...) of a compressed
+    checkpoint raised 'tensors [...] were not in the checkpoint' for offloaded factors."""
+    pytest.importorskip("accelerate")
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map=_offload_map("disk"),
+                                                  offload_folder=tmp_path / "offload", offload_buffers=buffers)
+    q = loaded.model.layers[0].self_attn.q_proj
+    assert isinstance(q, InterpolativeLinear) and q.P.is_meta and q.rows.is_meta == buffers  # really offloaded
+    assert torch.equal(_out(loaded), _out(model))
+    loaded.save_pretrained(tmp_path / "again")  # an offloaded model saves its offloaded factors too
+    assert torch.equal(_out(AutoModelForCausalLM.from_pretrained(tmp_path / "again")), _out(model))
+
+
+def test_auto_device_map_with_disk_offload_loads(tmp_path):
+    pytest.importorskip("accelerate")
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map="auto", max_memory={"cpu": "20KB"},
+                                                  offload_folder=tmp_path / "offload")
+    assert "disk" in loaded.hf_device_map.values()
+    assert torch.equal(_out(loaded), _out(model))
+
+
+def test_meta_tensors_no_hook_holds_are_still_missing(tmp_path):
+    """The check tells an offloaded tensor (held by an accelerate hook) from a missing one."""
+    pytest.importorskip("accelerate")
+    from accelerate.utils import set_module_tensor_to_device
+
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map=_offload_map("disk"),
+                                                  offload_folder=tmp_path / "offload")
+    check = loaded.hf_quantizer._process_model_after_weight_loading
+    check(loaded)  # every tensor on meta is held by its hook
+    hook = loaded.model.layers[0].self_attn.q_proj._hf_hook
+    held = hook.weights_map
+    hook.weights_map = {"P": held["P"]}  # the hook no longer holds R
+    with pytest.raises(CheckpointMismatchError, match=r"layers.0.self_attn.q_proj: tensors \['R'\] were not in the "
+                                                      r"checkpoint .*no accelerate offload hook holds them; \['P'\] "
+                                                      r"are offloaded"):
+        check(loaded)
+    hook.weights_map = held
+    set_module_tensor_to_device(loaded.model.layers[1].self_attn.q_proj, "P", "meta")  # on meta, no hook at all
+    with pytest.raises(CheckpointMismatchError, match=r"layers.1.self_attn.q_proj: tensors \['P'\] were not in the "
+                                                      r"checkpoint \(they are on the meta device and no accelerate "
+                                                      r"offload hook holds them\)"):
+        check(loaded)
