@@ -283,12 +283,13 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
 
 def _name_on_save(model: nn.Module, /) -> None:
     """Make ``model.save_pretrained`` write :data:`WITHOUT_ADAPTERS` (and ``push_to_hub``, which
-    calls it); a bound method on the instance, so ``copy.deepcopy`` binds it to the copy. A
-    ``save_pretrained`` already set on the instance (ours, or the user's own) is left alone."""
-    import types
+    calls it): a ``functools.partial`` on the instance, which ``copy.deepcopy`` binds to the copy
+    and pickle stores by reference (a bound method would not unpickle). A ``save_pretrained``
+    already set on the instance (ours, or the user's own) is left alone."""
+    import functools
 
     if "save_pretrained" not in vars(model):
-        model.save_pretrained = types.MethodType(_save_pretrained, model)
+        model.save_pretrained = functools.partial(_save_pretrained, model)
 
 
 def forget_weights_name(config, /):

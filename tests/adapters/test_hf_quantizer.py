@@ -2,6 +2,7 @@
 
 import copy
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -385,8 +386,10 @@ def test_loading_with_adapters_forgets_the_name_and_saving_writes_it_again(tmp_p
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert getattr(loaded.config, "transformers_weights", None) is None
     assert torch.equal(_out(loaded), _out(model))
-    copy.deepcopy(loaded).save_pretrained(tmp_path / "again")  # a copy saves as the original does
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["transformers_weights"] == WITHOUT_ADAPTERS
+    for k, twin in enumerate((copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded)))):  # saves as the original
+        twin.save_pretrained(tmp_path / f"again{k}")
+        assert json.loads((tmp_path / f"again{k}" / "config.json").read_text())["transformers_weights"] == WITHOUT_ADAPTERS
+        assert torch.equal(_out(AutoModelForCausalLM.from_pretrained(tmp_path / f"again{k}")), _out(model))
     loaded.dequantize().save_pretrained(tmp_path / "dense")
     assert "transformers_weights" not in json.loads((tmp_path / "dense" / "config.json").read_text())
     make_tiny_llama().save_pretrained(tmp_path / "stock")
