@@ -138,7 +138,8 @@ class ExpertLinears(nn.Module):
                 "this ExpertLinears was not opened from a fused experts module (built directly), so there "
                 "is no fused layout to close into; build it with adapters.experts.open_experts"
             )
-        layers = {name: [getattr(self[e], name) for e in range(self.num_experts)] for name in (self.up_name, "down_proj")}
+        layers = {name: [getattr(self[e], name) for e in range(self.num_experts)]
+                  for name in (self.up_name, "down_proj")}
         wrong = sorted({type(m).__name__ for ms in layers.values() for m in ms if not isinstance(m, nn.Linear)})
         if wrong:
             raise TypeError(

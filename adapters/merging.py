@@ -1,5 +1,6 @@
-"""``merge``: fold every compressed layer back into a dense ``nn.Linear``, for serving engines
-that do not know :class:`~adapters.layer.CURLinear` or :class:`~adapters.layer.InterpolativeLinear`."""
+"""``merge``: fold every compressed layer back into the family's dense layer (``nn.Linear``,
+GPT-2's ``Conv1D``, fused experts), for serving engines and tools that do not know
+:class:`~adapters.layer.CURLinear` or :class:`~adapters.layer.InterpolativeLinear`."""
 
 from __future__ import annotations
 

@@ -149,8 +149,9 @@ def from_linear(linear: nn.Linear, slot: type, /) -> nn.Module:
         if cls in DENSE_FROM_LINEAR:
             return DENSE_FROM_LINEAR[cls](linear, slot)
     raise TypeError(
-        f"expected a type with an entry in adapters.targets.DENSE_FROM_LINEAR ({', '.join(c.__name__ for c in DENSE_FROM_LINEAR)}) "
-        f"or an nn.Linear, got {slot.__name__}; register how to build one from an nn.Linear there"
+        f"expected an nn.Linear or a type with an entry in adapters.targets.DENSE_FROM_LINEAR "
+        f"({', '.join(c.__name__ for c in DENSE_FROM_LINEAR)}), got {slot.__name__}; register how to build one "
+        "from an nn.Linear there"
     )
 
 

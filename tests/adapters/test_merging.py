@@ -141,7 +141,8 @@ def test_every_family_merges_into_a_folder_its_own_class_loads(tmp_path):
         folders[family] = (model_cls, str(tmp_path / family))
     loaded = _load_without_adapters(folders, tokens, tmp_path)
     for family, logits in expected.items():
-        torch.testing.assert_close(loaded[family], logits, rtol=1e-4, atol=1e-5, msg=lambda m, f=family: f"{family}: {m}")
+        torch.testing.assert_close(loaded[family], logits, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, family=family: f"{family}: {m}")
 
 
 def test_dequantize_gives_gpt2_its_conv1d_layers(tmp_path):
