@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from .configs import CONFIGS, CompressionConfig
+from .configs import CONFIGS, FIELD_CHOICES, CompressionConfig
 
-__all__ = ["config_from_args", "load_model", "main"]
+__all__ = ["CommandError", "config_from_args", "load_model", "main"]
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,6 +27,16 @@ DEMO_NSAMPLES = 32
 DEMO_EVAL_TOKENS = 8192
 #: The demo fits on the dense model's statistics in one pass; ``--sequential`` adds the refit.
 DEMO_SEQUENTIAL = False
+#: Evaluation window (tokens) when ``--eval-seqlen`` is not given: the SparseGPT protocol's, or
+#: the model's context when that is shorter (GPT-2: 1024).
+EVAL_SEQLEN = 2048
+#: Files a Hugging Face tokenizer is read from; a folder with none of them has no tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "spiece.model", "sentencepiece.bpe.model", "tekken.json")
+
+
+class CommandError(ValueError):
+    """A command cannot run with the options given; ``main`` prints it as ``error: ...`` (status 2)."""
 
 
 def _smollm2_dir() -> str:
@@ -39,7 +49,22 @@ def _smollm2_dir() -> str:
     return spec.submodule_search_locations[0]
 
 
-def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device=None):
+def _tokenizer(folder, /, *, given: bool, **kw):
+    """``AutoTokenizer.from_pretrained(folder)``, or a FileNotFoundError saying what to pass when
+    ``folder`` holds no tokenizer files (transformers would try to build one from nothing)."""
+    from transformers import AutoTokenizer
+
+    if not kw.get("gguf_file") and not any((Path(folder) / f).is_file() for f in _TOKENIZER_FILES):
+        what = "--tokenizer" if given else "the model folder"
+        raise FileNotFoundError(
+            f"{what} {str(folder)!r} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); pass "
+            "--tokenizer DIR with the folder of the model's tokenizer (e.g. the uncompressed model's), or save "
+            "it into the folder with tokenizer.save_pretrained(folder)"
+        )
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
+
+
+def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device=None, tokenizer=None):
     """Load ``(model, tokenizer)`` from ``"smollm2"``, a compressed folder or a local HF folder.
 
     Parameters
@@ -54,6 +79,8 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
         (float32 for a GGUF file, which is de-quantized). Default float32.
     device : str or torch.device, optional
         Move the model there after loading (default: where transformers puts it, the CPU).
+    tokenizer : str or os.PathLike, optional
+        Folder to read the tokenizer from (default: the model's folder, or its GGUF file).
 
     Returns
     -------
@@ -62,10 +89,11 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
     Raises
     ------
     FileNotFoundError
-        If the model cannot be found locally (nothing is downloaded).
+        If the model cannot be found locally (nothing is downloaded), or the folder the
+        tokenizer is read from holds no tokenizer files (the message says to pass ``--tokenizer``).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .gguf import parsed_once
     from .serialization import SECTION, load_compressed
@@ -89,14 +117,18 @@ def load_model(spec: str, /, *, gguf_file: str | None = None, dtype=None, device
                 "written by save_pretrained or adapters.save_compressed (or --gguf-file for a GGUF file in it)"
             )
         if cfg.is_file() and SECTION in json.loads(cfg.read_text(encoding="utf-8")):
+            tok = _tokenizer(tokenizer or folder, given=tokenizer is not None)
             as_stored = None if dtype == "auto" else dtype or torch.float32
             model = load_compressed(folder, dtype=as_stored, device="cpu" if device is None else device)
-            return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            return model, tok
     if dtype is None or (dtype == "auto" and gguf_file):
         dtype = torch.float32
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     with parsed_once():  # a GGUF file parsed once, not three times (adapters.gguf)
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
+        if tokenizer is None:
+            tok = _tokenizer(folder, given=False, **kw)
+        else:
+            tok = _tokenizer(tokenizer, given=True)
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype, **kw)
     model = model if device is None else model.to(device)
     model.tokenizer = tok  # what adapters.calibration.default_calibration looks for
@@ -117,26 +149,66 @@ def _config_fields() -> dict[str, tuple]:
     return out
 
 
-def _add_compress_options(p: argparse.ArgumentParser) -> None:
-    """One option per config field (``--token-weighting`` for ``token_weighting``), generated."""
+#: What a default of None means, for the fields where it is not "unset" (``BudgetConfig.target``).
+_NONE_MEANS = {"reduction": "0.1 (10% fewer parameters) unless --target-params or --rank is given",
+               "layers": "every layer"}
+
+
+def _default(f) -> object:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(v) for v in value) or "none"
+    return "unset" if value is None else str(value)
+
+
+def _default_help(name: str, methods: set) -> str:
+    """The field's default in each method that has it, grouped: ``0.75 (interpolative, structured),
+    0.0 (cur)``; the text of :data:`_NONE_MEANS` for a None that means something."""
+    by_value: dict[str, list[str]] = {}
+    for method in CONFIGS:  # the order of --method's choices
+        if method in methods:
+            value = _default(next(f for f in dataclasses.fields(CONFIGS[method]) if f.name == name))
+            text = _NONE_MEANS.get(name, "unset") if value is None else _shown(value)
+            by_value.setdefault(text, []).append(method)
+    if len(by_value) == 1:
+        return next(iter(by_value))
+    return ", ".join(f"{text} ({', '.join(ms)})" for text, ms in by_value.items())
+
+
+def _add_compress_options(p: argparse.ArgumentParser, *, defaults=None) -> None:
+    """One option per config field (``--token-weighting`` for ``token_weighting``), generated.
+
+    The help of each says which methods have it, its default in each (they differ: ``--mix``
+    is 0.75 for interpolative and 0.0 for cur) and, for the fields of
+    :data:`adapters.configs.FIELD_CHOICES`, the allowed values (``argparse`` choices).
+    ``defaults`` are the command's own (the demo's ``--nsamples``), set and shown instead.
+    """
+    defaults = defaults or {}
     p.add_argument("--method", default="interpolative", choices=list(CONFIGS),
                    help="compression method: the config class (default interpolative)")
     for name, (f, methods) in _config_fields().items():
         flag = "--" + name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        where = "" if len(methods) == len(CONFIGS) else f" ({', '.join(sorted(methods))})"
-        help_ = f"config field {name}{where}; default {default!r}"
+        default = _default(f)
+        where = "" if len(methods) == len(CONFIGS) else f" (--method {', '.join(m for m in CONFIGS if m in methods)})"
+        shown = (f"{_shown(defaults[name])} (this command's; the config's is {_default_help(name, methods)})"
+                 if name in defaults else _default_help(name, methods))
+        help_ = f"config field {name}{where}; default {shown}".replace("%", "%%")
+        choices = FIELD_CHOICES.get(name)
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif isinstance(default, (tuple, list)) or name in ("layers", "targets", "exclude"):
             kind = int if name == "layers" else str
-            p.add_argument(flag, nargs="+", type=kind, default=None, help=help_)
+            p.add_argument(flag, nargs="+", type=kind, default=None, choices=choices, help=help_)
         elif isinstance(default, (int, float, str)) and not isinstance(default, bool):
             kind = type(default)
-            p.add_argument(flag, type=kind, default=None, help=help_)
+            p.add_argument(flag, type=kind, default=None, choices=choices, help=help_)
         else:
             kind = {"reduction": float, "target_params": int, "rank": int}.get(name, str)
-            p.add_argument(flag, type=kind, default=None, help=help_)
+            p.add_argument(flag, type=kind, default=None, choices=choices, help=help_)
+    p.set_defaults(**defaults)
 
 
 def config_from_args(args) -> CompressionConfig:
@@ -160,7 +232,8 @@ def config_from_args(args) -> CompressionConfig:
 
 def _add_eval_options(p: argparse.ArgumentParser, *, tokens: int = 32768, ood: bool = False) -> None:
     p.add_argument("--eval-tokens", type=int, default=tokens, help=f"evaluation tokens (default {tokens}; 0 = all)")
-    p.add_argument("--eval-seqlen", type=int, default=2048)
+    p.add_argument("--eval-seqlen", type=int, default=None,
+                   help=f"evaluation window in tokens (default: the model's context length, at most {EVAL_SEQLEN})")
     if ood:
         p.add_argument("--ood", action="store_true",
                        help="also evaluate on Shakespeare's plays (out of the calibration domain; same tokens and "
@@ -186,11 +259,29 @@ def _calibration_text(args, tok) -> str:
     return cal.text
 
 
+def _eval_seqlen(args, model) -> int:
+    """``--eval-seqlen``, refused when longer than the model's context (position embeddings would
+    be indexed past their end: GPT-2 has 1024); by default the context, at most :data:`EVAL_SEQLEN`."""
+    from .eval import context_length
+
+    context = context_length(model)
+    if args.eval_seqlen is None:
+        return min(EVAL_SEQLEN, context or EVAL_SEQLEN)
+    if context is not None and args.eval_seqlen > context:
+        raise CommandError(
+            f"--eval-seqlen {args.eval_seqlen} is longer than the model's context ({type(model).__name__} has "
+            f"{context} positions); pass --eval-seqlen {context} or less, or leave it out (default: the context, "
+            f"at most {EVAL_SEQLEN})"
+        )
+    return args.eval_seqlen
+
+
 def _ppl(model, tok, text, args):
     from .eval import perplexity
 
     max_tokens = args.eval_tokens or None
-    return perplexity(model, tok, text, seqlen=args.eval_seqlen, max_tokens=max_tokens, progress=not args.quiet)
+    return perplexity(model, tok, text, seqlen=_eval_seqlen(args, model), max_tokens=max_tokens,
+                      progress=not args.quiet)
 
 
 def _ood_text(args) -> str | None:
@@ -251,7 +342,8 @@ def _cmd_compress(args) -> int:
     from .serialization import save_compressed
 
     config = config_from_args(args)
-    model, tok = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
+    model, tok = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
+                            tokenizer=args.tokenizer)
     if args.calibration:
         text = Path(args.calibration).read_text(encoding="utf-8")
     else:
@@ -270,7 +362,7 @@ def _cmd_eval(args) -> int:
     from .eval import load_wikitext2
 
     ood = _ood_text(args)
-    model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device)
+    model, tok = load_model(args.model, gguf_file=args.gguf_file, device=args.device, tokenizer=args.tokenizer)
     res = _ppl(model, tok, load_wikitext2(tokenizer=tok).eval_text, args)
     print(f"{args.model}: {count_parameters(model):,} parameters, WikiText-2 perplexity {res.ppl:.3f} "
           f"({res.tokens:,} tokens, {res.windows} windows of {res.seqlen})")
@@ -281,8 +373,15 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _add_tokenizer_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="folder to read the tokenizer from (default: the model's folder, or its GGUF file), for a "
+                        "model folder saved without one")
+
+
 def _add_heal_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a compressed folder written by adapters.save_compressed")
+    _add_tokenizer_option(p)
     p.add_argument("--output", "-o", required=True, help="folder for the healed model")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--teacher", default=None,
@@ -313,7 +412,7 @@ def _cmd_heal(args) -> int:
     from .serialization import save_compressed
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, tokenizer=args.tokenizer)
     if not any(isinstance(m, FACTORED_LINEARS) for m in model.modules()):
         print(f"error: {args.model} holds no compressed (CURLinear/InterpolativeLinear) modules; compress it first "
               "with 'python -m adapters compress'", file=sys.stderr)
@@ -325,10 +424,11 @@ def _cmd_heal(args) -> int:
         teacher.to(device)
     data = Path(args.data).read_text(encoding="utf-8") if args.data else None
 
+    seqlen = _eval_seqlen(args, model)
+
     def ppl():
         text = load_wikitext2(tokenizer=tok).eval_text
-        return perplexity(model, tok, text, seqlen=args.eval_seqlen, max_tokens=args.eval_tokens,
-                          progress=not args.quiet).ppl
+        return perplexity(model, tok, text, seqlen=seqlen, max_tokens=args.eval_tokens, progress=not args.quiet).ppl
 
     before = ppl() if args.eval_tokens else None
     result = heal(
@@ -359,8 +459,7 @@ def _parser() -> argparse.ArgumentParser:
     # sequential refit: 2.7x the compression time, 371 s against 136 s at -10% on 2 CPU cores)
     # and the first DEMO_EVAL_TOKENS evaluation tokens; --nsamples 128 --sequential
     # --eval-tokens 32768 give the library's defaults on the full protocol of docs/adapters.md.
-    _add_compress_options(d)
-    d.set_defaults(nsamples=DEMO_NSAMPLES, sequential=DEMO_SEQUENTIAL)
+    _add_compress_options(d, defaults={"nsamples": DEMO_NSAMPLES, "sequential": DEMO_SEQUENTIAL})
     _add_eval_options(d, tokens=DEMO_EVAL_TOKENS, ood=True)
     _add_calibration_set_option(d)
     d.add_argument("--output", help="also save the compressed model here")
@@ -368,6 +467,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="'smollm2' or a local model folder")
     c.add_argument("--output", "-o", required=True)
     c.add_argument("--gguf-file")
+    _add_tokenizer_option(c)
     source = c.add_mutually_exclusive_group()
     source.add_argument("--calibration", help="calibration text file (default: --calibration-set)")
     _add_calibration_set_option(source)
@@ -379,6 +479,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="WikiText-2 perplexity of a model")
     e.add_argument("model", help="'smollm2', a compressed folder or a local model folder")
     e.add_argument("--gguf-file")
+    _add_tokenizer_option(e)
     _add_eval_options(e, ood=True)
     h = sub.add_parser("heal", help="fine-tune the cores of a compressed model (adapters.heal)")
     _add_heal_options(h)
@@ -464,7 +565,7 @@ def main(argv=None) -> int:
         try:
             with _quiet(args.quiet):
                 return commands[args.command](args)
-        except (FileNotFoundError, FileExistsError, NotADirectoryError, CalibrationError) as exc:
+        except (FileNotFoundError, FileExistsError, NotADirectoryError, CalibrationError, CommandError) as exc:
             problem = str(exc)
     print(f"{parser.prog} {args.command}: error: {problem}", file=sys.stderr)
     return 2

@@ -27,6 +27,7 @@ __all__ = [
     "ActivationConfig",
     "CURingConfig",
     "CompressionConfig",
+    "FIELD_CHOICES",
     "InterpolativeConfig",
     "REFIT_DEFAULT",
     "REFIT_OFF",
@@ -542,6 +543,16 @@ class StructuredConfig(ActivationConfig):
 
 #: ``method`` name -> config class (to read a saved config back).
 CONFIGS = {cls.method: cls for cls in (InterpolativeConfig, CURConfig, CURingConfig, SVDConfig, StructuredConfig)}
+#: Config fields whose values come from a fixed set: field -> the allowed values (for ``units``,
+#: of each entry). What the configs check, and what the command line offers as choices.
+FIELD_CHOICES = {
+    "selector": SELECTORS,
+    "token_weighting": TOKEN_WEIGHTINGS,
+    "allocation": ALLOCATIONS,
+    "kind": SVD_KINDS,
+    "matrices": STRUCTURED_MATRICES,
+    "units": STRUCTURED_UNITS,
+}
 
 
 def config_from_dict(data: dict, /) -> CompressionConfig:

@@ -11,7 +11,14 @@ from tqdm.auto import tqdm
 from .tokens import token_ids
 from .wikitext import WikiText2, load_wikitext2
 
-__all__ = ["Perplexity", "WikiText2", "load_wikitext2", "perplexity"]
+__all__ = ["Perplexity", "WikiText2", "context_length", "load_wikitext2", "perplexity"]
+
+_ERR_LONG_WINDOW = (
+    "seqlen={seqlen} is longer than the model's context: {name} has {context} positions "
+    "(config.{field}); pass seqlen={context} or less (command line: --eval-seqlen {context})"
+)
+#: Config fields that bound the positions a model can attend over, in the order read.
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 _ERR_SHORT_TEXT = (
     "perplexity needs at least one full window: expected at least {need} tokens "
@@ -43,6 +50,42 @@ class Perplexity:
     windows: int
     seqlen: int
     stride: int
+
+
+def _context(model) -> tuple[int, str] | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for field in _CONTEXT_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, field
+    return None
+
+
+def context_length(model, /) -> int | None:
+    """The positions ``model`` can attend over, from its config; None when it states none.
+
+    Parameters
+    ----------
+    model : transformers model
+
+    Returns
+    -------
+    int or None
+        The first of ``max_position_embeddings`` (Llama, ...), ``n_positions`` (GPT-2),
+        ``max_sequence_length``, ``seq_length`` and ``n_ctx`` that the (text) config sets.
+
+    Examples
+    --------
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> context_length(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=64)))
+    64
+    """
+    found = _context(model)
+    return None if found is None else found[0]
 
 
 @torch.no_grad()
@@ -90,7 +133,8 @@ def perplexity(
     Raises
     ------
     ValueError
-        If the text is shorter than one window or the options are inconsistent.
+        If the text is shorter than one window, a window is longer than the model's context
+        (:func:`context_length`: GPT-2 has 1024 positions), or the options are inconsistent.
 
     Notes
     -----
@@ -109,6 +153,10 @@ def perplexity(
         raise ValueError(
             f"expected seqlen >= 2 and 1 <= stride <= seqlen, got seqlen={seqlen}, stride={stride}"
         )
+    found = _context(model)
+    if found is not None and seqlen > found[0]:
+        raise ValueError(_ERR_LONG_WINDOW.format(seqlen=seqlen, name=type(model).__name__, context=found[0],
+                                                 field=found[1]))
     if isinstance(text, str) and tokenizer is None:
         raise TypeError("text is a string, so a tokenizer is needed; pass the model's tokenizer")
     # The evaluation text itself: no overlap check, and the tokenizer's special tokens as usual.

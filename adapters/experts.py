@@ -17,7 +17,7 @@ from torch import nn
 
 from .layer import _shared_linear
 
-__all__ = ["ExpertLinears", "fused_experts_problem", "is_fused_experts", "open_experts"]
+__all__ = ["ExpertLinears", "close_experts", "fused_experts_problem", "is_fused_experts", "open_experts"]
 
 
 def is_fused_experts(module: nn.Module, /) -> bool:
@@ -80,6 +80,9 @@ class ExpertLinears(nn.Module):
     gate_fn : callable, optional
         ``gate_fn(gate_up) -> hidden``; default transformers' ``act(gate) * up`` with the gate
         rows first.
+    fused : nn.Module, optional
+        The fused module it was opened from, without its parameters (kept unregistered): what
+        :meth:`close` fills again. Set by :func:`open_experts`.
 
     Notes
     -----
@@ -99,7 +102,7 @@ class ExpertLinears(nn.Module):
     torch.Size([5, 4])
     """
 
-    def __init__(self, experts, /, *, act_fn, has_gate: bool = True, gate_fn=None):
+    def __init__(self, experts, /, *, act_fn, has_gate: bool = True, gate_fn=None, fused=None):
         super().__init__()
         experts = list(experts)
         for e, expert in enumerate(experts):
@@ -109,6 +112,51 @@ class ExpertLinears(nn.Module):
         self.gate_fn = gate_fn
         self.num_experts = len(experts)
         self.up_name = "gate_up_proj" if has_gate else "up_proj"
+        self.__dict__["_fused"] = fused  # not a child: its (absent) tensors are not the model's
+
+    @torch.no_grad()
+    def close(self) -> nn.Module:
+        """The fused experts module again, its 3-D parameters stacked from the dense experts.
+
+        Returns
+        -------
+        nn.Module
+            Of the class :func:`open_experts` opened (``MixtralExperts`` ...), with the layout
+            it had (``is_transposed``, biases), so the family's own class loads its state dict.
+
+        Raises
+        ------
+        TypeError
+            If an expert's layer is not an ``nn.Linear`` (fold the factored ones first:
+            :func:`adapters.merge`).
+        ValueError
+            If this module was not built by :func:`open_experts` (nothing to close into).
+        """
+        shell = self.__dict__.get("_fused")
+        if shell is None:
+            raise ValueError(
+                "this ExpertLinears was not opened from a fused experts module (built directly), so there "
+                "is no fused layout to close into; build it with adapters.experts.open_experts"
+            )
+        layers = {name: [getattr(self[e], name) for e in range(self.num_experts)]
+                  for name in (self.up_name, "down_proj")}
+        wrong = sorted({type(m).__name__ for ms in layers.values() for m in ms if not isinstance(m, nn.Linear)})
+        if wrong:
+            raise TypeError(
+                f"closing the experts needs dense nn.Linear experts, got {wrong}; fold the compressed ones "
+                "first (adapters.merge or model.dequantize())"
+            )
+        fused = type(shell).__new__(type(shell))
+        fused.__dict__.update(shell.__dict__)
+        fused._parameters, fused._buffers, fused._modules = {}, dict(shell._buffers), dict(shell._modules)
+        flip = getattr(shell, "is_transposed", False)
+        for name, ms in layers.items():
+            w = torch.stack([m.weight.T if flip else m.weight for m in ms])
+            fused.register_parameter(name, nn.Parameter(w, requires_grad=ms[0].weight.requires_grad))
+            if getattr(shell, "has_bias", False):
+                b = torch.stack([m.bias for m in ms])
+                fused.register_parameter(f"{name}_bias", nn.Parameter(b, requires_grad=ms[0].bias.requires_grad))
+        return fused
 
     def __len__(self) -> int:
         return self.num_experts
@@ -170,14 +218,14 @@ def _open(module: nn.Module) -> ExpertLinears:
             _shared_linear(w_up, None if up_b is None else up_b[e], requires_grad=grad),
             _shared_linear(w_down, None if down_b is None else down_b[e], requires_grad=grad),
         ))
-    gate_fn = None
-    if has_gate and _own_gate(module) is not None:
-        # The class's own gating, bound to a copy of the module without its fused tensors.
-        shell = type(module).__new__(type(module))
-        shell.__dict__.update(module.__dict__)
-        shell._parameters = {}
-        gate_fn = shell._apply_gate
-    return ExpertLinears(experts, act_fn=getattr(module, "act_fn", None), has_gate=has_gate, gate_fn=gate_fn)
+    # A copy of the module without its fused tensors: the class's own gating is bound to it, and
+    # ExpertLinears.close fills it again.
+    shell = type(module).__new__(type(module))
+    shell.__dict__.update(module.__dict__)
+    shell._parameters = {}
+    gate_fn = shell._apply_gate if has_gate and _own_gate(module) is not None else None
+    return ExpertLinears(experts, act_fn=getattr(module, "act_fn", None), has_gate=has_gate, gate_fn=gate_fn,
+                         fused=shell)
 
 
 @torch.no_grad()
@@ -217,3 +265,18 @@ def open_experts(model: nn.Module, /, *, names=None) -> list[tuple[nn.Module, st
         swaps.append((parent, attr, mod))
         setattr(parent, attr, _open(mod))
     return swaps
+
+
+def close_experts(model: nn.Module, /) -> int:
+    """Replace every :class:`ExpertLinears` of ``model`` by its fused module again (:meth:`ExpertLinears.close`).
+
+    Returns
+    -------
+    int
+        The number closed.
+    """
+    swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, ExpertLinears)]
+    for name, mod in swaps:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, mod.close())
+    return len(swaps)

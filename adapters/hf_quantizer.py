@@ -14,7 +14,8 @@ A compressed checkpoint is a plain Hugging Face folder (``config.json``, safeten
                   {"form": "interpolative", "out_features": 64, "in_features": 32,
                    "rank": 20, "bias": false}},
       "compression": {"method": "interpolative", "version": 1, "reduction": 0.1}
-    }
+    },
+    "transformers_weights": "curlinalg-compressed checkpoint - run import adapters before from_pretrained.safetensors"
 
 Importing :mod:`adapters` registers the record under ``quant_method="curlinalg"`` and
 :class:`CompressedQuantizer` with ``transformers.quantizers.register_quantization_config`` and
@@ -25,6 +26,12 @@ replaces each recorded ``nn.Linear`` by an empty :class:`~adapters.layer.CURLine
 safetensors headers, and transformers fills the layers from the files: the dense weights of the
 compressed layers are never allocated.  :func:`adapters.compress` attaches the quantizer to the
 model it returns (:func:`attach`), so ``model.save_pretrained(path)`` writes the record.
+
+``transformers_weights`` (:data:`WITHOUT_ADAPTERS`) names a weights file that does not exist:
+without :mod:`adapters`, transformers would skip the unknown ``quant_method`` with a warning and
+give the factored layers' places random weights; with that name it stops before reading any
+tensor, with an error whose path says to ``import adapters``. The quantizer forgets the name
+when it loads the checkpoint.
 
 >>> import adapters                                                                # doctest: +SKIP
 >>> model.save_pretrained("smol-cur")                       # a model from adapters.compress  # doctest: +SKIP
@@ -42,9 +49,9 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
-from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear, fold
+from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear
 from .layouts import mark_feature_major
-from .offload import read_offloaded
+from .offload import is_offloaded, read_offloaded
 from .pruned import KEPT
 from .targets import LINEAR_VIEWS, as_linear
 
@@ -54,9 +61,11 @@ _SLOTS = tuple(LINEAR_VIEWS)
 __all__ = [
     "FORMAT_VERSION",
     "QUANT_METHOD",
+    "WITHOUT_ADAPTERS",
     "CheckpointMismatchError",
     "CompressedCheckpointConfig",
     "CompressedQuantizer",
+    "architecture_twin",
     "attach",
     "detach",
     "is_recorded",
@@ -71,6 +80,15 @@ _SPEC_KEYS = ("form", "out_features", "in_features", "rank", "bias")
 #: Record form -> what builds the layer: the factored layers and the cut ``nn.Linear`` of a
 #: structured unit (:mod:`adapters.pruned`; ``rank`` is then the kept width).
 RECORDED = {**LAYERS, **KEPT}
+#: What a compressed checkpoint's ``config.json`` names as its weights file
+#: (``transformers_weights``): a file that does not exist, whose name is the instruction.
+#: Without :mod:`adapters`, transformers skips the unknown ``quant_method`` with a warning and
+#: fills the factored layers' places with randomly initialised ``nn.Linear`` weights; naming
+#: this file makes every ``from_pretrained`` stop instead, before any tensor is read, with
+#: ``FileNotFoundError: No such file or directory: <folder>/<this name>``. With :mod:`adapters`
+#: imported the quantizer forgets the name before transformers looks for the weights
+#: (:func:`forget_weights_name`) and ``model.safetensors`` loads as usual.
+WITHOUT_ADAPTERS = "curlinalg-compressed checkpoint - run import adapters before from_pretrained.safetensors"
 _RESAVE = "the record in config.json and the weights were not saved together; re-save the model with model.save_pretrained(path)"
 
 
@@ -232,6 +250,55 @@ def _checked_spec(name, spec) -> dict:
     return dict(spec)
 
 
+def name_weights_for_adapters(folder, /) -> bool:
+    """Write :data:`WITHOUT_ADAPTERS` as ``transformers_weights`` into ``folder/config.json``
+    when it holds a compression record; whether it did.
+
+    ``save_pretrained`` drops ``transformers_weights`` from the config it writes (the key is
+    read on load only), so the name is added to the file afterwards, in transformers' own format.
+    """
+    import json
+    import os
+
+    path = os.path.join(os.fspath(folder), "config.json")
+    if not os.path.isfile(path):
+        return False  # not the main process, or a PEFT adapter folder: no config written
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    record = raw.get("quantization_config")
+    if not isinstance(record, dict) or record.get("quant_method") != QUANT_METHOD:
+        return False
+    raw["transformers_weights"] = WITHOUT_ADAPTERS
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def _save_pretrained(model, save_directory, *args, **kwargs):
+    """``model.save_pretrained`` of a compressed model: transformers' own, then
+    :func:`name_weights_for_adapters` on the folder written."""
+    type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    name_weights_for_adapters(save_directory)
+
+
+def _name_on_save(model: nn.Module, /) -> None:
+    """Make ``model.save_pretrained`` write :data:`WITHOUT_ADAPTERS` (and ``push_to_hub``, which
+    calls it): a ``functools.partial`` on the instance, which ``copy.deepcopy`` binds to the copy
+    and pickle stores by reference (a bound method would not unpickle). A ``save_pretrained``
+    already set on the instance (ours, or the user's own) is left alone."""
+    import functools
+
+    if "save_pretrained" not in vars(model):
+        model.save_pretrained = functools.partial(_save_pretrained, model)
+
+
+def forget_weights_name(config, /):
+    """Undo :func:`name_weights_for_adapters` (a user's own ``transformers_weights`` stays); returns ``config``."""
+    if getattr(config, "transformers_weights", None) == WITHOUT_ADAPTERS:
+        del config.transformers_weights
+    return config
+
+
 def _locate(model: nn.Module, name: str) -> str | None:
     """``name`` as a module path of ``model``, allowing for a base model loaded from a head's
     checkpoint (``model.layers.0...`` -> ``layers.0...``) and the reverse."""
@@ -303,14 +370,17 @@ def _compare(name: str, spec: dict, shell: nn.Module, stored: dict) -> None:
     )
 
 
-def _check_indices(name: str, mod: nn.Module) -> None:
-    """Index buffers as loaded: in range, distinct, and (interpolative) rows + rest a split."""
+def _check_indices(name: str, mod: nn.Module, buffer=None) -> None:
+    """Index buffers as loaded: in range, distinct, and (interpolative) rows + rest a split.
+    ``buffer(key)`` gives a buffer's value (default the module's own: pass a reader for
+    buffers that an offload hook holds)."""
+    read = buffer or (lambda key: getattr(mod, key))
     m = mod.out_features
     if isinstance(mod, LowRankLinear):
         return  # no indices
     if isinstance(mod, (ScatteredLinear, GatheredLinear)):
         key, size = ("rows", m) if isinstance(mod, ScatteredLinear) else ("cols", mod.in_features)
-        idx = getattr(mod, key).cpu()
+        idx = read(key).cpu()
         if bool((idx < 0).any() or (idx >= size).any()) or idx.unique().numel() != idx.numel():
             raise CheckpointMismatchError(
                 f"{name}: the stored '{key}' indices {idx.tolist()[:10]} must be {idx.numel()} distinct values "
@@ -318,15 +388,16 @@ def _check_indices(name: str, mod: nn.Module) -> None:
             )
         return
     if isinstance(mod, InterpolativeLinear):
-        both = torch.cat([mod.rows, mod.rest]).cpu()
+        rows = read("rows").cpu()
+        both = torch.cat([rows, read("rest").cpu()])
         if not torch.equal(torch.sort(both).values, torch.arange(m)):
             raise CheckpointMismatchError(
-                f"{name}: the stored 'rows' {mod.rows.tolist()[:10]} and 'rest' indices are not a split of "
+                f"{name}: the stored 'rows' {rows.tolist()[:10]} and 'rest' indices are not a split of "
                 f"range({m}) (each output index exactly once); the weights are damaged or were edited, {_RESAVE}"
             )
         return
     for key, size in (("rows", m), ("cols", mod.in_features)):
-        idx = getattr(mod, key).cpu()
+        idx = read(key).cpu()
         if bool((idx == -1).all()):
             continue  # built without recorded indices
         if bool((idx < 0).any() or (idx >= size).any()) or idx.unique().numel() != idx.numel():
@@ -358,6 +429,18 @@ class CompressedQuantizer(HfQuantizer):
     """
 
     requires_calibration = False
+
+    # transformers hands the config to these hooks after it reads the record and before it
+    # looks for the weights files (5.25: update_attn_implementation; earlier 5.x:
+    # update_tp_plan / update_ep_plan): the place to forget WITHOUT_ADAPTERS.
+    def update_attn_implementation(self, config):
+        return forget_weights_name(super().update_attn_implementation(config))
+
+    def update_tp_plan(self, config):
+        return forget_weights_name(config)
+
+    def update_ep_plan(self, config):
+        return forget_weights_name(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         stored = _as_model_keys(model, _stored_shapes(checkpoint_files))
@@ -410,21 +493,32 @@ class CompressedQuantizer(HfQuantizer):
         for name, mod in model.named_modules():
             if not is_recorded(mod):
                 continue
+            # on meta: offloaded (an accelerate hook holds it, device_map=... / offload_folder=...)
+            # or missing from the files
             meta = [k for k, t in mod.state_dict().items() if t.is_meta]
-            if meta:
-                raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
+            missing = [k for k in meta if not is_offloaded(model, f"{name}.{k}")]
+            if missing:
+                held = sorted(set(meta) - set(missing))
+                raise CheckpointMismatchError(
+                    f"{name}: tensors {missing} were not in the checkpoint (they are on the meta device and no "
+                    f"accelerate offload hook holds them{f'; {held} are offloaded' if held else ''}); {_RESAVE}"
+                )
             if isinstance(mod, SAVED_LINEARS):
-                _check_indices(name, mod)
+                _check_indices(name, mod, lambda key, name=name, mod=mod: (
+                    read_offloaded(model, f"{name}.{key}") if getattr(mod, key).is_meta else getattr(mod, key)))
         mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
         _realign(model)
         if self.quantization_config.compression is not None:
             model.compression_config = config_from_dict(self.quantization_config.compression)
         model.is_quantized = False  # nothing is quantized: .half() and .float() stay allowed
+        _name_on_save(model)
         return model
 
     def _dequantize(self, model, dtype=None):
-        """``model.dequantize()``: fold the compressed layers into ``nn.Linear`` (:func:`adapters.merge`)."""
-        fold(model)
+        """``model.dequantize()``: the dense model in the family's own layout (:func:`adapters.merge`)."""
+        from .merging import densify
+
+        densify(model)
         return model
 
     def get_state_dict_and_metadata(self, model):
@@ -524,6 +618,28 @@ def check_quantization(model: nn.Module, /) -> None:
     )
 
 
+def architecture_twin(model: nn.Module, /) -> nn.Module | None:
+    """``model``'s class built again from its config (without a compression record), on ``meta``.
+
+    What ``from_pretrained`` would build before any record is applied: the family's own module
+    types and buffer dtypes, with nothing allocated. None for a model transformers cannot build
+    from its config alone (or that is not a ``PreTrainedModel``).
+    """
+    import copy
+
+    if not hasattr(model, "config") or not hasattr(type(model), "_from_config"):
+        return None
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    try:
+        with torch.device("meta"):
+            return type(model)._from_config(config, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
 def rebuild_buffers(model: nn.Module, /) -> list[str]:
     """Rebuild the non-persistent floating buffers that loading would build in another dtype.
 
@@ -550,8 +666,6 @@ def rebuild_buffers(model: nn.Module, /) -> list[str]:
     are rebuilt (``_init_weights`` would re-initialise the parameters too), and a buffer that
     ``_init_weights`` does not fill is left as it was.
     """
-    import copy
-
     named = getattr(model, "named_non_persistent_buffers", None)
     init = getattr(model, "_init_weights", None)
     if named is None or init is None or not hasattr(model, "config"):
@@ -559,14 +673,8 @@ def rebuild_buffers(model: nn.Module, /) -> list[str]:
     current = {name: buf for name, buf in named() if buf.is_floating_point() and not buf.is_meta}
     if not current:
         return []
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    try:
-        with torch.device("meta"):
-            twin = type(model)._from_config(config, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
+    twin = architecture_twin(model)
+    if twin is None:
         return []  # a model transformers cannot build from its config alone: nothing to compare with
     built = dict(twin.named_non_persistent_buffers())
     rebuilt = []
@@ -624,6 +732,7 @@ def attach(model: nn.Module, /) -> nn.Module:
     model.hf_quantizer = quantizer
     model.config.quantization_config = record
     model.quantization_method = QUANT_METHOD
+    _name_on_save(model)
     return model
 
 

@@ -689,8 +689,9 @@ LAYERS = {cls.form: cls for cls in SAVED_LINEARS}
 
 
 def fold(model: nn.Module, /) -> int:
-    """Replace each compressed layer by its ``to_linear()``; the number replaced.  What
-    :func:`adapters.merge` and ``model.dequantize()`` (transformers' API, through the quantizer) do."""
+    """Replace each compressed layer by its ``to_linear()``; the number replaced.  The first step
+    of :func:`adapters.merge` and ``model.dequantize()`` (:func:`adapters.merging.densify` then
+    gives ``Conv1D`` slots and fused experts their own layout back)."""
     swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, SAVED_LINEARS)]
     for name, mod in swaps:
         parent, _, attr = name.rpartition(".")

@@ -1,15 +1,57 @@
-"""``merge``: fold every compressed layer back into a dense ``nn.Linear``, for serving engines
-that do not know :class:`~adapters.layer.CURLinear` or :class:`~adapters.layer.InterpolativeLinear`."""
+"""``merge``: fold every compressed layer back into the family's dense layer (``nn.Linear``,
+GPT-2's ``Conv1D``, fused experts), for serving engines and tools that do not know
+:class:`~adapters.layer.CURLinear` or :class:`~adapters.layer.InterpolativeLinear`."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from .hf_quantizer import detach
-from .layer import fold
+from .experts import close_experts
+from .hf_quantizer import architecture_twin, detach
+from .layer import SAVED_LINEARS, fold
 from .pruned import pad_widths
+from .targets import from_linear
 
-__all__ = ["merge"]
+__all__ = ["densify", "merge"]
+
+
+def _slots(model: nn.Module, names) -> dict[str, type]:
+    """``{name: type}`` for the ``names`` whose module in the family's architecture is not an
+    ``nn.Linear`` (GPT-2's ``Conv1D``): the types a folded layer must take back."""
+    if not names:
+        return {}
+    twin = architecture_twin(model)
+    if twin is None:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            slot = type(twin.get_submodule(name))
+        except AttributeError:  # an opened expert's layer: its fused module is closed instead
+            continue
+        if not issubclass(slot, nn.Linear):
+            out[name] = slot
+    return out
+
+
+def densify(model: nn.Module, /) -> bool:
+    """Put ``model`` back in its family's dense layout, in place; whether anything changed.
+
+    Folds every compressed layer (:func:`adapters.layer.fold`), gives a layer that replaced a
+    ``Conv1D`` its ``Conv1D`` back (:func:`adapters.targets.from_linear`), closes opened
+    experts into their fused 3-D parameters (:func:`adapters.experts.close_experts`) and pads
+    cut MLPs to one width (:func:`adapters.pruned.pad_widths`). The record stays: :func:`merge`
+    and ``model.dequantize()`` remove it.
+    """
+    names = [name for name, mod in model.named_modules() if isinstance(mod, SAVED_LINEARS)]
+    slots = _slots(model, names)
+    folded = fold(model)
+    for name, slot in slots.items():
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, from_linear(model.get_submodule(name), slot))
+    closed = close_experts(model)
+    padded = pad_widths(model)
+    return bool(folded or closed or padded is not None)
 
 
 def merge(model: nn.Module, /) -> nn.Module:
@@ -24,8 +66,10 @@ def merge(model: nn.Module, /) -> nn.Module:
     -------
     torch.nn.Module
         The same model: each :class:`~adapters.layer.CURLinear` /
-        :class:`~adapters.layer.InterpolativeLinear` is now an ``nn.Linear`` with weight
-        ``weight_product()`` (same device, dtype and bias), and the compression record is
+        :class:`~adapters.layer.InterpolativeLinear` is now the dense layer of the family's
+        architecture with weight ``weight_product()`` (same device, dtype and bias): an
+        ``nn.Linear``, or a ``Conv1D`` holding its transpose where the architecture has one
+        (GPT-2); opened experts are fused 3-D parameters again; and the compression record is
         removed, so ``model.save_pretrained(path)`` writes a plain checkpoint that any engine
         loading the original architecture (vLLM, llama.cpp converters, ...) reads without
         :mod:`adapters`.  A model with no compressed layer is returned unchanged.
@@ -49,8 +93,6 @@ def merge(model: nn.Module, /) -> nn.Module:
     >>> type(merge(net)[0]).__name__
     'Linear'
     """
-    folded = fold(model)
-    padded = pad_widths(model)
-    if folded or padded is not None:
+    if densify(model):
         detach(model)
     return model

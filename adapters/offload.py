@@ -20,7 +20,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["OffloadError", "Placer", "check_readable", "compute_device", "onloaded", "onloaded_block", "read_offloaded"]
+__all__ = [
+    "OffloadError", "Placer", "check_readable", "compute_device", "is_offloaded", "onloaded", "onloaded_block",
+    "read_offloaded",
+]
 
 _ERR_META = (
     "{name!r} is on the meta device with nothing to read it from: expected real tensors, or an "
@@ -172,6 +175,26 @@ def check_readable(model: nn.Module, /, *, names=(), offload_folder=None) -> Non
             raise OffloadError(_ERR_NO_FOLDER.format(name=name))
 
 
+def is_offloaded(model: nn.Module, key: str, /) -> bool:
+    """Whether an accelerate offload hook holds state-dict entry ``key`` (host memory or disk).
+
+    Parameters
+    ----------
+    model : nn.Module
+    key : str
+        A ``model.state_dict()`` key, typically of a tensor on the meta device.
+
+    Returns
+    -------
+    bool
+        True when the hook of its module (or of an ancestor placing its submodules) has
+        ``key`` in its ``weights_map``: the tensor is offloaded, not missing. Nothing is read.
+    """
+    module_name, _, tensor = key.rpartition(".")
+    src = _source(model, module_name)
+    return src is not None and _has_key(src[0].weights_map, src[1] + tensor)
+
+
 def read_offloaded(model: nn.Module, key: str, /) -> torch.Tensor:
     """The value of state-dict entry ``key`` held on ``meta`` by an offload hook, on the CPU.
 
@@ -191,11 +214,11 @@ def read_offloaded(model: nn.Module, key: str, /) -> torch.Tensor:
     OffloadError
         If no offload hook holds it.
     """
-    module_name, _, tensor = key.rpartition(".")
-    src = _source(model, module_name)
-    if src is None or not _has_key(src[0].weights_map, src[1] + tensor):
+    if not is_offloaded(model, key):
         raise OffloadError(_ERR_META.format(name=key))
-    return src[0].weights_map[src[1] + tensor].to("cpu")
+    module_name, _, tensor = key.rpartition(".")
+    hook, prefix = _source(model, module_name)
+    return hook.weights_map[prefix + tensor].to("cpu")
 
 
 @contextmanager

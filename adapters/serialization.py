@@ -28,6 +28,7 @@ from .hf_quantizer import (
     CompressedCheckpointConfig,
     attach,
     is_recorded,
+    name_weights_for_adapters,
 )
 
 __all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "load_compressed", "save_compressed"]
@@ -106,6 +107,7 @@ def save_compressed(model: nn.Module, path, /, *, tokenizer=None, overwrite: boo
     tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:
         model.save_pretrained(str(tmp))
+        name_weights_for_adapters(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if replace:

@@ -21,8 +21,8 @@ from .experts import fused_experts_problem, is_fused_experts
 from .layer import FACTORED_LINEARS, LowRankLinear, _shared_linear
 
 __all__ = [
-    "ALL_LINEAR", "LINEAR_VIEWS", "TARGET_ALIASES", "LeftDense", "Survey", "as_linear", "check_uncompressed",
-    "find_targets", "matches", "survey_targets",
+    "ALL_LINEAR", "DENSE_FROM_LINEAR", "LINEAR_VIEWS", "TARGET_ALIASES", "LeftDense", "Survey", "as_linear",
+    "check_uncompressed", "find_targets", "from_linear", "matches", "survey_targets",
 ]
 
 TARGET_ALIASES = {
@@ -44,15 +44,33 @@ def _conv1d_view(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return module.weight.T, module.bias
 
 
+@torch.no_grad()
+def _conv1d_from(linear: nn.Linear, cls: type) -> nn.Module:
+    out = cls(linear.out_features, linear.in_features)  # Conv1D(nf=out, nx=in), weight in x out
+    out.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    out.weight.copy_(linear.weight.T)
+    if linear.bias is None:
+        out.bias.zero_()  # Conv1D always has a bias (its forward is one addmm)
+    else:
+        out.bias.copy_(linear.bias)
+    out.requires_grad_(linear.weight.requires_grad)
+    return out
+
+
 #: Module type -> ``view(module) -> (weight (out x in), bias or None)``, sharing storage; looked
 #: up along the type's MRO, so subclasses (``FalconLinear``) find their base.
 LINEAR_VIEWS: dict[type, Callable] = {nn.Linear: lambda module: (module.weight, module.bias)}
+#: The inverse of :data:`LINEAR_VIEWS` for the types that do not store ``out x in``:
+#: ``type -> build(linear, type)``, a module of that type computing what ``linear`` computes
+#: (what a merged checkpoint must hold for the family's own class to load it).
+DENSE_FROM_LINEAR: dict[type, Callable] = {}
 try:
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - transformers is what adapters compresses
     pass
 else:
     LINEAR_VIEWS[Conv1D] = _conv1d_view
+    DENSE_FROM_LINEAR[Conv1D] = _conv1d_from
 
 
 def _view_of(module: nn.Module):
@@ -96,6 +114,45 @@ def as_linear(module: nn.Module, /) -> nn.Linear:
         )
     weight, bias = view(module)
     return _shared_linear(weight, bias, requires_grad=weight.requires_grad)
+
+
+def from_linear(linear: nn.Linear, slot: type, /) -> nn.Module:
+    """``linear`` as a module of type ``slot`` (the inverse of :func:`as_linear`).
+
+    Parameters
+    ----------
+    linear : nn.Linear
+        A dense layer, e.g. a factored layer folded by :func:`adapters.layer.fold`.
+    slot : type
+        The type the architecture has in that place: ``nn.Linear`` (or a subclass) returns
+        ``linear`` itself; a type in :data:`DENSE_FROM_LINEAR` (``Conv1D``) a new module holding
+        the weight in that type's layout, on the same device and dtype.
+
+    Returns
+    -------
+    nn.Module
+
+    Raises
+    ------
+    TypeError
+        For a type with no entry in :data:`DENSE_FROM_LINEAR` that is not an ``nn.Linear``.
+
+    Examples
+    --------
+    >>> from transformers.pytorch_utils import Conv1D
+    >>> from_linear(torch.nn.Linear(4, 6), Conv1D).weight.shape
+    torch.Size([4, 6])
+    """
+    if issubclass(slot, nn.Linear):
+        return linear
+    for cls in slot.__mro__:
+        if cls in DENSE_FROM_LINEAR:
+            return DENSE_FROM_LINEAR[cls](linear, slot)
+    raise TypeError(
+        f"expected an nn.Linear or a type with an entry in adapters.targets.DENSE_FROM_LINEAR "
+        f"({', '.join(c.__name__ for c in DENSE_FROM_LINEAR)}), got {slot.__name__}; register how to build one "
+        "from an nn.Linear there"
+    )
 
 
 @dataclass

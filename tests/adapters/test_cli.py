@@ -318,3 +318,88 @@ def test_demo_ood_reports_both_domains_and_their_ratio(tiny_llama, monkeypatch, 
     out = capsys.readouterr().out
     assert re.search(r"dense: .*WikiText-2 perplexity [\d.]+, Shakespeare perplexity [\d.]+", out)
     assert "ratio to dense 1.00x in domain (WikiText-2), 1.00x out of domain (Shakespeare), out/in 1.00" in out
+
+
+def _help_of(command):
+    p = cli._parser()
+    sub = p._subparsers._group_actions[0].choices[command]
+    return {a.option_strings[0]: a for a in sub._actions if a.option_strings}
+
+
+def test_help_lists_allowed_values_of_every_choice_field():
+    from adapters.configs import CONFIGS, FIELD_CHOICES
+
+    actions = _help_of("compress")
+    assert tuple(actions["--method"].choices) == tuple(CONFIGS)
+    for name, allowed in FIELD_CHOICES.items():
+        assert tuple(actions["--" + name.replace("_", "-")].choices) == tuple(allowed), name
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["compress", "m", "-o", "out", "--units", "mlp", "attention"])
+
+
+def test_help_shows_each_methods_own_default():
+    """Issue 24: --reduction said 'default None' where 0.1 applies, --mix showed 0.75 for cur
+    (whose default is 0.0)."""
+    from adapters.configs import CONFIGS
+
+    actions = _help_of("compress")
+    for flag, name in (("--mix", "mix"), ("--refit-ridge", "refit_ridge"), ("--token-weighting", "token_weighting")):
+        help_ = actions[flag].help
+        for method, cls in CONFIGS.items():
+            field = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+            if field is None:
+                assert method not in help_.split("default")[0], (flag, method)
+            else:
+                assert re.search(rf"{re.escape(str(field.default))} \([^)]*\b{method}\b", help_), (flag, method, help_)
+    applied = 1 - InterpolativeConfig().target(1000) / 1000
+    assert f"default {applied:g} " in actions["--reduction"].help and "None" not in actions["--reduction"].help
+    demo = _help_of("demo")["--nsamples"].help
+    assert f"default {cli.DEMO_NSAMPLES} " in demo and str(InterpolativeConfig().nsamples) in demo
+
+
+@pytest.fixture
+def tiny_gpt2_folder(tmp_path):
+    from conftest import save_char_tokenizer
+    from families import make_tiny
+
+    src = tmp_path / "gpt2"
+    make_tiny("gpt2").save_pretrained(src)
+    save_char_tokenizer(src)
+    return src
+
+
+def test_eval_windows_follow_the_model_context(tiny_gpt2_folder, monkeypatch, capsys):
+    """Issue 24: eval used windows of 2048 whatever the model (IndexError on GPT-2)."""
+    import json
+
+    from adapters import eval as evaluation
+
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    monkeypatch.setattr(evaluation, "load_wikitext2", lambda tokenizer: type("W", (), {"eval_text": text})())
+    context = json.loads((tiny_gpt2_folder / "config.json").read_text())["n_positions"]
+    assert cli.EVAL_SEQLEN > context
+    assert cli.main(["--quiet", "eval", str(tiny_gpt2_folder), "--eval-tokens", "0"]) == 0
+    assert f"windows of {context})" in capsys.readouterr().out
+    assert cli.main(["--quiet", "eval", str(tiny_gpt2_folder), "--eval-seqlen", str(context + 1)]) == 2
+    err = capsys.readouterr().err
+    assert f"--eval-seqlen {context + 1} is longer than the model's context" in err and "Traceback" not in err
+    assert f"pass --eval-seqlen {context} or less" in err
+
+
+def test_a_folder_without_tokenizer_says_what_to_pass(tiny_gpt2_folder, tmp_path, monkeypatch, capsys):
+    """Issue 24: transformers' raw "Couldn't instantiate the backend tokenizer" error."""
+    from families import make_tiny
+
+    from adapters import eval as evaluation
+
+    bare = tmp_path / "bare"
+    make_tiny("gpt2").save_pretrained(bare)
+    assert cli.main(["--quiet", "eval", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no tokenizer" in err and "pass --tokenizer DIR" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError, match="--tokenizer '.*missing' holds no tokenizer"):
+        cli.load_model(str(bare), tokenizer=str(tmp_path / "missing"))
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    monkeypatch.setattr(evaluation, "load_wikitext2", lambda tokenizer: type("W", (), {"eval_text": text})())
+    assert cli.main(["--quiet", "eval", str(bare), "--tokenizer", str(tiny_gpt2_folder), "--eval-tokens", "0"]) == 0
+    assert "perplexity" in capsys.readouterr().out

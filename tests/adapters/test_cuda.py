@@ -51,3 +51,19 @@ def test_save_load_and_heal_on_cuda(form, tmp_path, calib_tokens, eval_tokens):
     assert result.steps_run == 3
     assert all(a.is_cuda for a in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("where", ["cpu", "disk"])
+def test_compressed_checkpoint_loads_offloaded_to_cpu_or_disk(where, tmp_path, calib_tokens, eval_tokens):
+    """Issue 24: offloaded factors (on meta, held by accelerate's hooks) were taken for missing ones."""
+    from transformers import AutoModelForCausalLM
+
+    model, _ = compress(make_tiny_llama(5), calibration=calib_tokens, reduction=0.2, progress=False)
+    model.save_pretrained(tmp_path / "ckpt")
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 0, "lm_head": 0,
+                  "model.layers.0": where, "model.layers.1": 0}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map=device_map,
+                                                  offload_folder=tmp_path / "offload")
+    assert loaded.model.layers[0].self_attn.q_proj.P.is_meta  # offloaded, read per forward pass
+    torch.testing.assert_close(_logits(loaded, eval_tokens.cuda()).cpu(), _logits(model, eval_tokens),
+                               rtol=1e-3, atol=1e-3)

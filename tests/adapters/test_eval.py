@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from adapters.eval import perplexity
+from adapters.eval import context_length, perplexity
 
 from conftest import make_tiny_llama
+from families import make_tiny
 
 
 def test_perplexity_matches_direct_nll():
@@ -32,3 +33,19 @@ def test_perplexity_errors():
         perplexity(model, None, torch.arange(100), seqlen=32, stride=64, progress=False)
     with pytest.raises(TypeError, match="tokenizer"):
         perplexity(model, None, "text", seqlen=32, progress=False)
+
+
+def test_a_window_longer_than_the_context_is_refused_with_the_limit():
+    """Issue 24: GPT-2 (learned positions) failed with 'IndexError: index out of range in self'
+    on windows longer than its n_positions."""
+    model = make_tiny("gpt2")
+    context = context_length(model)
+    assert context == model.config.n_positions
+    ids = torch.randint(3, 128, (4 * context,), generator=torch.Generator().manual_seed(0))
+    assert perplexity(model, None, ids, seqlen=context, progress=False).windows == 4
+    with pytest.raises(ValueError, match=rf"seqlen={context + 1} is longer than the model's context: GPT2LMHeadModel "
+                                         rf"has {context} positions \(config\.\w+\); pass seqlen={context}"):
+        perplexity(model, None, ids, seqlen=context + 1, progress=False)
+    llama = make_tiny_llama(0)
+    assert context_length(llama) == llama.config.max_position_embeddings
+    assert context_length(torch.nn.Linear(2, 2)) is None

@@ -3,7 +3,7 @@ import torch
 
 from adapters import AdaptersWarning, CURConfig, InterpolativeConfig, compress, count_parameters, plan
 from adapters.calibration import InputRecorder
-from adapters.experts import ExpertLinears, fused_experts_problem, open_experts
+from adapters.experts import ExpertLinears, close_experts, fused_experts_problem, open_experts
 from adapters.layer import FACTORED_LINEARS
 
 from families import calibration_tokens, make_tiny
@@ -166,3 +166,34 @@ def test_a_typo_leaves_the_moe_model_as_it_was():
     assert type(model.model.layers[0].mlp.experts).__name__ == "Qwen2MoeExperts"
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss"])
+def test_closed_experts_are_the_fused_module_again(family):
+    """Merging must give the family's fused 3-D parameters back (issue 24: merged MoE folders
+    held per-expert tensors, and the family's class loaded random experts)."""
+    model = make_tiny(family)
+    ref = _logits(model)
+    fused = model.model.layers[0].mlp.experts
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    open_experts(model)
+    for expert in _experts_of(model):
+        expert.own_storage()  # as after compression: no view into the fused tensors is left
+    assert close_experts(model) == 2
+    closed = model.model.layers[0].mlp.experts
+    assert type(closed) is type(fused) and not _experts_of(model)
+    assert closed.state_dict().keys() == state.keys()
+    assert all(torch.equal(closed.state_dict()[k], v) for k, v in state.items())
+    torch.testing.assert_close(_logits(model), ref, rtol=0, atol=0)
+
+
+def test_closing_needs_dense_experts_and_a_fused_origin():
+    model, _ = compress(make_tiny("mixtral"), InterpolativeConfig(reduction=0.2), calibration=calibration_tokens(),
+                        progress=False)
+    experts = _experts_of(model)[0]
+    assert any(isinstance(m, FACTORED_LINEARS) for m in experts.modules())
+    with pytest.raises(TypeError, match="fold the compressed ones first"):
+        experts.close()
+    pair = torch.nn.ModuleDict({"gate_up_proj": torch.nn.Linear(4, 6), "down_proj": torch.nn.Linear(3, 4)})
+    with pytest.raises(ValueError, match="open_experts"):
+        ExpertLinears([pair], act_fn=torch.relu).close()

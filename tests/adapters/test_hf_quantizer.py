@@ -1,15 +1,20 @@
 """Compressed checkpoints through transformers' quantizer registry (adapters.hf_quantizer)."""
 
+import copy
 import json
+import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from adapters import CheckpointMismatchError, CompressedCheckpointConfig, compress, count_parameters
-from adapters.hf_quantizer import QUANT_METHOD, CompressedQuantizer
+from adapters.hf_quantizer import QUANT_METHOD, WITHOUT_ADAPTERS, CompressedQuantizer
 from adapters.layer import FACTORED_LINEARS, CURLinear, InterpolativeLinear
 
-from conftest import make_tiny_classifier, make_tiny_llama
+from conftest import make_tiny_classifier, make_tiny_llama, save_char_tokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
@@ -339,3 +344,112 @@ def test_loaded_tensors_are_aligned(calib_tokens, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()])
+
+
+def test_loading_by_path_without_adapters_stops_before_reading_weights(tmp_path):
+    """Issue 24: without `import adapters`, transformers skipped the unknown quant_method and
+    filled the factored layers with random weights. Every loader must stop instead, naming
+    the import, before it reads a tensor: the weights file here is garbage, so a loader that
+    read it would fail with another error."""
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["transformers_weights"] == WITHOUT_ADAPTERS
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "garbage")
+    (tmp_path / "garbage" / "model.safetensors").write_bytes(b"not a safetensors file")
+    save_char_tokenizer(tmp_path / "garbage")
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForCausalLM, LlamaForCausalLM, pipeline\n"
+        f"path = {str(tmp_path / 'garbage')!r}\n"
+        "loaders = {'auto': lambda: AutoModelForCausalLM.from_pretrained(path),\n"
+        "           'class': lambda: LlamaForCausalLM.from_pretrained(path),\n"
+        "           'pipeline': lambda: pipeline('text-generation', model=path)}\n"
+        "for name, load in loaders.items():\n"
+        "    try:\n"
+        "        load()\n"
+        "        print(name, 'LOADED')\n"
+        "    except Exception as exc:\n"
+        "        print(name, type(exc).__name__, ' '.join(str(exc).split()))\n"
+        "assert 'adapters' not in sys.modules and 'curlinalg' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.split()[:1] in (["auto"], ["class"], ["pipeline"])]
+    assert len(lines) == 3, done.stdout
+    for line in lines:
+        assert "FileNotFoundError" in line and "run import adapters before from_pretrained" in line, line
+
+
+def test_loading_with_adapters_forgets_the_name_and_saving_writes_it_again(tmp_path):
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert getattr(loaded.config, "transformers_weights", None) is None
+    assert torch.equal(_out(loaded), _out(model))
+    for k, twin in enumerate((copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded)))):  # saves as the original
+        twin.save_pretrained(tmp_path / f"again{k}")
+        written = json.loads((tmp_path / f"again{k}" / "config.json").read_text())
+        assert written["transformers_weights"] == WITHOUT_ADAPTERS
+        assert torch.equal(_out(AutoModelForCausalLM.from_pretrained(tmp_path / f"again{k}")), _out(model))
+    loaded.dequantize().save_pretrained(tmp_path / "dense")
+    assert "transformers_weights" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+    make_tiny_llama().save_pretrained(tmp_path / "stock")
+    assert "transformers_weights" not in json.loads((tmp_path / "stock" / "config.json").read_text())
+
+
+def _offload_map(where):
+    """Layer 0 and the head offloaded to ``where``, the rest resident on the CPU."""
+    return {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "model.layers.1": "cpu",
+            "model.layers.0": where, "lm_head": where}
+
+
+@pytest.mark.parametrize("buffers", [False, True], ids=["weights", "weights-and-indices"])
+def test_offloaded_loading_gives_the_in_memory_logits(buffers, tmp_path):
+    """Issue 24: from_pretrained(..., device_map=..., offload_folder=...) of a compressed
+    checkpoint raised 'tensors [...] were not in the checkpoint' for offloaded factors."""
+    pytest.importorskip("accelerate")
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map=_offload_map("disk"),
+                                                  offload_folder=tmp_path / "offload", offload_buffers=buffers)
+    q = loaded.model.layers[0].self_attn.q_proj
+    assert isinstance(q, InterpolativeLinear) and q.P.is_meta and q.rows.is_meta == buffers  # really offloaded
+    assert torch.equal(_out(loaded), _out(model))
+    loaded.save_pretrained(tmp_path / "again")  # an offloaded model saves its offloaded factors too
+    assert torch.equal(_out(AutoModelForCausalLM.from_pretrained(tmp_path / "again")), _out(model))
+
+
+def test_auto_device_map_with_disk_offload_loads(tmp_path):
+    pytest.importorskip("accelerate")
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map="auto", max_memory={"cpu": "20KB"},
+                                                  offload_folder=tmp_path / "offload")
+    assert "disk" in loaded.hf_device_map.values()
+    assert torch.equal(_out(loaded), _out(model))
+
+
+def test_meta_tensors_no_hook_holds_are_still_missing(tmp_path):
+    """The check tells an offloaded tensor (held by an accelerate hook) from a missing one."""
+    pytest.importorskip("accelerate")
+    from accelerate.utils import set_module_tensor_to_device
+
+    model, _ = _compressed("causal", torch.float32)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", device_map=_offload_map("disk"),
+                                                  offload_folder=tmp_path / "offload")
+    check = loaded.hf_quantizer._process_model_after_weight_loading
+    check(loaded)  # every tensor on meta is held by its hook
+    hook = loaded.model.layers[0].self_attn.q_proj._hf_hook
+    held = hook.weights_map
+    hook.weights_map = {"P": held["P"]}  # the hook no longer holds R
+    with pytest.raises(CheckpointMismatchError, match=r"layers.0.self_attn.q_proj: tensors \['R'\] were not in the "
+                                                      r"checkpoint .*no accelerate offload hook holds them; \['P'\] "
+                                                      r"are offloaded"):
+        check(loaded)
+    hook.weights_map = held
+    set_module_tensor_to_device(loaded.model.layers[1].self_attn.q_proj, "P", "meta")  # on meta, no hook at all
+    with pytest.raises(CheckpointMismatchError, match=r"layers.1.self_attn.q_proj: tensors \['P'\] were not in the "
+                                                      r"checkpoint \(they are on the meta device and no accelerate "
+                                                      r"offload hook holds them\)"):
+        check(loaded)

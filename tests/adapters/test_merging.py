@@ -1,5 +1,7 @@
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from adapters import compress, count_parameters, merge
 from adapters.layer import FACTORED_LINEARS
 
 from conftest import make_tiny_llama
+from families import FAMILIES, calibration_tokens, make_tiny
 
 TOKENS = torch.randint(1, 128, (2, 16), generator=torch.Generator().manual_seed(2))
 CALIB = torch.randint(1, 128, (8, 32), generator=torch.Generator().manual_seed(1))
@@ -94,3 +97,64 @@ def test_transformers_dequantize_merges(tmp_path):
     assert not any(isinstance(m, FACTORED_LINEARS) for m in loaded.modules())
     assert getattr(loaded, "hf_quantizer", None) is None
     torch.testing.assert_close(_logits(loaded), _logits(model), rtol=1e-4, atol=1e-5)
+
+
+def _load_without_adapters(folders: dict, tokens, tmp_path) -> dict:
+    """``{family: logits}`` of each merged folder loaded by its family's own class in a new
+    process that never imports adapters; fails with the process's error output."""
+    torch.save(tokens, tmp_path / "tokens.pt")
+    code = (
+        "import sys, torch, transformers\n"
+        f"folders = {folders!r}\n"
+        f"tokens = torch.load({str(tmp_path / 'tokens.pt')!r})\n"
+        "out = {}\n"
+        "for family, (cls, folder) in folders.items():\n"
+        "    model, info = getattr(transformers, cls).from_pretrained(folder, output_loading_info=True)\n"
+        "    bad = {k: v for k, v in info.items() if v}\n"
+        "    if bad:\n"
+        "        raise SystemExit(f'{family}: {cls} loaded the merged folder with {bad}')\n"
+        "    with torch.no_grad():\n"
+        "        out[family] = model(tokens).logits\n"
+        "assert 'adapters' not in sys.modules and 'curlinalg' not in sys.modules\n"
+        f"torch.save(out, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(tmp_path / "logits.pt")
+
+
+def test_every_family_merges_into_a_folder_its_own_class_loads(tmp_path):
+    """Issue 24: GPT-2's Conv1D slots came back as nn.Linear (transposed weights: a size
+    mismatch), MoE experts as per-expert tensors (random experts after loading)."""
+    from adapters import InterpolativeConfig
+
+    tokens = torch.randint(3, 128, (2, 16), generator=torch.Generator().manual_seed(2))
+    folders, expected = {}, {}
+    for family, (_, _, model_cls, _) in FAMILIES.items():
+        model, _ = compress(make_tiny(family), InterpolativeConfig(reduction=0.2), calibration=calibration_tokens(),
+                            progress=False)
+        with torch.no_grad():
+            expected[family] = model(tokens).logits
+        merge(model)
+        assert type(model).__name__ == model_cls
+        model.save_pretrained(tmp_path / family)
+        folders[family] = (model_cls, str(tmp_path / family))
+    loaded = _load_without_adapters(folders, tokens, tmp_path)
+    for family, logits in expected.items():
+        torch.testing.assert_close(loaded[family], logits, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, family=family: f"{family}: {m}")
+
+
+def test_dequantize_gives_gpt2_its_conv1d_layers(tmp_path):
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    model, report = compress(make_tiny("gpt2"), calibration=calibration_tokens(), reduction=0.2, progress=False)
+    with torch.no_grad():
+        expected = model(TOKENS).logits
+    model.save_pretrained(tmp_path / "compressed")
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "compressed").dequantize()
+    assert report.modules and all(type(dense.get_submodule(m.name)) is Conv1D for m in report.modules)
+    dense.save_pretrained(tmp_path / "dense")
+    loaded = _load_without_adapters({"gpt2": ("GPT2LMHeadModel", str(tmp_path / "dense"))}, TOKENS, tmp_path)
+    torch.testing.assert_close(loaded["gpt2"], expected, rtol=1e-4, atol=1e-5)

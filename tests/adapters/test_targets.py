@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from torch import nn
 
 from adapters import InterpolativeConfig
-from adapters.targets import as_linear, find_targets, survey_targets
+from adapters.targets import as_linear, find_targets, from_linear, survey_targets
 
 from conftest import make_tiny_llama
 
@@ -90,6 +91,25 @@ def test_conv1d_is_read_through_a_transposed_view():
     torch.testing.assert_close(lin(x), conv(x))
     with pytest.raises(TypeError, match="register a view of its weight"):
         as_linear(nn.Embedding(3, 4))
+
+
+def test_from_linear_gives_back_the_architecture_type():
+    """A folded layer in a Conv1D slot must become a Conv1D again (issue 24: merged GPT-2
+    checkpoints held [out, in] weights where the family stores [in, out])."""
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(6, 4)
+    back = from_linear(copy.deepcopy(as_linear(conv)), Conv1D)
+    assert type(back) is Conv1D and back.weight.shape == conv.weight.shape == (4, 6)
+    assert torch.equal(back.weight, conv.weight) and torch.equal(back.bias, conv.bias)
+    lin = nn.Linear(4, 6, bias=False).to(torch.bfloat16)
+    half = from_linear(lin, Conv1D)
+    assert not half.bias.any() and half.weight.dtype == torch.bfloat16
+    x = torch.randn(3, 4, dtype=torch.bfloat16)
+    torch.testing.assert_close(half(x), lin(x))
+    assert from_linear(lin, nn.Linear) is lin
+    with pytest.raises(TypeError, match="DENSE_FROM_LINEAR"):
+        from_linear(lin, nn.Embedding)
 
 
 class _MoEToy(nn.Module):
