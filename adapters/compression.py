@@ -15,7 +15,7 @@ from ._common import count_parameters
 from ._parallel import map_modules
 from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
-from .hf_quantizer import attach, check_quantization, is_recorded, rebuild_buffers
+from .hf_quantizer import attach, check_quantization, drop_dequantized_record, is_recorded, rebuild_buffers
 from .layouts import mark_feature_major
 from .pruned import settle_widths
 from .experts import ExpertLinears, open_experts
@@ -519,6 +519,8 @@ def compress(
     rebuild_buffers(model)  # e.g. a rotary inv_freq cast by model.to(bf16): as from_pretrained builds it
     if hasattr(model, "config") and any(is_recorded(m) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
+    elif hasattr(model, "config"):
+        drop_dequantized_record(model)  # a stock architecture: no GGUF record describing another file
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}
     if calib._runner is not None:

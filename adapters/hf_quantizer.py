@@ -68,6 +68,7 @@ __all__ = [
     "architecture_twin",
     "attach",
     "detach",
+    "drop_dequantized_record",
     "is_recorded",
     "rebuild_buffers",
 ]
@@ -616,6 +617,23 @@ def check_quantization(model: nn.Module, /) -> None:
         "that method's record. Load it with float weights (for a GGUF file: "
         "quantization_config=GgufConfig(dequantize=True)), or call model.dequantize(), before compressing"
     )
+
+
+def drop_dequantized_record(model: nn.Module, /) -> bool:
+    """Remove the record of a quantizer whose weights were dequantized on load; whether one was.
+
+    A model loaded from GGUF keeps transformers' ``gguf`` quantizer, which describes the file it
+    came from and makes ``save_pretrained`` refuse. :func:`attach` replaces it by the
+    compression record; a structured model that needs no record (one MLP width, nothing
+    factored: a stock architecture) drops it instead, so that it saves as the plain checkpoint
+    it is.
+    """
+    other = getattr(model, "hf_quantizer", None)
+    if other is None or isinstance(other, CompressedQuantizer):
+        return False
+    check_quantization(model)  # only a dequantized record gets here without raising
+    other.remove_quantization_config(model)
+    return True
 
 
 def architecture_twin(model: nn.Module, /) -> nn.Module | None:

@@ -244,3 +244,21 @@ def test_heal_trains_the_refitted_projections_only(calib_tokens):
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(2)}
+
+
+def test_a_stock_result_from_a_gguf_model_drops_the_gguf_record_and_saves(calib_tokens, eval_tokens, tmp_path):
+    """The demo model comes from GGUF: transformers dequantizes it but keeps a ``gguf`` quantizer,
+    which makes save_pretrained refuse; a stock structured result must not carry it."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+
+    model = make_tiny_llama()
+    config = GgufConfig(gguf_file="x.gguf")
+    model.hf_quantizer = GgufHfQuantizer(config)
+    model.hf_quantizer.quantized = {}  # every weight dequantized on load (CPU)
+    model.config.quantization_config = config
+    model, _ = compress(model, StructuredConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    assert getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path / "stock")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "stock")
+    assert torch.equal(_logits(back, eval_tokens), _logits(model, eval_tokens))
