@@ -25,8 +25,10 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The demo's calibration windows (of 512 tokens) and evaluation tokens: minutes on 2 CPU cores.
 DEMO_NSAMPLES = 32
 DEMO_EVAL_TOKENS = 8192
-#: The demo fits on the dense model's statistics in one pass; ``--sequential`` adds the refit.
-DEMO_SEQUENTIAL = False
+#: The demo's method: structured MLP units of one width (the Llama preset's default), whose
+#: result is a stock, smaller Llama (docs/benchmarks.md, section 11); ``--method interpolative``
+#: runs the earlier default.
+DEMO_METHOD = "structured"
 #: Evaluation window (tokens) when ``--eval-seqlen`` is not given: the SparseGPT protocol's, or
 #: the model's context when that is shorter (GPT-2: 1024).
 EVAL_SEQLEN = 2048
@@ -187,8 +189,9 @@ def _add_compress_options(p: argparse.ArgumentParser, *, defaults=None) -> None:
     ``defaults`` are the command's own (the demo's ``--nsamples``), set and shown instead.
     """
     defaults = defaults or {}
-    p.add_argument("--method", default="interpolative", choices=list(CONFIGS),
-                   help="compression method: the config class (default interpolative)")
+    method = defaults.get("method", "interpolative")
+    p.add_argument("--method", default=method, choices=list(CONFIGS),
+                   help=f"compression method: the config class (default {method})")
     for name, (f, methods) in _config_fields().items():
         flag = "--" + name.replace("_", "-")
         default = _default(f)
@@ -305,8 +308,8 @@ def _cmd_demo(args) -> int:
     model, tok = load_model(SMOLLM2, device=args.device)
     print(f"loaded SmolLM2-135M-Instruct ({SMOLLM2_GGUF}) in {time.perf_counter() - t0:.1f}s")
     if getattr(config, "sequential", None) is False:
-        print("one-pass fit on the dense model's statistics (the demo's setting for speed; --sequential "
-              "adds the library default's refit)")
+        print("one-pass fit on the dense model's statistics (--sequential adds the refit on the compressed "
+              "model's inputs)")
     data = load_wikitext2(tokenizer=tok)
     calibration = _calibration_text(args, tok)
     before = count_parameters(model)
@@ -454,12 +457,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run on this torch device, e.g. cuda (default: cpu)")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="SmolLM2-135M: compress at the default budget, perplexity before/after")
-    # A demo in minutes on 2 CPU cores (docs/benchmarks.md, item 10): 32 x 512 calibration tokens
-    # (the library's default is 128 x 512), the one-pass fit (the library's default adds the
-    # sequential refit: 2.7x the compression time, 371 s against 136 s at -10% on 2 CPU cores)
-    # and the first DEMO_EVAL_TOKENS evaluation tokens; --nsamples 128 --sequential
-    # --eval-tokens 32768 give the library's defaults on the full protocol of docs/adapters.md.
-    _add_compress_options(d, defaults={"nsamples": DEMO_NSAMPLES, "sequential": DEMO_SEQUENTIAL})
+    # A demo in minutes on 2 CPU cores (docs/benchmarks.md, items 10 and 11): the structured
+    # default of the Llama preset, 32 x 512 calibration tokens (the library's default is 128 x 512)
+    # and the first DEMO_EVAL_TOKENS evaluation tokens; --nsamples 128 --eval-tokens 32768 give
+    # the full protocol of docs/adapters.md.
+    _add_compress_options(d, defaults={"method": DEMO_METHOD, "nsamples": DEMO_NSAMPLES})
     _add_eval_options(d, tokens=DEMO_EVAL_TOKENS, ood=True)
     _add_calibration_set_option(d)
     d.add_argument("--output", help="also save the compressed model here")

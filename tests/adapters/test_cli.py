@@ -203,16 +203,17 @@ def test_demo_defaults_are_its_own_and_overridable():
     assert p.parse_args(["eval", "m"]).eval_tokens == 32768
 
 
-def test_demo_fits_in_one_pass_unless_asked_to_refit():
-    """The demo skips the library default's sequential refit (for its minutes); --sequential adds
-    it with the library's refit options, and compress keeps the library's default."""
+def test_demo_runs_the_structured_default_unless_told_otherwise():
+    """The demo compresses with the Llama preset's default (StructuredConfig) at its own
+    calibration size; --method picks another, and compress keeps the library's default."""
+    from adapters import StructuredConfig
+
     p = cli._parser()
-    assert cli.DEMO_SEQUENTIAL is False and InterpolativeConfig().sequential is True
-    demo = cli.config_from_args(p.parse_args(["demo"]))
-    assert demo.sequential is False and demo.mix == 0.0
-    refit = cli.config_from_args(p.parse_args(["demo", "--sequential"]))
-    assert refit == InterpolativeConfig(nsamples=cli.DEMO_NSAMPLES)
-    assert cli.config_from_args(p.parse_args(["compress", "m", "-o", "o"])).sequential is True
+    assert cli.DEMO_METHOD == "structured"
+    assert cli.config_from_args(p.parse_args(["demo"])) == StructuredConfig(nsamples=cli.DEMO_NSAMPLES)
+    other = cli.config_from_args(p.parse_args(["demo", "--method", "interpolative"]))
+    assert other == InterpolativeConfig(nsamples=cli.DEMO_NSAMPLES)
+    assert type(cli.config_from_args(p.parse_args(["compress", "m", "-o", "o"]))) is InterpolativeConfig
 
 
 class _Stop(Exception):
