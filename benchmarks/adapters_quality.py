@@ -348,6 +348,10 @@ def _plot_panel(ax, results: dict, key: str) -> None:
         "svd-plain": ("C2", "^", "truncated SVD, global ranks"),
         "curing": ("C3", "x", "CURing reproduction"),
         "dense": ("k", "*", "dense"),
+        "structured": ("C2", "o", "structured: MLP neurons, one width, refit (StructuredConfig; issue 22)"),
+        "hybrid": ("C4", "D", "hybrid: MLP neurons + interpolative attention (matrices='interpolative')"),
+        "structured-vo": ("C8", "^", "structured + value-output units (units=('mlp', 'vo'))"),
+        "structured:uniform=false": ("C2", "v", "structured, per-layer widths"),
     }
     for name, pts in series.items():
         pts.sort()
