@@ -415,6 +415,8 @@ class CompressedQuantizer(HfQuantizer):
                 raise CheckpointMismatchError(f"{name}: tensors {meta} were not in the checkpoint; {_RESAVE}")
             if isinstance(mod, SAVED_LINEARS):
                 _check_indices(name, mod)
+            if isinstance(mod, InterpolativeLinear):
+                mod.rebuild_order()  # derived, not saved: loading left it undefined
         mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
         _realign(model)
         if self.quantization_config.compression is not None:
