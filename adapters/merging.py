@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .hf_quantizer import detach
+from .hf_quantizer import detach, is_recorded
 from .layer import fold
 from .pruned import pad_widths
 
@@ -28,7 +28,9 @@ def merge(model: nn.Module, /) -> nn.Module:
         ``weight_product()`` (same device, dtype and bias), and the compression record is
         removed, so ``model.save_pretrained(path)`` writes a plain checkpoint that any engine
         loading the original architecture (vLLM, llama.cpp converters, ...) reads without
-        :mod:`adapters`.  A model with no compressed layer is returned unchanged.
+        :mod:`adapters`.  A model with no compressed layer keeps its layers; a compression
+        record it still carries (its layers folded elsewhere, e.g. by PEFT's
+        ``merge_and_unload()``, :mod:`adapters.peft`) is removed.
         transformers' own ``model.dequantize()`` does the same on a compressed model.
 
     Notes
@@ -51,6 +53,6 @@ def merge(model: nn.Module, /) -> nn.Module:
     """
     folded = fold(model)
     padded = pad_widths(model)
-    if folded or padded is not None:
-        detach(model)
+    if folded or padded is not None or not any(is_recorded(m) for m in model.modules()):
+        detach(model)  # also a record left describing nothing (after PEFT's merge_and_unload)
     return model
