@@ -416,8 +416,9 @@ class InterpolativeLinear(_FactoredLinear):
     ``rows`` and ``rest`` (the complement, increasing) place the two output blocks. Below
     :data:`TRANSPOSED_FROM` tokens (decoding) the blocks are concatenated and put in order
     by one gather along the last dimension (fewest calls: each costs more than its bytes
-    there), with the non-persistent buffer ``order`` (:meth:`rebuild_order`). From :data:`TRANSPOSED_FROM` tokens on (prefill, training) they are placed as
-    rows of the transposed output ``y^T`` (contiguous rows), then either copied into the
+    there), by the non-persistent buffer ``order`` (:meth:`rebuild_order`). From
+    :data:`TRANSPOSED_FROM` tokens on (prefill, training) they are placed as rows of the
+    transposed output ``y^T`` (contiguous rows), then either copied into the
     usual layout (one transposing copy) or, when ``feature_major_output`` is set, returned as
     the transposed view ``(y^T)^T`` without the copy: the same values with strides
     ``(1, tokens)``, which every elementwise operation and every matrix product accepts, and
