@@ -10,7 +10,7 @@ peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 from adapters import CURConfig, InterpolativeConfig, StructuredConfig, SVDConfig, compress, merge  # noqa: E402
-from adapters.layer import SAVED_LINEARS  # noqa: E402
+from adapters.layer import SAVED_LINEARS, TRANSPOSED_FROM  # noqa: E402
 from adapters.peft import FactoredLoraLinear, all_linear_names, register  # noqa: E402
 
 from conftest import make_tiny_llama  # noqa: E402
@@ -124,19 +124,25 @@ def test_merge_and_unload_folds_into_dense_layers_with_the_adapted_logits(tmp_pa
     from transformers import AutoModelForCausalLM
 
     model = _compressed().double()
+    assert any(getattr(model.get_submodule(f"model.layers.{i}.mlp.gate_proj"), "feature_major_output", False)
+               for i in range(3))
     plain = _logits(model)
-    wrapped = get_peft_model(model, register(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"])))
+    wrapped = get_peft_model(model, register(LoraConfig(r=4, lora_alpha=8,
+                                                        target_modules=["q_proj", "gate_proj", "down_proj"])))
     _randomise_lora_b(wrapped)
     adapted = _logits(wrapped)
+    long = torch.randint(3, 128, (1, TRANSPOSED_FROM + 8), generator=torch.Generator().manual_seed(3))
+    adapted_long = _logits(wrapped, long)  # gate_proj returns its transposed view there
     assert float((adapted - plain).abs().max()) > 1e-3
     merged = wrapped.merge_and_unload()
     for i in range(3):
-        for name in ("self_attn.q_proj", "mlp.down_proj"):
+        for name in ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"):
             layer = merged.get_submodule(f"model.layers.{i}.{name}")
             assert type(layer) is torch.nn.Linear and layer.weight.dtype == torch.float64
     assert _factored(merged)  # layers without an adapter stay factored
     got = _logits(merged)
     torch.testing.assert_close(got, adapted, rtol=0, atol=1e-10 * float(adapted.abs().max()))
+    torch.testing.assert_close(_logits(merged, long), adapted_long, rtol=0, atol=1e-10 * float(adapted_long.abs().max()))
     merged.save_pretrained(tmp_path / "partly")  # the record lists the layers still factored
     record = json.loads((tmp_path / "partly" / "config.json").read_text())["quantization_config"]
     assert set(record["modules"]) == _factored(merged)
