@@ -505,8 +505,12 @@ class CompressedQuantizer(HfQuantizer):
                     f"accelerate offload hook holds them{f'; {held} are offloaded' if held else ''}); {_RESAVE}"
                 )
             if isinstance(mod, SAVED_LINEARS):
-                _check_indices(name, mod, lambda key, name=name, mod=mod: (
-                    read_offloaded(model, f"{name}.{key}") if getattr(mod, key).is_meta else getattr(mod, key)))
+                def read(key, name=name, mod=mod):
+                    return read_offloaded(model, f"{name}.{key}") if getattr(mod, key).is_meta else getattr(mod, key)
+
+                _check_indices(name, mod, read)
+                if isinstance(mod, InterpolativeLinear):  # derived, not saved: loading left it undefined
+                    mod.rebuild_order_from(read("rows"), read("rest"))
         mark_feature_major(model)  # layouts are not stored: the loaded model runs as the saved one
         _realign(model)
         if self.quantization_config.compression is not None:

@@ -110,6 +110,11 @@ def _complement(rows: torch.Tensor, size: int, /) -> torch.Tensor:
     return torch.nonzero(~keep).reshape(-1)
 
 
+def _gather_order(rows: torch.Tensor, rest: torch.Tensor, /) -> torch.Tensor:
+    """``argsort(cat(rows, rest))``: the position of each output index in ``cat(z, P z)``."""
+    return torch.argsort(torch.cat((rows, rest)))
+
+
 def _weight_of(linear: nn.Module) -> torch.Tensor:
     W = getattr(linear, "weight", None)
     if not isinstance(W, torch.Tensor) or W.ndim != 2:
@@ -411,8 +416,9 @@ class InterpolativeLinear(_FactoredLinear):
     ``rows`` and ``rest`` (the complement, increasing) place the two output blocks. Below
     :data:`TRANSPOSED_FROM` tokens (decoding) the blocks are concatenated and put in order
     by one gather along the last dimension (fewest calls: each costs more than its bytes
-    there). From :data:`TRANSPOSED_FROM` tokens on (prefill, training) they are placed as
-    rows of the transposed output ``y^T`` (contiguous rows), then either copied into the
+    there), by the non-persistent buffer ``order`` (:meth:`rebuild_order`). From
+    :data:`TRANSPOSED_FROM` tokens on (prefill, training) they are placed as rows of the
+    transposed output ``y^T`` (contiguous rows), then either copied into the
     usual layout (one transposing copy) or, when ``feature_major_output`` is set, returned as
     the transposed view ``(y^T)^T`` without the copy: the same values with strides
     ``(1, tokens)``, which every elementwise operation and every matrix product accepts, and
@@ -466,6 +472,7 @@ class InterpolativeLinear(_FactoredLinear):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(memory_format=torch.contiguous_format))
         self.register_buffer("rows", rows.to(R.device))
         self.register_buffer("rest", _complement(rows, m).to(R.device))
+        self.register_buffer("order", _gather_order(self.rows, self.rest), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, /, *, rows, P, R=None) -> "InterpolativeLinear":
@@ -505,23 +512,44 @@ class InterpolativeLinear(_FactoredLinear):
             raise ValueError(f"an InterpolativeLinear needs 0 < rank < min(out, in) = {min(m, n)}, got {rank}")
         return {"P": (m - rank, rank), "R": (rank, n)}, {"rows": (rank,), "rest": (m - rank,)}
 
-    def _order(self) -> torch.Tensor:
-        """``argsort(cat(rows, rest))``: where each output sits in ``cat(z, P z)``.
+    @classmethod
+    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype=None, device=None):
+        """:meth:`_FactoredLinear.empty`, plus the derived buffer ``order`` (undefined until
+        :meth:`rebuild_order` runs on the loaded indices)."""
+        layer = super().empty(m, n, rank, bias=bias, dtype=dtype, device=device)
+        layer.register_buffer("order", torch.empty(m, dtype=torch.long, device=device), persistent=False)
+        return layer
 
-        Derived, not stored (checkpoints keep ``rows`` and ``rest``), and cached for the buffers'
-        current storage and version, so a move or a load in place recomputes it.
+    @torch.no_grad()
+    def rebuild_order(self) -> None:
+        """Recompute the buffer ``order`` from ``rows`` and ``rest`` (after writing them in place).
+
+        ``order = argsort(cat(rows, rest))`` says where each output sits in ``cat(z, P z)``, the
+        decoding path's gather. It is derived, not saved (a non-persistent buffer): the
+        constructor, :meth:`torch.nn.Module.load_state_dict` and ``from_pretrained`` (through
+        :mod:`adapters.hf_quantizer`) compute it; code that writes ``rows`` or ``rest`` in any
+        other way calls this method.  Nothing is checked in :meth:`forward`, which is what lets
+        ``torch.compile`` trace the layer into one graph with no guard on Python state.
         """
-        key = (self.rows.device, self.rows.data_ptr(), self.rows._version, self.rest.data_ptr(), self.rest._version)
-        if self.__dict__.get("_order_key") != key:
-            self.__dict__["_order_cache"] = torch.argsort(torch.cat((self.rows, self.rest)))
-            self.__dict__["_order_key"] = key
-        return self.__dict__["_order_cache"]
+        self.rebuild_order_from(self.rows, self.rest)
+
+    def rebuild_order_from(self, rows: torch.Tensor, rest: torch.Tensor, /) -> None:
+        """:meth:`rebuild_order` from ``rows`` and ``rest`` read elsewhere (an offloaded layer's,
+        whose own buffers stay on the meta device between forward passes)."""
+        if rows.is_meta or rest.is_meta:
+            return  # a shell before its tensors are loaded
+        device = self.order.device if not self.order.is_meta else rows.device
+        self.order = _gather_order(rows, rest).to(device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.rebuild_order()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // max(self.in_features, 1)
         if tokens < TRANSPOSED_FROM:
             z = nn.functional.linear(x, self.R)
-            y = torch.cat((z, nn.functional.linear(z, self.P)), -1).index_select(-1, self._order())
+            y = torch.cat((z, nn.functional.linear(z, self.P)), -1).index_select(-1, self.order)
         else:
             # Output rows of ``y^T`` are contiguous, so the two blocks are placed by row copies,
             # and one transposing copy lays ``y`` out (none with ``feature_major_output``); the

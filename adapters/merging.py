@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from .experts import close_experts
-from .hf_quantizer import architecture_twin, detach
+from .hf_quantizer import architecture_twin, detach, is_recorded
 from .layer import SAVED_LINEARS, fold
 from .pruned import pad_widths
 from .targets import from_linear
@@ -72,7 +72,9 @@ def merge(model: nn.Module, /) -> nn.Module:
         (GPT-2); opened experts are fused 3-D parameters again; and the compression record is
         removed, so ``model.save_pretrained(path)`` writes a plain checkpoint that any engine
         loading the original architecture (vLLM, llama.cpp converters, ...) reads without
-        :mod:`adapters`.  A model with no compressed layer is returned unchanged.
+        :mod:`adapters`.  A model with no compressed layer keeps its layers; a compression
+        record it still carries (its layers folded elsewhere, e.g. by PEFT's
+        ``merge_and_unload()``, :mod:`adapters.peft`) is removed.
         transformers' own ``model.dequantize()`` does the same on a compressed model.
 
     Notes
@@ -93,6 +95,6 @@ def merge(model: nn.Module, /) -> nn.Module:
     >>> type(merge(net)[0]).__name__
     'Linear'
     """
-    if densify(model):
-        detach(model)
+    if densify(model) or not any(is_recorded(m) for m in model.modules()):
+        detach(model)  # also a record left describing nothing (after PEFT's merge_and_unload)
     return model

@@ -21,6 +21,13 @@ elementwise product, the rest), from forward hooks, and the operators with the l
 time, from ``torch.profiler``; where the compressed model is not faster, they name the kernel
 or copy that limits it.
 
+With ``--compile`` (issue 24, item 6) each model is also timed under
+``torch.compile(model, fullgraph=True)``: ``dense (compiled)`` and ``compressed (compiled)``,
+the compiled compressed model's ratios taken over the compiled dense one. Compilation happens
+in a warm-up (one prefill, one short decode) before any timing; its seconds, and Dynamo's graph
+and graph-break counts for each model, are written under ``"compile"``. Compiled
+models are not profiled (forward hooks would change the graphs).
+
 Target: at -20% the compressed model is faster than dense in both prefill and decoding.
 
 Usage::
@@ -28,6 +35,7 @@ Usage::
     .venv/bin/python benchmarks/inference_cpu.py --save /tmp/smollm2-20      # compress, save, measure
     .venv/bin/python benchmarks/inference_cpu.py --load /tmp/smollm2-20      # measure a saved model
     .venv/bin/python benchmarks/inference_cpu.py --threads 1 --repeats 2     # a quicker look
+    .venv/bin/python benchmarks/inference_cpu.py --load /tmp/smollm2-20 --compile   # compiled against compiled
 """
 
 from __future__ import annotations
@@ -69,7 +77,44 @@ def prefill_fn(model, ids):
 
 def _cache_keyword(model) -> str:
     """``cache`` (transformers >= 5.x) or ``past_key_values`` (earlier): what ``forward`` takes."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper takes what its module takes
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+#: Suffix of the name of a compiled model; its ratios are taken over ``"dense" + COMPILED``.
+COMPILED = " (compiled)"
+
+
+def compile_models(models: dict, prefill_ids, prompt, *, backend: str = "inductor") -> tuple[dict, dict]:
+    """``torch.compile(m, fullgraph=True, backend=backend)`` of each model, compiled by one warm-up each.
+
+    Returns
+    -------
+    compiled : dict
+        ``{name + COMPILED: compiled model}``.
+    info : dict
+        Per compiled model: ``compile_seconds`` (the warm-up: one prefill and a 2-token decode,
+        nearly all of it compilation), and Dynamo's ``graphs`` and ``graph_breaks`` counted
+        during it. With ``fullgraph=True`` each graph is one compilation of the model's forward
+        (one per input shape it specialises on): ``graphs - 1`` recompiles.
+    """
+    import torch
+    from torch._dynamo.utils import counters
+
+    compiled, info = {}, {}
+    for name, m in models.items():
+        counters.clear()
+        c = torch.compile(m, fullgraph=True, backend=backend)
+        t = time.perf_counter()
+        prefill_fn(c, prefill_ids)()
+        decode(c, prompt, 2)
+        info[name + COMPILED] = {
+            "compile_seconds": time.perf_counter() - t,
+            "graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+        }
+        compiled[name + COMPILED] = c
+    return compiled, info
 
 
 def decode(model, prompt, new_tokens: int) -> tuple[float, list]:
@@ -309,6 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("--before", action="store_true",
                    help="also measure each compressed model with the previous InterpolativeLinear forward "
                         "(decoding by two index_copy_, every long output copied into place)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time every model under torch.compile(fullgraph=True), compiled compressed over "
+                        "compiled dense (compilation is done in a warm-up, not timed)")
     p.add_argument("--output", default="inference_cpu.json", help="JSON name under benchmarks/results/")
     args = p.parse_args(argv)
     _common.limit_threads(max(args.threads))
@@ -361,13 +409,21 @@ def main(argv=None) -> int:
     if ids.shape[1] < args.prefill:
         raise SystemExit(f"the WikiText-2 evaluation text gave {ids.shape[1]} tokens, fewer than --prefill {args.prefill}")
     prefill_ids, prompt = ids[:, : args.prefill], ids[:, : args.prompt]
+    compile_info = {}
+    if args.compile:
+        eager = [n for n in models if not n.endswith("(before)")]
+        compiled, compile_info = compile_models({n: models[n] for n in eager}, prefill_ids, prompt)
+        models.update(compiled)
+        for name, info in compile_info.items():
+            print(f"compiled {name} in {info['compile_seconds']:.1f}s: {info['graphs']} graphs, "
+                  f"{info['graph_breaks']} graph breaks", flush=True)
     memory = {name: weight_bytes(m) for name, m in models.items()}
     quality = {}
     if args.perplexity_tokens:
         from adapters.eval import perplexity
 
         for name, m in models.items():
-            if not name.endswith("(before)"):
+            if not name.endswith(("(before)", COMPILED)):
                 quality[name] = perplexity(m, tok, text, seqlen=2048, max_tokens=args.perplexity_tokens,
                                            progress=False).ppl
                 print(f"perplexity {name}: {quality[name]:.3f} (first {args.perplexity_tokens} tokens)", flush=True)
@@ -376,18 +432,19 @@ def main(argv=None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         res = measure(models, prefill_ids, prompt, new_tokens=args.new_tokens, repeats=args.repeats)
-        prof = None if args.no_profile else profile_models(models, prefill_ids, prompt, new_tokens=args.new_tokens)
+        profiled = {n: m for n, m in models.items() if not n.endswith(COMPILED)}
+        prof = None if args.no_profile else profile_models(profiled, prefill_ids, prompt, new_tokens=args.new_tokens)
         run = {"threads": torch.get_num_threads(), "models": res, "profile": prof, "ratios": {}}
-        base = res["dense"]
         for name in models:
-            if name == "dense":
+            if name in ("dense", "dense" + COMPILED):
                 continue
+            base = res["dense" + COMPILED if name.endswith(COMPILED) else "dense"]
             r = {
                 "prefill": res[name]["prefill_tokens_per_s"] / base["prefill_tokens_per_s"],
                 "decode": res[name]["decode_tokens_per_s"] / base["decode_tokens_per_s"],
                 "weight_memory": memory[name]["parameters"] / memory["dense"]["parameters"],
             }
-            if prof is not None:
+            if prof is not None and name in profiled:
                 r["prefill_limited_by"] = limiting(prof, "dense", name, "prefill")[:3]
                 r["decode_limited_by"] = limiting(prof, "dense", name, "decode")[:3]
             run["ratios"][name] = r
@@ -411,7 +468,7 @@ def main(argv=None) -> int:
             ("prefill_ratio", "prefill x dense", ".3f"), ("decode_ratio", "decode x dense", ".3f")]), flush=True)
     targets = {}
     for name in models:
-        if name == "dense":
+        if name in ("dense", "dense" + COMPILED):
             continue
         pre = [run["ratios"][name]["prefill"] for run in runs]
         dec = [run["ratios"][name]["decode"] for run in runs]
@@ -426,6 +483,7 @@ def main(argv=None) -> int:
         "prefill_tokens": args.prefill, "prompt_tokens": args.prompt, "new_tokens": args.new_tokens,
         "repeats": args.repeats, "memory_bytes": memory,
         "perplexity": {"tokens": args.perplexity_tokens, "models": quality} if quality else None, "compression": compression, "runs": runs,
+        "compile": compile_info or None,
         "table": rows, "target": targets,
     })
     return 0

@@ -45,3 +45,25 @@ def test_previous_forward_is_the_same_map_without_the_views(calib_tokens):
         ids = torch.randint(0, 128, (1, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
             torch.testing.assert_close(before(ids).logits, small(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_models_traces_dense_and_compressed_whole(calib_tokens):
+    """``--compile``: each model is compiled by its warm-up with no graph break, decodes the
+    eager model's tokens, and is timed like the others (Dynamo's eager backend: no C++ build)."""
+    import torch._dynamo
+
+    dense = make_tiny_llama(3)
+    small, _ = compress(make_tiny_llama(3), calibration=calib_tokens, reduction=0.2, progress=False)
+    models = {"dense": dense, "compressed": small}
+    ids = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    compiled, info = inference_cpu.compile_models(models, ids, ids[:, :4], backend="eager")
+    assert sorted(compiled) == ["compressed" + inference_cpu.COMPILED, "dense" + inference_cpu.COMPILED]
+    for name, m in models.items():
+        got = info[name + inference_cpu.COMPILED]
+        assert 1 <= got["graphs"] < torch._dynamo.config.recompile_limit
+        assert got["graph_breaks"] == 0 and got["compile_seconds"] > 0
+        assert inference_cpu.decode(compiled[name + inference_cpu.COMPILED], ids[:, :4], 3)[1] == \
+            inference_cpu.decode(m, ids[:, :4], 3)[1]
+    res = inference_cpu.measure(compiled, ids, ids[:, :4], new_tokens=3, repeats=1)
+    assert all(r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 for r in res.values())
