@@ -22,7 +22,7 @@ from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
 from .experts import open_experts
 from .layouts import GATED_MLP
-from .offload import check_readable, onloaded, onloaded_block
+from .offload import check_readable, onloaded_block
 from .targets import LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
