@@ -222,8 +222,9 @@ class _Applier:
                 )
         workers = self.calib.workers
         metrics = self.fit_metrics
-        if self.method.needs_gram:  # one factor per shared input, made before the modules use it
-            metrics.prepare([s for _, s in todo], workers=workers)
+        if self.method.needs_gram:  # one factor per shared input, made before the matrices use it
+            # (a structured unit's fit factors its own statistics: a factor here would go unused)
+            metrics.prepare([s for n, s in todo if self.planned[n].unit == "linear"], workers=workers)
 
         def one(item):
             name, stats = item

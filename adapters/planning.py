@@ -21,7 +21,7 @@ from .configs import BudgetConfig, CompressionConfig, CURingConfig, Interpolativ
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
 from .experts import open_experts
-from .layouts import GATED_MLP
+from .layouts import GATED_MLP, is_gated_mlp
 from .offload import check_readable, onloaded_block
 from .targets import LeftDense, as_linear, matches, survey_targets
 
@@ -329,8 +329,10 @@ def _curves(config, method, found, calib, metrics, keep, units=None) -> tuple[di
                 um = method.for_unit((units or {}).get(name, "linear"))
                 return um.unit_curve(config, calib.model, name, stats[name], metrics)
 
-            if method.needs_gram:  # one factor per shared input, made before the modules use it
-                metrics.prepare(stats.values(), workers=calib.workers)
+            if method.needs_gram:  # one factor per shared input, made before the matrices use it
+                # (a structured unit's curve factors its own statistics: a factor here would go unused)
+                metrics.prepare([stats[n] for n in heard if (units or {}).get(n, "linear") == "linear"],
+                                workers=calib.workers)
             curves.update(zip(heard, map_modules(curve, heard, workers=calib.workers)))
         distinct = {id(s): s for s in stats.values()}.values()
         size = sum(2 * s.gram.numel() * s.gram.element_size() for s in distinct if s.gram is not None)
@@ -389,8 +391,7 @@ def _group_mlp(model, found) -> dict:
     members: dict[str, dict] = {}
     for name in found:
         parent, _, attr = name.rpartition(".")
-        if attr in GATED_MLP and all(isinstance(getattr(model.get_submodule(parent), a, None), nn.Linear)
-                                     for a in GATED_MLP):
+        if attr in GATED_MLP and is_gated_mlp(model.get_submodule(parent), of=nn.Linear):
             members.setdefault(parent, {})[attr] = name
         elif attr in _OTHER_MLP:
             raise ValueError(_ERR_NO_UNIT.format(
