@@ -18,11 +18,17 @@ from torch import nn
 
 from .layer import InterpolativeLinear
 
-__all__ = ["GATED_MLP", "mark_feature_major"]
+__all__ = ["GATED_MLP", "is_gated_mlp", "mark_feature_major"]
 
 #: The attribute names of a gated MLP, ``down(act(gate(x)) * up(x))``: a module holding all
 #: three is taken for one (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3's split form, ...).
 GATED_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def is_gated_mlp(module: nn.Module, /, *, of: type = nn.Module) -> bool:
+    """Whether ``module`` holds the three :data:`GATED_MLP` children, each an instance of ``of``
+    (``nn.Linear`` for an MLP of plain dense layers; any module, factored ones included, by default)."""
+    return all(isinstance(getattr(module, attr, None), of) for attr in GATED_MLP)
 
 
 def mark_feature_major(model: nn.Module, /) -> list[str]:
@@ -47,7 +53,7 @@ def mark_feature_major(model: nn.Module, /) -> list[str]:
     """
     marked = []
     for name, mod in model.named_modules():
-        if not all(isinstance(getattr(mod, attr, None), nn.Module) for attr in GATED_MLP):
+        if not is_gated_mlp(mod):
             continue
         for attr in GATED_MLP[:2]:
             child = getattr(mod, attr)

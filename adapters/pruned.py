@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layouts import GATED_MLP
+from .layouts import GATED_MLP, is_gated_mlp
 
 __all__ = ["KEPT", "Kept", "KeptColumns", "KeptRows", "kept_linear", "pad_widths", "settle_widths"]
 
@@ -84,8 +84,35 @@ KEPT = {cls.form: cls for cls in (KeptRows, KeptColumns)}
 
 
 def kept_linear(weight: torch.Tensor, bias: torch.Tensor | None, /, *, form: str, shape: tuple) -> nn.Linear:
-    """An ``nn.Linear`` holding ``weight`` (and ``bias``), marked as cut from a dense ``shape``."""
+    """An ``nn.Linear`` holding ``weight`` (and ``bias``), marked as cut from a dense ``shape``.
+
+    Parameters
+    ----------
+    weight : torch.Tensor, shape (out, in)
+        The kept rows (``form="rows"``: ``out <= shape[0]``, ``in == shape[1]``) or columns
+        (``form="columns"``: ``out == shape[0]``, ``in <= shape[1]``) of the dense weight.
+    bias : torch.Tensor or None
+    form : {"rows", "columns"}
+    shape : tuple of int
+        ``(out_features, in_features)`` of the dense layer.
+
+    Returns
+    -------
+    torch.nn.Linear
+        With ``kept_from`` set (:class:`Kept`): what the checkpoint record lists.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``form``, or a ``weight`` that is not a cut of ``shape`` along it.
+    """
+    if form not in KEPT:
+        raise ValueError(f"form must be one of {sorted(KEPT)}, got {form!r}")
     out, inp = weight.shape
+    m, n = int(shape[0]), int(shape[1])
+    fits = (out <= m and inp == n) if form == "rows" else (out == m and inp <= n)
+    if not fits:
+        raise ValueError(f"a {out}x{inp} weight is not a cut of the {form} of a {m}x{n} weight; pass the dense shape")
     lin = nn.Linear(inp, out, bias=bias is not None, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         lin.weight.copy_(weight)
@@ -97,7 +124,7 @@ def kept_linear(weight: torch.Tensor, bias: torch.Tensor | None, /, *, form: str
 
 def _gated_mlps(model: nn.Module):
     for name, mod in model.named_modules():
-        if all(isinstance(getattr(mod, a, None), nn.Linear) for a in GATED_MLP):
+        if is_gated_mlp(mod, of=nn.Linear):
             yield name, mod
 
 
