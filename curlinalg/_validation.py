@@ -68,6 +68,16 @@ def check_rank(rank: Any, kmax: int, /) -> int:
     return rank
 
 
+def check_stopping(rank: Any, rtol: Any, atol: Any, kmax: int, /) -> tuple[int | None, float | None, float | None]:
+    """Check the stopping rules ``rank`` (optional, ``1 <= rank <= kmax``), ``rtol`` and ``atol``
+    (optional tolerances); at least one must be given. Returns them checked."""
+    rank = None if rank is None else check_rank(rank, kmax)
+    rtol, atol = check_tol(rtol, "rtol"), check_tol(atol, "atol")
+    if rank is None and rtol is None and atol is None:
+        raise ValueError(_errors.NO_STOP)
+    return rank, rtol, atol
+
+
 def check_tol(value: Any, name: str, /) -> float | None:
     """Check an optional tolerance: ``None`` or a finite float ``>= 0``."""
     if value is None:

@@ -296,14 +296,10 @@ def _check_options(kmax: int, o: dict[str, Any]) -> dict[str, Any]:
     o = dict(o)
     o["oversample"] = _validation.check_int(o["oversample"], "oversample", minimum=0)
     o["power_iters"] = _validation.check_int(o["power_iters"], "power_iters", minimum=0)
-    if o["rank"] is not None:
-        o["rank"] = _validation.check_rank(o["rank"], kmax)
-    for key in ("rtol", "atol", "core_rtol"):
-        o[key] = _validation.check_tol(o[key], key)
+    o["rank"], o["rtol"], o["atol"] = _validation.check_stopping(o["rank"], o["rtol"], o["atol"], kmax)
+    o["core_rtol"] = _validation.check_tol(o["core_rtol"], "core_rtol")
     if o["core_rtol"] is not None and o["core"] != "cross":
         raise ValueError(_errors.CORE_RTOL.format(core=o["core"]))
-    if o["rank"] is None and o["rtol"] is None and o["atol"] is None:
-        raise ValueError(_errors.NO_STOP)
     return o
 
 

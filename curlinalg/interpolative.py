@@ -422,12 +422,7 @@ def interpolative(
     _validation.check_choice(skeleton, "skeleton", SKELETONS)
     _validation.check_choice(basis, "basis", BASES)
     kmax = min(op.shape)
-    if rank is not None:
-        rank = _validation.check_rank(rank, kmax)
-    rtol = _validation.check_tol(rtol, "rtol")
-    atol = _validation.check_tol(atol, "atol")
-    if rank is None and rtol is None and atol is None:
-        raise ValueError(_errors.NO_STOP)
+    rank, rtol, atol = _validation.check_stopping(rank, rtol, atol, kmax)
     _validation.check_rng(rng, op.like)
     tolerance = rtol is not None or atol is not None
     # the certificate's probes get a stream of their own: never the sketch's draws

@@ -245,12 +245,7 @@ def truncated_svd(
     """
     op = as_operand(A)
     kmax = min(op.shape)
-    if rank is not None:
-        rank = _validation.check_rank(rank, kmax)
-    rtol = _validation.check_tol(rtol, "rtol")
-    atol = _validation.check_tol(atol, "atol")
-    if rank is None and rtol is None and atol is None:
-        raise ValueError(_errors.NO_STOP)
+    rank, rtol, atol = _validation.check_stopping(rank, rtol, atol, kmax)
     _validation.check_choice(kind, "kind", ("auto", "exact", "randomized"))
     oversample = _validation.check_int(oversample, "oversample", minimum=0)
     power_iters = _validation.check_int(power_iters, "power_iters", minimum=0)
