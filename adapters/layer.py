@@ -635,6 +635,24 @@ class LowRankLinear(_FactoredLinear):
         return self.A @ self.B
 
 
+def _hold_kept(layer, weight, bias, key: str, index, size: int, *, bias_size: int) -> None:
+    """Store ``weight``, ``bias`` and the int64 buffer ``key`` of a layer keeping ``rank`` of
+    ``size`` rows or columns, after checking that the indices are ``rank`` distinct values in range
+    and the bias has ``bias_size`` entries."""
+    idx = torch.as_tensor(index, dtype=torch.long, device=weight.device).clone()
+    if idx.ndim != 1 or idx.numel() != layer.rank or bool(((idx < 0) | (idx >= size)).any()) \
+            or idx.unique().numel() != idx.numel():
+        raise ValueError(
+            f"{key} must be {layer.rank} distinct indices in [0, {size}), one per kept {key[:-1]} of the "
+            f"{tuple(weight.shape)} weight; got {idx.tolist()[:10]} ({idx.numel()} values)"
+        )
+    if bias is not None and tuple(bias.shape) != (bias_size,):
+        raise ValueError(f"bias must have shape ({bias_size},), got {tuple(bias.shape)}")
+    layer.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format))
+    layer.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+    layer.register_buffer(key, idx)
+
+
 class ScatteredLinear(_FactoredLinear):
     """Kept output rows of a linear layer, put back in place: ``y[rows] = W' x``, zeros elsewhere.
 
@@ -653,9 +671,7 @@ class ScatteredLinear(_FactoredLinear):
         super().__init__()
         self.rank, self.in_features = weight.shape
         self.out_features = int(out_features)
-        self.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format))
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.register_buffer("rows", torch.as_tensor(rows, dtype=torch.long, device=weight.device).clone())
+        _hold_kept(self, weight, bias, "rows", rows, self.out_features, bias_size=self.out_features)
 
     @staticmethod
     def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:
@@ -689,9 +705,7 @@ class GatheredLinear(_FactoredLinear):
         super().__init__()
         self.out_features, self.rank = weight.shape
         self.in_features = int(in_features)
-        self.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format))
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.register_buffer("cols", torch.as_tensor(cols, dtype=torch.long, device=weight.device).clone())
+        _hold_kept(self, weight, bias, "cols", cols, self.in_features, bias_size=self.out_features)
 
     @staticmethod
     def _layout(m: int, n: int, rank: int, /) -> tuple[dict, dict]:

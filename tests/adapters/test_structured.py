@@ -262,3 +262,24 @@ def test_a_stock_result_from_a_gguf_model_drops_the_gguf_record_and_saves(calib_
     model.save_pretrained(tmp_path / "stock")
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "stock")
     assert torch.equal(_logits(back, eval_tokens), _logits(model, eval_tokens))
+
+
+def test_cut_layers_refuse_indices_and_shapes_that_do_not_fit():
+    from adapters.layer import GatheredLinear, ScatteredLinear
+    from adapters.pruned import kept_linear
+
+    w = torch.ones(2, 5)
+    with pytest.raises(ValueError, match="rows must be 2 distinct indices in"):
+        ScatteredLinear(w, rows=[0, 0], out_features=4)
+    with pytest.raises(ValueError, match="rows must be 2 distinct indices in"):
+        ScatteredLinear(w, rows=[1, 4], out_features=4)
+    with pytest.raises(ValueError, match="cols must be 5 distinct indices in"):
+        GatheredLinear(w, cols=[0, 1], in_features=8)
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        ScatteredLinear(w, rows=[0, 3], out_features=4, bias=torch.zeros(2))
+    layer = ScatteredLinear(w, rows=[3, 1], out_features=4)
+    assert torch.equal(layer(torch.ones(1, 5)), torch.tensor([[0.0, 5.0, 0.0, 5.0]]))
+    with pytest.raises(ValueError, match="form must be one of"):
+        kept_linear(w, None, form="neurons", shape=(4, 5))
+    with pytest.raises(ValueError, match="not a cut of the rows of a 1x5 weight"):
+        kept_linear(w, None, form="rows", shape=(1, 5))
