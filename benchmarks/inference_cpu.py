@@ -314,8 +314,6 @@ def _compress(model, tok, args):
 
 
 def _load(path):
-    import json
-
     import adapters  # noqa: F401  (registers the quantizer that reads the checkpoint)
 
     cfg = json.loads((Path(path) / "config.json").read_text())

@@ -85,3 +85,16 @@ def save_char_tokenizer(path):
     tok = char_tokenizer()
     tok.save_pretrained(path)
     return tok
+
+
+def one_thread_logits(model, tokens):
+    """Logits on one torch thread: a checkpoint loaded by transformers holds its tensors as views
+    into the file at any alignment, and some BLAS kernels split their work by alignment on several
+    threads, so bitwise comparisons with a loaded copy pin the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return model(tokens).logits
+    finally:
+        torch.set_num_threads(threads)

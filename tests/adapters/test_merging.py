@@ -9,7 +9,7 @@ import torch
 from adapters import compress, count_parameters, merge
 from adapters.layer import FACTORED_LINEARS
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, one_thread_logits
 from families import FAMILIES, calibration_tokens, make_tiny
 
 TOKENS = torch.randint(1, 128, (2, 16), generator=torch.Generator().manual_seed(2))
@@ -30,15 +30,8 @@ def _compressed(form="interpolative", dtype=None):
 
 def _logits(model):
     """On one torch thread: a merged model is dense, so transformers loads it without our
-    quantizer, and its tensors stay views into the file at any alignment, which some BLAS
-    kernels split their work by on several threads (compressed checkpoints get aligned copies)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return model(TOKENS).logits
-    finally:
-        torch.set_num_threads(threads)
+    quantizer and its tensors keep the file's alignment (compressed checkpoints get aligned copies)."""
+    return one_thread_logits(model, TOKENS)
 
 
 @pytest.mark.parametrize("form", ["cur", "interpolative"])

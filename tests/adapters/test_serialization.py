@@ -19,7 +19,7 @@ from adapters import (
 )
 from adapters.layer import FACTORED_LINEARS, LAYERS, InterpolativeLinear, LowRankLinear
 
-from conftest import char_tokenizer, make_tiny_classifier, make_tiny_llama
+from conftest import char_tokenizer, make_tiny_classifier, make_tiny_llama, one_thread_logits
 
 LEGACY = Path(__file__).parent / "data"
 
@@ -61,13 +61,7 @@ def _assert_matches_fixture(model, tokens, expected):
 def _logits(model, tokens):
     """Logits on one torch thread (two are covered by
     ``test_reloaded_model_gives_the_same_logits_in_every_dtype``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return model(tokens).logits
-    finally:
-        torch.set_num_threads(threads)
+    return one_thread_logits(model, tokens)
 
 
 @pytest.fixture(
