@@ -98,7 +98,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def is_recorded(module) -> bool:
-    """A factored layer, or a linear cut from a dense one that the architecture does not know."""
+    """Whether the checkpoint record lists ``module``: a factored layer (:data:`SAVED_LINEARS`),
+    or a linear cut from a dense one that the architecture does not know (``kept_from``,
+    :mod:`adapters.pruned`)."""
     return isinstance(module, SAVED_LINEARS) or hasattr(module, "kept_from")
 
 
@@ -631,6 +633,20 @@ def drop_dequantized_record(model: nn.Module, /) -> bool:
     compression record; a structured model that needs no record (one MLP width, nothing
     factored: a stock architecture) drops it instead, so that it saves as the plain checkpoint
     it is.
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+
+    Returns
+    -------
+    bool
+        Whether a record was removed (False: none, or this method's own).
+
+    Raises
+    ------
+    ValueError
+        The record is of a method whose layers stay quantized (:func:`check_quantization`).
     """
     other = getattr(model, "hf_quantizer", None)
     if other is None or isinstance(other, CompressedQuantizer):

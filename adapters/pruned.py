@@ -135,6 +135,11 @@ def _width(mlp: nn.Module) -> int:
 def settle_widths(model: nn.Module, /) -> int | None:
     """When every gated MLP of ``model`` has one width below its config's, make it the config's.
 
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+        Modified in place (``config.intermediate_size``, the MLPs' own attribute, the marks).
+
     Returns
     -------
     int or None
@@ -167,6 +172,16 @@ def pad_widths(model: nn.Module, /) -> int | None:
     families with a gated MLP (SiLU, GELU), and a zero column of ``down`` reads nothing, so the
     padded model computes the same function, in the family's own architecture with
     ``intermediate_size`` the widest width.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Modified in place (the cut layers are replaced by padded ``nn.Linear``s).
+
+    Returns
+    -------
+    int or None
+        The common width, or None when no MLP was cut (the model is left as it is).
     """
     mlps = list(_gated_mlps(model))
     if not any(hasattr(getattr(m, a), "kept_from") for _, m in mlps for a in GATED_MLP):
