@@ -21,7 +21,8 @@ from .pruned import settle_widths
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
-from .planning import Calibration, Plan, build_plan, dense_lines
+from .planning import Calibration, Plan, _loss_weights, build_plan, dense_lines
+from .sensitivity import output_sensitivity
 from .targets import LeftDense, as_linear, check_uncompressed
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
@@ -203,6 +204,7 @@ class _Applier:
         self.swaps: list = []
         self.reports: dict[str, ModuleReport] = {}
         self.planned = {m.name: m for m in plan.modules if m.rank > 0}
+        self.sensitivity = self._sensitivity()
         self.sequential = isinstance(self.config, ActivationConfig) and self.config.sequential
         # A refit's factor carries its ridge toward W on top of the numerical shift; its
         # statistics are recorded afresh, so no factor is shared with the plan's.
@@ -210,6 +212,17 @@ class _Applier:
                             if self.sequential and self.config.refit_ridge else metrics)
         self.routed = {f"{n}.{sub}" for n, mod in model.named_modules() if isinstance(mod, ExpertLinears)
                        for sub, _ in mod.named_modules() if sub}
+
+    def _sensitivity(self) -> dict | None:
+        """The plan's output sensitivities, or, for a plan that carries none (edited, or read
+        back from JSON), new ones when the config's ``loss_aware`` asks for loss-aware fits."""
+        if "fit" not in getattr(self.config, "loss_aware", ()):
+            return None
+        if self.plan._sensitivity:
+            return self.plan._sensitivity
+        anchors = {n: self.model.get_submodule(self.method.for_unit(m.unit).anchor(n))
+                   for n, m in self.planned.items() if m.unit != "linear"}
+        return output_sensitivity(self.model, self.calib.batches_ready(), anchors, progress=self.progress)
 
     def fit_many(self, todo: list) -> None:
         """Fit ``(name, stats)`` pairs side by side (:mod:`adapters._parallel`), then swap them in order."""
@@ -231,7 +244,9 @@ class _Applier:
             t = time.perf_counter()
             mp = self.planned[name]
             if mp.unit != "linear":  # its fit reads the unit's children, one at a time
-                res = self.method.for_unit(mp.unit).fit_unit(self.config, self.model, name, stats, metrics, mp.rank)
+                res = self.method.for_unit(mp.unit).fit_unit(
+                    self.config, self.model, name, stats, metrics, mp.rank,
+                    outputs=_loss_weights(self.config, self.sensitivity, name, mp.unit))
                 return None, res, time.perf_counter() - t
             with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
                 lin = as_linear(held)

@@ -457,6 +457,9 @@ class SVDConfig(BudgetConfig):
 STRUCTURED_MATRICES = ("dense", "interpolative")
 #: The kinds of structured unit: gated MLP neurons, attention value-output dimensions.
 STRUCTURED_UNITS = ("mlp", "vo")
+#: Where a :class:`StructuredConfig` weighs errors by the loss (:mod:`adapters.sensitivity`):
+#: in the allocation of widths and ranks, in the fit of the units.
+LOSS_AWARE = ("allocation", "fit")
 
 
 @dataclass(frozen=True)
@@ -495,6 +498,16 @@ class StructuredConfig(ActivationConfig):
         KV head keep the same dimensions of it), and refits ``o_proj`` on them
         (:class:`adapters.layer.ScatteredLinear` and :class:`adapters.layer.GatheredLinear`:
         the attention itself is unchanged). Widths of ``"vo"`` units are per layer.
+    loss_aware : tuple of {"allocation", "fit"}, default ()
+        Weigh errors by how much the calibration loss cares about each output
+        (:func:`adapters.sensitivity.output_sensitivity`: the diagonal ``D`` of the gradient
+        covariance at each target's output, from one backward pass over the calibration
+        tokens, about three forward passes of cost). ``"allocation"``: the allocator
+        compares the units and matrices by their predicted loss, ``||D^{1/2} E L||_F^2``,
+        instead of their relative errors ``||E L||_F^2 / ||W L||_F^2``. ``"fit"``: each
+        structured unit picks its neurons (value dimensions) and refits its output projection
+        in that two-sided metric (the refit is row by row, so ``D`` changes which neurons are
+        kept, not how a kept set is refitted). Needs a model that returns a loss (a causal LM).
     sequential, mix, refit_ridge
         As :class:`ActivationConfig`, defaults as :class:`InterpolativeConfig` (the refit on
         the compressed model's inputs, against ``0.75 W z_c + 0.25 W z_d``, with a ridge toward
@@ -505,15 +518,17 @@ class StructuredConfig(ActivationConfig):
     Units exist for modules that hold the three children ``gate_proj``, ``up_proj`` and
     ``down_proj`` (:data:`adapters.layouts.GATED_MLP`: Llama, Mistral, Qwen2/3, Gemma 1-3, and
     their kin); an MLP of another layout among the targets is refused by name in the plan.
+    Version 2 added ``loss_aware``; a version-1 dictionary reads with ``loss_aware=()``.
 
     References
     ----------
-    Chee et al. (2022), "Model preserving compression for neural networks", NeurIPS. Lin et
+    Martens & Grosse (2015), K-FAC, ICML (the output side of ``loss_aware``). Chee et al. (2022), "Model preserving compression for neural networks", NeurIPS. Lin et
     al. (2025), "MoDeGPT", ICLR, arXiv 2408.09632.
     """
 
     method: ClassVar[str] = "structured"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
+    upgrades: ClassVar[dict] = {1: {"loss_aware": ()}}
 
     sequential: bool = REFIT_DEFAULT["sequential"]
     mix: float = REFIT_DEFAULT["mix"]
@@ -523,10 +538,16 @@ class StructuredConfig(ActivationConfig):
     uniform: bool = True
     width_multiple: int = 1
     units: tuple = ("mlp",)
+    loss_aware: tuple = ()
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "units", (self.units,) if isinstance(self.units, str) else tuple(self.units))
+        aware = (self.loss_aware,) if isinstance(self.loss_aware, str) else tuple(self.loss_aware)
+        object.__setattr__(self, "loss_aware", aware)
+        if not set(aware) <= set(LOSS_AWARE) or len(set(aware)) != len(aware):
+            raise ValueError(f"loss_aware must be a tuple of distinct values from {LOSS_AWARE} (or ()), got "
+                             f"{self.loss_aware!r}")
         if not self.units or not set(self.units) <= set(STRUCTURED_UNITS) or len(set(self.units)) != len(self.units):
             raise ValueError(f"units must be a non-empty tuple of distinct values from {STRUCTURED_UNITS}, got {self.units!r}")
         if self.matrices not in STRUCTURED_MATRICES:
@@ -552,6 +573,7 @@ FIELD_CHOICES = {
     "kind": SVD_KINDS,
     "matrices": STRUCTURED_MATRICES,
     "units": STRUCTURED_UNITS,
+    "loss_aware": LOSS_AWARE,
 }
 
 

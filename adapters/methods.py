@@ -132,8 +132,15 @@ class Method:
         """``(m, n)`` of the unit: ``params(m, n, r)`` counts it at rank ``r`` and ``m * n`` dense."""
         return tuple(as_linear(module).weight.shape)
 
-    def unit_curve(self, config, model, name, stats, metrics) -> np.ndarray:
-        """:meth:`curve` of the unit ``name`` of ``model``, reading its anchor's weight."""
+    def unit_curve(self, config, model, name, stats, metrics, *, outputs=None) -> np.ndarray:
+        """:meth:`curve` of the unit ``name`` of ``model``, reading its anchor's weight.
+
+        ``outputs`` (a structured unit's: the anchor's output-row weights ``D^{1/2}`` of
+        :mod:`adapters.sensitivity`) makes the curve that of the two-sided metric; a matrix's
+        curve takes none.
+        """
+        if outputs is not None:
+            raise ValueError(f"the {self.form} method fits matrices in the input metric alone; pass outputs=None")
         with onloaded(model, self.anchor(name)) as lin:
             return self.curve(config, as_linear(lin).weight, stats, metrics)
 
@@ -290,22 +297,24 @@ class _Neurons(Method):
     def max_rank(self, m, n, /):
         return m - 1
 
-    def curve(self, config, weight, stats, metrics):
-        W = weight.detach().to(torch.float64)
-        return curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge).errors[: W.shape[1] - 1]
+    def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
+        with onloaded(model, self.anchor(name)) as lin:
+            W, _ = _weighted(lin.weight, outputs)
+            return curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge).errors[: W.shape[1] - 1]
 
-    def fit_unit(self, config, model, name, stats, metrics, rank) -> Fit:
-        """Keep ``rank`` neurons of the MLP ``name`` and refit its ``down`` (:func:`curlinalg.output_id`)."""
+    def fit_unit(self, config, model, name, stats, metrics, rank, *, outputs=None) -> Fit:
+        """Keep ``rank`` neurons of the MLP ``name`` and refit its ``down`` (:func:`curlinalg.output_id`);
+        ``outputs`` as :meth:`unit_curve`."""
         with onloaded(model, f"{name}.gate_proj") as gate, onloaded(model, f"{name}.up_proj") as up, \
                 onloaded(model, f"{name}.down_proj") as down:
-            W = down.weight.detach().to(torch.float64)
+            W, s = _weighted(down.weight, outputs)
             sequential = stats.cross is not None
             res = curlinalg.output_id(  # the order of output_id_curve on these statistics
                 stats.gram, W, rank=rank, cross=stats.cross, mix=config.mix if sequential else 0.0,
                 ridge=config.refit_ridge if sequential else 0.0, shift=config.ridge,
             )
             keep, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
-            new_down = res.weight[:, where].to(down.weight)
+            new_down = _unweighted(res.weight[:, where], s).to(down.weight)
             replaces = {
                 "gate_proj": kept_linear(gate.weight[keep], None if gate.bias is None else gate.bias[keep],
                                          form="rows", shape=gate.weight.shape),
@@ -315,6 +324,25 @@ class _Neurons(Method):
             }
             replaces["down_proj"].refitted = True  # what adapters.heal trains in a structured model
         return Fit(None, keep.tolist(), [], res.rel_error, replaces)
+
+
+def _weighted(weight: torch.Tensor, outputs, /) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(diag(s) W, s)`` in float64: the weight in the two-sided metric of :mod:`adapters.sensitivity`
+    (``s`` the output-row weights, floored at ``1e-6`` of their largest so that no row is lost),
+    or ``(W, None)`` without ``outputs``."""
+    W = weight.detach().to(torch.float64)
+    if outputs is None:
+        return W, None
+    s = outputs.to(device=W.device, dtype=torch.float64)
+    s = s.clamp_min(1e-6 * float(s.max()))
+    return W * s[:, None], s
+
+
+def _unweighted(fitted: torch.Tensor, s, /) -> torch.Tensor:
+    """A refit made in the two-sided metric, back in the weight's own rows: the refit is one least
+    squares problem per output row, linear in that row, so dividing by ``s`` gives the same
+    refit of ``W``."""
+    return fitted if s is None else fitted / s[:, None]
 
 
 def heads_of(attention: nn.Module, /) -> tuple[int, int, int]:
@@ -363,22 +391,23 @@ class _ValueOutput(Method):
     def max_rank(self, m, n, /):
         return m - 1
 
-    def unit_curve(self, config, model, name, stats, metrics):
+    def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
         heads = heads_of(model.get_submodule(name))
         with onloaded(model, self.anchor(name)) as o:
-            W = o.weight.detach().to(torch.float64)
+            W, _ = _weighted(o.weight, outputs)
         _, full = _value_order(stats.gram, W, heads, config.ridge)
         labels = torch.arange(W.shape[1], device=W.device)
         labels = (labels // (heads[1] // heads[0] * heads[2])) * heads[2] + labels % heads[2]  # (group, dim)
         c = curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge, groups=labels, order=full)
         return c.errors[heads[0] - 1 :: heads[0]][: heads[2] - 1]  # t dimensions in every group
 
-    def fit_unit(self, config, model, name, stats, metrics, rank) -> Fit:
-        """Keep ``rank`` value dimensions per head of the attention ``name``; refit its ``o_proj``."""
+    def fit_unit(self, config, model, name, stats, metrics, rank, *, outputs=None) -> Fit:
+        """Keep ``rank`` value dimensions per head of the attention ``name``; refit its ``o_proj``
+        (``outputs`` as :meth:`_Neurons.unit_curve`)."""
         heads = heads_of(model.get_submodule(name))
         kv, q, d = heads
         with onloaded(model, f"{name}.v_proj") as v, onloaded(model, f"{name}.o_proj") as o:
-            W = o.weight.detach().to(torch.float64)
+            W, s = _weighted(o.weight, outputs)
             dims, full = _value_order(stats.gram, W, heads, config.ridge)
             sequential = stats.cross is not None
             res = curlinalg.output_id(
@@ -390,7 +419,7 @@ class _ValueOutput(Method):
                                               device=W.device)).values
             replaces = {
                 "v_proj": ScatteredLinear(v.weight[rows], rows=rows, out_features=v.out_features, bias=v.bias),
-                "o_proj": GatheredLinear(res.weight[:, where].to(o.weight), cols=cols, in_features=o.in_features,
+                "o_proj": GatheredLinear(_unweighted(res.weight[:, where], s).to(o.weight), cols=cols, in_features=o.in_features,
                                          bias=o.bias),
             }
         return Fit(None, cols.tolist(), [], res.rel_error, replaces)

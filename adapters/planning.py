@@ -22,7 +22,8 @@ from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
 from .experts import open_experts
 from .layouts import GATED_MLP, is_gated_mlp
-from .offload import check_readable, onloaded_block
+from .offload import check_readable, onloaded, onloaded_block
+from .sensitivity import output_sensitivity
 from .targets import LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
@@ -114,6 +115,7 @@ class Plan:
     angular_distances: list | None = None
     dense: list = field(default_factory=list)
     _kept: dict = field(default_factory=dict, repr=False, compare=False)
+    _sensitivity: dict = field(default_factory=dict, repr=False, compare=False)
 
     def params_after(self, method: Method | None = None) -> int:
         """Parameters of the model once the plan is applied (biases stay)."""
@@ -288,6 +290,11 @@ class Calibration:
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
         self.workers = workers_for(workers) if on_cpu else 1
 
+    def batches_ready(self):
+        """The calibration batches (:class:`~adapters.calibration.CalibrationBatches`), made on first use."""
+        self.runner  # noqa: B018 -- builds the batches with the runner
+        return self.batches
+
     @property
     def runner(self) -> LayerRunner:
         if self._runner is None:
@@ -308,10 +315,39 @@ def _by_layer(found) -> dict[int, dict]:
     return out
 
 
+def _loss_weights(config, sensitivity, name, kind) -> torch.Tensor | None:
+    """The output-row weights a unit's curve and fit take under ``loss_aware`` "fit", else None."""
+    if sensitivity is None or kind == "linear" or "fit" not in getattr(config, "loss_aware", ()):
+        return None
+    return sensitivity[name].row_weights()
+
+
+def _loss_scale(model, method, name, stats, sensitivity) -> float:
+    """``||D^{1/2} W L||_F^2`` of the anchor's weight: what turns a relative curve into a loss.
+
+    ``D`` the diagonal of the gradient covariance at its output divided by the tokens
+    (:meth:`adapters.sensitivity.OutputSensitivity.row_weights` squared), ``L L^T`` the input
+    Gram the curve was made with.
+    """
+    with onloaded(model, method.anchor(name)) as lin:
+        W = as_linear(lin).weight.detach().to(torch.float64)
+    H = stats.gram.to(device=W.device, dtype=torch.float64)
+    w2 = sensitivity[name].row_weights().to(W.device) ** 2
+    return float((((W @ H) * W).sum(1) * w2).sum())
+
+
 @torch.no_grad()
-def _curves(config, method, found, calib, metrics, keep, units=None) -> tuple[dict, dict]:
-    """One pass over the dense model: every error curve, and the statistics worth keeping."""
+def _curves(config, method, found, calib, metrics, keep, units=None, sensitivity=None) -> tuple[dict, dict]:
+    """One pass over the dense model: every error curve, and the statistics worth keeping.
+
+    With ``sensitivity`` (a ``loss_aware`` config, :mod:`adapters.sensitivity`) the curves of
+    the structured units are those of the two-sided metric when ``"fit"`` is asked, and with
+    ``"allocation"`` every curve also has its loss scale (``scales``, by name; relative curve
+    times scale: the predicted loss).
+    """
     by_layer, curves, kept, used = _by_layer(found), {}, {}, 0
+    scales = {}
+    aware = getattr(config, "loss_aware", ()) if sensitivity is not None else ()
     silent = []
     weighting = config.token_weighting
     runner = calib.runner
@@ -326,8 +362,14 @@ def _curves(config, method, found, calib, metrics, keep, units=None) -> tuple[di
             def curve(name):
                 # Relative errors: absolute ones follow the activation scale, which grows with
                 # depth, and would strip the early layers (measured: perplexity 5e4 at -8.8%).
-                um = method.for_unit((units or {}).get(name, "linear"))
-                return um.unit_curve(config, calib.model, name, stats[name], metrics)
+                # A loss scale puts them in one unit without that bias (adapters.sensitivity).
+                kind = (units or {}).get(name, "linear")
+                um = method.for_unit(kind)
+                c = um.unit_curve(config, calib.model, name, stats[name], metrics,
+                                  outputs=_loss_weights(config, sensitivity, name, kind))
+                if "allocation" in aware:
+                    scales[name] = _loss_scale(calib.model, um, name, stats[name], sensitivity)
+                return c
 
             if method.needs_gram:  # one factor per shared input, made before the matrices use it
                 # (a structured unit's curve factors its own statistics: a factor here would go unused)
@@ -344,7 +386,7 @@ def _curves(config, method, found, calib, metrics, keep, units=None) -> tuple[di
             for s in distinct:
                 metrics.drop(s)
         hidden = out
-    return curves, kept, silent
+    return curves, kept, silent, scales
 
 
 def _last(h: torch.Tensor, mask) -> torch.Tensor:
@@ -533,6 +575,27 @@ def _allocate_uniform(config, free, units, methods, shapes, curves, need) -> lis
     return [k if units.get(n) == "mlp" else by_name[n] for n in free]
 
 
+def _budget_fixes_width(config, found, fixed, units) -> bool:
+    """Whether the budget alone decides the plan: ``uniform`` widths, and every target not fixed
+    by ``overrides`` an MLP unit (nothing else shares the budget)."""
+    free = [n for n in found if n not in fixed]
+    return bool(free) and getattr(config, "uniform", False) and all(units.get(n) == "mlp" for n in free)
+
+
+def _widest_within(config, free, methods, shapes, need) -> int:
+    """The widest width (a multiple of ``width_multiple``) that saves at least ``need`` over the
+    MLP units ``free``; ``ValueError`` (what the budget can meet) when none does."""
+    widths = {shapes[n][0] for n in free}
+    if len(widths) != 1:
+        raise ValueError(f"uniform=True needs MLPs of one width, got widths {sorted(widths)}; pass uniform=False")
+    q, cap = allowed_ranks(config, methods[free[0]], *shapes[free[0]])
+    for k in range(cap, q - 1, -q):
+        if sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], k) for n in free) >= need:
+            return k
+    most = sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], q) for n in free)
+    raise ValueError(_ERR_UNIFORM.format(q=q, width=widths.pop(), most=most, need=need))
+
+
 def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter_fn=None, keep=False,
                placing=False, offload_folder=None) -> Plan:
     """:func:`plan`'s work; with ``keep`` the dense statistics stay in ``plan._kept`` for the fit.
@@ -555,15 +618,30 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     shapes = {n: methods[n].shape(model.get_submodule(n) if n in units else mod) for n, (_, mod) in found.items()}
     fixed = {n: r for n in found if (r := _fixed_rank(config, methods[n], n, shapes[n])) is not None}
     target = _check_feasible(config, methods, shapes, fixed, params_before, dense)
-    ranks, errors, ang, kept = dict(fixed), {}, None, {}
+    ranks, errors, ang, kept, sensitivity = dict(fixed), {}, None, {}, None
     if isinstance(config, CURingConfig):
         ang, kept = _curing_pass(config, found, calib)
         layers = config.layers or sorted(sorted(_by_layer(found), key=lambda i: ang[i])[: config.n_layers])
         for name, (i, mod) in found.items():
             m, n = _shape(mod)
             ranks[name] = 0 if i not in layers else (config.rank or min(method.max_rank(m, n), config.max_rank))
+    elif target is not None and _budget_fixes_width(config, found, fixed, units):
+        # One width for every MLP and nothing else to allocate: the error falls with the width,
+        # so the widest that meets the budget is the allocation, and no curve is needed (one
+        # pass over the calibration tokens saved; predicted errors stay None).
+        free = [n for n in found if n not in fixed]
+        need = params_before - target - sum(
+            shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], r) for n, r in fixed.items()
+        )
+        k = _widest_within(config, free, methods, shapes, need) if need > 0 else 0
+        ranks.update({n: k for n in free})
     elif target is not None:
-        curves, kept, silent = _curves(config, method, found, calib, metrics, keep, units)
+        if getattr(config, "loss_aware", ()):
+            sensitivity = output_sensitivity(calib.model, calib.batches_ready(),
+                                             {n: mod for n, (_, mod) in found.items()}, progress=calib.progress)
+        curves, kept, silent, scales = _curves(config, method, found, calib, metrics, keep, units, sensitivity)
+        # the allocator reads predicted losses under loss_aware "allocation", relative errors otherwise
+        costs = {n: np.asarray(c) * scales[n] if n in scales else c for n, c in curves.items()}
         for name in silent:
             _, mod = found.pop(name)
             lin = as_linear(mod)
@@ -578,10 +656,10 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
         if need <= 0:
             chosen = [0] * len(free)
         elif getattr(config, "uniform", False) and any(units.get(n) == "mlp" for n in free):
-            chosen = _allocate_uniform(config, free, units, methods, shapes, curves, need)
+            chosen = _allocate_uniform(config, free, units, methods, shapes, costs, need)
         else:
             chosen = allocate_ranks(
-                [shapes[n] for n in free], [curves[n] for n in free], need=need,
+                [shapes[n] for n in free], [costs[n] for n in free], need=need,
                 cost=[methods[n].params for n in free],
                 multiple=[allowed_ranks(config, methods[n], *shapes[n])[0] for n in free],
                 max_ranks=[allowed_ranks(config, methods[n], *shapes[n])[1] for n in free],
@@ -593,7 +671,7 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
                    errors.get(name), units.get(name, "linear"))
         for name, (i, mod) in found.items()
     ]
-    return Plan(config, modules, params_before, target, ang, dense, kept if keep else {})
+    return Plan(config, modules, params_before, target, ang, dense, kept if keep else {}, sensitivity or {})
 
 
 def plan(
