@@ -34,7 +34,8 @@ most: a compression that generalises loses no more out of domain than in it).  R
   ``refit2@F`` the same with ``passes=2``. Not in the default list of runs.
 * a ``:key=value,...`` suffix on any compressed run sets config options, e.g.
   ``refit@0.2:mix=0.5,refit_ridge=0`` or ``default@0.2:sequential=true,mix=1``; values are
-  Python or JSON literals (``1e-2``, ``2``, ``true``), anything else a string. The suffix is
+  Python or JSON literals (``1e-2``, ``2``, ``true``), ``a+b`` the tuple ``("a", "b")``
+  (``structured@0.2:loss_aware=allocation+fit``), anything else a string. The suffix is
   part of the run's name in the JSON file.
 
 Each run is stored as soon as it finishes in the JSON file (re-running skips finished runs
@@ -116,7 +117,9 @@ def parse_run(run: str) -> tuple[str, str, str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise SystemExit(f"run {run!r}: options must read key=value[,key=value...], got {item!r}")
-        options[key.strip()] = _literal(value.strip())
+        value = value.strip()
+        # "a+b" is the tuple ("a", "b") (commas separate the options): loss_aware=allocation+fit
+        options[key.strip()] = tuple(value.split("+")) if "+" in value else _literal(value)
     return name, weighting, budget, options
 
 
