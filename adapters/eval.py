@@ -89,6 +89,18 @@ def context_length(model, /) -> int | None:
 
 
 @torch.no_grad()
+def _token_nll(logits: torch.Tensor, ids: torch.Tensor, /, *, chunk: int = 256) -> torch.Tensor:
+    """``-log p(ids[:, t + 1] | ids[:, :t + 1])`` for each position ``t``, in float32, from
+    ``chunk`` positions at a time: the log-softmax of a whole window would hold a second copy
+    of its vocabulary-wide logits (400 MB for 2048 tokens of a 49,152-token vocabulary)."""
+    out = []
+    for t in range(0, logits.shape[1] - 1, chunk):
+        end = min(t + chunk, logits.shape[1] - 1)
+        logp = torch.log_softmax(logits[:, t:end].float(), dim=-1)
+        out.append(-logp.gather(-1, ids[:, t + 1 : end + 1, None]).squeeze(-1))
+    return torch.cat(out, dim=1)
+
+
 def perplexity(
     model,
     tokenizer,
@@ -180,9 +192,9 @@ def perplexity(
         for b in range(0, len(starts), batch_size):
             chunk = starts[b : b + batch_size]
             batch = torch.stack([ids[s : s + seqlen] for s in chunk]).to(device)
-            logits = model(input_ids=batch, use_cache=False).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            tok_nll = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1)
+            logits = model(input_ids=batch, use_cache=False).logits
+            tok_nll = _token_nll(logits, batch)
+            del logits
             for j, s in enumerate(chunk):
                 first = max(prev_end - s, 1)
                 nll += tok_nll[j, first - 1 :].double().sum().item()

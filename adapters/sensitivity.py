@@ -91,8 +91,8 @@ def output_sensitivity(model: nn.Module, batches, modules: dict, /, *, progress:
 
     Notes
     -----
-    One forward and one backward pass per batch over the whole model (about three forward
-    passes of cost), with the activations of one batch alive at a time. The loss is the sum
+    One forward and one backward pass per calibration window over the whole model (about
+    three forward passes of cost), with the activations of one window alive at a time. The loss is the sum
     (not the mean) of the tokens' cross-entropies, so ``G`` sums per-token gradients as ``H``
     sums per-token inputs.
 
@@ -138,16 +138,23 @@ def output_sensitivity(model: nn.Module, batches, modules: dict, /, *, progress:
     try:
         for p in params:
             p.requires_grad_(False)
+        # One window at a time: a backward pass keeps every layer's activations and the
+        # vocabulary-wide logits and their gradient, which for a batch would dwarf the model.
+        rows = [(b[j : j + 1], None if m is None else m[j : j + 1]) for b, m in zip(batches, masks)
+                for j in range(b.shape[0])]
         with torch.enable_grad():
-            for b, mask in tqdm(list(zip(batches, masks)), desc="sensitivity", disable=not progress, leave=False):
+            for ids, mask in tqdm(rows, desc="sensitivity", disable=not progress, leave=False):
                 current["mask"] = mask
                 extra = {} if mask is None else {"attention_mask": mask.to(device=device, dtype=torch.long)}
-                ids = b.to(device)
-                res = model(input_ids=ids, labels=_labels(ids, mask), use_cache=False, **extra)
+                ids = ids.to(device)
+                labels = _labels(ids, mask)
+                counted = int((labels[:, 1:] != -100).sum())
+                if counted == 0:
+                    continue
+                res = model(input_ids=ids, labels=labels, use_cache=False, **extra)
                 loss = getattr(res, "loss", None)
                 if loss is None:
                     raise ValueError(_ERR_NO_LOSS.format(name=type(model).__name__))
-                counted = int((_labels(ids, mask)[:, 1:] != -100).sum())
                 (loss.float() * counted).backward()
     finally:
         for h in handles:

@@ -49,3 +49,14 @@ def test_a_window_longer_than_the_context_is_refused_with_the_limit():
     llama = make_tiny_llama(0)
     assert context_length(llama) == llama.config.max_position_embeddings
     assert context_length(torch.nn.Linear(2, 2)) is None
+
+
+def test_token_nll_in_chunks_is_the_whole_window_log_softmax():
+    from adapters.eval import _token_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(2, 37, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 37), generator=g)
+    want = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    for chunk in (1, 5, 36, 100):  # chunks that split the window, end on it, and exceed it
+        torch.testing.assert_close(_token_nll(logits, ids, chunk=chunk), want, rtol=0, atol=1e-6)
