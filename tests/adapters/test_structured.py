@@ -165,16 +165,34 @@ def test_config_round_trip_and_bad_options():
         StructuredConfig(rank=4)
 
 
-def test_a_family_without_gated_mlp_is_refused_by_name_before_any_work():
-    model = make_tiny("gpt2")
+@pytest.mark.parametrize("family, match", [
+    ("mixtral", r"experts\.0\.gate_up_proj is a routed expert's matrix \(MixtralForCausalLM\)"),
+    ("gpt_oss", r"experts\.0\.gate_up_proj is a routed expert's matrix \(GptOssForCausalLM\)"),
+])
+def test_routed_experts_are_refused_by_name_before_any_work(family, match):
+    model = make_tiny(family)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"c_fc is an MLP matrix of another layout \(GPT2LMHeadModel\)"):
+    with pytest.raises(ValueError, match=match + r".*exclude=\('experts',\)"):
         compress(model, StructuredConfig(reduction=0.1), calibration=calibration_tokens(), progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert type(model.model.layers[0].mlp.experts).__name__ != "ExpertLinears"  # closed again
+
+
+def test_an_unknown_mlp_layout_is_refused_by_name_with_the_known_ones():
+    model = make_tiny_llama()
+    for layer in model.model.layers:  # the names of older MoE experts: w1 (gate), w3 (up), w2 (down)
+        mlp = layer.mlp
+        mlp.w1, mlp.w3, mlp.w2 = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        del mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    with pytest.raises(ValueError, match=r"gate_proj \+ up_proj -> down_proj.*fc1 -> fc2.*"
+                                         r"model\.layers\.0\.mlp\.w1 is an MLP matrix of another layout "
+                                         r"\(LlamaForCausalLM: model\.layers\.0\.mlp holds \['w1', 'w3', 'w2'\]\)"):
+        plan(model, StructuredConfig(reduction=0.1), calibration=None, progress=False)
 
 
 def test_partial_mlp_targets_and_infeasible_budget_are_refused_before_calibration():
-    with pytest.raises(ValueError, match="not all three"):
+    with pytest.raises(ValueError, match=r"the targets hold \['down_proj', 'gate_proj'\] of the MLP model\.layers\.0\.mlp "
+                                         r"but not all of \['gate_proj', 'up_proj', 'down_proj'\]"):
         plan(make_tiny_llama(), StructuredConfig(reduction=0.1, targets=("gate", "down")), calibration=None,
              progress=False)
     # the narrowest allowed width (width_multiple) bounds what the units can save; no calibration is needed to say so
