@@ -378,7 +378,10 @@ _ERR_NO_UNIT = (
 )
 #: The layouts with a unit, as the refusals list them.
 _LAYOUTS = "; ".join(layout.describe() for layout in MLP_LAYOUTS)
-_ERR_EXPERT = "{name} is a routed expert's matrix ({cls}), and routed experts have no MLP unit (exclude=('experts',))"
+_ERR_EXPERT = (
+    "{name} is a routed expert's matrix ({cls}), and routed experts have no MLP unit (leave them dense with "
+    "exclude=r'.*\\.experts\\..*')"
+)
 _ERR_UNKNOWN_MLP = "{name} is an MLP matrix of another layout ({cls}: {parent} holds {held}), which has no unit"
 _ERR_PARTIAL_MLP = "the targets hold {held} of the MLP {parent} but not all of {wanted}; target the whole MLP"
 _ERR_NO_VO = (
