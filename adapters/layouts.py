@@ -164,7 +164,6 @@ def find_mlps(model: nn.Module, /) -> dict[str, MLPLayout]:
 
     Examples
     --------
-    >>> from adapters.layouts import MLP_LAYOUTS
     >>> mlp = torch.nn.Module()
     >>> mlp.fc1, mlp.fc2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 4)
     >>> {name: lay.name for name, lay in find_mlps(torch.nn.ModuleDict({"block": mlp})).items()}
