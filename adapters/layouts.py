@@ -38,7 +38,7 @@ from .layer import InterpolativeLinear
 from .targets import LINEAR_VIEWS, as_linear
 
 __all__ = [
-    "GATED_MLP", "MLPLayout", "MLP_LAYOUTS", "MLP_MATRIX_NAMES", "find_mlps", "is_gated_mlp", "mark_feature_major",
+    "GATED", "GATED_MLP", "MLPLayout", "MLP_LAYOUTS", "MLP_MATRIX_NAMES", "find_mlps", "is_gated_mlp", "mark_feature_major",
     "mlp_layout",
 ]
 
@@ -122,10 +122,16 @@ class MLPLayout:
         return f"{' + '.join(self.inputs)} -> {self.output} ({self.families})"
 
 
+#: A gated MLP, ``down(act(gate(x)) * up(x))``.
+GATED = MLPLayout("gated", ("gate_proj", "up_proj"), "down_proj",
+                  families="Llama, Mistral, Qwen2/3, Gemma 1-3 and their kin")
+#: The attribute names of a gated MLP: a module holding all three is taken for one (Llama,
+#: Mistral, Qwen2/3, Gemma 1-3, ...; :func:`mark_feature_major` reads it).
+GATED_MLP = GATED.projections
+
 #: Every MLP layout with a structured unit, in the order they are tried.
 MLP_LAYOUTS = (
-    MLPLayout("gated", ("gate_proj", "up_proj"), "down_proj",
-              families="Llama, Mistral, Qwen2/3, Gemma 1-3 and their kin"),
+    GATED,
     MLPLayout("fused gated", ("gate_up_proj",), "down_proj", stacked=2, families="Phi-3"),
     MLPLayout("fc", ("fc1",), "fc2", width_keys=("ffn_dim",), families="OPT"),
     MLPLayout("h_to_4h", ("dense_h_to_4h",), "dense_4h_to_h", width_keys=("intermediate_size", "ffn_hidden_size"),
@@ -178,10 +184,6 @@ def find_mlps(model: nn.Module, /) -> dict[str, MLPLayout]:
         if layout is not None:
             found[name] = layout
     return found
-
-#: The attribute names of a gated MLP, ``down(act(gate(x)) * up(x))``: a module holding all
-#: three is taken for one (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3's split form, ...).
-GATED_MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 def is_gated_mlp(module: nn.Module, /, *, of: type = nn.Module) -> bool:

@@ -54,6 +54,9 @@ class _KeptForm:
     """Builds the cut layer a checkpoint record names (``form``, dense shape, kept width)."""
 
     form = ""
+    #: Whether the layer is one a unit refitted (an MLP's output projection): marked
+    #: ``refitted`` when loaded, as the fit marks it, so that :func:`adapters.heal` trains it.
+    refitted = False
 
     @classmethod
     def _layout(cls, m: int, n: int, rank: int, /) -> tuple[int, int]:
@@ -72,6 +75,8 @@ class _KeptForm:
         weight = torch.empty(out, inp, dtype=dtype, device=device)
         layer = _in_slot(weight, torch.empty(out, dtype=dtype, device=device) if bias else None, slot)
         layer.kept_from = Kept(cls.form, m, n)
+        if cls.refitted:
+            layer.refitted = True
         return layer
 
 
@@ -85,6 +90,7 @@ class KeptColumns(_KeptForm):
     """Record form ``"columns"``: a linear layer keeping ``rank`` input columns (``out x in``)."""
 
     form = "columns"
+    refitted = True
 
 
 #: Record form -> builder of the cut layer.
