@@ -183,7 +183,12 @@ def test_a_shared_expert_is_a_unit_whose_width_the_dense_mlp_key_does_not_hold(t
     model.save_pretrained(tmp_path / "moe")
     assert "quantization_config" in json.loads((tmp_path / "moe" / "config.json").read_text())
     back = type(model).from_pretrained(tmp_path / "moe")
-    assert torch.equal(one_thread_logits(back, tokens), one_thread_logits(model, tokens))
+    before = one_thread_logits(model, tokens)
+    assert torch.equal(one_thread_logits(back, tokens), before)
+    merge(model)  # no config key holds the cut width: padded back to the dense width the config says
+    assert [m.mlp.shared_expert.down_proj.in_features for m in model.model.layers] == [64, 64]
+    assert model.config.shared_expert_intermediate_size == 64 and model.config.intermediate_size == 64
+    _close(one_thread_logits(model, tokens), before)
 
 
 def test_an_unknown_mlp_layout_is_refused_by_name_with_the_known_ones():
