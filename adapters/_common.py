@@ -1,10 +1,13 @@
-"""Shared small pieces: the project warning class and parameter counting."""
+"""Shared small pieces: the project warning class, parameter counting, the architecture a config builds."""
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
-__all__ = ["AdaptersWarning", "count_parameters"]
+__all__ = ["AdaptersWarning", "architecture_twin", "count_parameters"]
 
 
 class AdaptersWarning(UserWarning):
@@ -23,3 +26,23 @@ def count_parameters(model: nn.Module, /) -> int:
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     return sum(p.numel() for n, p in params.items()
                if not (p.device.type == "meta" and tied.get(n) in params))
+
+
+def architecture_twin(model: nn.Module, /) -> nn.Module | None:
+    """``model``'s class built again from its config (without a compression record), on ``meta``.
+
+    What ``from_pretrained`` would build before any record is applied: the family's own module
+    types and buffer dtypes, with nothing allocated. None for a model transformers cannot build
+    from its config alone (or that is not a ``PreTrainedModel``).
+    """
+    if not hasattr(model, "config") or not hasattr(type(model), "_from_config"):
+        return None
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    try:
+        with torch.device("meta"):
+            return type(model)._from_config(config, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return None

@@ -69,10 +69,10 @@ class ModuleReport:
         the eigendecomposition route), e.g. because the layer saw fewer calibration tokens than
         it has input features.
     unit : str
-        ``"linear"``, or ``"mlp"`` for a gated MLP kept as a structured unit
+        ``"linear"``, or ``"mlp"`` for an MLP kept as a structured unit
         (:class:`adapters.planning.ModulePlan`): ``rank`` is then its kept width, ``rows`` the
         kept neurons, ``shape`` ``(neurons, parameters per neuron)``, and ``rel_error`` the
-        relative output error of the refitted ``down``.
+        relative output error of the refitted output projection (``down_proj``, ``fc2``, ...).
     """
 
     name: str
@@ -220,7 +220,7 @@ class _Applier:
             return None
         if self.plan._sensitivity:
             return self.plan._sensitivity
-        anchors = {n: self.model.get_submodule(self.method.for_unit(m.unit).anchor(n))
+        anchors = {n: self.model.get_submodule(self.method.for_unit(m.unit).anchor(self.model, n))
                    for n, m in self.planned.items() if m.unit != "linear"}
         return output_sensitivity(self.model, self.calib.batches_ready(), anchors, progress=self.progress)
 
@@ -271,8 +271,8 @@ class _Applier:
     @torch.no_grad()
     def run(self) -> None:
         mods_of: dict[int, dict] = {}
-        for name, mp in self.planned.items():  # a unit is recorded at its anchor (an MLP's down_proj)
-            anchor = self.method.for_unit(mp.unit).anchor(name)
+        for name, mp in self.planned.items():  # a unit is recorded at its anchor (an MLP's output projection)
+            anchor = self.method.for_unit(mp.unit).anchor(self.model, name)
             mods_of.setdefault(mp.layer, {})[name] = self.model.get_submodule(anchor)
         kept = self.plan._kept
         todo = [i for i, mods in mods_of.items() if not all(n in kept for n in mods)]

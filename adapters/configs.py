@@ -455,7 +455,7 @@ class SVDConfig(BudgetConfig):
 
 #: What a :class:`StructuredConfig` does with the targets that have no structured unit.
 STRUCTURED_MATRICES = ("dense", "interpolative")
-#: The kinds of structured unit: gated MLP neurons, attention value-output dimensions.
+#: The kinds of structured unit: MLP neurons, attention value-output dimensions.
 STRUCTURED_UNITS = ("mlp", "vo")
 #: Where a :class:`StructuredConfig` weighs errors by the loss (:mod:`adapters.sensitivity`):
 #: in the allocation of widths and ranks, in the fit of the units.
@@ -464,14 +464,16 @@ LOSS_AWARE = ("allocation", "fit")
 
 @dataclass(frozen=True)
 class StructuredConfig(ActivationConfig):
-    """Structured compression: keep whole MLP neurons, refit the down projection.
+    """Structured compression: keep whole MLP neurons, refit the output projection.
 
-    Each gated MLP ``down(act(gate(x)) * up(x))`` is one *unit*: keeping ``k`` of its ``N``
-    neurons keeps ``k`` rows of ``gate`` and ``up`` and ``k`` columns of ``down``, refitted in
-    ridge least squares (:func:`curlinalg.output_id.output_id`); the neurons are chosen by
-    column-pivoted QR of the whitened activations at ``down``'s input, each weighted by the
-    norm of the ``down`` column that reads it. The result is smaller dense matrices: an
-    ordinary MLP of width ``k``. The widths come from one exact-budget allocation over the
+    Each MLP ``out(act(in(x)))`` is one *unit* (a gated MLP ``down(act(gate(x)) * up(x))``, Phi-3's
+    fused ``gate_up_proj``, the plain MLPs of OPT, GPT-NeoX, Falcon, GPT-2 and BERT: the layouts
+    of :data:`adapters.layouts.MLP_LAYOUTS`): keeping ``k`` of its ``N`` neurons keeps their
+    rows of the input projections (``gate`` and ``up``, ``fc1``, ...) and ``k`` columns of the
+    output projection (``down``, ``fc2``, ...), refitted in ridge least squares
+    (:func:`curlinalg.output_id.output_id`); the neurons are chosen by column-pivoted QR of the
+    whitened activations at the output projection's input, each weighted by the norm of the
+    column that reads it. The result is smaller dense matrices: an ordinary MLP of width ``k``. The widths come from one exact-budget allocation over the
     units' error curves (:func:`curlinalg.output_id.output_id_curve`, the exact relative output
     error of the refit at every width), together with the other targets' when ``matrices`` is
     ``"interpolative"``.
@@ -484,7 +486,9 @@ class StructuredConfig(ActivationConfig):
         ranks allocated in the same budget as the widths (the hybrid).
     uniform : bool, default True
         One width for every MLP: the model keeps its family's own architecture with a smaller
-        ``intermediate_size`` (a stock checkpoint when nothing else is factored). With False each
+        width in its config (``intermediate_size``, OPT's ``ffn_dim``, Falcon's
+        ``ffn_hidden_size``, GPT-2's ``n_inner``: a stock checkpoint when nothing else is
+        factored). With False each
         MLP gets its own width from the allocation over relative error curves (checkpoints
         record the widths, :mod:`adapters.hf_quantizer`); on SmolLM2-135M at -20% that gave
         perplexity 59.38 against 40.50 uniform (one-pass fits): relative MLP errors leave the
@@ -493,7 +497,7 @@ class StructuredConfig(ActivationConfig):
     width_multiple : int, default 1
         Widths are multiples of this (64 suits GEMM tiles and vector units).
     units : tuple of {"mlp", "vo"}, default ("mlp",)
-        The structured units: ``"mlp"`` keeps whole neurons of gated MLPs; ``"vo"`` keeps
+        The structured units: ``"mlp"`` keeps whole neurons of MLPs; ``"vo"`` keeps
         value dimensions of each attention head, KV-group aware (the query heads that share a
         KV head keep the same dimensions of it), and refits ``o_proj`` on them
         (:class:`adapters.layer.ScatteredLinear` and :class:`adapters.layer.GatheredLinear`:
@@ -515,9 +519,10 @@ class StructuredConfig(ActivationConfig):
 
     Notes
     -----
-    Units exist for modules that hold the three children ``gate_proj``, ``up_proj`` and
-    ``down_proj`` (:data:`adapters.layouts.GATED_MLP`: Llama, Mistral, Qwen2/3, Gemma 1-3, and
-    their kin); an MLP of another layout among the targets is refused by name in the plan.
+    MLP units exist for the modules :func:`adapters.layouts.find_mlps` finds (every family of
+    docs/adapters.md with a dense MLP); routed experts and an MLP of another layout among the
+    targets are refused by name in the plan. ``"vo"`` units exist for attentions with
+    ``v_proj``, ``o_proj`` and an integer ``head_dim`` (Llama-style).
     Version 2 added ``loss_aware``; a version-1 dictionary reads with ``loss_aware=()``.
 
     References

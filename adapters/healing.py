@@ -99,7 +99,8 @@ class HealResult:
 
 def _cur_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The modules whose core heal trains: factored layers, and the projections a structured unit
-    refitted (an MLP's ``down``, marked ``refitted`` by the fit; an attention's gathered ``o_proj``)."""
+    refitted (an MLP's output projection, ``down_proj``, ``fc2``, ...: marked ``refitted`` by the
+    fit and on load; an attention's gathered ``o_proj``)."""
     return {name: mod for name, mod in model.named_modules()
             if isinstance(mod, (*FACTORED_LINEARS, GatheredLinear)) or getattr(mod, "refitted", False)}
 
@@ -110,7 +111,8 @@ def _is_norm(mod: nn.Module) -> bool:
 
 def trainable_parameters(model: nn.Module, /, *, train_bias: bool = False, train_norms: bool = False) -> dict[str, nn.Parameter]:
     """The parameters :func:`heal` trains: every ``U`` (``P``) and every weight a structured unit
-    refitted (an MLP's ``down``, an attention's gathered ``o_proj``), optionally biases and norms.
+    refitted (an MLP's output projection, an attention's gathered ``o_proj``), optionally biases
+    and norms.
 
     Parameters
     ----------

@@ -47,6 +47,7 @@ from torch import nn
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ._common import architecture_twin
 from .configs import config_from_dict
 from .experts import ExpertLinears, open_experts
 from .layer import LAYERS, SAVED_LINEARS, GatheredLinear, InterpolativeLinear, LowRankLinear, ScatteredLinear
@@ -107,7 +108,8 @@ def is_recorded(module) -> bool:
 def _spec_of(module) -> dict:
     kept = getattr(module, "kept_from", None)
     if kept is not None:
-        width = module.out_features if kept.form == "rows" else module.in_features
+        lin = as_linear(module)  # a cut Conv1D (GPT-2) is recorded in out x in terms too
+        width = lin.out_features if kept.form == "rows" else lin.in_features
         return {"form": kept.form, "out_features": kept.out_features, "in_features": kept.in_features,
                 "rank": width, "bias": module.bias is not None}
     return {
@@ -467,8 +469,10 @@ class CompressedQuantizer(HfQuantizer):
                     f"{name}: the record says a {m}x{n} weight, the architecture in config.json builds "
                     f"{old.out_features}x{old.in_features}; {_RESAVE}"
                 )
+            # a cut layer keeps the architecture's type there (GPT-2's Conv1D); factored layers have their own
+            slot = {"slot": type(model.get_submodule(where))} if spec["form"] in KEPT else {}
             shell = RECORDED[spec["form"]].empty(
-                m, n, spec["rank"], bias=spec["bias"], dtype=old.weight.dtype, device=old.weight.device,
+                m, n, spec["rank"], bias=spec["bias"], dtype=old.weight.dtype, device=old.weight.device, **slot,
             )
             if stored is not None:
                 _compare(name, spec, shell, stored)
@@ -654,28 +658,6 @@ def drop_dequantized_record(model: nn.Module, /) -> bool:
     check_quantization(model)  # only a dequantized record gets here without raising
     other.remove_quantization_config(model)
     return True
-
-
-def architecture_twin(model: nn.Module, /) -> nn.Module | None:
-    """``model``'s class built again from its config (without a compression record), on ``meta``.
-
-    What ``from_pretrained`` would build before any record is applied: the family's own module
-    types and buffer dtypes, with nothing allocated. None for a model transformers cannot build
-    from its config alone (or that is not a ``PreTrainedModel``).
-    """
-    import copy
-
-    if not hasattr(model, "config") or not hasattr(type(model), "_from_config"):
-        return None
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    try:
-        with torch.device("meta"):
-            return type(model)._from_config(config, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
-        return None
 
 
 def rebuild_buffers(model: nn.Module, /) -> list[str]:

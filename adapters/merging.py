@@ -40,7 +40,7 @@ def densify(model: nn.Module, /) -> bool:
     Folds every compressed layer (:func:`adapters.layer.fold`), gives a layer that replaced a
     ``Conv1D`` its ``Conv1D`` back (:func:`adapters.targets.from_linear`), closes opened
     experts into their fused 3-D parameters (:func:`adapters.experts.close_experts`) and pads
-    cut MLPs to one width (:func:`adapters.pruned.pad_widths`). The record stays: :func:`merge`
+    cut MLPs, of any layout, to one width (:func:`adapters.pruned.pad_widths`). The record stays: :func:`merge`
     and ``model.dequantize()`` remove it.
     """
     names = [name for name, mod in model.named_modules() if isinstance(mod, SAVED_LINEARS)]
@@ -80,12 +80,14 @@ def merge(model: nn.Module, /) -> nn.Module:
     Notes
     -----
     The merged model has the dense model's size and speed: merging gives up the compression
-    and keeps only the approximation. Gated MLPs cut to different widths by
-    :class:`~adapters.configs.StructuredConfig` are padded with zero neurons to the widest one
-    (:func:`adapters.pruned.pad_widths`: the same function), which becomes the config's
-    ``intermediate_size``; MLPs of one width are the family's architecture already.  The dense weight is the factored product (formed in
-    float32 for half-precision layers and rounded once), so outputs agree with the factored
-    model up to the rounding of a differently ordered product, not bit for bit.
+    and keeps only the approximation. MLPs cut to different widths by
+    :class:`~adapters.configs.StructuredConfig` (any layout of
+    :data:`adapters.layouts.MLP_LAYOUTS`) are padded with zero neurons to the widest one
+    (:func:`adapters.pruned.pad_widths`: the same function), which becomes the config's width
+    (``intermediate_size``, ``ffn_dim``, ...); MLPs of one width are the family's architecture
+    already. The dense weight is the factored product (formed in float32 for half-precision
+    layers and rounded once), so outputs agree with the factored model up to the rounding of a
+    differently ordered product, not bit for bit.
 
     Examples
     --------

@@ -7,6 +7,7 @@ routine; a method only says which one, on which matrix, and which layer stores t
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,9 @@ from .layer import (
     svd_break_even_rank,
     svd_params,
 )
-from .layouts import GATED_MLP
+from .layouts import mlp_layout
 from .offload import onloaded
-from .pruned import kept_linear
+from .pruned import cut_neurons
 from .targets import as_linear
 
 __all__ = ["Fit", "Method", "METHODS", "method_for"]
@@ -115,7 +116,8 @@ class Method:
 
     form = ""
     needs_gram = True
-    #: The kind of unit this method fits: ``"linear"`` (one matrix) or ``"mlp"`` (a gated MLP).
+    #: The kind of unit this method fits: ``"linear"`` (one matrix), ``"mlp"`` (an MLP's
+    #: neurons) or ``"vo"`` (an attention's value dimensions).
     unit = "linear"
 
     def for_unit(self, unit: str, /) -> "Method":
@@ -124,9 +126,14 @@ class Method:
             raise ValueError(f"the {self.form or type(self).__name__} method fits {self.unit!r} units, not {unit!r}")
         return self
 
-    def anchor(self, name: str, /) -> str:
-        """The module whose inputs the unit ``name`` is calibrated on and whose weight its curve reads."""
+    def anchor(self, model: nn.Module, name: str, /) -> str:
+        """The module of ``model`` whose inputs the unit ``name`` is calibrated on and whose weight
+        its curve reads."""
         return name
+
+    def members(self, model: nn.Module, name: str, /) -> list:
+        """The modules of ``model`` whose parameters the unit ``name`` holds (what it replaces)."""
+        return [model.get_submodule(name)]
 
     def shape(self, module: nn.Module, /) -> tuple:
         """``(m, n)`` of the unit: ``params(m, n, r)`` counts it at rank ``r`` and ``m * n`` dense."""
@@ -141,7 +148,7 @@ class Method:
         """
         if outputs is not None:
             raise ValueError(f"the {self.form} method fits matrices in the input metric alone; pass outputs=None")
-        with onloaded(model, self.anchor(name)) as lin:
+        with onloaded(model, self.anchor(model, name)) as lin:
             return self.curve(config, as_linear(lin).weight, stats, metrics)
 
     def params(self, m: int, n: int, r: int, /) -> int:
@@ -273,23 +280,27 @@ class _SVD(Method):
 
 
 class _Neurons(Method):
-    """A gated MLP ``down(act(gate(x)) * up(x))`` keeping ``r`` of its ``m`` neurons.
+    """An MLP ``out(act(in(x)))`` keeping ``r`` of its ``m`` neurons, in any layout of
+    :data:`adapters.layouts.MLP_LAYOUTS` (read from the unit's module).
 
-    Its shape is ``(m, n)``: ``m`` neurons of ``n`` parameters each (a row of ``gate`` and of
-    ``up``, a column of ``down``, and the bias entries of ``gate`` and ``up``).
+    Its shape is ``(m, n)``: ``m`` neurons of ``n`` parameters each
+    (:meth:`adapters.layouts.MLPLayout.per_neuron`: the rows and bias entries of the input
+    projections, a column of the output projection).
     """
 
     form = "neurons"
     unit = "mlp"
 
-    def anchor(self, name, /):
-        return f"{name}.down_proj"
+    def anchor(self, model, name, /):
+        return f"{name}.{mlp_layout(model.get_submodule(name)).output}"
+
+    def members(self, model, name, /):
+        mlp = model.get_submodule(name)
+        return [mlp.get_submodule(p) for p in mlp_layout(mlp).projections]
 
     def shape(self, module, /):
-        gate, up, down = (getattr(module, a) for a in GATED_MLP)
-        per_neuron = gate.in_features + up.in_features + down.out_features
-        per_neuron += (gate.bias is not None) + (up.bias is not None)
-        return (gate.out_features, per_neuron)
+        layout = mlp_layout(module)
+        return (layout.width(module), layout.per_neuron(module))
 
     def params(self, m, n, r, /):
         return r * n
@@ -298,31 +309,25 @@ class _Neurons(Method):
         return m - 1
 
     def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
-        with onloaded(model, self.anchor(name)) as lin:
-            W, _ = _weighted(lin.weight, outputs)
+        with onloaded(model, self.anchor(model, name)) as lin:
+            W, _ = _weighted(as_linear(lin).weight, outputs)
             return curlinalg.output_id_curve(stats.gram, W, ridge=config.ridge).errors[: W.shape[1] - 1]
 
     def fit_unit(self, config, model, name, stats, metrics, rank, *, outputs=None) -> Fit:
-        """Keep ``rank`` neurons of the MLP ``name`` and refit its ``down`` (:func:`curlinalg.output_id`);
-        ``outputs`` as :meth:`unit_curve`."""
-        with onloaded(model, f"{name}.gate_proj") as gate, onloaded(model, f"{name}.up_proj") as up, \
-                onloaded(model, f"{name}.down_proj") as down:
-            W, s = _weighted(down.weight, outputs)
+        """Keep ``rank`` neurons of the MLP ``name`` and refit its output projection
+        (:func:`curlinalg.output_id`); ``outputs`` as :meth:`unit_curve`."""
+        layout = mlp_layout(model.get_submodule(name))
+        with ExitStack() as stack:
+            held = {p: stack.enter_context(onloaded(model, f"{name}.{p}")) for p in layout.projections}
+            W, s = _weighted(as_linear(held[layout.output]).weight, outputs)
             sequential = stats.cross is not None
             res = curlinalg.output_id(  # the order of output_id_curve on these statistics
                 stats.gram, W, rank=rank, cross=stats.cross, mix=config.mix if sequential else 0.0,
                 ridge=config.refit_ridge if sequential else 0.0, shift=config.ridge,
             )
             keep, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
-            new_down = _unweighted(res.weight[:, where], s).to(down.weight)
-            replaces = {
-                "gate_proj": kept_linear(gate.weight[keep], None if gate.bias is None else gate.bias[keep],
-                                         form="rows", shape=gate.weight.shape),
-                "up_proj": kept_linear(up.weight[keep], None if up.bias is None else up.bias[keep],
-                                       form="rows", shape=up.weight.shape),
-                "down_proj": kept_linear(new_down, down.bias, form="columns", shape=down.weight.shape),
-            }
-            replaces["down_proj"].refitted = True  # what adapters.heal trains in a structured model
+            replaces = cut_neurons(layout, held, keep, _unweighted(res.weight[:, where], s))
+            replaces[layout.output].refitted = True  # what adapters.heal trains in a structured model
         return Fit(None, keep.tolist(), [], res.rel_error, replaces)
 
 
@@ -378,7 +383,7 @@ class _ValueOutput(Method):
     form = "value-output"
     unit = "vo"
 
-    def anchor(self, name, /):
+    def anchor(self, model, name, /):
         return f"{name}.o_proj"
 
     def shape(self, module, /):
@@ -393,7 +398,7 @@ class _ValueOutput(Method):
 
     def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
         heads = heads_of(model.get_submodule(name))
-        with onloaded(model, self.anchor(name)) as o:
+        with onloaded(model, self.anchor(model, name)) as o:
             W, _ = _weighted(o.weight, outputs)
         _, full = _value_order(stats.gram, W, heads, config.ridge)
         labels = torch.arange(W.shape[1], device=W.device)
@@ -426,8 +431,8 @@ class _ValueOutput(Method):
 
 
 class _Structured(Method):
-    """:class:`StructuredConfig`: gated MLPs as neuron units, attention value-output pairs as
-    units (``units=``), other targets interpolative (or dense)."""
+    """:class:`StructuredConfig`: MLPs as neuron units, attention value-output pairs as units
+    (``units=``), other targets interpolative (or dense)."""
 
     form = "structured"
     _units = {"mlp": _Neurons(), "vo": _ValueOutput(), "linear": _Interpolative()}

@@ -20,11 +20,11 @@ from .calibration import LayerRunner, angular_distance, default_calibration, pre
 from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, StructuredConfig, config_from_dict
 from .layer import cur_params
 from .methods import Method, Metrics, method_for, rank_for_fraction
-from .experts import open_experts
-from .layouts import GATED_MLP, is_gated_mlp
+from .experts import ExpertLinears, open_experts
+from .layouts import MLP_LAYOUTS, MLP_MATRIX_NAMES, find_mlps
 from .offload import check_readable, onloaded, onloaded_block
 from .sensitivity import output_sensitivity
-from .targets import LeftDense, as_linear, matches, survey_targets
+from .targets import LINEAR_VIEWS, LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
 
@@ -73,10 +73,12 @@ class ModulePlan:
         Predicted relative activation-weighted error at ``rank`` (the square root of the error
         curve the ranks were allocated on); None when the ranks were not allocated.
     unit : str
-        ``"linear"``: one matrix (``shape`` its weight's, ``rank`` its rank). ``"mlp"``: a gated
-        MLP as a structured unit (:class:`adapters.configs.StructuredConfig`): ``name`` is the
-        MLP module, ``shape`` is ``(neurons, parameters per neuron)`` and ``rank`` the neurons
-        kept.
+        ``"linear"``: one matrix (``shape`` its weight's, ``rank`` its rank). ``"mlp"``: an MLP
+        as a structured unit (:class:`adapters.configs.StructuredConfig`): ``name`` is the
+        module holding it (:func:`adapters.layouts.find_mlps`: the MLP module, or the layer for
+        OPT and BERT), ``shape`` is ``(neurons, parameters per neuron)`` and ``rank`` the neurons
+        kept. ``"vo"``: an attention's value-output pair (``name`` the attention, ``rank`` the
+        value dimensions kept per head).
     """
 
     name: str
@@ -329,7 +331,7 @@ def _loss_scale(model, method, name, stats, sensitivity) -> float:
     (:meth:`adapters.sensitivity.OutputSensitivity.row_weights` squared), ``L L^T`` the input
     Gram the curve was made with.
     """
-    with onloaded(model, method.anchor(name)) as lin:
+    with onloaded(model, method.anchor(model, name)) as lin:
         W = as_linear(lin).weight.detach().to(torch.float64)
     H = stats.gram.to(device=W.device, dtype=torch.float64)
     w2 = sensitivity[name].row_weights().to(W.device) ** 2
@@ -412,13 +414,18 @@ def _curing_pass(config, found, calib) -> tuple[list, dict]:
     return ang, kept
 
 
-#: Final names of MLP matrices that are not in a gated MLP (no structured unit in this version).
-_OTHER_MLP = ("fc1", "fc2", "c_fc", "dense_h_to_4h", "dense_4h_to_h", "gate_up_proj", "w1", "w2", "w3")
-
 _ERR_NO_UNIT = (
-    "StructuredConfig keeps whole neurons of gated MLPs (modules with gate_proj, up_proj and down_proj); "
-    "{what}. Pass targets= or exclude= leaving them out, or use InterpolativeConfig for this model"
+    "StructuredConfig keeps whole neurons of MLPs laid out as one of: {layouts}; {what}. Pass targets= or "
+    "exclude= leaving them out, or use InterpolativeConfig for this model"
 )
+#: The layouts with a unit, as the refusals list them.
+_LAYOUTS = "; ".join(layout.describe() for layout in MLP_LAYOUTS)
+_ERR_EXPERT = (
+    "{name} is a routed expert's matrix ({cls}), and routed experts have no MLP unit (leave them dense with "
+    "exclude=r'.*\\.experts\\..*')"
+)
+_ERR_UNKNOWN_MLP = "{name} is an MLP matrix of another layout ({cls}: {parent} holds {held}), which has no unit"
+_ERR_PARTIAL_MLP = "the targets hold {held} of the MLP {parent} but not all of {wanted}; target the whole MLP"
 _ERR_NO_VO = (
     "StructuredConfig(units=(..., 'vo')) keeps value dimensions of attentions with v_proj, o_proj and an int "
     "head_dim; {what}. Target both projections, or drop 'vo' from units="
@@ -427,29 +434,42 @@ _ERR_NO_VO = (
 _FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "W_pack")
 
 
+def _no_unit(model, name) -> str:
+    """Why the MLP matrix ``name`` is in no unit (a routed expert's, or another layout's)."""
+    parent = name.rpartition(".")[0]
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, ExpertLinears) and name.startswith(prefix + "."):
+            return _ERR_EXPERT.format(name=name, cls=type(model).__name__)
+    held = [n for n, m in model.get_submodule(parent).named_children() if isinstance(m, tuple(LINEAR_VIEWS))]
+    return _ERR_UNKNOWN_MLP.format(name=name, cls=type(model).__name__, parent=parent, held=held)
+
+
 def _group_mlp(model, found) -> dict:
-    """Each gated MLP among ``found`` becomes one ``"mlp"`` unit (keyed by the MLP's name,
-    holding its ``down_proj``, whose inputs calibrate it), in place."""
-    members: dict[str, dict] = {}
+    """Each MLP among ``found`` (:func:`adapters.layouts.find_mlps`) becomes one ``"mlp"`` unit
+    (keyed by the name of the module holding it, holding its output projection, whose inputs
+    calibrate it), in place."""
+    mlps = find_mlps(model)
+    unit_of = {f"{name}.{p}": name for name, layout in mlps.items() for p in layout.projections}
+    members: dict[str, list] = {}
     for name in found:
-        parent, _, attr = name.rpartition(".")
-        if attr in GATED_MLP and is_gated_mlp(model.get_submodule(parent), of=nn.Linear):
-            members.setdefault(parent, {})[attr] = name
-        elif attr in _OTHER_MLP:
-            raise ValueError(_ERR_NO_UNIT.format(
-                what=f"{name} is an MLP matrix of another layout ({type(model).__name__}), which has no unit yet"))
+        if name in unit_of:
+            members.setdefault(unit_of[name], []).append(name)
+        elif name.rpartition(".")[2] in MLP_MATRIX_NAMES:
+            raise ValueError(_ERR_NO_UNIT.format(layouts=_LAYOUTS, what=_no_unit(model, name)))
     units = {}
     for parent, names in members.items():
-        if len(names) != len(GATED_MLP):
-            raise ValueError(_ERR_NO_UNIT.format(
-                what=f"the targets hold {sorted(names)} of {parent} but not all three; target the whole MLP"))
-        i = found[names["down_proj"]][0]
-        for name in names.values():
+        layout = mlps[parent]
+        if len(names) != len(layout.projections):
+            raise ValueError(_ERR_NO_UNIT.format(layouts=_LAYOUTS, what=_ERR_PARTIAL_MLP.format(
+                held=sorted(n[len(parent) + 1:] for n in names), parent=parent, wanted=list(layout.projections))))
+        output = f"{parent}.{layout.output}"
+        i = found[output][0]
+        for name in names:
             found.pop(name)
-        found[parent] = (i, model.get_submodule(names["down_proj"]))
+        found[parent] = (i, model.get_submodule(output))
         units[parent] = "mlp"
     if not units:
-        raise ValueError(_ERR_NO_UNIT.format(what=f"none of the targets of {type(model).__name__} is one"))
+        raise ValueError(_ERR_NO_UNIT.format(layouts=_LAYOUTS, what=f"none of the targets of {type(model).__name__} is one"))
     return units
 
 
@@ -522,10 +542,10 @@ def _survey(model, config, method, filter_fn):
     return found, dense, units
 
 
-def _params_of(model, name, mod, units) -> int:
-    """Weight and bias parameters of a target now (a unit's: its module's)."""
-    held = model.get_submodule(name) if name in units else as_linear(mod)
-    return sum(p.numel() for p in held.parameters())
+def _params_of(model, name, mod, method, units) -> int:
+    """Weight and bias parameters of a target now (a unit's: its members')."""
+    held = method.members(model, name) if name in units else [as_linear(mod)]
+    return sum(p.numel() for m in held for p in m.parameters())
 
 
 _ERR_UNIFORM = (
@@ -667,7 +687,7 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
         ranks.update(zip(free, chosen))
         errors = {n: math.sqrt(max(float(curves[n][r - 1]), 0.0)) for n, r in ranks.items() if r > 0}
     modules = [
-        ModulePlan(name, i, shapes[name], ranks.get(name, 0), _params_of(model, name, mod, units),
+        ModulePlan(name, i, shapes[name], ranks.get(name, 0), _params_of(model, name, mod, methods[name], units),
                    errors.get(name), units.get(name, "linear"))
         for name, (i, mod) in found.items()
     ]

@@ -1,13 +1,15 @@
-"""Plain ``nn.Linear`` layers cut from dense ones: what structured compression leaves behind.
+"""Plain linear layers cut from dense ones: what structured compression leaves behind.
 
-A structured unit keeps whole neurons (:class:`adapters.configs.StructuredConfig`): ``k`` rows
-of ``gate`` and ``up``, ``k`` columns of ``down``. The results are ordinary ``nn.Linear``
-layers, which every tool knows (PEFT, ``torch.compile``, serving engines). Only their shapes
-differ from the architecture in ``config.json``, so a checkpoint must say so:
+A structured unit keeps whole neurons of an MLP (:class:`adapters.configs.StructuredConfig`):
+``k`` rows of each input projection (``gate`` and ``up``, ``fc1``, ...) and ``k`` columns of
+the output projection, as its layout says (:class:`adapters.layouts.MLPLayout`). The results are
+layers of the dense layer's own type (``nn.Linear``, Falcon's ``FalconLinear``, GPT-2's
+``Conv1D``), which every tool knows (PEFT, ``torch.compile``, serving engines). Only their
+shapes differ from the architecture in ``config.json``, so a checkpoint must say so:
 
 * when every MLP keeps the same width, :func:`settle_widths` writes it into the family's own
-  config (``intermediate_size``): the model *is* the family's architecture, smaller, and its
-  checkpoint is a stock one;
+  config (``intermediate_size``, ``ffn_dim``, ``n_inner``, ...): the model *is* the family's
+  architecture, smaller, and its checkpoint is a stock one;
 * otherwise each cut layer carries :attr:`kept_from` (a :class:`Kept`), and the checkpoint's
   record (:mod:`adapters.hf_quantizer`) lists it under the form ``"rows"`` or ``"columns"``
   with the dense shape and the kept width, so that ``from_pretrained`` builds it at its size;
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layouts import GATED_MLP, is_gated_mlp
+from ._common import architecture_twin
+from .layouts import MLPLayout, find_mlps
+from .targets import as_linear, from_linear
 
-__all__ = ["KEPT", "Kept", "KeptColumns", "KeptRows", "kept_linear", "pad_widths", "settle_widths"]
+__all__ = ["KEPT", "Kept", "KeptColumns", "KeptRows", "cut_neurons", "kept_linear", "pad_widths", "settle_widths"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,11 @@ class Kept:
     Attributes
     ----------
     form : {"rows", "columns"}
-        Output rows kept (``gate``, ``up``) or input columns kept (``down``).
+        Output rows kept (an MLP's input projections) or input columns kept (its output
+        projection).
     out_features, in_features : int
-        The dense layer's shape (the architecture's).
+        The dense layer's shape (the architecture's), ``out x in`` whatever the storage
+        (GPT-2's ``Conv1D`` stores the transpose).
     """
 
     form: str
@@ -48,6 +54,9 @@ class _KeptForm:
     """Builds the cut layer a checkpoint record names (``form``, dense shape, kept width)."""
 
     form = ""
+    #: Whether the layer is one a unit refitted (an MLP's output projection): marked
+    #: ``refitted`` when loaded, as the fit marks it, so that :func:`adapters.heal` trains it.
+    refitted = False
 
     @classmethod
     def _layout(cls, m: int, n: int, rank: int, /) -> tuple[int, int]:
@@ -58,48 +67,76 @@ class _KeptForm:
         return (rank, n) if cls.form == "rows" else (m, rank)
 
     @classmethod
-    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype=None, device=None) -> nn.Linear:
-        """An uninitialised cut layer, for a checkpoint to be loaded into (as
-        :meth:`adapters.layer.CURLinear.empty`)."""
+    def empty(cls, m: int, n: int, rank: int, /, *, bias: bool, dtype=None, device=None,
+              slot: type = nn.Linear) -> nn.Module:
+        """An uninitialised cut layer of type ``slot`` (the architecture's layer there), for a
+        checkpoint to be loaded into (as :meth:`adapters.layer.CURLinear.empty`)."""
         out, inp = cls._layout(m, n, rank)
-        lin = nn.Linear(inp, out, bias=bias, dtype=dtype, device=device)
-        lin.kept_from = Kept(cls.form, m, n)
-        return lin
+        weight = torch.empty(out, inp, dtype=dtype, device=device)
+        layer = _in_slot(weight, torch.empty(out, dtype=dtype, device=device) if bias else None, slot)
+        layer.kept_from = Kept(cls.form, m, n)
+        if cls.refitted:
+            layer.refitted = True
+        return layer
 
 
 class KeptRows(_KeptForm):
-    """Record form ``"rows"``: an ``nn.Linear`` keeping ``rank`` output rows."""
+    """Record form ``"rows"``: a linear layer keeping ``rank`` output rows (``out x in``)."""
 
     form = "rows"
 
 
 class KeptColumns(_KeptForm):
-    """Record form ``"columns"``: an ``nn.Linear`` keeping ``rank`` input columns."""
+    """Record form ``"columns"``: a linear layer keeping ``rank`` input columns (``out x in``)."""
 
     form = "columns"
+    refitted = True
 
 
 #: Record form -> builder of the cut layer.
 KEPT = {cls.form: cls for cls in (KeptRows, KeptColumns)}
 
 
-def kept_linear(weight: torch.Tensor, bias: torch.Tensor | None, /, *, form: str, shape: tuple) -> nn.Linear:
-    """An ``nn.Linear`` holding ``weight`` (and ``bias``), marked as cut from a dense ``shape``.
+@torch.no_grad()
+def _in_slot(weight: torch.Tensor, bias: torch.Tensor | None, slot: type, /) -> nn.Module:
+    """A layer of type ``slot`` computing ``x weight^T + bias`` (``weight`` is ``out x in``).
+
+    ``nn.Linear`` subclasses built like it (Falcon's ``FalconLinear``) keep their type, others
+    become ``nn.Linear``; other types (GPT-2's ``Conv1D``) are built by
+    :func:`adapters.targets.from_linear`, in their own storage layout.
+    """
+    cls = slot if issubclass(slot, nn.Linear) and slot.__init__ is nn.Linear.__init__ else nn.Linear
+    lin = cls(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    lin.weight.copy_(weight)
+    if bias is not None:
+        lin.bias.copy_(bias)
+    return from_linear(lin, slot)
+
+
+def kept_linear(weight: torch.Tensor, bias: torch.Tensor | None, /, *, form: str, shape: tuple,
+                slot: type = nn.Linear) -> nn.Module:
+    """A linear layer holding ``weight`` (and ``bias``), marked as cut from a dense ``shape``.
 
     Parameters
     ----------
     weight : torch.Tensor, shape (out, in)
         The kept rows (``form="rows"``: ``out <= shape[0]``, ``in == shape[1]``) or columns
-        (``form="columns"``: ``out == shape[0]``, ``in <= shape[1]``) of the dense weight.
+        (``form="columns"``: ``out == shape[0]``, ``in <= shape[1]``) of the dense weight, in
+        ``out x in`` orientation whatever ``slot`` stores.
     bias : torch.Tensor or None
     form : {"rows", "columns"}
     shape : tuple of int
         ``(out_features, in_features)`` of the dense layer.
+    slot : type, default nn.Linear
+        The dense layer's type: ``nn.Linear`` (subclasses built like it keep their type) or a
+        type of :data:`adapters.targets.DENSE_FROM_LINEAR` (GPT-2's ``Conv1D``, which stores
+        the transpose).
 
     Returns
     -------
-    torch.nn.Linear
-        With ``kept_from`` set (:class:`Kept`): what the checkpoint record lists.
+    torch.nn.Module
+        Of type ``slot`` (or ``nn.Linear``), with ``kept_from`` set (:class:`Kept`): what the
+        checkpoint record lists.
 
     Raises
     ------
@@ -113,101 +150,174 @@ def kept_linear(weight: torch.Tensor, bias: torch.Tensor | None, /, *, form: str
     fits = (out <= m and inp == n) if form == "rows" else (out == m and inp <= n)
     if not fits:
         raise ValueError(f"a {out}x{inp} weight is not a cut of the {form} of a {m}x{n} weight; pass the dense shape")
-    lin = nn.Linear(inp, out, bias=bias is not None, dtype=weight.dtype, device=weight.device)
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-    lin.kept_from = Kept(form, int(shape[0]), int(shape[1]))
-    return lin
+    layer = _in_slot(weight, bias, slot)
+    layer.kept_from = Kept(form, m, n)
+    return layer
 
 
-def _gated_mlps(model: nn.Module):
-    for name, mod in model.named_modules():
-        if is_gated_mlp(mod, of=nn.Linear):
-            yield name, mod
+def cut_neurons(layout: MLPLayout, projections: dict, neurons: torch.Tensor, output_weight: torch.Tensor,
+                /) -> dict[str, nn.Module]:
+    """The layers of an MLP keeping ``neurons``, its output projection holding ``output_weight``.
+
+    Parameters
+    ----------
+    layout : adapters.layouts.MLPLayout
+    projections : dict
+        ``{path: layer}`` for every path of ``layout.projections`` (the dense layers).
+    neurons : torch.Tensor of int
+        The kept neurons, in increasing order.
+    output_weight : torch.Tensor, shape (out, len(neurons))
+        The output projection's new weight (its bias stays).
+
+    Returns
+    -------
+    dict
+        ``{path: cut layer}`` (:func:`kept_linear`: each of its dense layer's type): the input
+        projections keep their rows of ``neurons`` and the bias entries, unchanged.
+    """
+    width = as_linear(projections[layout.output]).in_features
+    rows = layout.rows(neurons, width)
+    out = {}
+    for path in layout.inputs:
+        lin = as_linear(projections[path])
+        out[path] = kept_linear(lin.weight[rows], None if lin.bias is None else lin.bias[rows], form="rows",
+                                shape=lin.weight.shape, slot=type(projections[path]))
+    lin = as_linear(projections[layout.output])
+    out[layout.output] = kept_linear(output_weight.to(lin.weight), lin.bias, form="columns", shape=lin.weight.shape,
+                                     slot=type(projections[layout.output]))
+    return out
 
 
-def _width(mlp: nn.Module) -> int:
-    return mlp.gate_proj.out_features
+def _mlps(model: nn.Module) -> dict[str, tuple[nn.Module, MLPLayout]]:
+    return {name: (model.get_submodule(name), layout) for name, layout in find_mlps(model).items()}
+
+
+def _is_cut(mlp: nn.Module, layout: MLPLayout) -> bool:
+    return any(hasattr(mlp.get_submodule(p), "kept_from") for p in layout.projections)
+
+
+def _config_sizes(model: nn.Module, mlps: dict, width: int) -> bool:
+    """Set the config's width keys of ``mlps`` to ``width`` when the architecture that config builds
+    then has every MLP of ``mlps`` at that width (:func:`adapters._common.architecture_twin`);
+    whether it did (otherwise the config is left as it was)."""
+    config = getattr(model, "config", None)
+    keys = list(dict.fromkeys(k for _, lay in mlps.values() for k in lay.width_keys if hasattr(config, k)))
+    if not keys:
+        return False
+    old = {k: getattr(config, k) for k in keys}
+    for k in keys:
+        setattr(config, k, width)
+    twin = architecture_twin(model)
+    try:
+        fits = twin is not None and all(lay.holds(twin.get_submodule(n)) and lay.width(twin.get_submodule(n)) == width
+                                        for n, (_, lay) in mlps.items())
+    except AttributeError:
+        fits = False
+    if not fits:
+        for k, v in old.items():
+            setattr(config, k, v)
+    return fits
 
 
 def settle_widths(model: nn.Module, /) -> int | None:
-    """When every gated MLP of ``model`` has one width below its config's, make it the config's.
+    """When every MLP of ``model`` has one width below its config's, make it the config's.
 
     Parameters
     ----------
     model : transformers PreTrainedModel
-        Modified in place (``config.intermediate_size``, the MLPs' own attribute, the marks).
+        Modified in place (the config's width key, e.g. ``intermediate_size``, ``ffn_dim`` or
+        ``n_inner`` (:attr:`adapters.layouts.MLPLayout.width_keys`), the MLPs' own
+        ``intermediate_size`` attribute where they have one, the marks).
 
     Returns
     -------
     int or None
-        The width now in ``model.config.intermediate_size`` (the cut layers' marks are
-        dropped: they are the architecture now), or None when the widths differ, nothing was
-        cut, or the config has no ``intermediate_size`` (the marks then stay for the record).
+        The width now in the config (the cut layers' marks are dropped: they are the
+        architecture now), or None when the widths differ, nothing was cut, or no config key
+        builds the model's MLPs at that width (the marks then stay for the record).
+
+    Notes
+    -----
+    The key is checked, not assumed: the family's class is built from the changed config on
+    the ``meta`` device, and its MLPs must have the width (Qwen2-MoE's shared experts, for
+    one, are sized by another key than a dense MLP).
     """
-    config = getattr(model, "config", None)
-    mlps = list(_gated_mlps(model))
-    if not mlps or config is None or not isinstance(getattr(config, "intermediate_size", None), int):
+    mlps = _mlps(model)
+    if getattr(model, "config", None) is None or not any(_is_cut(m, lay) for m, lay in mlps.values()):
         return None
-    widths = {_width(m) for _, m in mlps}
-    if len(widths) != 1 or widths == {config.intermediate_size}:
+    widths = {lay.width(m) for m, lay in mlps.values()}
+    if len(widths) != 1:
         return None
     width = widths.pop()
-    config.intermediate_size = width
-    for _, mlp in mlps:
+    if not _config_sizes(model, mlps, width):
+        return None
+    for mlp, layout in mlps.values():
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = width
-        for attr in GATED_MLP:
-            getattr(mlp, attr).__dict__.pop("kept_from", None)
+        for path in layout.projections:
+            mlp.get_submodule(path).__dict__.pop("kept_from", None)
     return width
+
+
+def _padded(layer: nn.Module, width: int, /, *, rows: int = 0) -> nn.Module:
+    """``layer`` (of an MLP of ``k`` neurons) with zero neurons up to ``width``: ``rows`` blocks
+    of zero rows (and zero bias entries) after each block of ``k`` rows, or (``rows=0``) zero
+    columns after its ``k`` columns."""
+    lin = as_linear(layer)
+    w, b = lin.weight, lin.bias
+    if rows:
+        k = w.shape[0] // rows
+        w = torch.cat([torch.cat([blk, blk.new_zeros(width - k, blk.shape[1])]) for blk in w.split(k)])
+        if b is not None:
+            b = torch.cat([torch.cat([blk, blk.new_zeros(width - k)]) for blk in b.split(k)])
+    else:
+        w = torch.cat([w, w.new_zeros(w.shape[0], width - w.shape[1])], dim=1)
+    new = _in_slot(w, b, type(layer))
+    new.requires_grad_(lin.weight.requires_grad)
+    return new
 
 
 @torch.no_grad()
 def pad_widths(model: nn.Module, /) -> int | None:
-    """Pad every cut gated MLP with zero neurons to the widest MLP; the width, or None if none was cut.
+    """Pad every cut MLP with zero neurons to the widest MLP; the width, or None if none was cut.
 
-    A zero row of ``gate`` and ``up`` gives ``act(0) * 0 = 0`` for the activations of the
-    families with a gated MLP (SiLU, GELU), and a zero column of ``down`` reads nothing, so the
-    padded model computes the same function, in the family's own architecture with
-    ``intermediate_size`` the widest width.
+    A padded neuron has zero rows and bias entries in the input projections and a zero column
+    in the output projection, so its contribution is ``0 * act(0 + 0) = 0`` whatever the
+    activation (``act(0)`` need not be 0: a plain MLP's input bias moves it there otherwise),
+    and the padded model computes the same function, in the family's own architecture with
+    the widest width in its config (:attr:`adapters.layouts.MLPLayout.width_keys`).
 
     Parameters
     ----------
     model : torch.nn.Module
-        Modified in place (the cut layers are replaced by padded ``nn.Linear``s).
+        Modified in place (the cut layers are replaced by padded layers of their type).
 
     Returns
     -------
     int or None
-        The common width, or None when no MLP was cut (the model is left as it is).
+        The widest MLP's width, now every MLP's (see Notes for when it is not), or None when no
+        MLP was cut (the model is left as it is).
+
+    Notes
+    -----
+    Where no config key builds every MLP at the widest width (a model that is not a
+    transformers model, or MLPs that several keys size), each MLP is padded to its dense
+    width instead: the architecture in the config, unchanged.
     """
-    mlps = list(_gated_mlps(model))
-    if not any(hasattr(getattr(m, a), "kept_from") for _, m in mlps for a in GATED_MLP):
+    mlps = _mlps(model)
+    if not any(_is_cut(m, lay) for m, lay in mlps.values()):
         return None
-    width = max(_width(m) for _, m in mlps)
-    for _, mlp in mlps:
-        k = _width(mlp)
-        for attr in GATED_MLP:
-            old = getattr(mlp, attr)
-            w = old.weight
-            if attr == "down_proj":
-                pad = torch.zeros(w.shape[0], width - k, dtype=w.dtype, device=w.device)
-                new = nn.Linear(width, w.shape[0], bias=old.bias is not None, dtype=w.dtype, device=w.device)
-                new.weight.copy_(torch.cat([w, pad], dim=1))
-                if old.bias is not None:
-                    new.bias.copy_(old.bias)
-            else:
-                pad = torch.zeros(width - k, w.shape[1], dtype=w.dtype, device=w.device)
-                new = nn.Linear(w.shape[1], width, bias=old.bias is not None, dtype=w.dtype, device=w.device)
-                new.weight.copy_(torch.cat([w, pad], dim=0))
-                if old.bias is not None:
-                    new.bias.copy_(torch.cat([old.bias, old.bias.new_zeros(width - k)]))
-            new.requires_grad_(old.weight.requires_grad)
-            setattr(mlp, attr, new)
+    width = max(lay.width(m) for m, lay in mlps.values())
+    common = _config_sizes(model, mlps, width)
+    for mlp, layout in mlps.values():
+        out = mlp.get_submodule(layout.output)
+        kept = getattr(out, "kept_from", None)
+        target = width if common else (layout.width(mlp) if kept is None else kept.in_features)
+        new = {p: _padded(mlp.get_submodule(p), target, rows=layout.stacked) for p in layout.inputs}
+        new[layout.output] = _padded(out, target)
+        for path, layer in new.items():
+            parent, _, attr = path.rpartition(".")
+            setattr(mlp.get_submodule(parent), attr, layer)
         if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = width
-    if hasattr(getattr(model, "config", None), "intermediate_size"):
-        model.config.intermediate_size = width
-    return width
+            mlp.intermediate_size = target
+    return width if common else max(layout.width(m) for m, layout in mlps.values())

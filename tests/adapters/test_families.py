@@ -18,10 +18,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from adapters import InterpolativeConfig, compress, count_parameters  # noqa: E402
+from adapters import InterpolativeConfig, StructuredConfig, compress, count_parameters  # noqa: E402
 from adapters.calibration import find_decoder_layers  # noqa: E402
-from adapters.experts import is_fused_experts  # noqa: E402
+from adapters.configs import STRUCTURED_UNITS  # noqa: E402
+from adapters.experts import is_fused_experts, open_experts  # noqa: E402
 from adapters.layer import FACTORED_LINEARS, TRANSPOSED_FROM  # noqa: E402
+from adapters.layouts import find_mlps  # noqa: E402
+from adapters.methods import method_for  # noqa: E402
+from adapters.planning import _survey  # noqa: E402
 from adapters.targets import LINEAR_VIEWS  # noqa: E402
 
 from families import FAMILIES, calibration_tokens, make_tiny  # noqa: E402
@@ -115,6 +119,26 @@ def test_family_runs_prefill_sized_inputs_in_either_output_layout(family):
     torch.testing.assert_close(fast, copied, rtol=1e-5, atol=1e-5)
 
 
+def _structured_units(family) -> str:
+    """The :class:`StructuredConfig` units the planner builds for the family with the default
+    targets (an MLP unit with its layout); a kind it refuses is left out."""
+    model = make_tiny(family)
+    open_experts(model)  # as the planner sees the model
+    kinds = []
+    for unit in STRUCTURED_UNITS:
+        config = StructuredConfig(units=(unit,))
+        try:
+            _, _, units = _survey(model, config, method_for(config), None)
+        except ValueError:
+            continue
+        if unit == "mlp":
+            layouts = sorted({find_mlps(model)[name] for name in units}, key=lambda lay: lay.name)
+            kinds.append("`mlp` (" + ", ".join(f"`{' + '.join(lay.inputs)} -> {lay.output}`" for lay in layouts) + ")")
+        else:
+            kinds.append(f"`{unit}`")
+    return ", ".join(kinds) or "none"
+
+
 def _relative(name: str, prefix: str) -> str:
     return re.sub(r"\.\d+(?=\.|$)", ".*", name[len(prefix) + 1:].split(".", 1)[1])
 
@@ -122,8 +146,8 @@ def _relative(name: str, prefix: str) -> str:
 def family_table() -> str:
     """The docs table, from the tiny models: what is compressed and what stays dense, per family."""
     lines = [
-        "| family | model class | stored as | compressed (every block) | left dense (why) |",
-        "|---|---|---|---|---|",
+        "| family | model class | stored as | compressed (every block) | left dense (why) | structured units |",
+        "|---|---|---|---|---|---|",
     ]
     for family, (label, _, model_cls, _) in FAMILIES.items():
         model, report, _, _, kinds = _compressed(family)
@@ -137,7 +161,7 @@ def family_table() -> str:
             if d["reason"] != "rank 0 in the plan"))
         lines.append(
             f"| {label} | `{model_cls}` | {', '.join(kinds)} | {', '.join(f'`{c}`' for c in compressed)} | "
-            f"{'; '.join(dense) or 'none'} |"
+            f"{'; '.join(dense) or 'none'} | {_structured_units(family)} |"
         )
     return "\n".join(lines)
 

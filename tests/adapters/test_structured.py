@@ -1,5 +1,8 @@
-"""StructuredConfig: gated MLPs as neuron units through plan, compress, checkpoints and merge."""
+"""StructuredConfig: MLPs (every layout of adapters.layouts) and attention value-output pairs as
+units through plan, compress, checkpoints and merge."""
 
+import copy
+import functools
 import json
 import subprocess
 import sys
@@ -9,11 +12,14 @@ import torch
 from torch import nn
 
 import adapters
-from adapters import InterpolativeLinear, StructuredConfig, compress, merge, plan
+from adapters import InterpolativeLinear, StructuredConfig, compress, count_parameters, merge, plan
 from adapters.configs import config_from_dict
+from adapters.layouts import find_mlps, mlp_layout
+from adapters.pruned import cut_neurons
+from adapters.targets import as_linear
 
-from conftest import make_tiny_llama
-from families import calibration_tokens, make_tiny
+from conftest import make_tiny_llama, one_thread_logits
+from families import FAMILIES, calibration_tokens, make_tiny
 
 
 def _logits(model, tokens):
@@ -75,29 +81,16 @@ def test_sequential_option_changes_the_refit(calib_tokens):
 
 
 def test_uniform_widths_make_a_stock_model(calib_tokens, eval_tokens, tmp_path):
+    """One width in multiples of width_multiple, written to the config; that plain transformers
+    loads it without adapters is tested for every family below
+    (test_stock_checkpoints_of_every_family_load_without_adapters)."""
     model, report = compress(make_tiny_llama(layers=3), StructuredConfig(reduction=0.2, uniform=True, width_multiple=8),
                              calibration=calib_tokens, progress=False)
     widths = _widths(model)
     assert len(set(widths)) == 1 and widths[0] % 8 == 0
     assert model.config.intermediate_size == widths[0]
     assert getattr(model.config, "quantization_config", None) is None  # nothing for adapters to record
-    model.save_pretrained(tmp_path / "stock")
-    torch.save(eval_tokens, tmp_path / "tokens.pt")
-    torch.save(_logits(model, eval_tokens), tmp_path / "logits.pt")
-    code = (
-        "import sys, torch\n"
-        "from transformers import AutoModelForCausalLM\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'stock')!r})\n"
-        "assert 'adapters' not in sys.modules and 'curlinalg' not in sys.modules\n"
-        f"t = torch.load({str(tmp_path / 'tokens.pt')!r})\n"
-        "with torch.no_grad():\n"
-        f"    torch.save(m(t).logits, {str(tmp_path / 'back.pt')!r})\n"
-        "print(type(m).__name__, m.config.intermediate_size)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["LlamaForCausalLM", str(widths[0])]
-    _close(torch.load(tmp_path / "back.pt"), torch.load(tmp_path / "logits.pt"))
+    assert not any(hasattr(m, "kept_from") for m in model.modules())
 
 
 def test_per_layer_widths_round_trip_through_the_record(calib_tokens, eval_tokens, tmp_path):
@@ -165,16 +158,54 @@ def test_config_round_trip_and_bad_options():
         StructuredConfig(rank=4)
 
 
-def test_a_family_without_gated_mlp_is_refused_by_name_before_any_work():
-    model = make_tiny("gpt2")
+@pytest.mark.parametrize("family, match", [
+    ("mixtral", r"experts\.0\.gate_up_proj is a routed expert's matrix \(MixtralForCausalLM\)"),
+    ("gpt_oss", r"experts\.0\.gate_up_proj is a routed expert's matrix \(GptOssForCausalLM\)"),
+])
+def test_routed_experts_are_refused_by_name_before_any_work(family, match):
+    model = make_tiny(family)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"c_fc is an MLP matrix of another layout \(GPT2LMHeadModel\)"):
+    with pytest.raises(ValueError, match=match + r".*exclude=r'\.\*\\\.experts\\\.\.\*'"):
         compress(model, StructuredConfig(reduction=0.1), calibration=calibration_tokens(), progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert type(model.model.layers[0].mlp.experts).__name__ != "ExpertLinears"  # closed again
+
+
+def test_a_shared_expert_is_a_unit_whose_width_the_dense_mlp_key_does_not_hold(tmp_path):
+    """Qwen2-MoE's shared expert is a gated MLP sized by shared_expert_intermediate_size: with the
+    routed experts left dense (as the refusal says), one width is not written to
+    intermediate_size (the class built from that config would not have it) but recorded."""
+    tokens = _family_tokens()
+    model, report = compress(make_tiny("qwen2_moe"), StructuredConfig(reduction=0.05, exclude=r".*\.experts\..*"),
+                             calibration=calibration_tokens(), progress=False)
+    assert [r.name for r in report.modules] == [f"model.layers.{i}.mlp.shared_expert" for i in range(2)]
+    assert len({r.rank for r in report.modules}) == 1 and model.config.intermediate_size == 64
+    model.save_pretrained(tmp_path / "moe")
+    assert "quantization_config" in json.loads((tmp_path / "moe" / "config.json").read_text())
+    back = type(model).from_pretrained(tmp_path / "moe")
+    before = one_thread_logits(model, tokens)
+    assert torch.equal(one_thread_logits(back, tokens), before)
+    merge(model)  # no config key holds the cut width: padded back to the dense width the config says
+    assert [m.mlp.shared_expert.down_proj.in_features for m in model.model.layers] == [64, 64]
+    assert model.config.shared_expert_intermediate_size == 64 and model.config.intermediate_size == 64
+    _close(one_thread_logits(model, tokens), before)
+
+
+def test_an_unknown_mlp_layout_is_refused_by_name_with_the_known_ones():
+    model = make_tiny_llama()
+    for layer in model.model.layers:  # the names of older MoE experts: w1 (gate), w3 (up), w2 (down)
+        mlp = layer.mlp
+        mlp.w1, mlp.w3, mlp.w2 = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        del mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    with pytest.raises(ValueError, match=r"gate_proj \+ up_proj -> down_proj.*fc1 -> fc2.*"
+                                         r"model\.layers\.0\.mlp\.w1 is an MLP matrix of another layout "
+                                         r"\(LlamaForCausalLM: model\.layers\.0\.mlp holds \['w1', 'w3', 'w2'\]\)"):
+        plan(model, StructuredConfig(reduction=0.1), calibration=None, progress=False)
 
 
 def test_partial_mlp_targets_and_infeasible_budget_are_refused_before_calibration():
-    with pytest.raises(ValueError, match="not all three"):
+    with pytest.raises(ValueError, match=r"the targets hold \['down_proj', 'gate_proj'\] of the MLP model\.layers\.0\.mlp "
+                                         r"but not all of \['gate_proj', 'up_proj', 'down_proj'\]"):
         plan(make_tiny_llama(), StructuredConfig(reduction=0.1, targets=("gate", "down")), calibration=None,
              progress=False)
     # the narrowest allowed width (width_multiple) bounds what the units can save; no calibration is needed to say so
@@ -283,3 +314,181 @@ def test_cut_layers_refuse_indices_and_shapes_that_do_not_fit():
         kept_linear(w, None, form="neurons", shape=(4, 5))
     with pytest.raises(ValueError, match="not a cut of the rows of a 1x5 weight"):
         kept_linear(w, None, form="rows", shape=(1, 5))
+
+
+# ---- every family with a dense MLP: the unit in each layout of adapters.layouts.MLP_LAYOUTS ----
+
+#: Families whose MLPs are routed experts (refused above); every other family of the table has a dense MLP.
+_MOE = ("mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss")
+MLP_FAMILIES = [f for f in FAMILIES if f not in _MOE]
+#: The config key that sizes each family's MLP (intermediate_size where not listed).
+WIDTH_KEY = {"opt": "ffn_dim", "gpt2": "n_inner", "falcon": "ffn_hidden_size"}
+
+
+def _family_tokens():
+    return torch.randint(3, 128, (4, 32), generator=torch.Generator().manual_seed(2))
+
+
+@functools.lru_cache(maxsize=None)
+def _family_fit(family, uniform):
+    """``(plan, compressed model, report)`` of the family at -20%; with ``uniform=False`` the
+    first MLP is one neuron narrower than the allocation if it gave every MLP one width, so that
+    the widths differ and go through the record."""
+    p = plan(make_tiny(family), StructuredConfig(reduction=0.2, uniform=uniform), calibration=calibration_tokens(),
+             progress=False)
+    if not uniform and len({m.rank for m in p.modules}) == 1:
+        p.modules[0].rank -= 1
+    model, report = compress(make_tiny(family), p, calibration=calibration_tokens(), progress=False)
+    return p, model, report
+
+
+def _random_neurons(family, report):
+    """The dense model cut to the same widths at random neurons, the output projection's
+    columns kept as they are (no refit)."""
+    model = make_tiny(family)
+    gen = torch.Generator().manual_seed(0)
+    for r in report.modules:
+        mlp = model.get_submodule(r.name)
+        layout = mlp_layout(mlp)
+        keep = torch.sort(torch.randperm(layout.width(mlp), generator=gen)[: r.rank]).values
+        held = {p: mlp.get_submodule(p) for p in layout.projections}
+        for path, layer in cut_neurons(layout, held, keep, as_linear(held[layout.output]).weight[:, keep]).items():
+            parent, _, attr = path.rpartition(".")
+            setattr(mlp.get_submodule(parent), attr, layer)
+    return model
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("family", MLP_FAMILIES)
+def test_every_dense_family_keeps_whole_neurons_within_the_budget(family, uniform):
+    fresh = plan(make_tiny(family), StructuredConfig(reduction=0.2, uniform=uniform), calibration=calibration_tokens(),
+                 progress=False)
+    assert fresh.params_after() <= fresh.target_params
+    p, model, report = _family_fit(family, uniform)
+    dense = make_tiny(family)
+    mlps = find_mlps(dense)
+    assert [r.name for r in report.modules] == list(mlps) and {r.unit for r in report.modules} == {"mlp"}
+    assert count_parameters(model) == report.params_after == p.params_after() <= report.target_params
+    widths = [r.rank for r in report.modules]
+    assert len(set(widths)) == (1 if uniform else 2)
+    for r in report.modules:
+        layout, mlp, ref = mlps[r.name], model.get_submodule(r.name), dense.get_submodule(r.name)
+        keep = torch.tensor(r.rows)
+        assert len(keep) == r.rank == layout.width(mlp) < layout.width(ref)
+        rows = layout.rows(keep, layout.width(ref))
+        for path in layout.inputs:  # the input projections keep the dense rows and bias entries exactly
+            cut, full = as_linear(mlp.get_submodule(path)), as_linear(ref.get_submodule(path))
+            assert type(mlp.get_submodule(path)) is type(ref.get_submodule(path))  # GPT-2: Conv1D stays Conv1D
+            assert torch.equal(cut.weight, full.weight[rows])
+            assert (cut.bias is None) == (full.bias is None) and (cut.bias is None or torch.equal(cut.bias, full.bias[rows]))
+        out, full = as_linear(mlp.get_submodule(layout.output)), as_linear(ref.get_submodule(layout.output))
+        assert out.weight.shape == (full.out_features, r.rank) and getattr(mlp.get_submodule(layout.output), "refitted")
+        assert (out.bias is None) == (full.bias is None) and (out.bias is None or torch.equal(out.bias, full.bias))
+    tokens = _family_tokens()
+    with torch.no_grad():
+        ref, got, rnd = (m(tokens).logits for m in (dense, model, _random_neurons(family, report)))
+    assert torch.isfinite(got).all() and not torch.equal(got, ref)
+    assert (got - ref).norm() < (rnd - ref).norm()  # chosen and refitted beats random and cut
+
+
+@pytest.mark.parametrize("family", MLP_FAMILIES)
+def test_every_dense_family_round_trips_through_its_checkpoint(family, tmp_path):
+    tokens = _family_tokens()
+    for uniform in (True, False):
+        _, model, report = _family_fit(family, uniform)
+        model.save_pretrained(tmp_path / str(uniform))
+        config = json.loads((tmp_path / str(uniform) / "config.json").read_text())
+        key = WIDTH_KEY.get(family, "intermediate_size")
+        if uniform:  # the family's own config, smaller: nothing to record
+            assert "quantization_config" not in config and config[key] == report.modules[0].rank
+        else:
+            names = find_mlps(model)
+            record = config["quantization_config"]["modules"]
+            assert set(record) == {f"{n}.{p}" for n, lay in names.items() for p in lay.projections}
+            for n, lay in names.items():
+                assert {record[f"{n}.{p}"]["form"] for p in lay.inputs} == {"rows"}
+                assert record[f"{n}.{lay.output}"]["form"] == "columns"
+                assert record[f"{n}.{lay.output}"]["rank"] == lay.width(model.get_submodule(n))
+        back = type(model).from_pretrained(tmp_path / str(uniform))
+        assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
+        if not uniform:  # what adapters.heal trains comes back marked as the fit marked it
+            assert all(back.get_submodule(f"{n}.{lay.output}").refitted for n, lay in names.items())
+        assert torch.equal(one_thread_logits(back, tokens), one_thread_logits(model, tokens))
+
+
+@pytest.mark.parametrize("family", MLP_FAMILIES)
+def test_merge_pads_every_family_to_the_widest_mlp_with_the_same_function(family):
+    _, fitted, report = _family_fit(family, False)
+    model = copy.deepcopy(fitted)
+    tokens = _family_tokens()
+    before = one_thread_logits(model, tokens)
+    merge(model)
+    widest = max(r.rank for r in report.modules)
+    mlps = find_mlps(model)
+    assert {lay.width(model.get_submodule(n)) for n, lay in mlps.items()} == {widest}
+    for r in report.modules:  # padded neurons: zero rows and bias entries in, zero columns out
+        mlp, layout = model.get_submodule(r.name), mlps[r.name]
+        pad = layout.rows(torch.arange(r.rank, widest), widest)
+        for path in layout.inputs:
+            lin = as_linear(mlp.get_submodule(path))
+            assert not lin.weight[pad].any() and (lin.bias is None or not lin.bias[pad].any())
+        assert not as_linear(mlp.get_submodule(layout.output)).weight[:, r.rank:].any()
+    assert getattr(model.config, WIDTH_KEY.get(family, "intermediate_size")) == widest
+    assert not any(hasattr(m, "kept_from") for m in model.modules())
+    _close(one_thread_logits(model, tokens), before)
+
+
+def test_stock_checkpoints_of_every_family_load_without_adapters(tmp_path):
+    """One width (compress) and per-layer widths merged (merge): plain transformers loads both,
+    in a process that never imports adapters, and gets the logits of the model that was saved."""
+    tokens = _family_tokens()
+    torch.save(tokens, tmp_path / "tokens.pt")
+    cases = []
+    for family in MLP_FAMILIES:
+        for kind in ("uniform", "merged"):
+            _, fitted, report = _family_fit(family, kind == "uniform")
+            model = fitted if kind == "uniform" else merge(copy.deepcopy(fitted))
+            folder = tmp_path / f"{family}-{kind}"
+            model.save_pretrained(folder)
+            torch.save(one_thread_logits(model, tokens), folder / "logits.pt")
+            width = max(r.rank for r in report.modules)
+            cases.append((str(folder), FAMILIES[family][2], WIDTH_KEY.get(family, "intermediate_size"), width))
+    code = (
+        "import sys, torch, transformers\n"
+        "torch.set_num_threads(1)\n"
+        f"t = torch.load({str(tmp_path / 'tokens.pt')!r})\n"
+        f"for folder, cls, key, width in {cases!r}:\n"
+        "    m = getattr(transformers, cls).from_pretrained(folder)\n"
+        "    assert getattr(m.config, key) == width, (folder, key, getattr(m.config, key), width)\n"
+        "    with torch.no_grad():\n"
+        "        torch.save(m(t).logits, folder + '/back.pt')\n"
+        "assert 'adapters' not in sys.modules and 'curlinalg' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for folder, *_ in cases:
+        _close(torch.load(f"{folder}/back.pt"), torch.load(f"{folder}/logits.pt"))
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])
+def test_heal_trains_the_refitted_output_projection_of_other_layouts(family):
+    model = copy.deepcopy(_family_fit(family, True)[1])
+    outputs = [f"{n}.{lay.output}" for n, lay in find_mlps(model).items()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = adapters.heal(model, data=calibration_tokens(), steps=2, progress=False)
+    assert result.trainable_params == sum(model.get_submodule(n).weight.numel() for n in outputs)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {f"{n}.weight" for n in outputs}
+
+
+def test_a_unit_spanning_two_children_of_the_layer_follows_targets_layers_and_exclude():
+    one = plan(make_tiny("bert"), StructuredConfig(reduction=0.05, layers=(1,)), calibration=calibration_tokens(),
+               progress=False)
+    assert [(m.name, m.unit) for m in one.modules] == [("bert.encoder.layer.1", "mlp")]
+    with pytest.raises(ValueError, match=r"the targets hold \['intermediate\.dense'\] of the MLP bert\.encoder\.layer\.0 "
+                                         r"but not all of \['intermediate\.dense', 'output\.dense'\]"):
+        plan(make_tiny("bert"), StructuredConfig(reduction=0.05, exclude=("bert.encoder.layer.0.output.dense",)),
+             calibration=None, progress=False)
+    named = plan(make_tiny("opt"), StructuredConfig(reduction=0.05, targets=("fc1", "fc2"), layers=(0,)),
+                 calibration=calibration_tokens(), progress=False)
+    assert [(m.name, m.params_before) for m in named.modules] == [("model.decoder.layers.0", 2 * 32 * 64 + 64 + 32)]
