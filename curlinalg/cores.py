@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _validation
 from .operands import Operand, as_operand
 
 __all__ = ["CoreFactors", "optimal_core", "cross_core", "optimal_core_factors", "cross_core_factors"]
@@ -38,12 +38,12 @@ def _default_rtol(shape: tuple[int, ...], dtype: Any, xp: Any) -> float:
 
 
 def _truncated_range(X: Any, rtol: float, xp: Any) -> tuple[Any, Any, Any]:
-    """``X ~ Q diag(s) V^T`` keeping the singular values above ``rtol * s_max`` (QR, then an SVD
+    """``X ~ Q diag(s) V^H`` keeping the singular values above ``rtol * s_max`` (QR, then an SVD
     of the small triangular factor)."""
     Q, T = xp.linalg.qr(X)
     Ut, st, Vtt = xp.linalg.svd(T, full_matrices=False)
     t = _kept(st, rtol, xp)
-    return Q @ Ut[:, :t], st[:t], Vtt[:t, :].T
+    return Q @ Ut[:, :t], st[:t], _backend.ctranspose(Vtt[:t, :])
 
 
 def _kept(s: Any, rtol: float, xp: Any) -> int:
@@ -90,6 +90,7 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
     op = as_operand(A)
     if op.kind == "dense":
         _backend.namespace(A, C, R)
+    _validation.check_same_field(A=op.dtype, C=C.dtype, R=R.dtype)
     if op.kind != "dense":  # sparse or lazy cuts of the input: gather them (k columns, k rows)
         C, R = (np.asarray(X.toarray() if hasattr(X, "toarray") else X) for X in (C, R))
     return _optimal_factors(op, C, R, rtol)
@@ -106,11 +107,12 @@ def _optimal_factors(
     xp = op.xp
     if rtol is None:
         rtol = _default_rtol(op.shape, op.dtype, xp)
+    H = _backend.ctranspose
     Qc, sc, Vc = _truncated_range(C, rtol, xp)
-    Qr, sr, Vr = _truncated_range(R.T, rtol, xp)
-    M = op.rmatmat(Qc).T @ Qr if project is None else project(Qc, Qr)
-    U = (Vc / sc[None, :]) @ M @ (Vr / sr[None, :]).T
-    return CoreFactors(U, Qc, M @ Qr.T, min(Qc.shape[1], Qr.shape[1]))
+    Qr, sr, Vr = _truncated_range(H(R), rtol, xp)
+    M = H(op.rmatmat(Qc)) @ Qr if project is None else project(Qc, Qr)
+    U = (Vc / sc[None, :]) @ M @ H(Vr / sr[None, :])
+    return CoreFactors(U, Qc, M @ H(Qr), min(Qc.shape[1], Qr.shape[1]))
 
 
 def cross_core_factors(
@@ -158,8 +160,9 @@ def _cross_factors(op: Operand, rows: Any, cols: Any, rtol: float | None) -> Cor
         rtol = _default_rtol(W.shape, op.dtype, xp)
     Uw, sw, Vwt = xp.linalg.svd(W, full_matrices=False)
     t = _kept(sw, rtol, xp)
-    Vw = Vwt[:t, :].T / sw[None, :t]
-    return CoreFactors(Vw @ Uw[:, :t].T, C @ Vw, Uw[:, :t].T @ R, t)
+    Vw = _backend.ctranspose(Vwt[:t, :]) / sw[None, :t]
+    Uh = _backend.ctranspose(Uw[:, :t])
+    return CoreFactors(Vw @ Uh, C @ Vw, Uh @ R, t)
 
 
 def optimal_core(A: Any, C: Any, R: Any, /) -> Any:

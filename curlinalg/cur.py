@@ -42,7 +42,7 @@ def _select(basis: Any, method: str, k: int, oversample: int, rng: Any, xp: Any)
         return _backend.pivoted_rows(basis), ""
     if method == "maxvol":
         return _maxvol_rows(basis), ""
-    scores = xp.sum(basis * basis, axis=1)
+    scores = xp.sum(_backend.abs2(basis), axis=1)
     if method == "leverage":
         chosen = _top_k(scores, k, xp)
     else:
@@ -101,10 +101,11 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
         if sketched:  # Q_C^T (QQ^T A) Q_R = (Q_C^T U_l) diag(s) (V_l^T Q_R): no pass over A
             U_l, V_l = svd.sketch
             s_l = svd.s[None, : U_l.shape[1]]
-            project = lambda Qc, Qr: ((Qc.T @ U_l) * s_l) @ (V_l.T @ Qr)  # noqa: E731
+            H = _backend.ctranspose
+            project = lambda Qc, Qr: ((H(Qc) @ U_l) * s_l) @ (H(V_l) @ Qr)  # noqa: E731
         C, R = op.dense_columns(cols), op.dense_rows(rows)
         f = _optimal_factors(op, C, R, None, project)
-    rounding = rounding_term(op.shape, float(xp.finfo(op.dtype).eps), norm_est)
+    rounding = rounding_term(op.shape, _backend.rounding_eps(op.dtype, xp), norm_est)
     if opts.core == "cross" or op.kind != "dense":  # the result's cuts in the input's own kind
         C, R = op.columns(cols), op.rows(rows)
     res = CURResult(

@@ -83,7 +83,7 @@ def leverage_scores(
         A, rank=rank, kind=kind, oversample=oversample, power_iters=power_iters, rng=rng
     )
     xp = _backend.namespace(A)
-    return LeverageScores(xp.sum(t.U * t.U, axis=1), xp.sum(t.V * t.V, axis=1))
+    return LeverageScores(xp.sum(_backend.abs2(t.U), axis=1), xp.sum(_backend.abs2(t.V), axis=1))
 
 
 def leverage_sample(scores: Any, /, *, samples: int, rng: Any = None) -> LeverageSample:

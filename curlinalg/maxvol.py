@@ -130,10 +130,11 @@ def _swap_loop_xp(B: Any, rows: Any, tol: float, max_iters: int, xp: Any) -> tup
     """The swap loop in the array API (any backend, any device)."""
     k = B.shape[1]
     eye_k = xp.eye(k, dtype=B.dtype, device=aac.device(B))
+    scalar = complex if _backend.is_complex_dtype(B.dtype) else _backend.to_float
     for _ in range(max_iters):
         flat = xp.argmax(xp.reshape(xp.abs(B), (-1,)))
         i, j = divmod(int(flat), k)
-        bij = _backend.to_float(B[i, j])
+        bij = scalar(B[i, j])
         if abs(bij) <= tol:
             break
         rows[j] = i
@@ -315,24 +316,25 @@ def rect_maxvol(
     chosen = [int(r) for r in rows]
     device = aac.device(A)
     idx = xp.arange(n, device=device)
-    alive = xp.ones((n,), dtype=A.dtype, device=device)
+    alive = xp.ones((n,), dtype=_backend.real_dtype(A.dtype, xp), device=device)
     for r in chosen:
         alive = xp.where(idx == r, xp.zeros_like(alive), alive)
-    norms = xp.sum(B * B, axis=1) * alive
+    norms = xp.sum(_backend.abs2(B), axis=1) * alive
+    cplx = _backend.is_complex_dtype(B.dtype)
     while len(chosen) < max_rank:
         # rows already kept score -1: the downdated norms of the others may round below 0
         i = int(xp.argmax(xp.where(alive > 0, norms, -xp.ones_like(norms))))
         if len(chosen) >= min_rank and _backend.to_float(norms[i]) <= tol * tol:
             break
         c = B[i, :]
-        v = B @ c
-        ell = 1.0 / (1.0 + v[i])
+        v = B @ _backend.conj(c)
+        ell = 1.0 / (1.0 + (xp.real(v[i]) if cplx else v[i]))  # v[i] = ||c||^2
         B = xp.concat([B - ell * v[:, None] * c[None, :], ell * v[:, None]], axis=1)
         alive = xp.where(idx == i, xp.zeros_like(alive), alive)
-        norms = (norms - ell * v * v) * alive
+        norms = (norms - ell * _backend.abs2(v)) * alive
         chosen.append(i)
     # The downdated norms drift by rounding: check the postcondition on B itself.
-    outside = xp.max(xp.sum(B * B, axis=1) * alive)
+    outside = xp.max(xp.sum(_backend.abs2(B), axis=1) * alive)
     if len(chosen) >= max_rank and _backend.to_float(outside) > tol * tol:
         warnings.warn(
             f"rect_maxvol reached max_rank={max_rank} rows with a row norm "

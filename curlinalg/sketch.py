@@ -9,7 +9,7 @@ from typing import Any
 import warnings
 
 from . import _backend, _errors, _validation
-from .bounds import rounding_term
+from .bounds import probe_factor, rounding_term
 from .operands import Operand, as_operand
 
 __all__ = ["range_finder", "TruncatedSVD", "truncated_svd", "randomized_failure_factor"]
@@ -151,7 +151,7 @@ class TruncatedSVD:
     def rounding(self) -> float:
         r""":math:`\rho` of :attr:`bound`."""
         m, n = self.U.shape[0], self.V.shape[0]
-        eps = float(_backend.namespace(self.U).finfo(self.U.dtype).eps)
+        eps = _backend.rounding_eps(self.U.dtype, _backend.namespace(self.U))
         return rounding_term((m, n), eps, _backend.to_float(self.s[0]) + self.residual)
 
 
@@ -297,12 +297,12 @@ def _truncated_svd(
         kind = "exact" if small and op.densifiable else "randomized"
     if kind == "exact":
         U, s, Vt = xp.linalg.svd(op.dense(), full_matrices=False)
-        return TruncatedSVD(U[:, :rank], s, Vt[:rank, :].T, "exact")
+        return TruncatedSVD(U[:, :rank], s, _backend.ctranspose(Vt[:rank, :]), "exact")
     gen = _backend.Random(rng, op.like)
     Q = _range_finder(op, size, power_iters, gen, xp)
     Bt, residual = _project(op, Q, gen, xp, probes=size < min(m, n))
-    Ub, s, Vt = xp.linalg.svd(Bt.T, full_matrices=False)
-    U_l, V_l = Q @ Ub, Vt.T
+    Ub, s, Vt = xp.linalg.svd(_backend.ctranspose(Bt), full_matrices=False)
+    U_l, V_l = Q @ Ub, _backend.ctranspose(Vt)
     return TruncatedSVD(U_l[:, :rank], s, V_l[:, :rank], "randomized", residual, (U_l, V_l))
 
 
@@ -319,12 +319,13 @@ def _project(op: Operand, Q: Any, gen: Any, xp: Any, *, probes: bool) -> tuple[A
         return op.rmatmat(Q), 0.0
     l = Q.shape[1]
     G = gen.normal((op.shape[0], RESIDUAL_PROBES))
-    G = G - Q @ (Q.T @ G)
+    G = G - Q @ (_backend.ctranspose(Q) @ G)
     W = op.rmatmat(xp.concat([Q, G], axis=1))
     Y = W[:, l:]
-    top = math.sqrt(_backend.to_float(xp.max(xp.sum(Y * Y, axis=0))))
-    alpha = RESIDUAL_FAILURE_PROBABILITY ** (-1.0 / RESIDUAL_PROBES)
-    return W[:, :l], alpha * math.sqrt(2.0 / math.pi) * top
+    top = math.sqrt(_backend.to_float(xp.max(xp.sum(_backend.abs2(Y), axis=0))))
+    factor = probe_factor(RESIDUAL_PROBES, RESIDUAL_FAILURE_PROBABILITY,
+                          complex=_backend.is_complex_dtype(G.dtype))
+    return W[:, :l], factor * top
 
 
 def randomized_failure_factor(k: int, p: int, q: int, min_dim: int) -> float:

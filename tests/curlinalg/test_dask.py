@@ -195,7 +195,7 @@ def tripwire(shape=(60, 40), chunks=(30, 20), dtype=np.float64):
     [
         (lambda A: A[A[:, 0] > 0], ValueError, "compute_chunk_sizes"),
         (lambda A: A.astype(np.int64), TypeError, "float32 or float64"),
-        (lambda A: A.astype(np.complex128), TypeError, "loses nothing"),
+        (lambda A: A.astype(np.float16), TypeError, "float32 or float64"),
         (lambda A: A[:0], ValueError, "non-empty"),
         (lambda A: A[None], ValueError, r"got shape \(1, 60, 40\)"),
         (lambda A: A[:, 0], ValueError, r"got shape \(60,\)"),
