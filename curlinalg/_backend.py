@@ -97,7 +97,7 @@ def ctranspose(x: Any) -> Any:
 
 
 def conj(x: Any) -> Any:
-    """:math:`\bar x`; ``x`` itself when it is real."""
+    r""":math:`\bar x`; ``x`` itself when it is real."""
     return aac.array_namespace(x).conj(x) if is_complex_dtype(x.dtype) else x
 
 
@@ -348,7 +348,7 @@ class Random:
         self._is_cupy = aac.is_cupy_array(like)
 
     def normal(self, shape: tuple[int, ...]) -> Any:
-        """Standard normal numbers of the given shape; for a complex dtype, standard complex
+        r"""Standard normal numbers of the given shape; for a complex dtype, standard complex
         normal ones (:math:`(g + ih)/\sqrt2`, real and imaginary parts independent with variance
         1/2 each, so :math:`\mathbb{E}|z|^2 = 1`)."""
         if self._torch is not None:

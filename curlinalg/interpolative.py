@@ -205,7 +205,7 @@ def _transposed(res: IDResult) -> IDResult:
 
 
 class _Adjoint(Operand):
-    """:math:`A^T` of an operand, for the column ID: products and cuts swap sides.
+    r""":math:`A^T` of an operand, for the column ID: products and cuts swap sides.
 
     The plain transpose, also for complex ``A`` (:math:`A^TX = \overline{A^H\bar X}`), as the
     dense path's ``A.T``: the column ID :math:`A \approx A[:,J]\,Z` is the row ID of
