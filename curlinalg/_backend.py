@@ -157,8 +157,14 @@ def lu_row_order(V: Any, /) -> Any:
     This is the DEIM selection (Sorensen & Embree 2016, Sec. 2): step ``j`` picks the row where the
     residual of column ``j``, after interpolating it on the rows chosen so far, is largest in
     magnitude; that residual is column ``j`` of the Schur complement in Gaussian elimination.
+    Complex ``V`` takes the array-API elimination, which pivots on the modulus (complex
+    ``getrf`` pivots on :math:`|\mathrm{Re}| + |\mathrm{Im}|`).
     """
     k = V.shape[1]
+    if is_complex_dtype(V.dtype):
+        # LAPACK's zgetrf (and cuSOLVER's) pivots on |Re| + |Im|; DEIM's rule, on which its
+        # bound rests (|L_ij| <= 1), is the modulus
+        return _lu_row_order_xp(V)
     if is_host(V):
         a = _host_view(V)
         (getrf,) = sla.get_lapack_funcs(("getrf",), (a,))

@@ -35,6 +35,8 @@ def supports(A: Any, /, *, rank: int | None, rtol: Any, atol: Any, method: str, 
         return False
     if method not in BATCHED_METHODS or core not in ("optimal", "sketch") or basis == "randomized":
         return False
+    if method == "deim" and A.is_complex():  # batched getrf pivots on |Re| + |Im|, not |z|
+        return False
     p = min(A.shape[-2:])
     return basis == "exact" or p <= 512 or 4 * min(rank + oversample, p) > p
 
