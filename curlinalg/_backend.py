@@ -152,7 +152,7 @@ def _first_k_of_swaps(piv: np.ndarray, k: int) -> np.ndarray:
 
 
 def lu_row_order(V: Any, /) -> Any:
-    """Rows chosen, in order, by LU with partial pivoting of the ``(n, k)`` array ``V``.
+    r"""Rows chosen, in order, by LU with partial pivoting of the ``(n, k)`` array ``V``.
 
     This is the DEIM selection (Sorensen & Embree 2016, Sec. 2): step ``j`` picks the row where the
     residual of column ``j``, after interpolating it on the rows chosen so far, is largest in
