@@ -16,6 +16,7 @@ from curlinalg import (
     CURWarning, IDResult, certify, cur, id_to_svd, interpolative, spectral_norm, truncated_svd,
     whitening,
 )
+from curlinalg.bounds import SPECTRAL_OVERESTIMATE, evaluation_rounding
 from curlinalg.tolerance import TOLERANCE_RANK_FACTOR
 from curlinalg.testing import exponential_spectrum, known_spectrum
 from curlinalg.testing.strategies import COMPLEX_DTYPES, hard_problems, problems
@@ -89,14 +90,31 @@ def test_gram_basis_picks_the_same_subspace(problem):
 def assert_minimal_within_factor(A, res, target, **options):
     """The tolerance contract of ``cur`` (issue 25): the certificate meets the target and bounds
     the error, and the rank ``res.rank / TOLERANCE_RANK_FACTOR`` (rounded down) misses it, by
-    the spectrum (no rank-k approximation beats sigma_{k+1}) or by its own exact certificate."""
+    the spectrum (no rank-k approximation beats sigma_{k+1}) or by its own exact certificate;
+    when the search certified by power iterations (an operator: ``bound = 1.5 estimate`` with
+    ``estimate <= error``), by 1.5 times it, the most that certificate can report."""
     assert res.certificate.bound <= target
-    assert spectral_error(A, res) <= res.certificate.bound
+    assert_certified(A, res)
     lower = int(res.rank / TOLERANCE_RANK_FACTOR)
     if lower >= 1:
         s = np.linalg.svd(_wide(np.asarray(A)), compute_uv=False)
         below = interpolative(A, rank=lower, **options)
-        assert s[lower] > target or certify(A, below, rng=0).bound > target
+        factor = 1.0 if res.certificate.exact else SPECTRAL_OVERESTIMATE
+        assert s[lower] > target or factor * certify(A, below, rng=0).bound > target
+
+
+def assert_certified(A, res):
+    """The certificate bounds the error: exactly when it is exact (its rounding term included);
+    a probabilistic one bounds the residual as evaluated in the input's precision, which differs
+    from the float64 / complex128 residual measured here by at most evaluation_rounding."""
+    slack = 0.0
+    if not res.certificate.exact:
+        left, right = res.factors
+        norm = np.linalg.norm
+        slack = evaluation_rounding(left.shape[1], float(np.finfo(left.dtype).eps), norm(_wide(A)),
+                                    norm(_wide(left)), norm(_wide(right)),
+                                    complex=np.iscomplexobj(left))
+    assert spectral_error(A, res) <= res.certificate.bound + slack
 
 
 def _wide(X):
@@ -354,7 +372,7 @@ def test_tolerance_contract_on_every_basis_and_kind(problem, rtol, basis, axis, 
         warnings.simplefilter("always")
         res = interpolative(_as_kind(A, kind), rtol=rtol, basis=basis, axis=axis, rng=problem.seed)
     unreached = [w for w in caught if "not reached" in str(w.message)]
-    assert spectral_error(A, res) <= res.certificate.bound
+    assert_certified(A, res)
     target = rtol * problem.s[0]
     if unreached:
         assert res.certificate.bound > target * (1 - 1e-6)
@@ -595,7 +613,7 @@ def test_complex_tolerance_contract_on_every_basis_and_kind(problem, rtol, basis
         warnings.simplefilter("always")
         res = interpolative(_as_kind(A, kind), rtol=rtol, basis=basis, axis=axis, rng=problem.seed)
     unreached = [w for w in caught if "not reached" in str(w.message)]
-    assert spectral_error(A, res) <= res.certificate.bound
+    assert_certified(A, res)
     target = rtol * problem.s[0]
     if unreached:
         assert res.certificate.bound > target * (1 - 1e-6)
