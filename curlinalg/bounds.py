@@ -104,7 +104,7 @@ def probe_factor(probes: int, delta: float, /, *, complex: bool = False) -> floa
     r"""The factor :math:`c` in :math:`\|E\|_2 \le c\max_i\|E\omega_i\|` over ``probes``
     independent Gaussian :math:`\omega_i`, failing with probability at most ``delta``.
 
-    Real :math:`\omega_i`: :math:`c = lpha\sqrt{2/\pi}` with :math:`lpha = \delta^{-1/r}`
+    Real :math:`\omega_i`: :math:`c = \alpha\sqrt{2/\pi}` with :math:`\alpha = \delta^{-1/r}`
     (Halko et al. 2011, Lemma 4.1). Standard complex Gaussian :math:`\omega_i`
     (:math:`\mathbb{E}|\omega_{ij}|^2 = 1`): :math:`c = \delta^{-1/(2r)}`. For complex
     :math:`\omega` and :math:`E = \sum_j\sigma_ju_jv_j^H`, :math:`\|E\omega\| \ge
@@ -308,7 +308,8 @@ def certify(
     Raises
     ------
     TypeError
-        ``A`` is of an unsupported kind, or a LinearOperator without ``matvec``/``matmat``.
+        ``A`` is of an unsupported kind, or a LinearOperator without ``matvec``/``matmat``; ``A``
+        and the result mix real and complex dtypes.
     ValueError
         Bad ``ord``, ``failure_probability`` or ``probes``; or shapes that do not match.
 
@@ -337,9 +338,20 @@ def certify(
       :math:`\delta`, so :math:`\|E\|_F \le \sqrt{T/(1 - 2\sqrt{\ln(1/\delta)/r})}`
       (requires :math:`r > 4\ln(1/\delta)`).
 
+    Complex input (``A`` and the result complex): the probes and starts are standard complex
+    Gaussian, every :math:`E^T` is :math:`E^H`, and the constants become: the one-pass factor
+    :math:`\delta^{-1/(2r)}` (:func:`probe_factor`); for power iterations the theorem applied to
+    the real :math:`2n \times 2n` form of :math:`E^HE` (a complex start is a real Gaussian
+    :math:`2n`-vector), so :math:`t` is that of :math:`2n` columns; ``"fro"``'s
+    :math:`T` is a sum of :math:`2r` times as many :math:`\chi^2_1` terms, each of half the
+    weight, for which the real factor holds a fortiori. A real result certified against a
+    complex ``A`` (or the other way round) is refused: real probes can miss a complex
+    residual's norm.
+
     An exact certificate holds in floating point: ``estimate`` is the norm :math:`\hat e` computed
     from the computed residual :math:`\hat E`, and ``bound`` is
-    :math:`\hat e + 2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F) + c\max(m, n)\,u\,\hat e`,
+    :math:`\hat e + 2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F) + c\max(m, n)\,u\,\hat e`
+    (complex: :math:`2\sqrt2\gamma_{k+3}` and :math:`\sqrt2\,u`),
     with :math:`(L, R)` the result's factors, :math:`k` their inner dimension and
     :math:`c` = :data:`ROUNDING_FACTOR`. The middle term bounds the error of evaluating
     :math:`A - LR` in any order (:func:`evaluation_rounding`), twice, so that ``bound`` is above
@@ -471,8 +483,9 @@ def spectral_norm(
     :func:`certify` of ``A`` against the zero matrix: for dense ``A`` with at most
     :math:`2^{18}` entries, the largest singular value :math:`\hat\sigma_1` with
     ``bound`` :math:`= \hat\sigma_1 + 2\gamma_1\|A\|_F + 4\max(m,n)\,u\,\hat\sigma_1`
-    (certain); otherwise 4 independent Gaussian starts of :math:`t` power iterations on
-    :math:`A^TA`, ``estimate`` the largest Rayleigh quotient (a lower bound that always holds)
+    (certain; complex ``A``: the constants of :func:`certify`); otherwise 4 independent
+    Gaussian starts (complex for complex ``A``) of :math:`t` power iterations on
+    :math:`A^HA`, ``estimate`` the largest Rayleigh quotient (a lower bound that always holds)
     and ``bound`` :math:`= 1.5\,` ``estimate``, which fails with probability at most
     :math:`[0.824\sqrt n\,(4/9)^t]^4 \le \delta` (Kuczyński & Woźniakowski 1992,
     Theorem 4.1; :func:`power_iterations_needed`). This is scipy's

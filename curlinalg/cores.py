@@ -70,20 +70,26 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
     -------
     CoreFactors
         ``U``, and ``left = Q_C`` (orthonormal basis of the numerical range of ``C``),
-        ``right = (Q_C^T A Q_R) Q_R^T``.
+        ``right = (Q_C^H A Q_R) Q_R^H`` (:math:`^H` the conjugate transpose; the transpose for
+        real input).
+
+    Raises
+    ------
+    TypeError
+        ``A``, ``C`` and ``R`` mix real and complex dtypes (the message names each).
 
     Notes
     -----
-    With truncated factorisations :math:`C pprox Q_C S_C V_C^T` and
-    :math:`R^T pprox Q_R S_R V_R^T`,
+    With truncated factorisations :math:`C \approx Q_C S_C V_C^H` and
+    :math:`R^H \approx Q_R S_R V_R^H`,
 
-    .. math:: U = V_CS_C^{-1}(Q_C^TAQ_R)S_R^{-1}V_R^T, \qquad CUR = Q_C(Q_C^TAQ_R)Q_R^T.
+    .. math:: U = V_CS_C^{-1}(Q_C^HAQ_R)S_R^{-1}V_R^H, \qquad CUR = Q_C(Q_C^HAQ_R)Q_R^H.
 
     Evaluating :math:`CUR` through ``left @ right`` costs no division by a small singular
     value, so its rounding error is :math:`O(u\|A\|)` whatever the conditioning of ``C`` and
     ``R``; the product ``C @ (U @ R)`` loses up to :math:`u\|A\|^2/\sigma_{\min}(C)` (it is what
     made earlier errors grow past the numerical rank). Dropping the singular values of ``C`` below
-    :math:`	au\|C\|` perturbs :math:`\|(I - Q_CQ_C^T)A\|` by at most :math:`\eta_q	au\|C\|`
+    :math:`\tau\|C\|` perturbs :math:`\|(I - Q_CQ_C^T)A\|` by at most :math:`\eta_q\tau\|C\|`
     (write :math:`A = CY + E` with :math:`\|Y\| \le \eta_q`), which the rounding term of
     :attr:`curlinalg.CURResult.bound` covers.
     """
@@ -119,7 +125,7 @@ def cross_core_factors(
     A: Any, rows: Any, cols: Any, /, *, rtol: float | None = None
 ) -> CoreFactors:
     r"""The cross core :math:`U = W^+_\epsilon`, :math:`W = A[\mathrm{rows},\mathrm{cols}]`, and
-    the factors :math:`CUR = (CV_WS_W^{-1})(U_W^TR)`.
+    the factors :math:`CUR = (CV_WS_W^{-1})(U_W^HR)`.
 
     Parameters
     ----------
@@ -180,11 +186,17 @@ def optimal_core(A: Any, C: Any, R: Any, /) -> Any:
     -------
     U : array, shape (c, r)
 
+    Raises
+    ------
+    TypeError
+        ``A``, ``C`` and ``R`` mix real and complex dtypes (the message names each).
+
     Notes
     -----
-    With thin QR factorizations :math:`C = Q_CT_C` and :math:`R^T = Q_RT_R`,
+    With thin QR factorizations :math:`C = Q_CT_C` and :math:`R^H = Q_RT_R` (:math:`^H` the
+    conjugate transpose; the transpose for real input),
 
-    .. math:: U = T_C^{+}\,(Q_C^T A Q_R)\,T_R^{+T},
+    .. math:: U = T_C^{+}\,(Q_C^H A Q_R)\,T_R^{+H},
 
     which never squares a condition number (unlike normal equations). The small triangular
     factors are pseudo-inverted with singular values below :math:`\max(m,n)\,\epsilon\,\|T\|`

@@ -314,10 +314,10 @@ def interpolative(
     Parameters
     ----------
     A : array, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
-        Real float32 or float64 matrix. numpy, torch or cupy arrays: the result follows them.
-        Sparse, matrix-free and dask input (no ``metric``): only products with ``A`` and
-        :math:`A^T` and the ``k`` skeleton rows (:math:`(A^TE_I)^T` for an operator) are
-        asked of it; the result is dense numpy.
+        float32, float64, complex64 or complex128 matrix. numpy, torch or cupy arrays: the
+        result follows them. Sparse, matrix-free and dask input (no ``metric``): only products
+        with ``A`` and :math:`A^H` and the ``k`` skeleton rows (:math:`(A^HE_I)^H` for an
+        operator) are asked of it; the result is dense numpy.
     rank : int, optional
         ``1 <= rank <= min(m, n)``. With a tolerance too, it caps the rank.
     rtol, atol : float, optional
@@ -363,7 +363,8 @@ def interpolative(
     Raises
     ------
     TypeError
-        Not an array; integer, bool or complex dtype.
+        Not an array; integer, bool or half-precision dtype; a complex ``A``, ``metric`` or
+        ``cross`` with ``metric=`` (the activation metric is real-only).
     ValueError
         Not 2-D, empty, NaN/Inf; rank out of range; no stopping rule; unknown option;
         ``metric`` with ``axis="columns"``.
@@ -399,6 +400,11 @@ def interpolative(
     only known to :math:`\rho = 4\sqrt{\max(m,n)\,u}\,\sigma_1`; the search reads
     :math:`\sqrt{s^2 - \rho^2}`, lower bounds of the true ones, and stops at the last rank
     they resolve.
+
+    Complex input: the column ID is the row ID of the plain transpose :math:`A^T` (so
+    :math:`Z = X^T`), the truncation skeleton is :math:`A[I,:]V_kV_k^H`, the Gram basis
+    eigendecomposes :math:`AA^H` or :math:`A^HA`, and the rounding term :math:`\rho` uses
+    :math:`\sqrt2\,u` (docs/index.md, "Complex input"); the bound is otherwise as stated.
 
     References
     ----------
@@ -476,7 +482,7 @@ def interpolative(
 
 
 def id_to_svd(result: Any, /) -> TruncatedSVD:
-    r"""The SVD of an interpolative decomposition: :math:`XA[I,:] = U\,\mathrm{diag}(s)\,V^T`.
+    r"""The SVD of an interpolative decomposition: :math:`XA[I,:] = U\,\mathrm{diag}(s)\,V^H`.
 
     Parameters
     ----------
@@ -502,9 +508,10 @@ def id_to_svd(result: Any, /) -> TruncatedSVD:
 
     Notes
     -----
-    With :math:`L = Q_LR_L` and :math:`R^T = Q_RR_R` (thin QRs of the ``(m, k)`` and
-    ``(k, n)`` factors) and :math:`R_LR_R^T = \hat U\,\mathrm{diag}(s)\,\hat V^T`,
-    :math:`U = Q_L\hat U`, :math:`V = Q_R\hat V`: :math:`O((m + n)k^2)` work, exact in exact
+    With :math:`L = Q_LR_L` and :math:`R^H = Q_RR_R` (thin QRs of the ``(m, k)`` and
+    ``(k, n)`` factors; :math:`^H` is the transpose for real input) and
+    :math:`R_LR_R^H = \hat U\,\mathrm{diag}(s)\,\hat V^H`, :math:`U = Q_L\hat U`,
+    :math:`V = Q_R\hat V`: :math:`O((m + n)k^2)` work, exact in exact
     arithmetic. Since :math:`\mathrm{range}(U) = \mathrm{range}(LR)`,
     :math:`\|(I - U_jU_j^T)A\|_2 \le \|(I - U_jU_j^T)LR\|_2 + \|A - LR\|_2 = s_{j+1} +
     \mathrm{residual}` for every :math:`j \le k`, and likewise for :math:`V`. This is scipy's

@@ -36,9 +36,11 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
     Parameters
     ----------
     A : array, shape (n, k)
-        Tall full column rank matrix, ``n >= k``; numpy, torch or cupy on any device.
+        Tall full column rank matrix, ``n >= k``, real or complex; numpy, torch or cupy on any
+        device.
     tol : float, default 1.05
-        Stop when every coefficient satisfies :math:`|B_{ij}| \le` ``tol``; must be ``>= 1``.
+        Stop when every coefficient satisfies :math:`|B_{ij}| \le` ``tol`` (the modulus, for
+        complex ``A``); must be ``>= 1``.
     max_iters : int, default 100
         Maximum number of row swaps.
 
@@ -74,7 +76,7 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
 
     At convergence, for orthonormal ``A`` the selection constant obeys
     :math:`\|(P^TA)^{-1}\|_2 = \|B\|_2 \le \|B\|_F \le \sqrt{k + \mathrm{tol}^2\,k(n-k)}`
-    (Goreinov, Oseledets, Savostyanov et al. 2010).
+    (Goreinov, Oseledets, Savostyanov et al. 2010), for complex ``A`` as well.
 
     The start and the swap rule are teneva's and maxvolpy's, so ``teneva.maxvol(A, e, k)`` and
     ``maxvolpy.maxvol.maxvol(A, tol, max_iters)`` select the same rows as
@@ -196,7 +198,7 @@ def rect_maxvol(
     Parameters
     ----------
     A : array, shape (n, k)
-        Tall full column rank matrix.
+        Tall full column rank matrix, real or complex.
     tol : float, default 1.0
         Stop adding rows once every row of the coefficients outside ``rows`` has norm
         :math:`\le` ``tol``. Must be ``> 0``.
@@ -244,11 +246,11 @@ def rect_maxvol(
     Notes
     -----
     Seeds with :func:`maxvol`, then greedily appends the row of largest coefficient norm.
-    Adding row ``i`` with coefficients :math:`c = B_{i,:}` updates, with :math:`v = Bc^T` and
-    :math:`\ell = 1/(1 + c c^T)`,
+    Adding row ``i`` with coefficients :math:`c = B_{i,:}` updates, with :math:`v = Bc^H` and
+    :math:`\ell = 1/(1 + c c^H)` (:math:`c^H = c^T` for real ``A``),
 
     .. math:: B \leftarrow [\,B - \ell\, v c,\; \ell\, v\,],\qquad
-              \|B_{p,:}\|^2 \leftarrow \|B_{p,:}\|^2 - \ell\,v_p^2 .
+              \|B_{p,:}\|^2 \leftarrow \|B_{p,:}\|^2 - \ell\,|v_p|^2 .
 
     A row norm bound gives :math:`\|(P^TA)^+\|_2 = \|B\|_2 \le \sqrt{k + \mathrm{tol}^2(n - r)}`
     for orthonormal ``A``, better than square maxvol for the same ``k``.

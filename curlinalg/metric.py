@@ -509,7 +509,8 @@ def weighted_cur(
     Parameters
     ----------
     A : array, shape (m, n)
-        Real float32 or float64 matrix (computed in float64).
+        Real float32 or float64 matrix (computed in float64); the activation metric is
+        real-only, complex ``A`` raises ``TypeError``.
     metric : Whitening
         From :func:`whitening` of the Gram ``H`` of ``A``'s inputs.
     rank : int

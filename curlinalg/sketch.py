@@ -28,7 +28,7 @@ TOLERANCE_FIRST_SKETCH = 32
 def range_finder(
     A: Any, /, *, size: int, power_iters: int = 2, rng: Any = None
 ) -> Any:
-    r"""Orthonormal ``Q`` of ``size`` columns with :math:`QQ^TA \approx A` (Halko et al. Alg. 4.4).
+    r"""Orthonormal ``Q`` of ``size`` columns with :math:`QQ^HA \approx A` (Halko et al. Alg. 4.4).
 
     Parameters
     ----------
@@ -39,7 +39,8 @@ def range_finder(
         Subspace iterations; each costs two products with ``A`` and sharpens the spectrum
         decay seen by the sketch from :math:`\sigma_j` to :math:`\sigma_j^{2q+1}`.
     rng : None, int or Generator
-        Seed of the Gaussian test matrix (see :class:`curlinalg._backend.Random`).
+        Seed of the Gaussian test matrix (see :class:`curlinalg._backend.Random`); standard
+        complex Gaussian for complex ``A``.
 
     Returns
     -------
@@ -48,8 +49,8 @@ def range_finder(
 
     Notes
     -----
-    :math:`Y = A\Omega`, then ``power_iters`` times :math:`Y \leftarrow A\,\mathrm{lu}(A^T
-    \mathrm{lu}(Y))` and finally :math:`Q = \mathrm{qr}(Y)`: subspace iteration (Halko et al.
+    :math:`Y = A\Omega`, then ``power_iters`` times :math:`Y \leftarrow A\,\mathrm{lu}(A^H
+    \mathrm{lu}(Y))` and finally :math:`Q = \mathrm{qr}(Y)` (:math:`A^H = A^T` for real ``A``): subspace iteration (Halko et al.
     2011, Alg. 4.4) with the intermediate steps normalised by the permuted unit-lower factor of
     an LU factorisation (:func:`curlinalg._backend.lu_normalize`; Li et al. 2017), which keeps
     the small singular directions from being lost to rounding at about half the cost of a
@@ -94,7 +95,8 @@ def _range_finder(op: Operand, size: int, power_iters: int, rng: Any, xp: Any) -
 
 @dataclass(frozen=True)
 class TruncatedSVD:
-    """Leading singular triplets :math:`A \\approx U\\,\\mathrm{diag}(s)\\,V^T`.
+    """Leading singular triplets :math:`A \\approx U\\,\\mathrm{diag}(s)\\,V^H` (:math:`V^T` for
+    real ``A``).
 
     Attributes
     ----------
@@ -208,12 +210,16 @@ def truncated_svd(
     Notes
     -----
     Randomized: :math:`Q` from :func:`range_finder` with :math:`\ell = k + p` columns,
-    :math:`B = Q^TA = \hat U \Sigma V^T`, :math:`U = Q\hat U`. With probability at least
+    :math:`B = Q^HA = \hat U \Sigma V^H`, :math:`U = Q\hat U` (for real ``A``, :math:`^H`
+    is :math:`^T`). With probability at least
     :math:`1 - 6p^{-p}` (``p >= 4``) the basis error obeys
     :math:`\|(I-QQ^T)A\|_2 \le [1 + 11\sqrt{(k+p)\min(m,n)}]^{1/(2q+1)}\sigma_{k+1}`
     (Halko et al. 2011, eq. (1.9) applied to :math:`(AA^T)^qA` through Theorem 9.2); see
     :func:`randomized_failure_factor`. The reported ``residual`` is a certified a posteriori
-    bound on it instead.
+    bound on it instead, from 10 Gaussian probes (:func:`curlinalg.bounds.probe_factor`;
+    complex input: standard complex Gaussian probes, factor :math:`\delta^{-1/20}`). Halko et
+    al. state eq. (1.9) for real Gaussian test matrices; for complex input only the a
+    posteriori ``residual`` enters the bound.
 
     Tolerance mode: one exact SVD, or sketches of 32, 64, ... columns (each with its certified
     residual :math:`r`), until some :math:`k` has :math:`s_{k+1} + r + \rho \le` target. The
@@ -307,12 +313,13 @@ def _truncated_svd(
 
 
 def _project(op: Operand, Q: Any, gen: Any, xp: Any, *, probes: bool) -> tuple[Any, float]:
-    r""":math:`A^TQ`, and a bound on :math:`\|(I-QQ^T)A\|_2` from the same pass over ``A``.
+    r""":math:`A^HQ`, and a bound on :math:`\|(I-QQ^H)A\|_2` from the same pass over ``A``.
 
-    The bound is :math:`\alpha\sqrt{2/\pi}\max_i\|A^T(I-QQ^T)\omega_i\|` over
-    ``RESIDUAL_PROBES`` Gaussian :math:`\omega_i` drawn after ``Q``, failing with probability
-    :math:`\alpha^{-r} = \delta` (Halko et al. 2011, Lemma 4.1, applied to
-    :math:`A^T(I-QQ^T)`, whose norm is that of :math:`(I-QQ^T)A`). The probes ride along with
+    The bound is :func:`curlinalg.bounds.probe_factor` times
+    :math:`\max_i\|A^H(I-QQ^H)\omega_i\|` over ``RESIDUAL_PROBES`` Gaussian :math:`\omega_i`
+    drawn after ``Q``, failing with probability :math:`\delta` (Halko et al. 2011, Lemma 4.1,
+    applied to :math:`A^H(I-QQ^H)`, whose norm is that of :math:`(I-QQ^H)A`; complex
+    :math:`\omega_i` for complex input). The probes ride along with
     ``Q`` in one product, so the certificate costs no pass of its own.
     """
     if not probes:
