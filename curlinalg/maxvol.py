@@ -333,7 +333,7 @@ def rect_maxvol(
         ell = 1.0 / (1.0 + (xp.real(v[i]) if cplx else v[i]))  # v[i] = ||c||^2
         B = xp.concat([B - ell * v[:, None] * c[None, :], ell * v[:, None]], axis=1)
         alive = xp.where(idx == i, xp.zeros_like(alive), alive)
-        norms = (norms - ell * _backend.abs2(v)) * alive
+        norms = (norms - (ell * _backend.abs2(v) if cplx else ell * v * v)) * alive
         chosen.append(i)
     # The downdated norms drift by rounding: check the postcondition on B itself.
     outside = xp.max(xp.sum(_backend.abs2(B), axis=1) * alive)

@@ -555,6 +555,8 @@ def weighted_cur(
     True
     """
     xp = _validation.check_matrix(A, real_only=_real_only("weighted_cur"), name="A")
+    if cross is not None:
+        _validation.check_dtype(cross.dtype, xp, real_only=_real_only("weighted_cur"), name="cross")
     rank = _validation.check_rank(rank, min(A.shape))
     _validation.check_choice(method, "method", SELECTORS)
     A = xp.astype(A, xp.float64)
