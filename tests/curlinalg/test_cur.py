@@ -516,14 +516,13 @@ def _on_host(res, xp):
     return type("Dense", (), {"to_dense": lambda self: dense})()
 
 
-@pytest.mark.filterwarnings("ignore::curlinalg.RankDeficiencyWarning")
 @given(problems(min_dim=10, max_dim=50, kinds=("exponential",), dtypes=("complex128",)),
        st.sampled_from(["deim", "qdeim", "maxvol"]))
 def test_complex_numpy_and_torch_agree(problem, method):
     torch = pytest.importorskip("torch")
-    A = problem.A
-    res_np = cur(A, rank=problem.rank, method=method)
-    res_t = cur(torch.from_numpy(A), rank=problem.rank, method=method)
+    A, k = problem.A, min(problem.rank, 8)  # within the numerical rank: no ties to break
+    res_np = cur(A, rank=k, method=method)
+    res_t = cur(torch.from_numpy(A), rank=k, method=method)
     np.testing.assert_array_equal(np.sort(res_t.rows.numpy()), np.sort(res_np.rows))
     np.testing.assert_array_equal(np.sort(res_t.cols.numpy()), np.sort(res_np.cols))
     err_np, err_t = spectral_error(A, res_np), np.linalg.norm(A - res_t.to_dense().numpy(), 2)
