@@ -142,7 +142,11 @@ class Whitening:
         """
         if A.shape[1] != self.L.shape[0]:
             raise ValueError(_ERR_SHAPES.format(n=A.shape[1], k=self.L.shape[0]))
-        _validation.check_dtype(A.dtype, aac.array_namespace(A), real_only=_real_only("Whitening.whiten"))
+        real_only = _real_only("Whitening.whiten")
+        _validation.check_dtype(A.dtype, aac.array_namespace(A), real_only=real_only)
+        if cross is not None:
+            _validation.check_dtype(cross.dtype, aac.array_namespace(cross), real_only=real_only,
+                                    name="cross")
         if cross is None:
             return A @ self.L
         return solve_right(A @ cross.T, self.L.T, lower=False)
@@ -171,6 +175,8 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     ------
     ValueError
         ``H`` is not square, or holds NaN or Inf; ``ridge`` is negative.
+    TypeError
+        ``H`` is complex (the activation metric is real-only).
 
     Notes
     -----
@@ -527,6 +533,11 @@ def weighted_cur(
         ``R = A[rows, :]`` (actual rows of ``A``), ``C = B[:, cols]`` (columns of the whitened
         matrix), the fitted core ``U``; ``eta_rows``, ``eta_cols`` and ``sigma_next`` refer to
         ``B``.
+
+    Raises
+    ------
+    TypeError
+        ``A`` or ``cross`` is complex (the activation metric is real-only), or not floating.
 
     Notes
     -----

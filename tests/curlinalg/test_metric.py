@@ -307,6 +307,9 @@ def test_the_activation_metric_is_real_only():
         (lambda: gram_matrix(Z), "gram_matrix.*X of dtype complex128"),
         (lambda: weighted_norm(Z, gram=H), "weighted_norm.*E of dtype complex128"),
         (lambda: whitening(H).whiten(Z), "Whitening.whiten.*A of dtype complex128"),
+        (lambda: whitening(H).whiten(Z.real, cross=H.astype(complex)), "whiten.*cross of dtype complex128"),
+        (lambda: weighted_cur(Z.real, whitening(H), rank=2, cross=H.astype(complex)),
+         "weighted_cur.*cross of dtype complex128"),
     ]
     for call, match in cases:
         with pytest.raises(TypeError, match=f"{match}.*drop metric=/cross= for a complex matrix"):
