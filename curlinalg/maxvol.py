@@ -82,7 +82,9 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
     ``maxvolpy.maxvol.maxvol(A, tol, max_iters)`` select the same rows as
     ``maxvol(A, tol=e, max_iters=k)`` (their ``tol < 1`` is read as 1, here it is an error;
     maxvolpy's ``top_k_index``, pivots among the first rows only, is ``maxvol(A[:top])`` with
-    the other rows' coefficients formed as ``A @ inv(A[rows])``).
+    the other rows' coefficients formed as ``A @ inv(A[rows])``). For complex ``A`` the start
+    may differ from theirs: their LU (``zgetrf``) pivots on :math:`|\mathrm{Re}| +
+    |\mathrm{Im}|`, this one on the modulus (see :func:`curlinalg.deim`).
 
     References
     ----------
@@ -268,7 +270,8 @@ def rect_maxvol(
       identity=identity_submatrix)`` (maxvolpy's ``top_k_index``, pivots among the first rows
       only, has no counterpart: select on ``A[:top]``).
 
-    Only the default ``maxvol_iters`` differs (100 against their 10): with 10 the start may
+    (Real ``A``; for complex ``A`` the LU start may differ, see :func:`maxvol`.) Only the
+    default ``maxvol_iters`` differs (100 against their 10): with 10 the start may
     stop before convergence, and the greedy phase then picks other rows (16 of 58 on teneva's
     own ``default_rng(42)`` 5000 x 50 case at ``tol=1.01``, ``max_rank=58``).
 
