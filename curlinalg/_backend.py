@@ -26,7 +26,7 @@ from . import _errors
 
 __all__ = [
     "namespace", "is_host", "lu_row_order", "pivoted_rows", "Random", "to_float", "count_above",
-    "lu_normalize",
+    "lu_normalize", "is_complex_dtype", "ctranspose", "abs2", "real_dtype", "rounding_eps",
 ]
 
 
@@ -62,7 +62,7 @@ def is_host(x: Any) -> bool:
 
 def _host_view(x: Any) -> np.ndarray:
     if aac.is_torch_array(x):
-        return x.detach().numpy()
+        return x.detach().resolve_conj().numpy()
     return np.asarray(x)
 
 
@@ -72,6 +72,62 @@ def _from_host(a: np.ndarray, like: Any) -> Any:
 
         return torch.from_numpy(np.ascontiguousarray(a))
     return a
+
+
+def is_complex_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` (numpy, torch or cupy) is complex."""
+    flag = getattr(dtype, "is_complex", None)  # torch.dtype
+    if isinstance(flag, bool):
+        return flag
+    try:
+        return np.dtype(dtype).kind == "c"
+    except TypeError:
+        return False
+
+
+def ctranspose(x: Any) -> Any:
+    """The conjugate transpose :math:`x^H` of a matrix (or of each matrix of a stack); ``x.T``
+    itself for a real matrix, so that real paths are unchanged."""
+    if not is_complex_dtype(x.dtype):
+        return x.T if x.ndim == 2 else aac.array_namespace(x).matrix_transpose(x)
+    if aac.is_torch_array(x):
+        return x.mH
+    xp = aac.array_namespace(x)
+    return xp.conj(x).T if x.ndim == 2 else xp.matrix_transpose(xp.conj(x))
+
+
+def conj(x: Any) -> Any:
+    r""":math:`\bar x`; ``x`` itself when it is real."""
+    return aac.array_namespace(x).conj(x) if is_complex_dtype(x.dtype) else x
+
+
+def abs2(x: Any) -> Any:
+    """:math:`|x|^2` elementwise, in the real dtype (``x * x`` for a real ``x``)."""
+    if not is_complex_dtype(x.dtype):
+        return x * x
+    xp = aac.array_namespace(x)
+    re, im = xp.real(x), xp.imag(x)
+    return re * re + im * im
+
+
+def real_dtype(dtype: Any, xp: Any) -> Any:
+    """float32 for complex64, float64 for complex128; a real dtype itself."""
+    if not is_complex_dtype(dtype):
+        return dtype
+    return xp.float32 if dtype == xp.complex64 else xp.float64
+
+
+#: The rounding terms of complex input use the unit roundoff of its real counterpart times this:
+#: a complex product is accurate to :math:`\sqrt2\gamma_2` (Higham 2002, Lemma 3.5), where a
+#: real one is to :math:`u`.
+COMPLEX_ROUNDING_FACTOR = 2.0**0.5
+
+
+def rounding_eps(dtype: Any, xp: Any) -> float:
+    """Machine epsilon for the rounding terms of the bounds: ``finfo(dtype).eps`` for real
+    dtypes, :data:`COMPLEX_ROUNDING_FACTOR` times that of the real counterpart for complex."""
+    eps = float(xp.finfo(dtype).eps)
+    return COMPLEX_ROUNDING_FACTOR * eps if is_complex_dtype(dtype) else eps
 
 
 def to_float(x: Any) -> float:
@@ -96,13 +152,19 @@ def _first_k_of_swaps(piv: np.ndarray, k: int) -> np.ndarray:
 
 
 def lu_row_order(V: Any, /) -> Any:
-    """Rows chosen, in order, by LU with partial pivoting of the ``(n, k)`` array ``V``.
+    r"""Rows chosen, in order, by LU with partial pivoting of the ``(n, k)`` array ``V``.
 
     This is the DEIM selection (Sorensen & Embree 2016, Sec. 2): step ``j`` picks the row where the
     residual of column ``j``, after interpolating it on the rows chosen so far, is largest in
     magnitude; that residual is column ``j`` of the Schur complement in Gaussian elimination.
+    Complex ``V`` takes the array-API elimination, which pivots on the modulus (complex
+    ``getrf`` pivots on :math:`|\mathrm{Re}| + |\mathrm{Im}|`).
     """
     k = V.shape[1]
+    if is_complex_dtype(V.dtype):
+        # LAPACK's zgetrf (and cuSOLVER's) pivots on |Re| + |Im|; DEIM's rule, on which its
+        # bound rests (|L_ij| <= 1), is the modulus
+        return _lu_row_order_xp(V)
     if is_host(V):
         a = _host_view(V)
         (getrf,) = sla.get_lapack_funcs(("getrf",), (a,))
@@ -134,7 +196,7 @@ def _lu_row_order_xp(V: Any) -> Any:
     xp = aac.array_namespace(V)
     n, k = V.shape
     work = xp.asarray(V, copy=True)
-    alive = xp.ones((n,), dtype=V.dtype, device=aac.device(V))
+    alive = xp.ones((n,), dtype=real_dtype(V.dtype, xp), device=aac.device(V))
     rows_idx = xp.arange(n, device=aac.device(V))
     chosen = []
     for j in range(k):
@@ -193,7 +255,8 @@ def pivoted_rows(V: Any, /, k: int | None = None) -> Any:
     """First ``k`` rows chosen by column-pivoted QR of ``V.T`` (Businger-Golub pivoting).
 
     This is the Q-DEIM selection (Drmac & Gugercin 2016): step ``j`` picks the row of ``V`` whose
-    component orthogonal to the rows already chosen is longest.
+    component orthogonal to the rows already chosen is longest. For complex ``V`` the pivots of
+    ``V.T`` and of :math:`V^H` are the same (the column norms agree at every step).
     """
     n, kk = V.shape
     k = min(n, kk) if k is None else k
@@ -214,15 +277,15 @@ def _pivoted_rows_xp(V: Any, k: int) -> Any:
     n = V.shape[0]
     work = xp.asarray(V, copy=True)
     rows_idx = xp.arange(n, device=aac.device(V))
-    alive = xp.ones((n,), dtype=V.dtype, device=aac.device(V))
+    alive = xp.ones((n,), dtype=real_dtype(V.dtype, xp), device=aac.device(V))
     chosen = []
     for _ in range(k):
-        norms = xp.sum(work * work, axis=1) * alive
+        norms = xp.sum(abs2(work), axis=1) * alive
         p = xp.argmax(norms)
         chosen.append(p)
         q = xp.take(work, xp.reshape(p, (1,)), axis=0)[0, :]
-        q = q / xp.sqrt(xp.sum(q * q))
-        work = work - (work @ q)[:, None] * q[None, :]
+        q = q / xp.sqrt(xp.sum(abs2(q)))
+        work = work - (work @ conj(q))[:, None] * q[None, :]
         alive = xp.where(rows_idx == p, xp.zeros_like(alive), alive)
     return xp.astype(xp.stack(chosen), xp.int64)
 
@@ -291,14 +354,27 @@ class Random:
         self._is_cupy = aac.is_cupy_array(like)
 
     def normal(self, shape: tuple[int, ...]) -> Any:
-        """Standard normal numbers of the given shape."""
+        r"""Standard normal numbers of the given shape; for a complex dtype, standard complex
+        normal ones (:math:`(g + ih)/\sqrt2`, real and imaginary parts independent with variance
+        1/2 each, so :math:`\mathbb{E}|z|^2 = 1`)."""
         if self._torch is not None:
             import torch
 
+            # torch draws complex dtypes as standard complex normal already
             return torch.randn(shape, generator=self._torch, dtype=self.dtype, device=self.device)
         if self._is_cupy:
+            if is_complex_dtype(self.dtype):
+                part = real_dtype(self.dtype, self.xp)
+                re = self._cupy.standard_normal(shape, dtype=part)
+                im = self._cupy.standard_normal(shape, dtype=part)
+                return (re + 1j * im).astype(self.dtype) * (0.5**0.5)
             return self._cupy.standard_normal(shape, dtype=self.dtype)
-        a = self._np.standard_normal(shape).astype(np.dtype(str(self.dtype).split(".")[-1]))
+        dtype = np.dtype(str(self.dtype).split(".")[-1])
+        if dtype.kind == "c":
+            g = self._np.standard_normal((2, *shape)) * (0.5**0.5)
+            a = (g[0] + 1j * g[1]).astype(dtype)
+        else:
+            a = self._np.standard_normal(shape).astype(dtype)
         return self.xp.asarray(a, device=self.device)
 
     def uniform(self, shape: tuple[int, ...]) -> Any:

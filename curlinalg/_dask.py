@@ -3,7 +3,7 @@
 A dask array is never gathered whole (unless it is tiny, see :attr:`_Dask.densifiable`). What
 crosses to the client:
 
-* products :math:`AX` and :math:`A^TY` with thin numpy blocks (``l`` columns): dask products over
+* products :math:`AX` and :math:`A^HY` with thin numpy blocks (``l`` columns): dask products over
   the chunks of ``A``, gathered as ``(m, l)`` and ``(n, l)`` numpy arrays; the QRs, the SVD of the
   small sketch and the selection (DEIM, Q-DEIM, maxvol, leverage) then run locally;
 * the selected columns and rows, ``(m, k)`` and ``(k, n)``, gathered once each to form the core
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _errors, _validation
+from . import _backend, _errors, _validation
 from ._operand import DENSIFY_MAX_ENTRIES, Operand
 
 __all__ = ["is_dask", "as_dask_operand"]
@@ -54,7 +54,7 @@ def _check_dask(A: Any) -> None:
     ValueError
         Not 2-D, unknown chunk sizes, or empty.
     TypeError
-        A dtype other than float32/float64.
+        A dtype other than float32, float64, complex64 or complex128.
     """
     shape = tuple(A.shape)
     if len(shape) != 2:
@@ -75,7 +75,7 @@ def as_dask_operand(A: Any, /) -> "_Dask":
     Parameters
     ----------
     A : dask.array.Array, shape (m, n)
-        Real float32 or float64, with known chunk sizes.
+        float32, float64, complex64 or complex128, with known chunk sizes.
 
     Returns
     -------
@@ -87,7 +87,7 @@ def as_dask_operand(A: Any, /) -> "_Dask":
         Not 2-D, empty, unknown chunk sizes (with the advice ``A.compute_chunk_sizes()``), or NaN
         or Inf entries.
     TypeError
-        Integer, bool, half-precision or complex dtype (with the advice to cast lazily).
+        Integer, bool or half-precision dtype (with the advice to cast lazily).
     """
     import dask.array as da
 
@@ -133,10 +133,12 @@ class _Dask(Operand):
         return np.asarray((self.A @ self._thin(X, self.A.chunks[1])).compute())
 
     def rmatmat(self, Y: Any) -> np.ndarray:
-        """:math:`A^TY` for a thin numpy ``Y`` of shape ``(m, l)``: one pass, gathered ``(n, l)``."""
+        """:math:`A^HY` (:math:`A^TY` for real ``A``) for a thin numpy ``Y`` of shape ``(m, l)``:
+        one pass, gathered ``(n, l)``."""
         if self._local is not None:
-            return self._local.T @ Y
-        return np.asarray((self.A.T @ self._thin(Y, self.A.chunks[0])).compute())
+            return _backend.ctranspose(self._local) @ Y
+        adjoint = self.A.conj().T if self.dtype.kind == "c" else self.A.T
+        return np.asarray((adjoint @ self._thin(Y, self.A.chunks[0])).compute())
 
     def columns(self, J: Any) -> Any:
         """Lazy dask slice ``A[:, J]`` (stored as the result's ``C``)."""

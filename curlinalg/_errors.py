@@ -31,13 +31,21 @@ NOT_2D = (
 EMPTY = "expected a non-empty matrix, got shape {shape}"
 NOT_FINITE = "the {name} contains NaN or Inf; clean it (e.g. xp.nan_to_num) before calling"
 BAD_DTYPE = (
-    "expected a real floating dtype (float32 or float64), got {dtype}; cast first, "
-    "e.g. A.astype(float64) or A.to(torch.float64)"
+    "expected a floating dtype, float32 or float64 (or complex64, complex128), got {dtype}; cast "
+    "first, e.g. A.astype(float64) or A.to(torch.float64)"
 )
-COMPLEX = (
-    "complex matrices are not supported (got {dtype}); pass the real matrix "
-    "[[A.real, -A.imag], [A.imag, A.real]] (2m x 2n; it has A's singular values, each twice, and "
-    "column j or m + i of it is column j or row i of A), which loses nothing"
+REAL_ONLY = (
+    "{what} supports real matrices only (float32 or float64), got {name} of dtype {dtype}. "
+    "{why}"
+)
+#: Why the activation metric is real-only (``REAL_ONLY``'s ``why`` for the metric routines).
+METRIC_REAL_ONLY = (
+    "The activation metric ||(A - A')L||_F with LL^T = X^T X is defined for the real weights and "
+    "activations of a network; drop metric=/cross= for a complex matrix"
+)
+MIXED_FIELDS = (
+    "operands mix real and complex dtypes: {names}; expected all real or all complex. Cast the "
+    "real ones, e.g. x.astype(complex128) or x.to(torch.complex128)"
 )
 NOT_ARRAY = (
     "expected a matrix: an array from numpy, torch or cupy (anything array-api-compat knows), a "
@@ -46,8 +54,9 @@ NOT_ARRAY = (
 )
 OPERATOR_SHAPE = "the LinearOperator's {what} returned shape {got}, expected {want}"
 OPERATOR_ADJOINT = (
-    "the LinearOperator needs rmatvec or rmatmat (A.T @ y): CUR selects rows through it; build "
-    "it with scipy.sparse.linalg.LinearOperator(shape, matvec=..., rmatvec=...)"
+    "the LinearOperator needs rmatvec or rmatmat (A^H @ y, the conjugate transpose; A.T @ y for "
+    "a real A): CUR selects rows through it; build it with "
+    "scipy.sparse.linalg.LinearOperator(shape, matvec=..., rmatvec=...)"
 )
 INT_TYPE = "{name} must be an int, got {kind}"
 RNG_KIND = (

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _backend
+
 __all__ = ["DENSIFY_MAX_ENTRIES", "Operand"]
 
 #: Sparse and matrix-free operands are densified (for an exact SVD or certificate) only up to
@@ -16,7 +18,8 @@ DENSIFY_MAX_ENTRIES = 1 << 20
 
 
 class Operand:
-    """A validated ``(m, n)`` input: its products, cuts and dense form.
+    """A validated ``(m, n)`` input: its products (:math:`AX` and the adjoint's :math:`A^HY`),
+    cuts and dense form.
 
     Attributes
     ----------
@@ -45,7 +48,8 @@ class Operand:
         return self.A @ X
 
     def rmatmat(self, Y: Any) -> Any:
-        return self.A.T @ Y
+        """:math:`A^HY` (the conjugate transpose; :math:`A^TY` for a real ``A``)."""
+        return _backend.ctranspose(self.A) @ Y
 
     def columns(self, J: Any) -> Any:
         return self.xp.take(self.A, J, axis=1)

@@ -20,30 +20,53 @@ def check_shape(shape: Any, /) -> None:
         raise ValueError(_errors.EMPTY.format(shape=shape))
 
 
-def check_dtype(dtype: Any, xp: Any, /) -> None:
-    """Check a real float32/float64 dtype (complex gets advice that loses nothing)."""
+def check_dtype(dtype: Any, xp: Any, /, *, real_only: tuple[str, str] | None = None, name: str = "A") -> None:
+    """Check a float32/float64/complex64/complex128 dtype.
+
+    ``real_only=(what, why)`` refuses complex dtypes too, naming the routine or option ``what``
+    that is real-only and saying ``why``.
+    """
     if dtype in (xp.float32, xp.float64):
         return
     if dtype in (getattr(xp, "complex64", None), getattr(xp, "complex128", None)):
-        raise TypeError(_errors.COMPLEX.format(dtype=dtype))
+        if real_only is not None:
+            what, why = real_only
+            raise TypeError(_errors.REAL_ONLY.format(what=what, name=name, dtype=dtype, why=why))
+        return
     raise TypeError(_errors.BAD_DTYPE.format(dtype=dtype))
 
 
-def check_matrix(A: Any, /, *, name: str = "matrix") -> Any:
-    """Check that ``A`` is a finite, non-empty, real floating 2-D array; return its namespace."""
+def check_matrix(A: Any, /, *, name: str = "matrix", real_only: tuple[str, str] | None = None) -> Any:
+    """Check that ``A`` is a finite, non-empty, floating (real or complex) 2-D array; return its
+    namespace. ``real_only`` as in :func:`check_dtype`."""
     xp = _backend.namespace(A)
     check_shape(A.shape)
-    check_dtype(A.dtype, xp)
+    check_dtype(A.dtype, xp, real_only=real_only, name=name)
     if not all_finite(A, xp):
         raise ValueError(_errors.NOT_FINITE.format(name=name))
     return xp
 
 
+def check_same_field(**operands: Any) -> None:
+    """Refuse a mix of real and complex operands (``name=array or dtype``; None is skipped),
+    before any work, with each operand's dtype named."""
+    dtypes = {k: getattr(v, "dtype", v) for k, v in operands.items() if v is not None}
+    kinds = {k: _backend.is_complex_dtype(d) for k, d in dtypes.items()}
+    if len(set(kinds.values())) > 1:
+        names = ", ".join(
+            f"{k} is {'complex' if kinds[k] else 'real'} ({dtypes[k]})" for k in dtypes)
+        raise TypeError(_errors.MIXED_FIELDS.format(names=names))
+
+
 def all_finite(A: Any, xp: Any, /) -> bool:
     """Whether every entry of ``A`` is finite: one reduction (a NaN or Inf makes the sum
-    non-finite), and the elementwise test only when the sum is not finite (it may overflow)."""
+    non-finite; for complex ``A`` the sum of its real and imaginary parts), and the elementwise
+    test only when the sum is not finite (it may overflow)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        total = _backend.to_float(xp.sum(A))
+        total = xp.sum(A)
+        if _backend.is_complex_dtype(A.dtype):  # a NaN or Inf in either part reaches this sum
+            total = xp.real(total) + xp.imag(total)
+        total = _backend.to_float(total)
     if math.isfinite(total):
         return True
     return bool(xp.all(xp.isfinite(A)))

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import array_api_compat as aac
 import numpy as np
 
-from . import _validation
+from . import _backend, _validation
 from .metric import gram_svd, select
 
 __all__ = ["Allocation", "allocate_ranks", "cur_error_curve", "svd_error_curve"]
@@ -39,7 +39,8 @@ def svd_error_curve(A: Any, /, *, max_rank: int | None = None, relative: bool = 
     Parameters
     ----------
     A : array, shape (m, n)
-        Real float matrix (float64 recommended: the curve comes from a Gram matrix).
+        Real or complex float matrix (float64 or complex128 recommended: the curve comes from a
+        Gram matrix, :math:`AA^H` or :math:`A^HA`).
     max_rank : int, optional
         Last rank; default ``min(m, n) - 1``. May be 0 (empty curve).
     relative : bool, default True
@@ -73,7 +74,8 @@ def svd_error_curve(A: Any, /, *, max_rank: int | None = None, relative: bool = 
     xp = _validation.check_matrix(A)
     m, n = A.shape
     max_rank = min(m, n) - 1 if max_rank is None else _validation.check_int(max_rank, "max_rank", minimum=0)
-    G = A @ A.T if m <= n else A.T @ A
+    Ah = _backend.ctranspose(A)
+    G = A @ Ah if m <= n else Ah @ A
     vals = xp.linalg.eigvalsh(G)
     sq = _host(xp.clip(xp.flip(vals, axis=-1), min=0.0))
     tail = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
@@ -87,7 +89,7 @@ def cur_error_curve(A: Any, /, *, max_rank: int, relative: bool = True) -> np.nd
     Parameters
     ----------
     A : array, shape (m, n)
-        Real float matrix (float64 recommended).
+        Real or complex float matrix (float64 or complex128 recommended).
     max_rank : int
         Last rank, ``<= min(m, n)``; 0 gives an empty curve.
     relative : bool, default True
@@ -127,10 +129,10 @@ def cur_error_curve(A: Any, /, *, max_rank: int, relative: bool = True) -> np.nd
     P, Q, _ = gram_svd(A, max_rank)
     rows = select(P, "deim")
     Qc = xp.linalg.qr(xp.take(A, select(Q, "deim"), axis=1)).Q
-    Qr = xp.linalg.qr(xp.take(A, rows, axis=0).T).Q
-    B2 = (Qc.T @ A @ Qr) ** 2
+    Qr = xp.linalg.qr(_backend.ctranspose(xp.take(A, rows, axis=0))).Q
+    B2 = _backend.abs2(_backend.ctranspose(Qc) @ A @ Qr)
     kept = xp.linalg.diagonal(xp.cumulative_sum(xp.cumulative_sum(B2, axis=0), axis=1))
-    total = float(xp.sum(A * A))
+    total = float(xp.sum(_backend.abs2(A)))
     err = _host(xp.clip(total - kept, min=0.0))
     return err / max(total, 1e-300) if relative else err
 

@@ -35,6 +35,8 @@ def supports(A: Any, /, *, rank: int | None, rtol: Any, atol: Any, method: str, 
         return False
     if method not in BATCHED_METHODS or core not in ("optimal", "sketch") or basis == "randomized":
         return False
+    if method == "deim" and A.is_complex():  # batched getrf pivots on |Re| + |Im|, not |z|
+        return False
     p = min(A.shape[-2:])
     return basis == "exact" or p <= 512 or 4 * min(rank + oversample, p) > p
 
@@ -46,14 +48,14 @@ def _qdeim_rows(U: Any) -> Any:
 
     b, n, k = U.shape
     work = U.clone()
-    alive = torch.ones((b, n), dtype=U.dtype, device=U.device)
+    alive = torch.ones((b, n), dtype=_backend.real_dtype(U.dtype, torch), device=U.device)
     chosen = []
     for _ in range(k):
-        p = torch.argmax((work * work).sum(-1) * alive, dim=-1)  # (b,)
+        p = torch.argmax(_backend.abs2(work).sum(-1) * alive, dim=-1)  # (b,)
         chosen.append(p)
         q = torch.take_along_dim(work, p[:, None, None], dim=1)[:, 0, :]  # (b, k)
         q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
-        work = work - (work @ q[:, :, None]) * q[:, None, :]
+        work = work - (work @ q.conj()[:, :, None]) * q[:, None, :]
         alive = alive.scatter(1, p[:, None], 0.0)
     return torch.stack(chosen, dim=1)
 
@@ -67,7 +69,7 @@ def _masked_range(X: Any, rtol: float) -> tuple[Any, Any]:
     Ut, s, Vt = torch.linalg.svd(T)
     keep = s > rtol * s[:, :1]
     inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
-    return (Q @ Ut) * keep[:, None, :], Vt.mT * inv[:, None, :]
+    return (Q @ Ut) * keep[:, None, :], Vt.mH * inv[:, None, :]
 
 
 def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | None:
@@ -82,21 +84,22 @@ def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | N
     b, m, n = A.shape
     k = rank
     eps = float(torch.finfo(A.dtype).eps)
+    rounding_eps = _backend.rounding_eps(A.dtype, torch)
     U, s, Vh = torch.linalg.svd(A, full_matrices=False)
     numerical = (s > s[:, :1] * max(m, n) * eps).sum(-1)
     if int(numerical.min()) < k:
         return None
-    Uk, Vk = U[..., :k], Vh[..., :k, :].mT
+    Uk, Vk = U[..., :k], Vh[..., :k, :].mH
     select = _backend._lu_row_order_torch if method == "deim" else _qdeim_rows
     rows, cols = select(Uk), select(Vk)
     C = torch.take_along_dim(A, cols[:, None, :], dim=2)
     R = torch.take_along_dim(A, rows[:, :, None], dim=1)
     rtol = max(m, n) * eps
     Qc, Wc = _masked_range(C, rtol)
-    Qr, Wr = _masked_range(R.mT, rtol)
-    M = Qc.mT @ A @ Qr
-    core_U = Wc @ M @ Wr.mT
-    right = M @ Qr.mT
+    Qr, Wr = _masked_range(R.mH, rtol)
+    M = Qc.mH @ A @ Qr
+    core_U = Wc @ M @ Wr.mH
+    right = M @ Qr.mH
     eta = []
     for basis, idx in ((Uk, rows), (Vk, cols)):
         sv = torch.linalg.svdvals(torch.take_along_dim(basis, idx[:, :, None], dim=1))
@@ -106,7 +109,7 @@ def batched_cur(A: Any, /, *, rank: int, method: str, core: str) -> CURBatch | N
     results = tuple(
         CURResult(
             C[i], core_U[i], R[i], rows[i], cols[i], k, method, core, "exact",
-            eta[0][i], eta[1][i], float(tail[i]), rounding_term((m, n), eps, float(top[i])), 0.0,
+            eta[0][i], eta[1][i], float(tail[i]), rounding_term((m, n), rounding_eps, float(top[i])), 0.0,
             (Qc[i], right[i]),
         )
         for i in range(b)

@@ -14,6 +14,7 @@ from .operands import Operand, _is_operator, _is_sparse, as_operand
 
 __all__ = [
     "Certificate",
+    "probe_factor",
     "ROUNDING_FACTOR",
     "evaluation_rounding",
     "rounding_term",
@@ -44,7 +45,10 @@ def rounding_term(shape: tuple[int, ...], eps: float, norm: float, /) -> float:
     return ROUNDING_FACTOR * max(shape) * eps * norm
 
 
-def evaluation_rounding(inner: int, eps: float, a_fro: float, left_fro: float, right_fro: float, /) -> float:
+def evaluation_rounding(
+    inner: int, eps: float, a_fro: float, left_fro: float, right_fro: float, /, *,
+    complex: bool = False,
+) -> float:
     r"""Twice the largest error of the residual :math:`A - LR` evaluated in floating point.
 
     Parameters
@@ -55,12 +59,16 @@ def evaluation_rounding(inner: int, eps: float, a_fro: float, left_fro: float, r
         Machine epsilon of the precision the residual is evaluated in, :math:`2u`.
     a_fro, left_fro, right_fro : float
         :math:`\|A\|_F`, :math:`\|L\|_F` and :math:`\|R\|_F`.
+    complex : bool, default False
+        The residual is evaluated in complex arithmetic (``eps`` is then that of the real
+        counterpart, e.g. float64's for complex128).
 
     Returns
     -------
     float
         :math:`2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F)`,
-        :math:`\gamma_j = ju/(1 - ju)`.
+        :math:`\gamma_j = ju/(1 - ju)`; for complex arithmetic
+        :math:`2\sqrt2\,\gamma_{k+3}(\|A\|_F + \|L\|_F\|R\|_F)`.
 
     Notes
     -----
@@ -70,6 +78,10 @@ def evaluation_rounding(inner: int, eps: float, a_fro: float, left_fro: float, r
     (Higham 2002, Sec. 3.1 and 3.5), hence
     :math:`\|\hat E - E\|_2 \le \|\hat E - E\|_F \le \gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F)`.
     Twice that also covers the distance between two evaluations in different orders.
+    In complex arithmetic a product is accurate to :math:`\sqrt2\gamma_2` and a sum to
+    :math:`u` (Higham 2002, Lemma 3.5), so a sum of :math:`j` products is accurate to
+    :math:`\sqrt2\gamma_{j+2}` relative to :math:`|A| + |L||R|` (Higham 2002, Sec. 3.6); the
+    moduli's Frobenius norms bound it as above.
 
     References
     ----------
@@ -81,10 +93,33 @@ def evaluation_rounding(inner: int, eps: float, a_fro: float, left_fro: float, r
     True
     """
     u = eps / 2
-    j = inner + 1
+    j = inner + 1 + (2 if complex else 0)
     if j * u >= 1:
         return math.inf
-    return 2 * (j * u / (1 - j * u)) * (a_fro + left_fro * right_fro)
+    factor = math.sqrt(2.0) if complex else 1.0
+    return 2 * factor * (j * u / (1 - j * u)) * (a_fro + left_fro * right_fro)
+
+
+def probe_factor(probes: int, delta: float, /, *, complex: bool = False) -> float:
+    r"""The factor :math:`c` in :math:`\|E\|_2 \le c\max_i\|E\omega_i\|` over ``probes``
+    independent Gaussian :math:`\omega_i`, failing with probability at most ``delta``.
+
+    Real :math:`\omega_i`: :math:`c = \alpha\sqrt{2/\pi}` with :math:`\alpha = \delta^{-1/r}`
+    (Halko et al. 2011, Lemma 4.1). Standard complex Gaussian :math:`\omega_i`
+    (:math:`\mathbb{E}|\omega_{ij}|^2 = 1`): :math:`c = \delta^{-1/(2r)}`. For complex
+    :math:`\omega` and :math:`E = \sum_j\sigma_ju_jv_j^H`, :math:`\|E\omega\| \ge
+    \sigma_1|v_1^H\omega|` and :math:`v_1^H\omega` is standard complex normal, so
+    :math:`P(|v_1^H\omega| < t) = 1 - e^{-t^2} \le t^2`; with :math:`t = \delta^{1/(2r)}` all
+    :math:`r` probes fall short with probability at most :math:`\delta`.
+
+    Examples
+    --------
+    >>> round(probe_factor(10, 1e-6), 3), round(probe_factor(10, 1e-6, complex=True), 3)
+    (3.176, 1.995)
+    """
+    if complex:
+        return delta ** (-1.0 / (2 * probes))
+    return delta ** (-1.0 / probes) * math.sqrt(2.0 / math.pi)
 
 
 def selection_constant(V: Any, rows: Any, /) -> float:
@@ -225,6 +260,11 @@ def _as_products(A: Any) -> tuple[Any, Any, Any]:
     )
 
 
+def _dtype_of(A: Any, dense: Any) -> Any:
+    """The dtype of ``A`` where it declares one (None for a bare callable or a pair)."""
+    return dense.dtype if dense is not None else getattr(A, "dtype", None)
+
+
 def _columns(matvec: Callable[[Any], Any], X: Any) -> Any:
     xp = aac.array_namespace(X)
     return xp.stack([matvec(X[:, j]) for j in range(X.shape[1])], axis=1)
@@ -268,7 +308,8 @@ def certify(
     Raises
     ------
     TypeError
-        ``A`` is of an unsupported kind, or a LinearOperator without ``matvec``/``matmat``.
+        ``A`` is of an unsupported kind, or a LinearOperator without ``matvec``/``matmat``; ``A``
+        and the result mix real and complex dtypes.
     ValueError
         Bad ``ord``, ``failure_probability`` or ``probes``; or shapes that do not match.
 
@@ -297,9 +338,20 @@ def certify(
       :math:`\delta`, so :math:`\|E\|_F \le \sqrt{T/(1 - 2\sqrt{\ln(1/\delta)/r})}`
       (requires :math:`r > 4\ln(1/\delta)`).
 
+    Complex input (``A`` and the result complex): the probes and starts are standard complex
+    Gaussian, every :math:`E^T` is :math:`E^H`, and the constants become: the one-pass factor
+    :math:`\delta^{-1/(2r)}` (:func:`probe_factor`); for power iterations the theorem applied to
+    the real :math:`2n \times 2n` form of :math:`E^HE` (a complex start is a real Gaussian
+    :math:`2n`-vector), so :math:`t` is that of :math:`2n` columns; ``"fro"``'s
+    :math:`T` is a sum of :math:`2r` times as many :math:`\chi^2_1` terms, each of half the
+    weight, for which the real factor holds a fortiori. A real result certified against a
+    complex ``A`` (or the other way round) is refused: real probes can miss a complex
+    residual's norm.
+
     An exact certificate holds in floating point: ``estimate`` is the norm :math:`\hat e` computed
     from the computed residual :math:`\hat E`, and ``bound`` is
-    :math:`\hat e + 2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F) + c\max(m, n)\,u\,\hat e`,
+    :math:`\hat e + 2\gamma_{k+1}(\|A\|_F + \|L\|_F\|R\|_F) + c\max(m, n)\,u\,\hat e`
+    (complex: :math:`2\sqrt2\gamma_{k+3}` and :math:`\sqrt2\,u`),
     with :math:`(L, R)` the result's factors, :math:`k` their inner dimension and
     :math:`c` = :data:`ROUNDING_FACTOR`. The middle term bounds the error of evaluating
     :math:`A - LR` in any order (:func:`evaluation_rounding`), twice, so that ``bound`` is above
@@ -337,6 +389,8 @@ def certify(
     left, right = result.factors
     xp = _backend.namespace(left, right)
     m, n = result.shape
+    _validation.check_same_field(**{"A": _dtype_of(A, dense), "the result's left factor": left,
+                                    "the result's right factor": right})
     if dense is not None:
         _validation.check_matrix(dense)
         _backend.namespace(dense, left)
@@ -346,11 +400,11 @@ def certify(
             return _exact_fro(dense, left, right, xp)
         if m * n <= EXACT_SPECTRAL_MAX_ENTRIES:
             err = _backend.to_float(xp.linalg.svdvals(dense - left @ right)[0])
-            a_fro = math.sqrt(_backend.to_float(xp.sum(dense * dense)))
+            a_fro = math.sqrt(_backend.to_float(xp.sum(_backend.abs2(dense))))
             rho = _exact_rounding(err, dense, a_fro, left, right, xp)
             return Certificate(err + rho, err, 2, 0.0, 0, True)
         matmat = lambda X: dense @ X  # noqa: E731
-        rmatmat = lambda Y: dense.T @ Y  # noqa: E731
+        rmatmat = lambda Y: _backend.ctranspose(dense) @ Y  # noqa: E731
     log_inv = math.log(1.0 / delta)
     power = ord == 2 and rmatmat is not None
     if probes is None:
@@ -366,18 +420,24 @@ def certify(
         AX = matmat(X)
         if tuple(AX.shape) != (m, X.shape[1]):
             raise ValueError(f"A @ X returned shape {tuple(AX.shape)}, expected {(m, X.shape[1])}")
+        if _backend.is_complex_dtype(AX.dtype) and not _backend.is_complex_dtype(X.dtype):
+            # real probes can miss a complex residual's norm: refuse rather than under-bound
+            _validation.check_same_field(**{"A's products": AX, "the result's factors": left})
         return AX - left @ (right @ X)
 
+    # probes in the factors' dtype: complex Gaussian ones for a complex result
     omega = _backend.Random(rng, left).normal((n, probes))
+    cplx = _backend.is_complex_dtype(omega.dtype)
     if power:
-        adjoint = lambda Y: rmatmat(Y) - right.T @ (left.T @ Y)  # noqa: E731
+        adjoint = lambda Y: (  # noqa: E731
+            rmatmat(Y) - _backend.ctranspose(right) @ (_backend.ctranspose(left) @ Y))
         top, bound = spectral_norm_bound(residual, adjoint, omega, delta)
         return Certificate(bound, top, 2, delta, probes, False)
-    col_sq = xp.sum(residual(omega) ** 2, axis=0)
+    col_sq = xp.sum(_backend.abs2(residual(omega)), axis=0)
     if ord == 2:
-        alpha = delta ** (-1.0 / probes)
         top = math.sqrt(_backend.to_float(xp.max(col_sq)))
-        return Certificate(alpha * math.sqrt(2 / math.pi) * top, top, 2, delta, probes, False)
+        factor = probe_factor(probes, delta, complex=cplx)
+        return Certificate(factor * top, top, 2, delta, probes, False)
     mean_sq = _backend.to_float(xp.mean(col_sq))
     shrink = 1.0 - 2.0 * math.sqrt(log_inv / probes)
     return Certificate(math.sqrt(mean_sq / shrink), math.sqrt(mean_sq), "fro", delta, probes, False)
@@ -423,8 +483,9 @@ def spectral_norm(
     :func:`certify` of ``A`` against the zero matrix: for dense ``A`` with at most
     :math:`2^{18}` entries, the largest singular value :math:`\hat\sigma_1` with
     ``bound`` :math:`= \hat\sigma_1 + 2\gamma_1\|A\|_F + 4\max(m,n)\,u\,\hat\sigma_1`
-    (certain); otherwise 4 independent Gaussian starts of :math:`t` power iterations on
-    :math:`A^TA`, ``estimate`` the largest Rayleigh quotient (a lower bound that always holds)
+    (certain; complex ``A``: the constants of :func:`certify`); otherwise 4 independent
+    Gaussian starts (complex for complex ``A``) of :math:`t` power iterations on
+    :math:`A^HA`, ``estimate`` the largest Rayleigh quotient (a lower bound that always holds)
     and ``bound`` :math:`= 1.5\,` ``estimate``, which fails with probability at most
     :math:`[0.824\sqrt n\,(4/9)^t]^4 \le \delta` (Kuczyński & Woźniakowski 1992,
     Theorem 4.1; :func:`power_iterations_needed`). This is scipy's
@@ -522,14 +583,16 @@ def spectral_norm_bound(
     True
     """
     xp = aac.array_namespace(X)
-    iters = power_iterations_needed(X.shape[0], X.shape[1], delta)
+    # a complex n-vector is a real 2n-vector: the theorem applies to the real form of E^H E
+    n = X.shape[0] * (2 if _backend.is_complex_dtype(X.dtype) else 1)
+    iters = power_iterations_needed(n, X.shape[1], delta)
     for _ in range(iters):
         X = adjoint(apply(X))
-        norms = xp.sqrt(xp.sum(X * X, axis=0))
+        norms = xp.sqrt(xp.sum(_backend.abs2(X), axis=0))
         X = X / xp.where(norms > 0, norms, xp.ones_like(norms))[None, :]
     Y = apply(X)
-    x_sq = xp.sum(X * X, axis=0)
-    ratio = xp.sum(Y * Y, axis=0) / xp.where(x_sq > 0, x_sq, xp.ones_like(x_sq))
+    x_sq = xp.sum(_backend.abs2(X), axis=0)
+    ratio = xp.sum(_backend.abs2(Y), axis=0) / xp.where(x_sq > 0, x_sq, xp.ones_like(x_sq))
     top = math.sqrt(_backend.to_float(xp.max(ratio)))
     return top, SPECTRAL_OVERESTIMATE * top
 
@@ -539,10 +602,13 @@ def _exact_rounding(err: float, A: Any, a_fro: float, left: Any, right: Any, xp:
     the residual's evaluation (:func:`evaluation_rounding`) and the norm's
     (:func:`rounding_term`), in the lowest precision among ``A`` and the factors."""
     eps = max(_backend.machine_eps(t.dtype, xp) for t in (A, left, right))
-    left_fro = math.sqrt(_backend.to_float(xp.sum(left * left)))
-    right_fro = math.sqrt(_backend.to_float(xp.sum(right * right)))
+    cplx = any(_backend.is_complex_dtype(t.dtype) for t in (A, left, right))
+    left_fro = math.sqrt(_backend.to_float(xp.sum(_backend.abs2(left))))
+    right_fro = math.sqrt(_backend.to_float(xp.sum(_backend.abs2(right))))
     shape = (left.shape[0], right.shape[1])
-    return evaluation_rounding(left.shape[1], eps, a_fro, left_fro, right_fro) + rounding_term(shape, eps, err)
+    norm_eps = _backend.COMPLEX_ROUNDING_FACTOR * eps if cplx else eps
+    return (evaluation_rounding(left.shape[1], eps, a_fro, left_fro, right_fro, complex=cplx)
+            + rounding_term(shape, norm_eps, err))
 
 
 def _exact_fro(A: Any, left: Any, right: Any, xp: Any) -> Certificate:
@@ -550,8 +616,8 @@ def _exact_fro(A: Any, left: Any, right: Any, xp: Any) -> Certificate:
     for start in range(0, A.shape[0], _BLOCK_ROWS):
         rows = A[start : start + _BLOCK_ROWS, :]
         block = rows - left[start : start + _BLOCK_ROWS, :] @ right
-        total += _backend.to_float(xp.sum(block * block))
-        a_sq += _backend.to_float(xp.sum(rows * rows))
+        total += _backend.to_float(xp.sum(_backend.abs2(block)))
+        a_sq += _backend.to_float(xp.sum(_backend.abs2(rows)))
     err = math.sqrt(total)
     rho = _exact_rounding(err, A, math.sqrt(a_sq), left, right, xp)
     return Certificate(err + rho, err, "fro", 0.0, 0, True)

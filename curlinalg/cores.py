@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _validation
 from .operands import Operand, as_operand
 
 __all__ = ["CoreFactors", "optimal_core", "cross_core", "optimal_core_factors", "cross_core_factors"]
@@ -38,12 +38,12 @@ def _default_rtol(shape: tuple[int, ...], dtype: Any, xp: Any) -> float:
 
 
 def _truncated_range(X: Any, rtol: float, xp: Any) -> tuple[Any, Any, Any]:
-    """``X ~ Q diag(s) V^T`` keeping the singular values above ``rtol * s_max`` (QR, then an SVD
+    """``X ~ Q diag(s) V^H`` keeping the singular values above ``rtol * s_max`` (QR, then an SVD
     of the small triangular factor)."""
     Q, T = xp.linalg.qr(X)
     Ut, st, Vtt = xp.linalg.svd(T, full_matrices=False)
     t = _kept(st, rtol, xp)
-    return Q @ Ut[:, :t], st[:t], Vtt[:t, :].T
+    return Q @ Ut[:, :t], st[:t], _backend.ctranspose(Vtt[:t, :])
 
 
 def _kept(s: Any, rtol: float, xp: Any) -> int:
@@ -70,26 +70,33 @@ def optimal_core_factors(A: Any, C: Any, R: Any, /, *, rtol: float | None = None
     -------
     CoreFactors
         ``U``, and ``left = Q_C`` (orthonormal basis of the numerical range of ``C``),
-        ``right = (Q_C^T A Q_R) Q_R^T``.
+        ``right = (Q_C^H A Q_R) Q_R^H`` (:math:`^H` the conjugate transpose; the transpose for
+        real input).
+
+    Raises
+    ------
+    TypeError
+        ``A``, ``C`` and ``R`` mix real and complex dtypes (the message names each).
 
     Notes
     -----
-    With truncated factorisations :math:`C pprox Q_C S_C V_C^T` and
-    :math:`R^T pprox Q_R S_R V_R^T`,
+    With truncated factorisations :math:`C \approx Q_C S_C V_C^H` and
+    :math:`R^H \approx Q_R S_R V_R^H`,
 
-    .. math:: U = V_CS_C^{-1}(Q_C^TAQ_R)S_R^{-1}V_R^T, \qquad CUR = Q_C(Q_C^TAQ_R)Q_R^T.
+    .. math:: U = V_CS_C^{-1}(Q_C^HAQ_R)S_R^{-1}V_R^H, \qquad CUR = Q_C(Q_C^HAQ_R)Q_R^H.
 
     Evaluating :math:`CUR` through ``left @ right`` costs no division by a small singular
     value, so its rounding error is :math:`O(u\|A\|)` whatever the conditioning of ``C`` and
     ``R``; the product ``C @ (U @ R)`` loses up to :math:`u\|A\|^2/\sigma_{\min}(C)` (it is what
     made earlier errors grow past the numerical rank). Dropping the singular values of ``C`` below
-    :math:`	au\|C\|` perturbs :math:`\|(I - Q_CQ_C^T)A\|` by at most :math:`\eta_q	au\|C\|`
+    :math:`\tau\|C\|` perturbs :math:`\|(I - Q_CQ_C^T)A\|` by at most :math:`\eta_q\tau\|C\|`
     (write :math:`A = CY + E` with :math:`\|Y\| \le \eta_q`), which the rounding term of
     :attr:`curlinalg.CURResult.bound` covers.
     """
     op = as_operand(A)
     if op.kind == "dense":
         _backend.namespace(A, C, R)
+    _validation.check_same_field(A=op.dtype, C=C.dtype, R=R.dtype)
     if op.kind != "dense":  # sparse or lazy cuts of the input: gather them (k columns, k rows)
         C, R = (np.asarray(X.toarray() if hasattr(X, "toarray") else X) for X in (C, R))
     return _optimal_factors(op, C, R, rtol)
@@ -106,18 +113,19 @@ def _optimal_factors(
     xp = op.xp
     if rtol is None:
         rtol = _default_rtol(op.shape, op.dtype, xp)
+    H = _backend.ctranspose
     Qc, sc, Vc = _truncated_range(C, rtol, xp)
-    Qr, sr, Vr = _truncated_range(R.T, rtol, xp)
-    M = op.rmatmat(Qc).T @ Qr if project is None else project(Qc, Qr)
-    U = (Vc / sc[None, :]) @ M @ (Vr / sr[None, :]).T
-    return CoreFactors(U, Qc, M @ Qr.T, min(Qc.shape[1], Qr.shape[1]))
+    Qr, sr, Vr = _truncated_range(H(R), rtol, xp)
+    M = H(op.rmatmat(Qc)) @ Qr if project is None else project(Qc, Qr)
+    U = (Vc / sc[None, :]) @ M @ H(Vr / sr[None, :])
+    return CoreFactors(U, Qc, M @ H(Qr), min(Qc.shape[1], Qr.shape[1]))
 
 
 def cross_core_factors(
     A: Any, rows: Any, cols: Any, /, *, rtol: float | None = None
 ) -> CoreFactors:
     r"""The cross core :math:`U = W^+_\epsilon`, :math:`W = A[\mathrm{rows},\mathrm{cols}]`, and
-    the factors :math:`CUR = (CV_WS_W^{-1})(U_W^TR)`.
+    the factors :math:`CUR = (CV_WS_W^{-1})(U_W^HR)`.
 
     Parameters
     ----------
@@ -158,8 +166,9 @@ def _cross_factors(op: Operand, rows: Any, cols: Any, rtol: float | None) -> Cor
         rtol = _default_rtol(W.shape, op.dtype, xp)
     Uw, sw, Vwt = xp.linalg.svd(W, full_matrices=False)
     t = _kept(sw, rtol, xp)
-    Vw = Vwt[:t, :].T / sw[None, :t]
-    return CoreFactors(Vw @ Uw[:, :t].T, C @ Vw, Uw[:, :t].T @ R, t)
+    Vw = _backend.ctranspose(Vwt[:t, :]) / sw[None, :t]
+    Uh = _backend.ctranspose(Uw[:, :t])
+    return CoreFactors(Vw @ Uh, C @ Vw, Uh @ R, t)
 
 
 def optimal_core(A: Any, C: Any, R: Any, /) -> Any:
@@ -177,11 +186,17 @@ def optimal_core(A: Any, C: Any, R: Any, /) -> Any:
     -------
     U : array, shape (c, r)
 
+    Raises
+    ------
+    TypeError
+        ``A``, ``C`` and ``R`` mix real and complex dtypes (the message names each).
+
     Notes
     -----
-    With thin QR factorizations :math:`C = Q_CT_C` and :math:`R^T = Q_RT_R`,
+    With thin QR factorizations :math:`C = Q_CT_C` and :math:`R^H = Q_RT_R` (:math:`^H` the
+    conjugate transpose; the transpose for real input),
 
-    .. math:: U = T_C^{+}\,(Q_C^T A Q_R)\,T_R^{+T},
+    .. math:: U = T_C^{+}\,(Q_C^H A Q_R)\,T_R^{+H},
 
     which never squares a condition number (unlike normal equations). The small triangular
     factors are pseudo-inverted with singular values below :math:`\max(m,n)\,\epsilon\,\|T\|`

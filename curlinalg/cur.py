@@ -42,7 +42,7 @@ def _select(basis: Any, method: str, k: int, oversample: int, rng: Any, xp: Any)
         return _backend.pivoted_rows(basis), ""
     if method == "maxvol":
         return _maxvol_rows(basis), ""
-    scores = xp.sum(basis * basis, axis=1)
+    scores = xp.sum(_backend.abs2(basis), axis=1)
     if method == "leverage":
         chosen = _top_k(scores, k, xp)
     else:
@@ -101,10 +101,11 @@ def _cur_at_rank(op: Operand, svd: TruncatedSVD, k: int, opts: _Options) -> tupl
         if sketched:  # Q_C^T (QQ^T A) Q_R = (Q_C^T U_l) diag(s) (V_l^T Q_R): no pass over A
             U_l, V_l = svd.sketch
             s_l = svd.s[None, : U_l.shape[1]]
-            project = lambda Qc, Qr: ((Qc.T @ U_l) * s_l) @ (V_l.T @ Qr)  # noqa: E731
+            H = _backend.ctranspose
+            project = lambda Qc, Qr: ((H(Qc) @ U_l) * s_l) @ (H(V_l) @ Qr)  # noqa: E731
         C, R = op.dense_columns(cols), op.dense_rows(rows)
         f = _optimal_factors(op, C, R, None, project)
-    rounding = rounding_term(op.shape, float(xp.finfo(op.dtype).eps), norm_est)
+    rounding = rounding_term(op.shape, _backend.rounding_eps(op.dtype, xp), norm_est)
     if opts.core == "cross" or op.kind != "dense":  # the result's cuts in the input's own kind
         C, R = op.columns(cols), op.rows(rows)
     res = CURResult(
@@ -136,10 +137,11 @@ def cur(
     Parameters
     ----------
     A : array, scipy.sparse matrix or LinearOperator, shape (m, n); or a stack (b, m, n)
-        Real float32 or float64 matrix: numpy, torch (CPU or CUDA) or cupy arrays (the result
-        keeps their namespace, device and dtype); ``scipy.sparse`` matrices (``C`` and ``R`` are
-        sparse cuts, every product costs ``O(nnz)``); ``scipy.sparse.linalg.LinearOperator``
-        (matrix-free: columns :math:`AE_J`, rows :math:`(A^TE_I)^T`). A stack of dense matrices
+        float32, float64, complex64 or complex128 matrix: numpy, torch (CPU or CUDA) or cupy
+        arrays (the result keeps their namespace, device and dtype); ``scipy.sparse`` matrices
+        (``C`` and ``R`` are sparse cuts, every product costs ``O(nnz)``);
+        ``scipy.sparse.linalg.LinearOperator`` (matrix-free: columns :math:`AE_J`, rows
+        :math:`(A^HE_I)^H` through its adjoint ``rmatmat``). A stack of dense matrices
         gives a :class:`CURBatch`, one :class:`CURResult` per matrix.
     rank : int, optional
         Target rank ``k``, ``1 <= k <= min(m, n)``. With a tolerance too, it caps the rank.
@@ -180,7 +182,7 @@ def cur(
     Raises
     ------
     TypeError
-        Not a supported kind of input; integer, bool, complex or half-precision dtype; an option
+        Not a supported kind of input; integer, bool or half-precision dtype; an option
         of the wrong type (``rank``, ``oversample``, ``power_iters`` integers, tolerances real
         numbers); an ``rng`` of another backend than the input's.
     ValueError
@@ -212,6 +214,11 @@ def cur(
     :math:`\|(I-QQ^T)A\|_2 \le [1+11\sqrt{(k+p)\min(m,n)}]^{1/(2q+1)}\sigma_{k+1}` with
     probability :math:`\ge 1 - 6p^{-p}` (Halko et al. 2011); the reported bound uses a certified
     a posteriori value of :math:`\|(I-QQ^T)A\|_2` instead.
+
+    Complex input: every transpose above is the conjugate transpose (:math:`U_k^H`,
+    :math:`Q_C^HAQ_R`), the pivots are chosen by modulus, the sketches are standard complex
+    Gaussian, and the rounding term uses :math:`\sqrt2\,u` with :math:`u` the unit roundoff of
+    the real counterpart (float64 for complex128): docs/index.md, "Complex input".
 
     Tolerance mode reads the rank off the singular values (exact, or from a sketch grown until it
     resolves the tolerance), certifies the CUR at that rank with :func:`curlinalg.certify`, and

@@ -28,7 +28,7 @@ def deim(V: Any, /) -> Any:
     ValueError
         If ``V`` is not 2-D, is empty, is wider than tall, or holds NaN/Inf.
     TypeError
-        If ``V`` is not a real float32/float64 array.
+        If ``V`` is not a float32, float64, complex64 or complex128 array.
 
     Notes
     -----
@@ -42,6 +42,11 @@ def deim(V: Any, /) -> Any:
     :math:`V (P^T V)^{-1} P^T` satisfies :math:`\|f - V(P^TV)^{-1}P^Tf\| \le \eta\,\|(I-VV^T)f\|`
     and a priori :math:`\eta \le \sqrt{nk/3}\,2^k` (Sorensen & Embree 2016, Lemma 3.2); in practice
     :math:`\eta` is small. Compute it for a selection with :func:`curlinalg.selection_constant`.
+
+    Complex ``V``: the largest residual is the largest in modulus, and the bound holds as stated
+    (its proof uses :math:`|L_{ij}| \le 1` only). Complex ``getrf`` pivots on
+    :math:`|\mathrm{Re}| + |\mathrm{Im}|` instead, so complex bases take the array-API
+    elimination on every backend.
 
     References
     ----------
@@ -81,7 +86,7 @@ def qdeim(V: Any, /) -> Any:
     ValueError
         If ``V`` is not 2-D, is empty, is wider than tall, or holds NaN/Inf.
     TypeError
-        If ``V`` is not a real float32/float64 array.
+        If ``V`` is not a float32, float64, complex64 or complex128 array.
 
     Notes
     -----
@@ -91,7 +96,8 @@ def qdeim(V: Any, /) -> Any:
 
     .. math:: \eta = \|(P^T V)^{-1}\|_2 \le \frac{\sqrt{n-k+1}\,\sqrt{4^k + 6k - 1}}{3},
 
-    far better than DEIM's. On the host this is LAPACK ``geqp3``; on a GPU (where no pivoted QR
+    far better than DEIM's; it holds for complex ``V`` too (``zgeqp3`` pivots on column
+    norms). On the host this is LAPACK ``geqp3``; on a GPU (where no pivoted QR
     exists) it is pivoted Gram-Schmidt written in the array API, with the pivot index kept on the
     device, so there is no host round trip per index.
 

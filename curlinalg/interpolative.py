@@ -153,7 +153,7 @@ def _svd(B: Any, k: int, basis: str, xp: Any) -> tuple[Any, Any, Any]:
     if basis == "gram":
         return gram_svd(B, k)
     U, s, Vt = xp.linalg.svd(B, full_matrices=False)
-    return U[:, :k], Vt[:k, :].T, s
+    return U[:, :k], _backend.ctranspose(Vt[:k, :]), s
 
 
 def _row_id(
@@ -169,7 +169,7 @@ def _row_id(
     rest, coef = _interpolation(left, rows, xp)
     S = xp.take(B, rows, axis=0)
     if kind == "truncation":
-        S = (S @ right) @ right.T
+        S = (S @ right) @ _backend.ctranspose(right)
     sigma_next = _backend.to_float(s[k]) if s.shape[0] > k else 0.0
     return IDResult(
         rows, rest, coef, S, k, "rows", method, kind, selection_constant(left, rows), sigma_next,
@@ -194,7 +194,7 @@ def _interpolation(left: Any, rows: Any, xp: Any) -> tuple[Any, Any]:
 
 def _rounding(B: Any, norm: float, basis: str, xp: Any) -> float:
     """The rounding term of :attr:`IDResult.bound` (see there); ``B`` gives shape and dtype."""
-    eps = float(xp.finfo(B.dtype).eps)
+    eps = _backend.rounding_eps(B.dtype, xp)
     if basis == "gram":  # singular values from a Gram matrix: about sqrt(max(m, n) u) accurate
         return ROUNDING_FACTOR * max(max(B.shape) * eps, math.sqrt(max(B.shape) * eps)) * norm
     return rounding_term(B.shape, eps, norm)
@@ -205,7 +205,12 @@ def _transposed(res: IDResult) -> IDResult:
 
 
 class _Adjoint(Operand):
-    """:math:`A^T` of an operand, for the column ID: products and cuts swap sides."""
+    r""":math:`A^T` of an operand, for the column ID: products and cuts swap sides.
+
+    The plain transpose, also for complex ``A`` (:math:`A^TX = \overline{A^H\bar X}`), as the
+    dense path's ``A.T``: the column ID :math:`A \approx A[:,J]\,Z` is the row ID of
+    :math:`A^T` with :math:`Z = X^T`.
+    """
 
     def __init__(self, op: Operand):
         self.op, self.xp, self.kind, self.like = op, op.xp, op.kind, op.like
@@ -216,10 +221,10 @@ class _Adjoint(Operand):
         return self.op.densifiable
 
     def matmat(self, X: Any) -> Any:
-        return self.op.rmatmat(X)
+        return _backend.conj(self.op.rmatmat(_backend.conj(X)))
 
     def rmatmat(self, Y: Any) -> Any:
-        return self.op.matmat(Y)
+        return _backend.conj(self.op.matmat(_backend.conj(Y)))
 
     def dense_rows(self, I: Any) -> Any:
         return self.op.dense_columns(I).T
@@ -239,7 +244,7 @@ def _operand_row_id(op: Operand, svd: TruncatedSVD, k: int, method: str, kind: s
     rest, coef = _interpolation(left, rows, xp)
     S = op.dense_rows(rows)
     if kind == "truncation":
-        S = (S @ right) @ right.T
+        S = (S @ right) @ _backend.ctranspose(right)
     norm = _backend.to_float(svd.s[0]) + svd.residual
     randomized = svd.kind == "randomized"
     return IDResult(
@@ -309,10 +314,10 @@ def interpolative(
     Parameters
     ----------
     A : array, scipy.sparse matrix, LinearOperator or dask array, shape (m, n)
-        Real float32 or float64 matrix. numpy, torch or cupy arrays: the result follows them.
-        Sparse, matrix-free and dask input (no ``metric``): only products with ``A`` and
-        :math:`A^T` and the ``k`` skeleton rows (:math:`(A^TE_I)^T` for an operator) are
-        asked of it; the result is dense numpy.
+        float32, float64, complex64 or complex128 matrix. numpy, torch or cupy arrays: the
+        result follows them. Sparse, matrix-free and dask input (no ``metric``): only products
+        with ``A`` and :math:`A^H` and the ``k`` skeleton rows (:math:`(A^HE_I)^H` for an
+        operator) are asked of it; the result is dense numpy.
     rank : int, optional
         ``1 <= rank <= min(m, n)``. With a tolerance too, it caps the rank.
     rtol, atol : float, optional
@@ -358,7 +363,8 @@ def interpolative(
     Raises
     ------
     TypeError
-        Not an array; integer, bool or complex dtype.
+        Not an array; integer, bool or half-precision dtype; a complex ``A``, ``metric`` or
+        ``cross`` with ``metric=`` (the activation metric is real-only).
     ValueError
         Not 2-D, empty, NaN/Inf; rank out of range; no stopping rule; unknown option;
         ``metric`` with ``axis="columns"``.
@@ -395,6 +401,11 @@ def interpolative(
     :math:`\sqrt{s^2 - \rho^2}`, lower bounds of the true ones, and stops at the last rank
     they resolve.
 
+    Complex input: the column ID is the row ID of the plain transpose :math:`A^T` (so
+    :math:`Z = X^T`), the truncation skeleton is :math:`A[I,:]V_kV_k^H`, the Gram basis
+    eigendecomposes :math:`AA^H` or :math:`A^HA`, and the rounding term :math:`\rho` uses
+    :math:`\sqrt2\,u` (docs/index.md, "Complex input"); the bound is otherwise as stated.
+
     References
     ----------
     .. [1] H. Cheng, Z. Gimbutas, P.-G. Martinsson and V. Rokhlin, "On the compression of low
@@ -424,6 +435,14 @@ def interpolative(
     kmax = min(op.shape)
     rank, rtol, atol = _validation.check_stopping(rank, rtol, atol, kmax)
     _validation.check_rng(rng, op.like)
+    if metric is not None or cross is not None:  # real-only options: refused before any work
+        real_only = ("interpolative's metric=/cross=", _errors.METRIC_REAL_ONLY)
+        _validation.check_dtype(op.dtype, op.xp, real_only=real_only, name="A")
+        for name, value in (("metric", metric), ("cross", cross)):
+            dtype = getattr(getattr(value, "L", value), "dtype", None)
+            if dtype is not None:
+                _validation.check_dtype(dtype, _backend.namespace(getattr(value, "L", value)),
+                                        real_only=real_only, name=name)
     tolerance = rtol is not None or atol is not None
     # the certificate's probes get a stream of their own: never the sketch's draws
     cert_seed = _backend.streams(rng, 1)[0] if tolerance else None
@@ -463,7 +482,7 @@ def interpolative(
 
 
 def id_to_svd(result: Any, /) -> TruncatedSVD:
-    r"""The SVD of an interpolative decomposition: :math:`XA[I,:] = U\,\mathrm{diag}(s)\,V^T`.
+    r"""The SVD of an interpolative decomposition: :math:`XA[I,:] = U\,\mathrm{diag}(s)\,V^H`.
 
     Parameters
     ----------
@@ -489,9 +508,10 @@ def id_to_svd(result: Any, /) -> TruncatedSVD:
 
     Notes
     -----
-    With :math:`L = Q_LR_L` and :math:`R^T = Q_RR_R` (thin QRs of the ``(m, k)`` and
-    ``(k, n)`` factors) and :math:`R_LR_R^T = \hat U\,\mathrm{diag}(s)\,\hat V^T`,
-    :math:`U = Q_L\hat U`, :math:`V = Q_R\hat V`: :math:`O((m + n)k^2)` work, exact in exact
+    With :math:`L = Q_LR_L` and :math:`R^H = Q_RR_R` (thin QRs of the ``(m, k)`` and
+    ``(k, n)`` factors; :math:`^H` is the transpose for real input) and
+    :math:`R_LR_R^H = \hat U\,\mathrm{diag}(s)\,\hat V^H`, :math:`U = Q_L\hat U`,
+    :math:`V = Q_R\hat V`: :math:`O((m + n)k^2)` work, exact in exact
     arithmetic. Since :math:`\mathrm{range}(U) = \mathrm{range}(LR)`,
     :math:`\|(I - U_jU_j^T)A\|_2 \le \|(I - U_jU_j^T)LR\|_2 + \|A - LR\|_2 = s_{j+1} +
     \mathrm{residual}` for every :math:`j \le k`, and likewise for :math:`V`. This is scipy's
@@ -516,13 +536,14 @@ def id_to_svd(result: Any, /) -> TruncatedSVD:
         raise TypeError(_errors.NOT_A_RESULT.format(kind=type(result).__name__))
     left, right = result.factors
     xp = _backend.namespace(left, right)
+    H = _backend.ctranspose
     Ql, Rl = xp.linalg.qr(left)
-    Qr, Rr = xp.linalg.qr(right.T)
-    Us, s, Vts = xp.linalg.svd(Rl @ Rr.T, full_matrices=False)
+    Qr, Rr = xp.linalg.qr(H(right))
+    Us, s, Vts = xp.linalg.svd(Rl @ H(Rr), full_matrices=False)
     certificate = getattr(result, "certificate", None)
     if certificate is not None:
         residual, failure = certificate.bound, certificate.failure_probability
     else:
         residual, failure = float(result.bound), float(getattr(result, "failure_probability", 0.0))
     kind = "randomized" if failure > 0 else "exact"
-    return TruncatedSVD(Ql @ Us, s, Qr @ Vts.T, kind, residual)
+    return TruncatedSVD(Ql @ Us, s, Qr @ H(Vts), kind, residual)

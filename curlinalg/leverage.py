@@ -63,8 +63,10 @@ def leverage_scores(
 
     Notes
     -----
-    With :math:`A_k = U_k\Sigma_kV_k^T`, the row scores are :math:`\ell_i = \|U_k(i,:)\|_2^2` and
-    the column scores :math:`\|V_k(j,:)\|_2^2`; each set sums to ``k``.
+    With :math:`A_k = U_k\Sigma_kV_k^H`, the row scores are :math:`\ell_i = \|U_k(i,:)\|_2^2` and
+    the column scores :math:`\|V_k(j,:)\|_2^2`; each set sums to ``k``. For complex ``A`` they
+    are real (the squared moduli summed; float32 for complex64), as :func:`leverage_sample`
+    takes them.
 
     References
     ----------
@@ -83,7 +85,7 @@ def leverage_scores(
         A, rank=rank, kind=kind, oversample=oversample, power_iters=power_iters, rng=rng
     )
     xp = _backend.namespace(A)
-    return LeverageScores(xp.sum(t.U * t.U, axis=1), xp.sum(t.V * t.V, axis=1))
+    return LeverageScores(xp.sum(_backend.abs2(t.U), axis=1), xp.sum(_backend.abs2(t.V), axis=1))
 
 
 def leverage_sample(scores: Any, /, *, samples: int, rng: Any = None) -> LeverageSample:

@@ -36,9 +36,11 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
     Parameters
     ----------
     A : array, shape (n, k)
-        Tall full column rank matrix, ``n >= k``; numpy, torch or cupy on any device.
+        Tall full column rank matrix, ``n >= k``, real or complex; numpy, torch or cupy on any
+        device.
     tol : float, default 1.05
-        Stop when every coefficient satisfies :math:`|B_{ij}| \le` ``tol``; must be ``>= 1``.
+        Stop when every coefficient satisfies :math:`|B_{ij}| \le` ``tol`` (the modulus, for
+        complex ``A``); must be ``>= 1``.
     max_iters : int, default 100
         Maximum number of row swaps.
 
@@ -74,13 +76,15 @@ def maxvol(A: Any, /, *, tol: float = 1.05, max_iters: int = 100) -> tuple[Any, 
 
     At convergence, for orthonormal ``A`` the selection constant obeys
     :math:`\|(P^TA)^{-1}\|_2 = \|B\|_2 \le \|B\|_F \le \sqrt{k + \mathrm{tol}^2\,k(n-k)}`
-    (Goreinov, Oseledets, Savostyanov et al. 2010).
+    (Goreinov, Oseledets, Savostyanov et al. 2010), for complex ``A`` as well.
 
     The start and the swap rule are teneva's and maxvolpy's, so ``teneva.maxvol(A, e, k)`` and
     ``maxvolpy.maxvol.maxvol(A, tol, max_iters)`` select the same rows as
     ``maxvol(A, tol=e, max_iters=k)`` (their ``tol < 1`` is read as 1, here it is an error;
     maxvolpy's ``top_k_index``, pivots among the first rows only, is ``maxvol(A[:top])`` with
-    the other rows' coefficients formed as ``A @ inv(A[rows])``).
+    the other rows' coefficients formed as ``A @ inv(A[rows])``). For complex ``A`` the start
+    may differ from theirs: their LU (``zgetrf``) pivots on :math:`|\mathrm{Re}| +
+    |\mathrm{Im}|`, this one on the modulus (see :func:`curlinalg.deim`).
 
     References
     ----------
@@ -130,10 +134,11 @@ def _swap_loop_xp(B: Any, rows: Any, tol: float, max_iters: int, xp: Any) -> tup
     """The swap loop in the array API (any backend, any device)."""
     k = B.shape[1]
     eye_k = xp.eye(k, dtype=B.dtype, device=aac.device(B))
+    scalar = complex if _backend.is_complex_dtype(B.dtype) else _backend.to_float
     for _ in range(max_iters):
         flat = xp.argmax(xp.reshape(xp.abs(B), (-1,)))
         i, j = divmod(int(flat), k)
-        bij = _backend.to_float(B[i, j])
+        bij = scalar(B[i, j])
         if abs(bij) <= tol:
             break
         rows[j] = i
@@ -195,7 +200,7 @@ def rect_maxvol(
     Parameters
     ----------
     A : array, shape (n, k)
-        Tall full column rank matrix.
+        Tall full column rank matrix, real or complex.
     tol : float, default 1.0
         Stop adding rows once every row of the coefficients outside ``rows`` has norm
         :math:`\le` ``tol``. Must be ``> 0``.
@@ -243,11 +248,11 @@ def rect_maxvol(
     Notes
     -----
     Seeds with :func:`maxvol`, then greedily appends the row of largest coefficient norm.
-    Adding row ``i`` with coefficients :math:`c = B_{i,:}` updates, with :math:`v = Bc^T` and
-    :math:`\ell = 1/(1 + c c^T)`,
+    Adding row ``i`` with coefficients :math:`c = B_{i,:}` updates, with :math:`v = Bc^H` and
+    :math:`\ell = 1/(1 + c c^H)` (:math:`c^H = c^T` for real ``A``),
 
     .. math:: B \leftarrow [\,B - \ell\, v c,\; \ell\, v\,],\qquad
-              \|B_{p,:}\|^2 \leftarrow \|B_{p,:}\|^2 - \ell\,v_p^2 .
+              \|B_{p,:}\|^2 \leftarrow \|B_{p,:}\|^2 - \ell\,|v_p|^2 .
 
     A row norm bound gives :math:`\|(P^TA)^+\|_2 = \|B\|_2 \le \sqrt{k + \mathrm{tol}^2(n - r)}`
     for orthonormal ``A``, better than square maxvol for the same ``k``.
@@ -265,7 +270,8 @@ def rect_maxvol(
       identity=identity_submatrix)`` (maxvolpy's ``top_k_index``, pivots among the first rows
       only, has no counterpart: select on ``A[:top]``).
 
-    Only the default ``maxvol_iters`` differs (100 against their 10): with 10 the start may
+    (Real ``A``; for complex ``A`` the LU start may differ, see :func:`maxvol`.) Only the
+    default ``maxvol_iters`` differs (100 against their 10): with 10 the start may
     stop before convergence, and the greedy phase then picks other rows (16 of 58 on teneva's
     own ``default_rng(42)`` 5000 x 50 case at ``tol=1.01``, ``max_rank=58``).
 
@@ -315,24 +321,25 @@ def rect_maxvol(
     chosen = [int(r) for r in rows]
     device = aac.device(A)
     idx = xp.arange(n, device=device)
-    alive = xp.ones((n,), dtype=A.dtype, device=device)
+    alive = xp.ones((n,), dtype=_backend.real_dtype(A.dtype, xp), device=device)
     for r in chosen:
         alive = xp.where(idx == r, xp.zeros_like(alive), alive)
-    norms = xp.sum(B * B, axis=1) * alive
+    norms = xp.sum(_backend.abs2(B), axis=1) * alive
+    cplx = _backend.is_complex_dtype(B.dtype)
     while len(chosen) < max_rank:
         # rows already kept score -1: the downdated norms of the others may round below 0
         i = int(xp.argmax(xp.where(alive > 0, norms, -xp.ones_like(norms))))
         if len(chosen) >= min_rank and _backend.to_float(norms[i]) <= tol * tol:
             break
         c = B[i, :]
-        v = B @ c
-        ell = 1.0 / (1.0 + v[i])
+        v = B @ _backend.conj(c)
+        ell = 1.0 / (1.0 + (xp.real(v[i]) if cplx else v[i]))  # v[i] = ||c||^2
         B = xp.concat([B - ell * v[:, None] * c[None, :], ell * v[:, None]], axis=1)
         alive = xp.where(idx == i, xp.zeros_like(alive), alive)
-        norms = (norms - ell * v * v) * alive
+        norms = (norms - (ell * _backend.abs2(v) if cplx else ell * v * v)) * alive
         chosen.append(i)
     # The downdated norms drift by rounding: check the postcondition on B itself.
-    outside = xp.max(xp.sum(B * B, axis=1) * alive)
+    outside = xp.max(xp.sum(_backend.abs2(B), axis=1) * alive)
     if len(chosen) >= max_rank and _backend.to_float(outside) > tol * tol:
         warnings.warn(
             f"rect_maxvol reached max_rank={max_rank} rows with a row norm "

@@ -33,6 +33,11 @@ _ERR_GRAM = (
     "pass the input covariance of the layer (features x features)"
 )
 _ERR_SHAPES = "A has {n} columns but the metric is {k} x {k}; pass the Gram of A's inputs"
+def _real_only(what: str) -> tuple[str, str]:
+    """``real_only`` of :func:`curlinalg._validation.check_dtype` for the routines here."""
+    return (what, _errors.METRIC_REAL_ONLY)
+
+
 #: Column blocks of :func:`gram_matrix` hold at most this many columns.
 GRAM_BLOCK = 512
 #: The shift grows tenfold per failed Cholesky from ``ridge`` up to this relative size.
@@ -137,6 +142,11 @@ class Whitening:
         """
         if A.shape[1] != self.L.shape[0]:
             raise ValueError(_ERR_SHAPES.format(n=A.shape[1], k=self.L.shape[0]))
+        real_only = _real_only("Whitening.whiten")
+        _validation.check_dtype(A.dtype, aac.array_namespace(A), real_only=real_only)
+        if cross is not None:
+            _validation.check_dtype(cross.dtype, aac.array_namespace(cross), real_only=real_only,
+                                    name="cross")
         if cross is None:
             return A @ self.L
         return solve_right(A @ cross.T, self.L.T, lower=False)
@@ -165,6 +175,8 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     ------
     ValueError
         ``H`` is not square, or holds NaN or Inf; ``ridge`` is negative.
+    TypeError
+        ``H`` is complex (the activation metric is real-only).
 
     Notes
     -----
@@ -198,6 +210,8 @@ def whitening(H: Any, /, *, ridge: float = 1e-6) -> Whitening:
     xp = _backend.namespace(H)
     if H.ndim != 2 or H.shape[0] != H.shape[1] or H.shape[0] == 0:
         raise ValueError(_ERR_GRAM.format(shape=tuple(H.shape)))
+    if _backend.is_complex_dtype(H.dtype):
+        _validation.check_dtype(H.dtype, xp, real_only=_real_only("whitening"), name="H")
     ridge = _validation.check_tol(ridge, "ridge")
     if H.dtype != xp.float64:  # astype copies by default; a float64 Gram is used as it is
         H = xp.astype(H, xp.float64)
@@ -364,7 +378,7 @@ def gram_matrix(X: Any, /) -> Any:
     xp = _backend.namespace(X)
     if len(X.shape) != 2:  # no tokens is allowed: their Gram is zero (an expert no token reached)
         raise ValueError(_errors.NOT_2D.format(shape=tuple(X.shape)))
-    _validation.check_dtype(X.dtype, xp)
+    _validation.check_dtype(X.dtype, xp, real_only=_real_only("gram_matrix"), name="X")
     n = X.shape[1]
     parts = max(1, -(-n // GRAM_BLOCK))
     edges = [n * i // parts for i in range(parts + 1)]
@@ -402,6 +416,8 @@ def weighted_norm(E: Any, /, *, gram: Any) -> float:
     2.449489742783178
     """
     xp = _backend.namespace(E, gram)
+    for name, x in (("E", E), ("gram", gram)):
+        _validation.check_dtype(x.dtype, xp, real_only=_real_only("weighted_norm"), name=name)
     return math.sqrt(max(_backend.to_float(xp.sum((E @ gram) * E)), 0.0))
 
 
@@ -409,7 +425,8 @@ def gram_svd(A: Any, rank: int, /) -> tuple[Any, Any, Any]:
     r"""Leading ``rank`` singular triplets of ``A`` from the eigendecomposition of its smaller Gram.
 
     Returns ``(U_k, V_k, s)`` with ``s`` every singular value (descending). One ``eigh`` of
-    :math:`AA^T` or :math:`A^TA` gives one side; the other is :math:`A^TU_k/s_k` (or
+    :math:`AA^H` or :math:`A^HA` (the Hermitian Grams; :math:`AA^T`, :math:`A^TA` for real ``A``)
+    gives one side; the other is :math:`A^HU_k/s_k` (or
     :math:`AV_k/s_k`), re-orthonormalised by a QR so that directions with :math:`s` at rounding
     level still give an orthonormal basis. Cheaper than an SVD for the tall or wide matrices of
     neural networks; in float64 the squared condition number is harmless for the leading
@@ -418,13 +435,14 @@ def gram_svd(A: Any, rank: int, /) -> tuple[Any, Any, Any]:
     xp = aac.array_namespace(A)
     m, n = A.shape
     left_first = m <= n
-    G = A @ A.T if left_first else A.T @ A
+    Ah = _backend.ctranspose(A)
+    G = A @ Ah if left_first else Ah @ A
     vals, vecs = xp.linalg.eigh(G)
     top = xp.flip(vecs[:, vecs.shape[1] - rank :], axis=-1)
     top = xp.asarray(top, copy=True)
     s_all = xp.sqrt(xp.clip(xp.flip(vals, axis=-1), min=float(xp.finfo(A.dtype).tiny)))
     s = s_all[:rank]
-    other = (A.T @ top) / s if left_first else (A @ top) / s
+    other = (Ah @ top) / s if left_first else (A @ top) / s
     other = xp.linalg.qr(other).Q
     return ((top, other) if left_first else (other, top)) + (s_all,)
 
@@ -497,7 +515,8 @@ def weighted_cur(
     Parameters
     ----------
     A : array, shape (m, n)
-        Real float32 or float64 matrix (computed in float64).
+        Real float32 or float64 matrix (computed in float64); the activation metric is
+        real-only, complex ``A`` raises ``TypeError``.
     metric : Whitening
         From :func:`whitening` of the Gram ``H`` of ``A``'s inputs.
     rank : int
@@ -514,6 +533,11 @@ def weighted_cur(
         ``R = A[rows, :]`` (actual rows of ``A``), ``C = B[:, cols]`` (columns of the whitened
         matrix), the fitted core ``U``; ``eta_rows``, ``eta_cols`` and ``sigma_next`` refer to
         ``B``.
+
+    Raises
+    ------
+    TypeError
+        ``A`` or ``cross`` is complex (the activation metric is real-only), or not floating.
 
     Notes
     -----
@@ -541,7 +565,9 @@ def weighted_cur(
     >>> bool(np.allclose(res.to_dense(), A))
     True
     """
-    xp = _validation.check_matrix(A)
+    xp = _validation.check_matrix(A, real_only=_real_only("weighted_cur"), name="A")
+    if cross is not None:
+        _validation.check_dtype(cross.dtype, xp, real_only=_real_only("weighted_cur"), name="cross")
     rank = _validation.check_rank(rank, min(A.shape))
     _validation.check_choice(method, "method", SELECTORS)
     A = xp.astype(A, xp.float64)

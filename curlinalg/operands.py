@@ -10,7 +10,10 @@ the driver may afford it. Kinds:
 * ``scipy.sparse`` matrices and arrays (CSR, CSC, COO, ...): products cost ``O(nnz)`` per column,
   ``C`` and ``R`` are sparse column and row cuts;
 * ``scipy.sparse.linalg.LinearOperator`` (matrix-free): columns are :math:`AE_J`, rows
-  :math:`(A^TE_I)^T`; nothing but products is ever asked of it.
+  :math:`(A^HE_I)^H` (its ``rmatmat`` is the adjoint, the conjugate transpose); nothing but
+  products is ever asked of it.
+
+Real and complex (complex64, complex128) input alike: the adjoint products are :math:`A^HY`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from . import _dask, _errors, _validation
+from . import _backend, _dask, _errors, _validation
 from ._operand import DENSIFY_MAX_ENTRIES, Operand
 
 __all__ = ["Operand", "as_operand"]
@@ -34,6 +37,8 @@ class _Sparse(Operand):
         super().__init__(A, npx)
         self._csr, self._csc = A.tocsr(), A.tocsc()
         self.like = np.empty((1, 1), dtype=A.dtype)
+        # the adjoint of a complex matrix is conjugated once here; a real one's is a view
+        self._adjoint = self._csc.T.conj().tocsr() if _backend.is_complex_dtype(A.dtype) else None
 
     @property
     def densifiable(self) -> bool:
@@ -43,7 +48,8 @@ class _Sparse(Operand):
         return np.asarray(self._csr @ X)
 
     def rmatmat(self, Y: Any) -> Any:
-        return np.asarray(self._csc.T @ Y)
+        adjoint = self._csc.T if self._adjoint is None else self._adjoint
+        return np.asarray(adjoint @ Y)
 
     def columns(self, J: Any) -> Any:
         return self._csc[:, np.asarray(J)]
@@ -85,7 +91,7 @@ class _Operator(Operand):
         return self._checked(self.A.matmat(X), self.shape[0], X.shape[1], "A @ X")
 
     def rmatmat(self, Y: Any) -> Any:
-        return self._checked(self.A.rmatmat(Y), self.shape[1], Y.shape[1], "A.T @ Y")
+        return self._checked(self.A.rmatmat(Y), self.shape[1], Y.shape[1], "A^H @ Y")
 
     def _unit(self, index: Any, size: int) -> np.ndarray:
         E = np.zeros((size, index.shape[0]), dtype=self.dtype)
@@ -96,7 +102,8 @@ class _Operator(Operand):
         return self._cut("columns", J, lambda: self.matmat(self._unit(J, self.shape[1])))
 
     def rows(self, I: Any) -> Any:
-        return self._cut("rows", I, lambda: self.rmatmat(self._unit(I, self.shape[0])).T)
+        return self._cut(
+            "rows", I, lambda: _backend.ctranspose(self.rmatmat(self._unit(I, self.shape[0]))))
 
     def _cut(self, side: str, index: Any, compute: Any) -> np.ndarray:
         """The last cut of each side is kept: the driver asks for it twice (core and result)."""
@@ -140,8 +147,7 @@ def as_operand(A: Any, /) -> Operand:
     Raises
     ------
     TypeError
-        An unsupported kind, or a dtype other than float32/float64 (complex with advice that
-        loses nothing).
+        An unsupported kind, or a dtype other than float32, float64, complex64 or complex128.
     ValueError
         Not 2-D (a stack of matrices is a separate call), empty, or holding NaN/Inf.
 

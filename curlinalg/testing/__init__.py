@@ -1,11 +1,14 @@
 """Test helpers users can reuse: matrices with a known spectrum, and hypothesis strategies.
 
 ``curlinalg.testing.strategies`` needs the optional ``hypothesis`` package; the matrix builders
-need only numpy.
+need only numpy. Every builder has a complex version with the same singular values (``dtype=``
+of :func:`known_spectrum` and :func:`graded`, :func:`complexified` for the others), and the
+strategies draw complex64 and complex128 problems when asked (``dtypes=``).
 """
 
 from .matrices import (
     clustered_spectrum,
+    complexified,
     duplicated_columns,
     exponential_spectrum,
     graded,
@@ -19,6 +22,7 @@ from .matrices import (
 
 __all__ = [
     "clustered_spectrum",
+    "complexified",
     "duplicated_columns",
     "exponential_spectrum",
     "graded",

@@ -90,3 +90,23 @@ def test_allocation_prefers_the_cheap_error():
         allocate_ranks([steep, flat], [saves, saves], need=10_000)
     with pytest.raises(ValueError, match="must pair up"):
         allocate_ranks([steep], [saves, saves], need=10)
+
+
+@given(problem=problems(max_dim=30, dtypes=("complex128",)))
+def test_complex_svd_curve_is_the_spectral_tail(problem):
+    """The spectral tail of a complex matrix, from its Hermitian Gram AA^H or A^HA."""
+    s2 = problem.s**2
+    tail = np.array([s2[r:].sum() for r in range(1, len(s2))])
+    np.testing.assert_allclose(svd_error_curve(problem.A, relative=False), tail, rtol=1e-8,
+                               atol=1e-10 * s2.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_complex_cur_curve_is_the_deim_cur_error_at_every_rank(seed):
+    rng = np.random.default_rng(seed)
+    A = (rng.standard_normal((30, 18)) + 1j * rng.standard_normal((30, 18))) * np.logspace(0, -1, 18)
+    curve = cur_error_curve(A, max_rank=18, relative=False)
+    for r in range(1, 19):
+        res = cur(A, rank=r, method="deim")
+        assert curve[r - 1] == pytest.approx(np.linalg.norm(A - res.to_dense()) ** 2, rel=1e-6,
+                                             abs=1e-12 * np.sum(np.abs(A) ** 2))

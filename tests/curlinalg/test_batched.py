@@ -98,3 +98,24 @@ def test_a_bad_matrix_anywhere_in_the_stack_is_refused_before_work(spy):
     assert spy["batched"] == 0
     with pytest.raises(ValueError, match="rank must satisfy"):
         cur(torch.from_numpy(_stack()), rank=46)
+
+
+def test_complex_qdeim_stack_is_batched_and_deim_stack_loops(spy):
+    """Q-DEIM (pivots by row norms) runs batched on complex stacks; complex DEIM loops over the
+    matrices, since the batched getrf pivots on |Re| + |Im| rather than the modulus."""
+    A = np.stack([known_spectrum(40, 30, exponential_spectrum(30, decay=0.2 + 0.05 * i), rng=i,
+                                 dtype=np.complex128) for i in range(3)])
+    At = torch.from_numpy(A)
+    out = cur(At, rank=6, method="qdeim", rng=0)
+    assert spy["batched"] == 1
+    for i, res in enumerate(out):
+        ref = cur(At[i], rank=6, method="qdeim", rng=0)
+        assert res.U.dtype == torch.complex128
+        assert torch.equal(torch.sort(res.rows).values, torch.sort(ref.rows).values)
+        torch.testing.assert_close(res.to_dense(), ref.to_dense(), rtol=0, atol=1e-10)
+        assert np.linalg.norm(A[i] - res.to_dense().numpy(), 2) <= res.bound
+        assert res.bound == pytest.approx(ref.bound, rel=1e-5)
+    out = cur(At, rank=6, method="deim", rng=0)
+    assert spy["batched"] == 1 and len(out) == 3
+    for i, res in enumerate(out):
+        assert np.linalg.norm(A[i] - res.to_dense().numpy(), 2) <= res.bound

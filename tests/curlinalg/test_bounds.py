@@ -12,10 +12,11 @@ from curlinalg.bounds import (
     SPECTRAL_OVERESTIMATE,
     evaluation_rounding,
     power_iterations_needed,
+    probe_factor,
     spectral_norm_bound,
 )
 from curlinalg.testing import known_spectrum, polynomial_spectrum
-from curlinalg.testing.strategies import hard_problems
+from curlinalg.testing.strategies import COMPLEX_DTYPES, hard_problems
 
 # 620 x 500 > 2**18 entries: the spectral-norm certificate is probabilistic, not exact.
 A_BIG = known_spectrum(620, 500, polynomial_spectrum(500, power=1.0), rng=0)
@@ -214,3 +215,137 @@ def test_spectral_norm_refuses_a_bare_callable():
 
     with pytest.raises(TypeError, match="LinearOperator"):
         spectral_norm(lambda X: X)
+
+
+# Complex input: conjugate transposes in the residual's adjoint, complex Gaussian probes and
+# starts, and the complex rounding constants (docs/index.md, "Complex input").
+A_BIG_C = known_spectrum(620, 500, polynomial_spectrum(500, power=1.0), rng=0, dtype=np.complex128)
+RES_BIG_C = cur(A_BIG_C, rank=15, method="randomized", rng=0)
+ERR2_C = np.linalg.norm(A_BIG_C - RES_BIG_C.to_dense(), 2)
+ERRF_C = np.linalg.norm(A_BIG_C - RES_BIG_C.to_dense())
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["array", "linop", "callable", "pair"]))
+def test_complex_spectral_certificate_is_an_upper_bound(seed, kind):
+    A = {
+        "array": A_BIG_C,
+        "linop": aslinearoperator(A_BIG_C),
+        "callable": lambda X: A_BIG_C @ X,
+        "pair": (lambda x: A_BIG_C @ x, lambda y: A_BIG_C.conj().T @ y),
+    }[kind]
+    cert = certify(A, RES_BIG_C, rng=seed)
+    assert not cert.exact
+    assert cert.bound >= ERR2_C
+    if kind == "callable":  # one pass, complex probes: factor delta^(-1/(2r))
+        assert cert.bound == pytest.approx(probe_factor(20, 1e-6, complex=True) * cert.estimate)
+        assert cert.bound <= 10 * ERR2_C
+    else:
+        assert cert.estimate <= ERR2_C * (1 + 1e-10)
+        assert cert.bound <= SPECTRAL_OVERESTIMATE * ERR2_C * (1 + 1e-10)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_complex_frobenius_certificate_is_an_upper_bound(seed):
+    cert = certify(aslinearoperator(A_BIG_C), RES_BIG_C, ord="fro", rng=seed)
+    assert not cert.exact and ERRF_C <= cert.bound <= 3 * ERRF_C
+
+
+def _residuals_complex(A, res):
+    """As :func:`_residuals`, with the other product order through conjugate transposes."""
+    left, right = res.factors
+    wide = [t.astype(np.complex128) for t in (A, left, right)]
+    H = lambda X: X.conj().T  # noqa: E731
+    return [A - left @ right, A - H(H(right) @ H(left)), wide[0] - wide[1] @ wide[2]]
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(hard_problems(dtypes=COMPLEX_DTYPES), st.sampled_from(["deim", "qdeim", "maxvol"]))
+def test_complex_exact_certificates_are_upper_bounds_in_floating_point(problem, method):
+    """The exact certificates of complex64/complex128 results: above the residual's norm
+    however it is evaluated; the rounding term is 2 sqrt(2) gamma_{k+3} (||A||_F +
+    ||L||_F ||R||_F) + 4 max(m, n) sqrt(2) u e^."""
+    A = problem.A
+    res = cur(A, rank=problem.rank, method=method, rng=problem.seed)
+    two, fro = certify(A, res), certify(A, res, ord="fro")
+    assert two.exact and fro.exact
+    for E in _residuals_complex(A, res):
+        assert np.linalg.norm(E, 2) <= two.bound
+        assert np.linalg.norm(E) <= fro.bound
+    left, right = res.factors
+    eps = float(np.finfo(A.dtype).eps)  # that of the real counterpart
+    norm = np.linalg.norm
+    slack = evaluation_rounding(left.shape[1], eps, norm(A), norm(left), norm(right), complex=True)
+    svd = 4 * max(A.shape) * math.sqrt(2) * eps * two.estimate
+    assert two.bound - two.estimate == pytest.approx(slack + svd, rel=1e-6)
+
+
+def test_complex_evaluation_rounding_and_probe_factor():
+    u = 2.0**-53
+    got = evaluation_rounding(3, 2 * u, 1.0, 2.0, 0.5, complex=True)
+    assert got == pytest.approx(2 * math.sqrt(2) * 6 * u / (1 - 6 * u) * 2.0)
+    assert probe_factor(10, 1e-6) == pytest.approx(1e-6 ** -0.1 * math.sqrt(2 / math.pi))
+    assert probe_factor(10, 1e-6, complex=True) == pytest.approx(1e-6 ** -0.05)
+
+
+def test_complex_probe_factor_failure_rate():
+    """The worst case of the complex one-pass bound is a rank-one E: the bound fails when
+    |v^H w| < 1/c for every probe, which for one complex probe and delta = 0.1 happens with
+    probability 1 - exp(-0.1) = 0.095 <= delta. Measured over 40000 probes."""
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal(40000) + 1j * rng.standard_normal(40000)) / math.sqrt(2)
+    c = probe_factor(1, 0.1, complex=True)
+    rate = np.mean(np.abs(z) * c < 1.0)
+    assert rate == pytest.approx(1 - math.exp(-0.1), abs=0.006) and rate <= 0.1
+
+
+def test_complex_power_certificate_is_sharp_on_a_hard_spectrum():
+    A = known_spectrum(700, 500, np.r_[1.0, 0.999, np.full(498, 0.5)], rng=3, dtype=np.complex128)
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((500, POWER_STARTS)) + 1j * rng.standard_normal((500, POWER_STARTS)))
+    est, bound = spectral_norm_bound(lambda X: A @ X, lambda Y: A.conj().T @ Y, X, 1e-6)
+    assert est <= 1.0 + 1e-12 and bound >= 1.0
+    assert bound == pytest.approx(SPECTRAL_OVERESTIMATE * est)
+
+
+@pytest.mark.parametrize("kind", ["dense", "large dense", "operator", "sparse"])
+def test_complex_spectral_norm_brackets_the_norm(kind):
+    import scipy.sparse as sp
+
+    from curlinalg import spectral_norm
+
+    m, n = (700, 400) if kind == "large dense" else (90, 60)
+    A = known_spectrum(m, n, polynomial_spectrum(n, power=1.0), rng=2, dtype=np.complex128)
+    s1 = np.linalg.norm(A, 2)
+    given_A = {"operator": aslinearoperator(A), "sparse": sp.csr_matrix(A)}.get(kind, A)
+    c = spectral_norm(given_A, rng=0)
+    assert c.estimate <= s1 * (1 + 1e-12) and s1 <= c.bound
+    assert c.exact == (kind == "dense")
+
+
+def test_complex_certify_on_torch():
+    torch = pytest.importorskip("torch")
+    At = torch.from_numpy(A_BIG_C)
+    res = cur(At, rank=15, rng=0)
+    cert = certify(At, res, rng=0)
+    assert cert.bound >= torch.linalg.matrix_norm(At - res.to_dense(), 2).item()
+
+
+def test_mixed_real_and_complex_operands_are_refused():
+    """A real result certified against a complex A (or the other way round) names each operand;
+    so does a bare callable whose products come back complex for a real result (real probes can
+    miss a complex residual's norm)."""
+    with pytest.raises(TypeError, match=r"A is complex \(complex128\).*left factor is real"):
+        certify(A_BIG_C, RES_BIG)
+    with pytest.raises(TypeError, match=r"A is real \(float64\).*left factor is complex"):
+        certify(aslinearoperator(A_BIG), RES_BIG_C)
+    with pytest.raises(TypeError, match=r"A's products is complex"):
+        certify(lambda X: A_BIG_C @ X, RES_BIG)
+
+
+@pytest.mark.slow
+def test_complex_power_certificate_failure_rate_over_many_seeds():
+    failures = sum(
+        certify(A_BIG_C, RES_BIG_C, failure_probability=0.5, rng=seed).bound < ERR2_C
+        for seed in range(200)
+    )
+    assert failures <= 100

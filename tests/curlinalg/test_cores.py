@@ -84,3 +84,38 @@ def test_public_cores_take_sparse_input_and_cuts():
     f = optimal_core_factors(S, res.C, res.R)
     np.testing.assert_allclose(f.U, res.U, atol=1e-12)
     np.testing.assert_allclose(f.left @ f.right, res.to_dense(), atol=1e-12)
+
+
+def _complex(m, n, seed, spectrum):
+    return known_spectrum(m, n, spectrum, rng=seed, dtype=np.complex128)
+
+
+def test_complex_optimal_core_is_the_pseudoinverse_formula(xp):
+    A = _complex(30, 20, 0, exponential_spectrum(20, decay=0.2))
+    rows, cols = np.array([1, 5, 7, 11]), np.array([0, 3, 8])
+    C, R = A[:, cols], A[rows]
+    U = optimal_core(xp.asarray(A), xp.asarray(C), xp.asarray(R))
+    np.testing.assert_allclose(
+        xp.to_numpy(U), np.linalg.pinv(C) @ A @ np.linalg.pinv(R), rtol=1e-8, atol=1e-10
+    )
+
+
+def test_complex_cores_are_exact_on_low_rank_and_finite_on_deficient_selections():
+    A = _complex(30, 20, 0, step_spectrum(20, rank=3, gap=0.0))
+    rows, cols = np.array([0, 1, 2, 3, 4]), np.array([2, 4, 6, 8])
+    C, R = A[:, cols], A[rows]
+    for U in (optimal_core(A, C, R), cross_core(A, rows, cols)):
+        assert U.dtype == np.complex128 and np.isfinite(U).all()
+        np.testing.assert_allclose(C @ U @ R, A, atol=1e-10)
+    np.testing.assert_allclose(cross_core(A, rows, cols), np.linalg.pinv(A[np.ix_(rows, cols)], rcond=1e-10),
+                               atol=1e-8)
+
+
+def test_mixed_real_and_complex_operands_are_refused():
+    """optimal_core(A, C, R) with a real C or R and a complex A (or the other way round) says
+    which operand is which, before any work."""
+    A = _complex(10, 8, 0, exponential_spectrum(8, decay=0.5))
+    with pytest.raises(TypeError, match=r"A is complex \(complex128\), C is real \(float64\), R is complex"):
+        optimal_core(A, A[:, :3].real, A[:3])
+    with pytest.raises(TypeError, match=r"A is real \(float64\), C is complex \(complex128\), R is real"):
+        optimal_core(A.real, A[:, :3], A[:3].real)

@@ -12,7 +12,7 @@ import scipy.linalg as sla
 from curlinalg import CURWarning, RankDeficiencyWarning, certify, cur, selection_constant
 from curlinalg.cur import METHODS, TOLERANCE_RANK_FACTOR
 from curlinalg.testing import exponential_spectrum, known_spectrum, polynomial_spectrum, step_spectrum
-from curlinalg.testing.strategies import hard_problems, problems
+from curlinalg.testing.strategies import COMPLEX_DTYPES, hard_problems, problems
 
 EPS = np.finfo(np.float64).eps
 
@@ -173,7 +173,8 @@ A_OK = np.random.default_rng(0).standard_normal((6, 5))
         (np.ones((3, 3), dtype=int), {"rank": 1}, TypeError, "float32 or float64"),
         (np.ones((3, 3), dtype=bool), {"rank": 1}, TypeError, "float32 or float64"),
         (np.ones((3, 3), dtype=np.float16), {"rank": 1}, TypeError, "float32 or float64"),
-        (np.ones((3, 3), dtype=complex), {"rank": 1}, TypeError, "A.imag, A.real"),
+        (np.full((3, 3), complex(1.0, np.nan)), {"rank": 1}, ValueError, "NaN or Inf"),
+        (np.full((3, 3), complex(np.inf, 0.0)), {"rank": 1}, ValueError, "NaN or Inf"),
         ([[1.0, 2.0]], {"rank": 1}, TypeError, "numpy, torch or cupy"),
         (A_OK, {"rtol": "1e-3"}, TypeError, "rtol must be"),
         (A_OK, {"rank": 2, "oversample": 2.0}, TypeError, "oversample must be an int"),
@@ -226,7 +227,8 @@ tolerance_module = importlib.import_module("curlinalg.tolerance")
 
 
 def spectral_error(A, res):
-    return np.linalg.norm(A.astype(np.float64) - res.to_dense().astype(np.float64), 2)
+    wide = np.promote_types(A.dtype, np.float64)  # complex128 for complex input
+    return np.linalg.norm(A.astype(wide) - res.to_dense().astype(wide), 2)
 
 
 @pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
@@ -441,3 +443,109 @@ def test_results_on_different_backends_are_not_equal():
     torch = pytest.importorskip("torch")
     A = known_spectrum(30, 20, exponential_spectrum(20, decay=0.3), rng=0)
     assert cur(A, rank=3) != cur(torch.from_numpy(A), rank=3)
+
+
+# Complex input: the same bounds, with conjugate transposes, complex Gaussian sketches and the
+# complex rounding constant (docs/index.md, "Complex input").
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(hard_problems(dtypes=COMPLEX_DTYPES), st.sampled_from(METHODS))
+def test_complex_bound_holds_in_floating_point_at_every_rank(problem, method):
+    """test_bound_holds_in_floating_point_at_every_rank on complex64 and complex128 versions of
+    the hard problems (graded, Hilbert-like, Kahan, clustered, step, duplicated)."""
+    res = cur(problem.A, rank=problem.rank, method=method, rng=problem.seed)
+    assert res.U.dtype == problem.A.dtype and res.C.dtype == problem.A.dtype
+    assert np.isfinite(res.bound)
+    assert spectral_error(problem.A, res) <= res.bound
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(hard_problems(dtypes=COMPLEX_DTYPES), st.sampled_from(METHODS))
+def test_complex_sketch_core_bound_holds_on_randomized_bases(problem, method):
+    """Complex Gaussian sketches: the sketch core's bound with its certified residual."""
+    res = cur(problem.A, rank=problem.rank, method=method, basis="randomized", core="sketch",
+              oversample=2, power_iters=1, rng=problem.seed)
+    assert res.basis == "randomized" and res.U.dtype == problem.A.dtype
+    assert spectral_error(problem.A, res) <= res.bound
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(problems(dtypes=COMPLEX_DTYPES), st.sampled_from(METHODS))
+def test_complex_deim_type_bound_from_returned_indices(problem, method):
+    """||A - CUR||_2 <= (eta_p + eta_q)(sigma_{k+1} + rho), eta from the exact singular vectors
+    (V = Vh^H) of a complex matrix."""
+    A = problem.A
+    res = cur(A, rank=problem.rank, method=method, rng=problem.seed)
+    k = res.rank
+    U, s, Vh = np.linalg.svd(A.astype(np.complex128), full_matrices=False)
+    eta_p = selection_constant(U[:, :k], res.rows)
+    eta_q = selection_constant(Vh[:k].conj().T, res.cols)
+    err = spectral_error(A, res)
+    assert err <= (eta_p + eta_q) * (s[k] + res.rounding)
+    assert err <= res.bound
+
+
+def test_complex_rank_is_the_complex_rank():
+    """A complex rank-3 matrix is recovered exactly at rank 3 (its real embedding would need
+    rank 6), with complex factors."""
+    rng = np.random.default_rng(0)
+    A = (rng.standard_normal((30, 3)) + 1j * rng.standard_normal((30, 3))) @ (
+        rng.standard_normal((3, 20)) + 1j * rng.standard_normal((3, 20)))
+    for method in METHODS:
+        res = cur(A, rank=3, method=method, rng=0)
+        assert res.C.dtype == np.complex128
+        assert spectral_error(A, res) <= res.bound < 1e-10 * np.linalg.norm(A, 2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_complex_result_keeps_namespace_device_dtype(xp, method, dtype):
+    A = known_spectrum(40, 30, exponential_spectrum(30, decay=0.3), rng=0,
+                       dtype=np.complex128).astype(dtype)
+    res = cur(xp.asarray(A), rank=5, method=method, rng=0)
+    for arr in (res.C, res.U, res.R):
+        assert type(arr) is type(xp.asarray(A))
+        assert str(arr.dtype).endswith(dtype)
+    assert spectral_error(A, _on_host(res, xp)) <= res.bound
+
+
+def _on_host(res, xp):
+    """The result's dense approximation, as an object spectral_error reads."""
+    dense = xp.to_numpy(res.to_dense())
+    return type("Dense", (), {"to_dense": lambda self: dense})()
+
+
+@given(problems(min_dim=10, max_dim=50, kinds=("exponential",), dtypes=("complex128",)),
+       st.sampled_from(["deim", "qdeim", "maxvol"]))
+def test_complex_numpy_and_torch_agree(problem, method):
+    torch = pytest.importorskip("torch")
+    A, k = problem.A, min(problem.rank, 8)  # within the numerical rank: no ties to break
+    res_np = cur(A, rank=k, method=method)
+    res_t = cur(torch.from_numpy(A), rank=k, method=method)
+    np.testing.assert_array_equal(np.sort(res_t.rows.numpy()), np.sort(res_np.rows))
+    np.testing.assert_array_equal(np.sort(res_t.cols.numpy()), np.sort(res_np.cols))
+    err_np, err_t = spectral_error(A, res_np), np.linalg.norm(A - res_t.to_dense().numpy(), 2)
+    assert err_t == pytest.approx(err_np, rel=1e-6, abs=rounding_slack(A, res_np))
+
+
+@pytest.mark.parametrize("tols", [{"rtol": 1e-3}, {"atol": 1e-4}])
+def test_complex_tolerance_is_certified(tols):
+    s = exponential_spectrum(60, decay=0.3)
+    A = known_spectrum(80, 60, s, rng=3, dtype=np.complex128)
+    res = cur(A, **tols, rng=0)
+    target = max(tols.get("atol", 0), tols.get("rtol", 0) * s[0])
+    assert res.certificate.bound <= target
+    assert spectral_error(A, res) <= res.certificate.bound * (1 + 1e-10)
+    assert s[res.rank] <= target
+
+
+def test_complex_tolerance_on_a_randomized_basis():
+    """700 x 600 complex: complex Gaussian sketches grown to the tolerance, and the power
+    certificate with complex starts."""
+    s = exponential_spectrum(600, decay=0.1)
+    A = known_spectrum(700, 600, s, rng=4, dtype=np.complex128)
+    res = cur(A, rtol=1e-4, rng=0)
+    assert res.basis == "randomized" and not res.certificate.exact
+    assert res.certificate.bound <= 1e-4 * s[0]
+    assert spectral_error(A, res) <= res.certificate.bound

@@ -195,7 +195,7 @@ def tripwire(shape=(60, 40), chunks=(30, 20), dtype=np.float64):
     [
         (lambda A: A[A[:, 0] > 0], ValueError, "compute_chunk_sizes"),
         (lambda A: A.astype(np.int64), TypeError, "float32 or float64"),
-        (lambda A: A.astype(np.complex128), TypeError, "loses nothing"),
+        (lambda A: A.astype(np.float16), TypeError, "float32 or float64"),
         (lambda A: A[:0], ValueError, "non-empty"),
         (lambda A: A[None], ValueError, r"got shape \(1, 60, 40\)"),
         (lambda A: A[:, 0], ValueError, r"got shape \(60,\)"),
@@ -239,3 +239,28 @@ def test_public_core_takes_the_lazy_cuts(distributed_matrix, matrix):
     res = cur(A, rank=8, rng=0)
     f = optimal_core_factors(A, res.C, res.R)
     np.testing.assert_allclose(f.left @ f.right, res.to_dense(), atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def complex_matrix():
+    return known_spectrum(M, N, exponential_spectrum(N, decay=0.1), rng=0, dtype=np.complex128)
+
+
+def test_complex_dask_input_matches_numpy_and_costs_the_documented_passes(client, complex_matrix, passes):
+    """A complex dask array spread over both workers: A^H Y as a lazy conjugate-transpose
+    product, the same rows and columns as numpy, lazy cuts, the bound, an ID and certify."""
+    A, _ = spread(client, complex_matrix)
+    q = 1
+    res = cur(A, rank=12, basis="randomized", power_iters=q, rng=0)
+    ref = cur(complex_matrix, rank=12, basis="randomized", power_iters=q, rng=0)
+    assert passes["matmat"] == q + 1 and passes["rmatmat"] == q + 2
+    np.testing.assert_array_equal(res.rows, ref.rows)
+    np.testing.assert_array_equal(res.cols, ref.cols)
+    np.testing.assert_array_equal(res.R.compute(), complex_matrix[res.rows])
+    assert res.U.dtype == np.complex128
+    assert spectral_error(complex_matrix, res) <= res.bound
+    cert = certify(A, res, rng=0)
+    assert spectral_error(complex_matrix, res) <= cert.bound
+    rid = interpolative(A, rank=10, axis="columns", basis="randomized", rng=0)
+    np.testing.assert_allclose(rid.skeleton, complex_matrix[:, rid.indices])  # through A^T
+    assert spectral_error(complex_matrix, rid) <= rid.bound

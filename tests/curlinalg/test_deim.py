@@ -164,3 +164,46 @@ def test_deim_cur_reference_example_of_sorensen_and_embree(k):
     assert sp.issparse(res.C) and sp.issparse(res.R)
     err = np.linalg.norm(dense - res.to_dense(), 2)
     assert err <= (res.eta_rows + res.eta_cols) * (sig[k] + res.rounding)
+
+
+# Complex bases: pivots by modulus, conjugate inner products in pivoted Gram-Schmidt; the a
+# priori constants hold as for real bases (their proofs use moduli and norms only).
+def unitary(n, k, seed, dtype=np.complex128):
+    g = np.random.default_rng(seed)
+    return np.linalg.qr(g.standard_normal((n, k)) + 1j * g.standard_normal((n, k)))[0].astype(dtype)
+
+
+@given(shapes)
+def test_complex_deim_matches_its_definition_and_the_constants(shape):
+    n, k, seed = shape
+    V = unitary(n, k, seed)
+    rows = deim(V)
+    np.testing.assert_array_equal(rows, naive_deim(V))
+    slack = 1 + 1e-10
+    assert selection_constant(V, rows) <= deim_bound(n, k) * slack
+    assert selection_constant(V, qdeim(V)) <= qdeim_bound(n, k) * slack
+
+
+@given(shapes)
+def test_complex_fallbacks_and_device_paths_match_lapack(shape):
+    """Complex DEIM is the array-API elimination on every backend (pivots by modulus: complex
+    getrf would pivot on |Re| + |Im|); Q-DEIM's zgeqp3 against pivoted Gram-Schmidt, on the host
+    and on the torch path CUDA tensors take."""
+    torch = pytest.importorskip("torch")
+    n, k, seed = shape
+    V = unitary(n, k, seed)
+    Vt = torch.from_numpy(V)
+    np.testing.assert_array_equal(deim(Vt).numpy(), deim(V))
+    np.testing.assert_array_equal(_lu_row_order_xp(Vt).numpy(), deim(V))
+    eta = selection_constant(V, qdeim(V))
+    assert selection_constant(V, _pivoted_rows_xp(V, k)) == pytest.approx(eta, rel=1e-6)
+    assert selection_constant(V, _pivoted_rows_xp(Vt, k).numpy()) == pytest.approx(eta, rel=1e-6)
+
+
+@pytest.mark.parametrize("select", [deim, qdeim])
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_indices_on_the_input_backend(xp, select, dtype):
+    V = unitary(40, 6, 0, dtype)
+    rows = select(xp.asarray(V))
+    assert type(rows) is type(xp.asarray(V))
+    np.testing.assert_array_equal(np.sort(xp.to_numpy(rows)), np.sort(select(V)))

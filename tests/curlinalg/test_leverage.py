@@ -73,3 +73,23 @@ def test_matrix_chernoff_guarantee_over_many_seeds():
         failures += eta**2 > worst / (1 - eps)
     p_fail = sampling_failure_probability(k, c, eps)
     assert failures <= binom.isf(1e-6, trials, p_fail)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_scores_are_real_and_sum_to_rank(xp, dtype):
+    """Leverage scores of a complex matrix are the squared moduli of its singular vectors' rows:
+    real (float32 for complex64), summing to k."""
+    A = known_spectrum(40, 30, exponential_spectrum(30, decay=0.2), rng=0, dtype=np.complex128)
+    s = leverage_scores(xp.asarray(A.astype(dtype)), rank=4)
+    assert str(s.rows.dtype).endswith("float32" if dtype == np.complex64 else "float64")
+    assert float(s.rows.sum()) == pytest.approx(4.0, rel=1e-5)
+    U, _, Vh = np.linalg.svd(A)
+    np.testing.assert_allclose(xp.to_numpy(s.rows), np.sum(np.abs(U[:, :4]) ** 2, axis=1), atol=1e-5)
+    np.testing.assert_allclose(xp.to_numpy(s.cols), np.sum(np.abs(Vh[:4]) ** 2, axis=0), atol=1e-5)
+    sample = leverage_sample(s.rows, samples=20, rng=0)  # the sampler takes them as they are
+    assert int(xp.to_numpy(sample.counts).sum()) == 20
+
+
+def test_complex_scores_are_refused_by_the_sampler():
+    with pytest.raises(TypeError, match="float32 or float64 scores"):
+        leverage_sample(np.ones(3, dtype=np.complex128), samples=2)

@@ -230,3 +230,98 @@ def test_selections_identical_to_teneva():
             rows, ours = maxvol(TENEVA_A, tol=e, max_iters=k)
         np.testing.assert_array_equal(rows, I)
         np.testing.assert_allclose(ours, B, atol=1e-10)
+
+
+# Complex input: pivots by modulus |B_ij|, row norms sum |B_ij|^2, and the rank-one updates
+# with conjugates (B <- [B - l v c, l v], v = B c^H, l = 1 / (1 + c c^H)).
+complex_tall = st.tuples(st.integers(2, 80), st.integers(1, 8), st.integers(0, 2**32 - 1)).filter(
+    lambda t: t[0] >= t[1]
+)
+
+
+def complex_normal(shape, seed):
+    g = np.random.default_rng(seed)
+    return g.standard_normal(shape) + 1j * g.standard_normal(shape)
+
+
+@given(complex_tall, st.sampled_from([1.0, 1.05, 1.5]))
+def test_complex_maxvol_postcondition_and_bound(shape, tol):
+    n, k, seed = shape
+    A = np.linalg.qr(complex_normal((n, k), seed))[0]
+    rows, B = maxvol(A, tol=tol, max_iters=10_000)
+    assert B.dtype == np.complex128
+    assert np.abs(B).max() <= tol * (1 + 1e-12)
+    np.testing.assert_allclose(B, A @ np.linalg.inv(A[rows]), atol=1e-8)
+    assert selection_constant(A, rows) <= maxvol_bound(n, k, tol) * (1 + 1e-10)
+
+
+@given(complex_tall, st.sampled_from([0.5, 1.0, 2.0]), st.booleans())
+def test_complex_rect_maxvol_postcondition(shape, tol, identity):
+    n, k, seed = shape
+    A = complex_normal((n, k), seed)
+    rows, B = rect_maxvol(A, tol=tol, identity=identity)
+    assert len(set(rows.tolist())) == len(rows) >= k
+    np.testing.assert_allclose(B @ A[rows], A, atol=1e-8)
+    if identity:
+        np.testing.assert_allclose(B[rows], np.eye(len(rows)), atol=1e-12)
+    else:
+        np.testing.assert_allclose(B, A @ np.linalg.pinv(A[rows]), atol=1e-8)
+    others = np.setdiff1d(np.arange(n), rows)
+    if len(others):
+        assert np.linalg.norm(B[others], axis=1).max() <= tol * (1 + 1e-8)
+
+
+# maxvolpy's own fixture (maxvolpy, tests of maxvol and rect_maxvol): a 1000 x 100 complex
+# normal matrix; the coefficients of maxvol have modulus at most tol = 1.05, and the rows of
+# rect_maxvol's coefficients outside the selection have norm at most tol = 1.
+MAXVOLPY_A = complex_normal((1000, 100), 0)
+
+
+def test_maxvolpy_complex_maxvol_case():
+    rows, B = maxvol(MAXVOLPY_A, tol=1.05, max_iters=100)  # maxvolpy's defaults
+    assert rows.shape == (100,) and B.dtype == np.complex128
+    assert np.abs(B).max() <= 1.05
+    np.testing.assert_allclose(B[rows], np.eye(100), atol=1e-10)
+    np.testing.assert_allclose(B, MAXVOLPY_A @ np.linalg.inv(MAXVOLPY_A[rows]), atol=1e-10)
+
+
+def test_maxvolpy_complex_rect_maxvol_case():
+    rows, B = rect_maxvol(MAXVOLPY_A, tol=1.0, maxvol_iters=10, identity=True)  # maxvolpy's form
+    others = np.setdiff1d(np.arange(1000), rows)
+    assert len(rows) > 100
+    assert np.linalg.norm(B[others], axis=1).max() <= 1.0
+    np.testing.assert_allclose(B[rows], np.eye(len(rows)), atol=1e-10)
+    np.testing.assert_allclose(B @ MAXVOLPY_A[rows], MAXVOLPY_A, atol=1e-8)
+
+
+def test_complex_numba_device_and_host_loops_agree():
+    """The numba kernel (complex specialisation), the array-API loop and the device loop pick the
+    same rows on complex coefficients."""
+    torch = pytest.importorskip("torch")
+    from curlinalg import _numba
+    from curlinalg.maxvol import _coefficients, _swap_loop_device, _swap_loop_xp
+
+    A = complex_normal((500, 12), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = maxvol(A, max_iters=0)[0]
+    B0 = _coefficients(A, start, np)
+    ref_rows, ref_B = _swap_loop_xp(B0.copy(), start.copy(), 1.05, 100, np)
+    Bt = torch.from_numpy(B0.copy())
+    rows, B = _swap_loop_device(Bt, torch.from_numpy(start.copy()), 1.05, 100, array_namespace(Bt))
+    np.testing.assert_array_equal(rows.numpy(), ref_rows)
+    np.testing.assert_allclose(B.numpy(), ref_B, rtol=1e-10, atol=1e-12)
+    if _numba.available():
+        nrows, nB = _numba.maxvol_swaps(np.ascontiguousarray(B0), start.copy(), 1.05, 100)
+        np.testing.assert_array_equal(nrows, ref_rows)
+        np.testing.assert_allclose(nB, ref_B, rtol=1e-12, atol=1e-12)
+
+
+def test_complex_backends_agree(xp):
+    A = complex_normal((300, 8), 1)
+    rows, B = maxvol(xp.asarray(A))
+    ref_rows, ref_B = maxvol(A)
+    np.testing.assert_array_equal(xp.to_numpy(rows), ref_rows)
+    np.testing.assert_allclose(xp.to_numpy(B), ref_B, atol=1e-10)
+    rrows, _ = rect_maxvol(xp.asarray(A), tol=1.0)
+    np.testing.assert_array_equal(xp.to_numpy(rrows), rect_maxvol(A, tol=1.0)[0])

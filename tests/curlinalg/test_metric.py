@@ -292,3 +292,25 @@ def test_gram_matrix_of_no_tokens_is_zero():
 
     G = gram_matrix(np.ones((0, 3)))
     assert G.shape == (3, 3) and not G.any()
+
+
+def test_the_activation_metric_is_real_only():
+    """Complex input to the metric routines (weights and activations of a network are real) is
+    refused before any work, naming the routine and the operand."""
+    from curlinalg.metric import gram_matrix
+
+    Z = np.ones((6, 4), dtype=np.complex128)
+    H = np.eye(4)
+    cases = [
+        (lambda: weighted_cur(Z, whitening(H), rank=2), "weighted_cur.*A of dtype complex128"),
+        (lambda: whitening(H.astype(np.complex64)), "whitening.*H of dtype complex64"),
+        (lambda: gram_matrix(Z), "gram_matrix.*X of dtype complex128"),
+        (lambda: weighted_norm(Z, gram=H), "weighted_norm.*E of dtype complex128"),
+        (lambda: whitening(H).whiten(Z), "Whitening.whiten.*A of dtype complex128"),
+        (lambda: whitening(H).whiten(Z.real, cross=H.astype(complex)), "whiten.*cross of dtype complex128"),
+        (lambda: weighted_cur(Z.real, whitening(H), rank=2, cross=H.astype(complex)),
+         "weighted_cur.*cross of dtype complex128"),
+    ]
+    for call, match in cases:
+        with pytest.raises(TypeError, match=f"{match}.*drop metric=/cross= for a complex matrix"):
+            call()

@@ -20,7 +20,8 @@ cur_module = importlib.import_module("curlinalg.cur")
 
 def spectral_error(A, res):
     A = A.toarray() if sp.issparse(A) else np.asarray(A)
-    return np.linalg.norm(A.astype(np.float64) - res.to_dense().astype(np.float64), 2)
+    wide = np.promote_types(A.dtype, np.float64)  # complex128 for complex input
+    return np.linalg.norm(A.astype(wide) - res.to_dense().astype(wide), 2)
 
 
 def large_sparse(m=1500, n=800, density=4e-3):
@@ -131,15 +132,24 @@ def test_np_matrix_is_converted():
     assert certify(np.asmatrix(A), res).exact
 
 
-def test_complex_is_refused_with_advice_that_loses_nothing():
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_complex_sparse_and_operator_give_the_dense_result(dtype):
+    """A complex matrix as scipy.sparse and as a LinearOperator (whose rmatmat is the adjoint
+    A^H Y) selects what the dense matrix selects, with the same bound."""
     rng = np.random.default_rng(0)
-    A = rng.standard_normal((8, 6)) + 1j * rng.standard_normal((8, 6))
-    with pytest.raises(TypeError, match=r"A.real, -A.imag") as info:
-        cur(A, rank=2)
-    assert "loses nothing" in str(info.value)
-    real = np.block([[A.real, -A.imag], [A.imag, A.real]])
-    s = np.linalg.svd(A, compute_uv=False)
-    np.testing.assert_allclose(np.linalg.svd(real, compute_uv=False), np.repeat(s, 2), atol=1e-12)
+    A = (known_spectrum(40, 30, exponential_spectrum(30, decay=0.3), rng=0)
+         * np.exp(1j * rng.uniform(0, 2 * np.pi, (40, 30)))).astype(dtype)
+    dense = cur(A, rank=6, rng=0)
+    op = LinearOperator(A.shape, matvec=lambda x: A @ x, rmatvec=lambda y: A.conj().T @ y,
+                        dtype=dtype)
+    for B in (sp.csr_matrix(A), op):
+        res = cur(B, rank=6, rng=0)
+        np.testing.assert_array_equal(res.rows, dense.rows)
+        np.testing.assert_array_equal(res.cols, dense.cols)
+        R = res.R.toarray() if sp.issparse(res.R) else res.R
+        np.testing.assert_allclose(R, A[res.rows], rtol=0, atol=0)  # through the adjoint, conjugated back
+        assert res.to_dense().dtype == dtype
+        assert spectral_error(A, res) <= res.bound
 
 
 def test_integer_like_options_are_accepted_consistently():
@@ -183,7 +193,7 @@ def test_certify_refuses_what_is_not_a_result():
         (sp.csr_matrix(np.full((3, 3), np.nan)), "NaN or Inf"),
         (sp.csr_matrix((0, 3)), "non-empty"),
         (sp.csr_matrix(np.ones((3, 3), dtype=np.int64)), "float32 or float64"),
-        (sp.csr_matrix(np.ones((3, 3), dtype=np.complex128)), "A.imag"),
+        (sp.csr_matrix(np.full((3, 3), complex(0.0, np.inf))), "NaN or Inf"),
         ({"not": "a matrix"}, "scipy.sparse"),
     ],
 )

@@ -9,7 +9,7 @@ from curlinalg.sketch import randomized_failure_factor
 from curlinalg.testing import (
     exponential_spectrum, known_spectrum, polynomial_spectrum, rank_deficient_spectrum,
 )
-from curlinalg.testing.strategies import hard_problems, problems
+from curlinalg.testing.strategies import COMPLEX_DTYPES, hard_problems, problems
 
 
 def test_range_finder_orthonormal_and_exact_on_low_rank(xp):
@@ -130,3 +130,66 @@ def test_truncated_svd_tolerance_below_the_rounding_floor_warns():
 def test_truncated_svd_bad_stopping_rules(kwargs, err, match):
     with pytest.raises(err, match=match):
         truncated_svd(np.ones((8, 5)), **kwargs)
+
+
+# Complex input: complex Gaussian test matrices, A^H in the power iterations and in B = Q^H A,
+# V = Vh^H, and the complex probe factor of the residual certificate.
+def _svd_error_c(A, t):
+    A = A.astype(np.complex128)
+    USV = (t.U.astype(np.complex128) * t.s[: t.rank]) @ t.V.astype(np.complex128).conj().T
+    return np.linalg.norm(A - USV, 2)
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_complex_range_finder_orthonormal_and_exact_on_low_rank(xp, dtype):
+    A = known_spectrum(60, 50, rank_deficient_spectrum(50, rank=6), rng=0, dtype=np.complex128)
+    Q = range_finder(xp.asarray(A.astype(dtype)), size=8, rng=1)
+    assert str(Q.dtype).endswith(dtype)
+    Q = xp.to_numpy(Q).astype(np.complex128)
+    tol = 1e-4 if dtype == "complex64" else 1e-10
+    np.testing.assert_allclose(Q.conj().T @ Q, np.eye(8), atol=tol)
+    np.testing.assert_allclose(Q @ (Q.conj().T @ A), A, atol=tol)
+
+
+def test_complex_sketches_are_standard_complex_normal():
+    """The test matrices of complex input are standard complex Gaussian: E|z|^2 = 1 with the
+    variance split evenly between the real and imaginary parts, which the probe factor uses."""
+    from curlinalg._backend import Random
+
+    for like in (np.zeros((1, 1), dtype=np.complex128), pytest.importorskip("torch").zeros(
+            (1, 1), dtype=pytest.importorskip("torch").complex128)):
+        z = np.asarray(Random(0, like).normal((200_000,)))
+        assert z.dtype == np.complex128
+        assert np.mean(np.abs(z) ** 2) == pytest.approx(1.0, abs=0.01)
+        assert np.var(z.real) == pytest.approx(0.5, abs=0.01) and abs(np.mean(z.real * z.imag)) < 0.01
+
+
+@pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
+@given(hard_problems(max_dim=40, dtypes=COMPLEX_DTYPES), st.sampled_from(["exact", "randomized"]))
+def test_complex_truncated_svd_bound_holds_at_every_rank(problem, kind):
+    t = truncated_svd(problem.A, rank=problem.rank, kind=kind, oversample=2, power_iters=1,
+                      rng=problem.seed)
+    assert t.U.dtype == problem.A.dtype and t.s.dtype.kind == "f"
+    assert _svd_error_c(problem.A, t) <= t.bound
+
+
+@given(problems(max_dim=40, dtypes=COMPLEX_DTYPES), st.sampled_from([1e-1, 1e-4]),
+       st.sampled_from(["exact", "randomized"]))
+def test_complex_truncated_svd_tolerance_is_the_numerical_rank(problem, rtol, kind):
+    A, s = problem.A, problem.s
+    t = truncated_svd(A, rtol=rtol, kind=kind, rng=problem.seed)
+    target = rtol * s[0]
+    k = t.rank
+    assert _svd_error_c(A, t) <= t.bound <= target
+    assert s[k] <= target if k < len(s) else True
+    assert k == 1 or s[k - 1] > target - t.residual - t.rounding
+
+
+def test_complex_randomized_residual_bounds_the_basis_error():
+    A = known_spectrum(400, 300, exponential_spectrum(300, decay=0.05), rng=0, dtype=np.complex128)
+    t = truncated_svd(A, rank=20, kind="randomized", rng=0)
+    U, V = t.U, t.V
+    for j in (5, 20):
+        assert np.linalg.norm(A - U[:, :j] @ (U[:, :j].conj().T @ A), 2) <= t.tail(j)
+        assert np.linalg.norm(A - (A @ V[:, :j]) @ V[:, :j].conj().T, 2) <= t.tail(j)
+    assert t.residual > 0
