@@ -28,7 +28,7 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from . import _backend, _validation
+from . import _backend, _errors, _validation
 from .metric import _plus_diagonal, solve_psd, whitening
 
 __all__ = ["OutputIDCurve", "OutputID", "output_id_curve", "output_id"]
@@ -105,6 +105,9 @@ def _host(x: Any) -> np.ndarray:
 
 def _check(gram: Any, weight: Any) -> Any:
     xp = _backend.namespace(gram, weight)
+    for name, x in (("gram", gram), ("weight", weight)):  # complex: the metric's own refusal, by name
+        if xp.isdtype(x.dtype, "complex floating"):
+            _validation.check_dtype(x.dtype, xp, real_only=("output_id", _errors.METRIC_REAL_ONLY), name=name)
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0 or not xp.isdtype(gram.dtype, "real floating"):
         raise ValueError(_ERR_GRAM.format(shape=tuple(gram.shape), dtype=gram.dtype))
     if weight.ndim != 2 or weight.shape[1] != gram.shape[0] or not xp.isdtype(weight.dtype, "real floating"):

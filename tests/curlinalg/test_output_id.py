@@ -154,3 +154,10 @@ def test_given_order_that_splits_an_item_is_refused():
     Z, W = _problem(6, 40, 4, 2, 0.1)
     with pytest.raises(ValueError, match="splits an item"):
         output_id_curve(Z.T @ Z, W, groups=[0, 0, 1, 1], order=[0, 2, 1, 3])
+
+
+def test_complex_input_gets_the_metric_refusal_by_name():
+    with pytest.raises(TypeError, match="real matrices only.*gram.*complex"):
+        output_id_curve(np.eye(4) + 0j, np.ones((2, 4)))
+    with pytest.raises(TypeError, match="real matrices only.*weight.*complex"):
+        output_id(np.eye(4), np.ones((2, 4)) + 1j, rank=2)
