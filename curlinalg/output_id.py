@@ -148,6 +148,8 @@ def output_id_curve(gram: Any, weight: Any, /, *, ridge: float = 1e-6, groups: A
         Shapes that do not pair up, non-float or non-finite input, a negative ``ridge``;
         ``groups`` or ``order`` of the wrong length, an ``order`` that is not a permutation or
         splits an item.
+    TypeError
+        A complex ``gram`` or ``weight`` (the activation metric is real).
 
     Notes
     -----
@@ -308,6 +310,8 @@ def output_id(
     ValueError
         Shapes that do not pair up, ``rank`` out of range, an ``order`` that is not a
         permutation, ``mix`` outside [0, 1], negative ``ridge`` or ``shift``.
+    TypeError
+        A complex ``gram`` or ``weight`` (the activation metric is real).
 
     Notes
     -----
