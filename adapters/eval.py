@@ -88,7 +88,6 @@ def context_length(model, /) -> int | None:
     return None if found is None else found[0]
 
 
-@torch.no_grad()
 def _token_nll(logits: torch.Tensor, ids: torch.Tensor, /, *, chunk: int = 256) -> torch.Tensor:
     """``-log p(ids[:, t + 1] | ids[:, :t + 1])`` for each position ``t``, in float32, from
     ``chunk`` positions at a time: the log-softmax of a whole window would hold a second copy
@@ -101,6 +100,7 @@ def _token_nll(logits: torch.Tensor, ids: torch.Tensor, /, *, chunk: int = 256) 
     return torch.cat(out, dim=1)
 
 
+@torch.no_grad()
 def perplexity(
     model,
     tokenizer,

@@ -60,3 +60,12 @@ def test_token_nll_in_chunks_is_the_whole_window_log_softmax():
     want = -torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     for chunk in (1, 5, 36, 100):  # chunks that split the window, end on it, and exceed it
         torch.testing.assert_close(_token_nll(logits, ids, chunk=chunk), want, rtol=0, atol=1e-6)
+
+
+def test_perplexity_builds_no_autograd_graph():
+    """Scoring keeps no activations for a backward pass (the parameters require grad)."""
+    model = make_tiny_llama(0)
+    seen = []
+    model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
+    perplexity(model, None, torch.arange(64) % 128, seqlen=32, progress=False)
+    assert seen == [False, False]
