@@ -17,7 +17,7 @@ from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .hf_quantizer import attach, check_quantization, drop_dequantized_record, is_recorded, rebuild_buffers
 from .layouts import mark_feature_major
-from .pruned import settle_widths
+from .pruned import settle_heads, settle_widths
 from .experts import ExpertLinears, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
@@ -532,6 +532,7 @@ def compress(
     model.compression_config = config
     mark_feature_major(model)  # gated MLPs' gate/up skip their output copy (adapters.layouts)
     settle_widths(model)  # one width for every MLP: the family's own config, a stock architecture
+    settle_heads(model)  # one number of KV heads for every attention: likewise
     rebuild_buffers(model)  # e.g. a rotary inv_freq cast by model.to(bf16): as from_pretrained builds it
     if hasattr(model, "config") and any(is_recorded(m) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
