@@ -455,12 +455,19 @@ class SVDConfig(BudgetConfig):
 
 #: What a :class:`StructuredConfig` does with the targets that have no structured unit.
 STRUCTURED_MATRICES = ("dense", "interpolative")
-#: The kinds of structured unit: MLP neurons, attention value-output dimensions, whole KV heads.
-STRUCTURED_UNITS = ("mlp", "vo", "heads")
+#: The kinds of structured unit: MLP neurons, attention value-output dimensions, whole KV heads,
+#: attention query-key dimensions.
+STRUCTURED_UNITS = ("mlp", "vo", "heads", "qk")
 _ERR_UNIT_CLASH = (
-    "units={units!r} asks for whole-head units and {other!r} units of the same attentions; a head is kept whole "
-    "or cut inside, not both. Pass units=('mlp', 'heads') or units=('mlp', {other!r})"
+    "units={units!r} asks for {a!r} and {b!r} units of the same attentions, and an attention is one unit "
+    "({why}). Pass units=('mlp', {a!r}) or units=('mlp', {b!r})"
 )
+#: Unit kinds that cannot share an attention, and why.
+_CLASHES = {
+    ("heads", "vo"): "a head is kept whole or cut inside, not both",
+    ("heads", "qk"): "a head is kept whole or cut inside, not both",
+    ("vo", "qk"): "value-output and query-key units of one attention are not built together yet",
+}
 #: Where a :class:`StructuredConfig` weighs errors by the loss (:mod:`adapters.sensitivity`):
 #: in the allocation of widths and ranks, in the fit of the units.
 LOSS_AWARE = ("allocation", "fit")
@@ -559,9 +566,9 @@ class StructuredConfig(ActivationConfig):
                              f"{self.loss_aware!r}")
         if not self.units or not set(self.units) <= set(STRUCTURED_UNITS) or len(set(self.units)) != len(self.units):
             raise ValueError(f"units must be a non-empty tuple of distinct values from {STRUCTURED_UNITS}, got {self.units!r}")
-        for other in ("vo", "qk"):
-            if "heads" in self.units and other in self.units:
-                raise ValueError(_ERR_UNIT_CLASH.format(units=self.units, other=other))
+        for (a, b), why in _CLASHES.items():
+            if a in self.units and b in self.units:
+                raise ValueError(_ERR_UNIT_CLASH.format(units=self.units, a=a, b=b, why=why))
         if self.matrices not in STRUCTURED_MATRICES:
             raise ValueError(f"matrices must be one of {STRUCTURED_MATRICES}, got {self.matrices!r}")
         if not isinstance(self.uniform, bool):

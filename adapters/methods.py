@@ -500,12 +500,91 @@ class _Heads(Method):
         return Fit(None, groups.tolist(), cols.tolist(), res.rel_error, replaces)
 
 
+class _QueryKey(Method):
+    """An attention's query-key pair keeping ``r`` of the ``d / 2`` rotary pairs of dimensions of
+    each KV group (:func:`curlinalg.score_cr`: the CR approximation of the score matrices).
+
+    The query heads that share a KV head keep the same pairs (those of the shared ``k_proj``
+    rows); the other rows of ``q_proj`` and ``k_proj`` become zero outputs
+    (:class:`adapters.layer.ScatteredLinear`, their bias entries zeroed), so the attention is
+    unchanged and still computes dot products over ``head_dim``. No refit: the kept rows are
+    the dense ones. Its shape is ``(head_dim // 2, n)``: ``n`` parameters per kept pair (two
+    rows of ``k_proj`` per KV head, two of ``q_proj`` per query head).
+    """
+
+    form = "query-key"
+    unit = "qk"
+
+    def anchor(self, model, name, /):
+        return f"{name}.q_proj"
+
+    def members(self, model, name, /):
+        attention = model.get_submodule(name)
+        return [attention.q_proj, attention.k_proj]
+
+    def shape(self, module, /):
+        kv, q, d = heads_of(module)
+        return (d // 2, 2 * (kv * module.k_proj.in_features + q * module.q_proj.in_features))
+
+    def params(self, m, n, r, /):
+        return r * n
+
+    def max_rank(self, m, n, /):
+        return m - 1
+
+    @staticmethod
+    def _groups(gram, Wq, Wk, heads):
+        """:func:`curlinalg.score_cr` of every KV group."""
+        kv, q, d = heads
+        g = q // kv
+        return [curlinalg.score_cr(gram, Wq[j * g * d:(j + 1) * g * d], Wk[j * d:(j + 1) * d]) for j in range(kv)]
+
+    @staticmethod
+    def _errors(crs) -> np.ndarray:
+        """The relative squared error of all the attention's score matrices at every ``r``."""
+        total = sum(c.total for c in crs)
+        return sum(c.errors * c.total for c in crs) / (total if total > 0 else 1.0)
+
+    def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
+        heads = heads_of(model.get_submodule(name))
+        with onloaded(model, f"{name}.q_proj") as q, onloaded(model, f"{name}.k_proj") as k:
+            Wq, _ = _weighted(q.weight, outputs)
+            Wk = k.weight.detach().to(torch.float64)
+            return self._errors(self._groups(stats.gram, Wq, Wk, heads))[: heads[2] // 2 - 1]
+
+    def fit_unit(self, config, model, name, stats, metrics, rank, *, outputs=None) -> Fit:
+        """Keep ``rank`` rotary pairs of each KV group of the attention ``name`` (``outputs`` as
+        :meth:`_Neurons.unit_curve`: the query rows' weights)."""
+        kv, q, d = heads = heads_of(model.get_submodule(name))
+        g = q // kv
+        with onloaded(model, f"{name}.q_proj") as qp, onloaded(model, f"{name}.k_proj") as kp:
+            Wq, _ = _weighted(qp.weight, outputs)
+            crs = self._groups(stats.gram, Wq, kp.weight.detach().to(torch.float64), heads)
+            dims = [np.sort(c.items[c.order[:rank]].ravel()) for c in crs]
+            device = kp.weight.device
+            k_rows = torch.as_tensor(np.concatenate([j * d + dims[j] for j in range(kv)]), device=device)
+            q_rows = torch.as_tensor(np.concatenate([h * d + dims[h // g] for h in range(q)]), device=device)
+            replaces = {attr: _kept_rows(lin, rows) for attr, lin, rows in (("q_proj", qp, q_rows), ("k_proj", kp, k_rows))}
+        rel = float(np.sqrt(max(float(self._errors(crs)[rank - 1]), 0.0)))
+        return Fit(None, k_rows.tolist(), [], rel, replaces)
+
+
+def _kept_rows(linear: nn.Linear, rows: torch.Tensor, /) -> ScatteredLinear:
+    """``linear``'s ``rows`` in place, every other output zero (its bias entry too)."""
+    bias = None
+    if linear.bias is not None:
+        bias = torch.zeros_like(linear.bias.detach())
+        bias[rows] = linear.bias.detach()[rows]
+    return ScatteredLinear(linear.weight[rows], rows=rows, out_features=linear.out_features, bias=bias)
+
+
 class _Structured(Method):
-    """:class:`StructuredConfig`: MLPs as neuron units, attention value-output pairs and whole
-    KV groups as units (``units=``), other targets interpolative (or dense)."""
+    """:class:`StructuredConfig`: MLPs as neuron units, attention value-output pairs, query-key
+    pairs and whole KV groups as units (``units=``), other targets interpolative (or dense)."""
 
     form = "structured"
-    _units = {"mlp": _Neurons(), "vo": _ValueOutput(), "heads": _Heads(), "linear": _Interpolative()}
+    _units = {"mlp": _Neurons(), "vo": _ValueOutput(), "heads": _Heads(), "qk": _QueryKey(),
+              "linear": _Interpolative()}
 
     def for_unit(self, unit, /):
         if unit not in self._units:

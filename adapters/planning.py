@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -555,12 +556,88 @@ def _group_heads(model, found) -> dict:
     return units
 
 
+_ERR_NO_QK = (
+    "StructuredConfig(units=(..., 'qk')) keeps rotary pairs of query-key dimensions of attentions with q_proj and "
+    "k_proj as nn.Linear, an even int head_dim, a full rotary embedding of the rotate_half convention (dimension "
+    "i paired with i + head_dim/2) and no module between the projections and the rotary embedding; {what}. "
+    "Target both projections, or drop 'qk' from units="
+)
+
+
+def _rotates_half(attn) -> bool:
+    """Whether the module defining ``attn``'s class rotates as Llama does (``rotate_half``: dimension
+    ``i`` paired with ``i + d/2``), checked on a vector, not by name."""
+    rotate = getattr(sys.modules.get(type(attn).__module__), "rotate_half", None)
+    if not callable(rotate):
+        return False
+    try:
+        return torch.equal(rotate(torch.arange(4.0)), torch.tensor([-2.0, -3.0, 0.0, 1.0]))
+    except (TypeError, RuntimeError, ValueError):
+        return False
+
+
+def _qk_problem(model, attn) -> str | None:
+    """Why the attention ``attn`` cannot be a query-key unit, or None."""
+    d = getattr(attn, "head_dim", None)
+    if not isinstance(d, int) or isinstance(d, bool) or d < 2 or d % 2:
+        return f"has head_dim {d!r}"
+    kinds = {p: type(getattr(attn, p, None)).__name__ for p in ("q_proj", "k_proj")}
+    if not all(isinstance(getattr(attn, p, None), nn.Linear) for p in ("q_proj", "k_proj")):
+        return f"holds {kinds}"
+    others = [n for n, c in attn.named_children() if not isinstance(c, nn.Linear)]
+    if others:
+        return (f"holds {others} (a per-head norm over every dimension of a head, which zero dimensions would "
+                "change)")
+    if not _rotates_half(attn):
+        return f"has no rotate_half rotary embedding in {type(attn).__module__}"
+    factor = getattr(getattr(model, "config", None), "partial_rotary_factor", 1.0)
+    if factor not in (None, 1, 1.0):
+        return f"rotates only part of each head (partial_rotary_factor={factor})"
+    q, k = attn.q_proj, attn.k_proj
+    if k.out_features % d or q.out_features % k.out_features:
+        return f"has projections that do not split into heads of dimension {d} (q_proj {q.out_features}, k_proj " \
+               f"{k.out_features} outputs)"
+    return None
+
+
+def _group_query_key(model, found) -> dict:
+    """Each attention among ``found`` with ``q_proj`` and ``k_proj`` becomes one ``"qk"`` unit
+    (keyed by its name, holding ``q_proj``, whose inputs calibrate it), in place."""
+    members: dict[str, list] = {}
+    for name in found:
+        parent, _, attr = name.rpartition(".")
+        if attr in _FUSED_QKV:
+            raise ValueError(_ERR_NO_QK.format(
+                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no query-key unit"))
+        if attr in ("q_proj", "k_proj"):
+            members.setdefault(parent, []).append(attr)
+    units = {}
+    for parent, attrs in members.items():
+        attn = model.get_submodule(parent)
+        if len(attrs) != 2:
+            raise ValueError(_ERR_NO_QK.format(what=f"the targets hold {attrs} of {parent} but not both of "
+                                                    "['q_proj', 'k_proj']"))
+        problem = _qk_problem(model, attn)
+        if problem is not None:
+            raise ValueError(_ERR_NO_QK.format(what=f"{parent} ({type(attn).__name__}) {problem}"))
+        i = found[f"{parent}.q_proj"][0]
+        for attr in attrs:
+            found.pop(f"{parent}.{attr}")
+        found[parent] = (i, attn.q_proj)
+        units[parent] = "qk"
+    if not units:
+        raise ValueError(_ERR_NO_QK.format(what=f"none of the targets of {type(model).__name__} is one"))
+    return units
+
+
 def _group_units(model, config, found, dense) -> dict:
     """The structured units of ``config.units`` among ``found`` (their kinds by name), in place;
     the other targets stay matrices, or go to ``dense`` when ``config.matrices`` is "dense"."""
     units = {}
     if "heads" in config.units:
         units.update(_group_heads(model, found))
+    if "qk" in config.units:
+        units.update(_group_query_key(model, found))
     if "vo" in config.units:
         units.update(_group_value_output(model, found))
     if "mlp" in config.units:

@@ -225,8 +225,9 @@ def test_heads_with_loss_aware_fit_and_allocation_stay_within_the_budget():
 def test_heads_in_other_families_give_a_stock_model(family, tmp_path):
     """Qwen2's q/k/v biases, Qwen3's per-head q/k norms, Gemma 2's soft-capping: one count of KV
     heads makes each its family's own architecture, which loads back with the same logits."""
-    dense = make_tiny(family)
-    model, report = compress(make_tiny(family), StructuredConfig(reduction=0.05, units=("heads",)),
+    make = _qwen2_with_biases if family == "qwen2" else lambda: make_tiny(family)
+    dense = make()
+    model, report = compress(make(), StructuredConfig(reduction=0.05, units=("heads",)),
                              calibration=calibration_tokens(), progress=False)
     assert {r.rank for r in report.modules} == {1} and model.config.num_key_value_heads == 1
     assert count_parameters(model) == report.params_after <= report.target_params
@@ -256,5 +257,121 @@ def test_attentions_without_a_head_unit_are_refused_by_name_before_any_work(fami
 
 
 def test_heads_and_value_output_units_cannot_share_an_attention():
-    with pytest.raises(ValueError, match=r"asks for whole-head units and 'vo' units of the same attentions"):
+    with pytest.raises(ValueError, match=r"asks for .heads. and .vo. units of the same attentions.*a head is kept whole or cut inside"):
         StructuredConfig(units=("mlp", "heads", "vo"))
+
+
+# ---- query-key units ("qk"): rotary pairs of dimensions per KV group ----
+
+def _qk_fit(model_fn=make_gqa, reduction=0.05):
+    model, report = compress(model_fn(), StructuredConfig(reduction=reduction, units=("qk",), uniform=False),
+                             calibration=calibration_tokens(), progress=False)
+    return model, report
+
+
+def _dims(layer, heads, d):
+    """The kept dimensions of each head of a ScatteredLinear's rows."""
+    return [sorted(int(i) % d for i in layer.rows if int(i) // d == h) for h in range(heads)]
+
+
+def _random_pairs(report, seed=0):
+    """The dense model with the same number of random rotary pairs kept per KV group."""
+    from adapters.methods import _kept_rows
+
+    model = make_gqa()
+    gen = torch.Generator().manual_seed(seed)
+    g = Q // KV
+    for r in report.modules:
+        attn = model.get_submodule(r.name)
+        pairs = [torch.randperm(D // 2, generator=gen)[: r.rank] for _ in range(KV)]
+        dims = [torch.sort(torch.cat([p, p + D // 2])).values for p in pairs]
+        k_rows = torch.cat([j * D + dims[j] for j in range(KV)])
+        q_rows = torch.cat([h * D + dims[h // g] for h in range(Q)])
+        attn.q_proj, attn.k_proj = _kept_rows(attn.q_proj, q_rows), _kept_rows(attn.k_proj, k_rows)
+    return model
+
+
+def test_qk_keeps_rotary_pairs_shared_by_each_kv_group_within_the_budget():
+    from adapters.layer import ScatteredLinear
+
+    model, report = _qk_fit()
+    dense = make_gqa()
+    assert {r.unit for r in report.modules} == {"qk"} and all(r.shape == (D // 2, 2 * (KV + Q) * 32) for r in report.modules)
+    assert count_parameters(model) == report.params_after <= report.target_params
+    assert any(0 < r.rank < D // 2 for r in report.modules)
+    g = Q // KV
+    for r in report.modules:
+        attn, ref = model.get_submodule(r.name), dense.get_submodule(r.name)
+        q, k = attn.q_proj, attn.k_proj
+        assert isinstance(q, ScatteredLinear) and isinstance(k, ScatteredLinear) and type(attn.v_proj) is nn.Linear
+        kept = _dims(k, KV, D)
+        for dims in kept:  # r pairs (i, i + d/2) per KV head, never one of a pair
+            assert len(dims) == 2 * r.rank and all((i + D // 2) % D in dims for i in dims)
+        assert _dims(q, Q, D) == [kept[h // g] for h in range(Q)]  # a KV group's query heads keep its pairs
+        assert torch.equal(k.weight, ref.k_proj.weight[k.rows]) and torch.equal(q.weight, ref.q_proj.weight[q.rows])
+    tokens = _tokens()
+    with torch.no_grad():
+        ref, got, rnd = (m(tokens).logits for m in (dense, model, _random_pairs(report)))
+    assert torch.isfinite(got).all() and not torch.equal(got, ref)
+    assert (got - ref).norm() < (rnd - ref).norm()  # the CR choice beats random pairs
+
+
+def test_qk_predicted_error_is_the_error_of_the_kept_pairs():
+    p = plan(make_gqa(), StructuredConfig(reduction=0.05, units=("qk",), uniform=False, sequential=False),
+             calibration=calibration_tokens(), progress=False)
+    model, report = compress(make_gqa(), p, calibration=calibration_tokens(), progress=False)
+    for m, r in zip(p.modules, report.modules):
+        if m.rank:
+            assert m.predicted_error == pytest.approx(r.rel_error, rel=1e-9)
+            assert 0.0 <= r.rel_error
+
+
+def _qwen2_with_biases():
+    """Qwen2 (q/k/v biases), its biases drawn at random (its init zeroes them)."""
+    model = make_tiny("qwen2")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                lin.bias.copy_(torch.randn(lin.bias.shape, generator=gen))
+    return model
+
+
+def test_qk_with_biases_zeroes_the_dropped_entries_and_round_trips(tmp_path):
+    dense = _qwen2_with_biases()
+    model, report = compress(_qwen2_with_biases(), StructuredConfig(reduction=0.05, units=("qk",), uniform=False),
+                             calibration=calibration_tokens(), progress=False)
+    for r in report.modules:
+        k, ref = model.get_submodule(r.name).k_proj, dense.get_submodule(r.name).k_proj
+        dropped = torch.ones(k.out_features, dtype=torch.bool)
+        dropped[k.rows] = False
+        assert torch.equal(k.bias[k.rows], ref.bias[k.rows]) and not k.bias[dropped].any()
+    tokens = _tokens()
+    before = one_thread_logits(model, tokens)
+    model.save_pretrained(tmp_path / "qk")
+    record = json.loads((tmp_path / "qk" / "config.json").read_text())["quantization_config"]["modules"]
+    assert record[f"{report.modules[0].name}.k_proj"]["form"] == "scattered"
+    assert torch.equal(one_thread_logits(type(model).from_pretrained(tmp_path / "qk"), tokens), before)
+    merge(model)
+    assert type(model.model.layers[0].self_attn.q_proj) is nn.Linear
+    _close(one_thread_logits(model, tokens), before)
+
+
+@pytest.mark.parametrize("family, targets, match", [
+    ("qwen3", "all-linear", r"model\.layers\.0\.self_attn \(Qwen3Attention\) holds \['q_norm', 'k_norm'\]"),
+    ("opt", "all-linear", r"\(OPTAttention\) has no rotate_half rotary embedding in transformers\.models\.opt"),
+    ("phi3", "all-linear", r"qkv_proj is a fused query-key-value projection \(Phi3ForCausalLM\), so no query-key unit"),
+    ("llama", ("q", "v"), r"the targets hold \['q_proj'\] of model\.layers\.0\.self_attn but not both"),
+])
+def test_attentions_without_a_query_key_unit_are_refused_by_name(family, targets, match):
+    model = make_tiny(family)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match + r".*drop 'qk' from units="):
+        compress(model, StructuredConfig(reduction=0.01, units=("qk",), targets=targets), calibration=None,
+                 progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_query_key_and_value_output_units_are_not_built_together_yet():
+    with pytest.raises(ValueError, match=r"asks for 'vo' and 'qk' units of the same attentions"):
+        StructuredConfig(units=("vo", "qk"))
