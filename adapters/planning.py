@@ -80,7 +80,10 @@ class ModulePlan:
         module holding it (:func:`adapters.layouts.find_mlps`: the MLP module, or the layer for
         OPT and BERT), ``shape`` is ``(neurons, parameters per neuron)`` and ``rank`` the neurons
         kept. ``"vo"``: an attention's value-output pair (``name`` the attention, ``rank`` the
-        value dimensions kept per head).
+        value dimensions kept per head). ``"heads"``: an attention's whole KV groups (``shape``
+        ``(kv_heads, parameters per KV group)``, ``rank`` the KV heads kept). ``"qk"``: its
+        query-key pair (``shape`` ``(head_dim // 2, parameters per rotary pair)``, ``rank``
+        the rotary pairs kept per KV group).
     """
 
     name: str
