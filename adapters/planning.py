@@ -587,10 +587,10 @@ def _qk_problem(model, attn) -> str | None:
     kinds = {p: type(getattr(attn, p, None)).__name__ for p in ("q_proj", "k_proj")}
     if not all(isinstance(getattr(attn, p, None), nn.Linear) for p in ("q_proj", "k_proj")):
         return f"holds {kinds}"
-    others = [n for n, c in attn.named_children() if not isinstance(c, nn.Linear)]
+    others = [n for n, c in attn.named_children() if not isinstance(c, nn.Linear) and any(True for _ in c.parameters())]
     if others:
-        return (f"holds {others} (a per-head norm over every dimension of a head, which zero dimensions would "
-                "change)")
+        return (f"holds {others} (a module with parameters between the projections and the scores, e.g. a per-head "
+                "norm over every dimension of a head, which zero dimensions would change)")
     if not _rotates_half(attn):
         return f"has no rotate_half rotary embedding in {type(attn).__module__}"
     factor = getattr(getattr(model, "config", None), "partial_rotary_factor", 1.0)
