@@ -450,7 +450,7 @@ def _head_config(model: nn.Module, attentions: dict, kv: int, /) -> bool:
         return False
     d, g = d.pop(), g.pop()
     keys = ("num_attention_heads", "num_key_value_heads", "head_dim")
-    old = {k: getattr(config, k, None) for k in keys}
+    old = {k: getattr(config, k) for k in keys if hasattr(config, k)}
     config.num_attention_heads, config.num_key_value_heads, config.head_dim = kv * g, kv, d
     twin = architecture_twin(model) if _config_accepts(config) else None
     try:
@@ -460,11 +460,11 @@ def _head_config(model: nn.Module, attentions: dict, kv: int, /) -> bool:
     except AttributeError:
         fits = False
     if not fits:
-        for k, v in old.items():
-            if v is None:
-                delattr(config, k)
+        for k in keys:
+            if k in old:
+                setattr(config, k, old[k])
             else:
-                setattr(config, k, v)
+                delattr(config, k)
     return fits
 
 
