@@ -485,7 +485,8 @@ class _Heads(Method):
         heads = heads_of(attention)
         kv, q, d = heads
         with ExitStack() as stack:
-            held = {p: stack.enter_context(onloaded(model, f"{name}.{p}")) for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            held = {p: stack.enter_context(onloaded(model, f"{name}.{p}"))
+                    for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
             W, s = _weighted(held["o_proj"].weight, outputs)
             order = self._order(config, stats.gram, W, heads).order
             sequential = stats.cross is not None
@@ -564,7 +565,7 @@ class _QueryKey(Method):
             device = kp.weight.device
             k_rows = torch.as_tensor(np.concatenate([j * d + dims[j] for j in range(kv)]), device=device)
             q_rows = torch.as_tensor(np.concatenate([h * d + dims[h // g] for h in range(q)]), device=device)
-            replaces = {attr: _kept_rows(lin, rows) for attr, lin, rows in (("q_proj", qp, q_rows), ("k_proj", kp, k_rows))}
+            replaces = {"q_proj": _kept_rows(qp, q_rows), "k_proj": _kept_rows(kp, k_rows)}
         rel = float(np.sqrt(max(float(self._errors(crs)[rank - 1]), 0.0)))
         return Fit(None, k_rows.tolist(), [], rel, replaces)
 

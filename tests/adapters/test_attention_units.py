@@ -83,7 +83,8 @@ def test_heads_keep_whole_kv_groups_within_the_budget():
         assert r.cols == _group_rows(r.rows, g * D).tolist()  # o_proj keeps whole groups of columns
         for name, size in (("q_proj", g * D), ("k_proj", D), ("v_proj", D)):  # the dense rows, exactly
             layer = getattr(attn, name)
-            assert type(layer) is nn.Linear and torch.equal(layer.weight, getattr(ref, name).weight[_group_rows(r.rows, size)])
+            rows = _group_rows(r.rows, size)
+            assert type(layer) is nn.Linear and torch.equal(layer.weight, getattr(ref, name).weight[rows])
         assert attn.o_proj.weight.shape == (32, r.rank * g * D) and attn.o_proj.refitted
         assert attn.num_key_value_groups == g  # whole groups: the attention's ratio stays
     tokens = _tokens()
@@ -246,7 +247,8 @@ def test_heads_in_other_families_give_a_stock_model(family, tmp_path):
 
 
 @pytest.mark.parametrize("family, targets, match", [
-    ("phi3", "all-linear", r"qkv_proj is a fused query-key-value projection \(Phi3ForCausalLM\), so no whole-head unit"),
+    ("phi3", "all-linear",
+     r"qkv_proj is a fused query-key-value projection \(Phi3ForCausalLM\), so no whole-head unit"),
     ("llama", ("q", "k", "v"), r"the targets hold \['k_proj', 'q_proj', 'v_proj'\] of model\.layers\.0\.self_attn "
                                r"but not all of \['q_proj', 'k_proj', 'v_proj', 'o_proj'\]"),
     ("gpt_oss", "all-linear", r"model\.layers\.0\.self_attn \(GptOssAttention\) holds parameters of its own "
@@ -263,7 +265,8 @@ def test_attentions_without_a_head_unit_are_refused_by_name_before_any_work(fami
 
 
 def test_heads_and_value_output_units_cannot_share_an_attention():
-    with pytest.raises(ValueError, match=r"asks for .heads. and .vo. units of the same attentions.*a head is kept whole or cut inside"):
+    with pytest.raises(ValueError, match=r"asks for 'heads' and 'vo' units of the same attentions.*"
+                                         r"a head is kept whole or cut inside"):
         StructuredConfig(units=("mlp", "heads", "vo"))
 
 
@@ -302,7 +305,8 @@ def test_qk_keeps_rotary_pairs_shared_by_each_kv_group_within_the_budget():
 
     model, report = _qk_fit()
     dense = make_gqa()
-    assert {r.unit for r in report.modules} == {"qk"} and all(r.shape == (D // 2, 2 * (KV + Q) * 32) for r in report.modules)
+    assert {r.unit for r in report.modules} == {"qk"}
+    assert all(r.shape == (D // 2, 2 * (KV + Q) * 32) for r in report.modules)
     assert count_parameters(model) == report.params_after <= report.target_params
     assert any(0 < r.rank < D // 2 for r in report.modules)
     g = Q // KV

@@ -78,7 +78,8 @@ def test_bad_shapes_are_refused_with_what_was_expected():
     G, Wq, Wk = np.eye(4), np.ones((6, 4)), np.ones((3, 4))
     with pytest.raises(ValueError, match=r"d must be even, got d = 3; pass rotary=False"):
         score_cr(G, Wq, Wk)
-    with pytest.raises(ValueError, match=r"queries must be a \(g \* d, n\) float matrix .* d = 2 and n = 4, got shape \(5, 4\)"):
+    with pytest.raises(ValueError, match=r"queries must be a \(g \* d, n\) float matrix .* "
+                                         r"d = 2 and n = 4, got shape \(5, 4\)"):
         score_cr(G, np.ones((5, 4)), np.ones((2, 4)))
     with pytest.raises(ValueError, match=r"key must be a \(d, n\) float matrix .* n = 4 columns, got shape \(2, 3\)"):
         score_cr(G, Wq, np.ones((2, 3)))
