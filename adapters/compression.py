@@ -17,8 +17,8 @@ from .calibration import CalibrationError, InputRecorder, accumulate_statistics
 from .configs import ActivationConfig, CompressionConfig, InterpolativeConfig, config_from_options
 from .hf_quantizer import attach, check_quantization, drop_dequantized_record, is_recorded, rebuild_buffers
 from .layouts import mark_feature_major
-from .pruned import settle_widths
-from .experts import ExpertLinears, open_experts
+from .pruned import settle_heads, settle_widths
+from .experts import ExpertLinears, close_experts, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
 from .planning import Calibration, Plan, _loss_weights, build_plan, dense_lines
@@ -73,6 +73,10 @@ class ModuleReport:
         (:class:`adapters.planning.ModulePlan`): ``rank`` is then its kept width, ``rows`` the
         kept neurons, ``shape`` ``(neurons, parameters per neuron)``, and ``rel_error`` the
         relative output error of the refitted output projection (``down_proj``, ``fc2``, ...).
+        ``"vo"``, ``"heads"``, ``"qk"``: an attention's units (``rank`` as
+        :class:`adapters.planning.ModulePlan`); for ``"heads"`` ``rows`` are the kept KV heads
+        and ``cols`` the kept columns of ``o_proj``, for ``"qk"`` ``rows`` the kept rows of
+        ``k_proj`` and ``rel_error`` that of the score matrices (:func:`curlinalg.score_cr`).
     """
 
     name: str
@@ -532,11 +536,16 @@ def compress(
     model.compression_config = config
     mark_feature_major(model)  # gated MLPs' gate/up skip their output copy (adapters.layouts)
     settle_widths(model)  # one width for every MLP: the family's own config, a stock architecture
+    settle_heads(model)  # one number of KV heads for every attention: likewise
     rebuild_buffers(model)  # e.g. a rotary inv_freq cast by model.to(bf16): as from_pretrained builds it
     if hasattr(model, "config") and any(is_recorded(m) for m in model.modules()):
         attach(model)  # model.save_pretrained(path) writes the compression record
     elif hasattr(model, "config"):
-        drop_dequantized_record(model)  # a stock architecture: no GGUF record describing another file
+        # A stock architecture (e.g. one count of whole heads, the routed experts left dense): the
+        # experts opened for planning go back to the family's fused parameters, which its class
+        # loads, and no GGUF record describes another file.
+        close_experts(model)
+        drop_dequantized_record(model)
     heal_result = _heal(model, heal, calib, config, progress) if heal else None
     options_out = config.to_dict() | {"form": method.form}
     if calib._runner is not None:

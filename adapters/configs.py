@@ -455,8 +455,19 @@ class SVDConfig(BudgetConfig):
 
 #: What a :class:`StructuredConfig` does with the targets that have no structured unit.
 STRUCTURED_MATRICES = ("dense", "interpolative")
-#: The kinds of structured unit: MLP neurons, attention value-output dimensions.
-STRUCTURED_UNITS = ("mlp", "vo")
+#: The kinds of structured unit: MLP neurons, attention value-output dimensions, whole KV heads,
+#: attention query-key dimensions.
+STRUCTURED_UNITS = ("mlp", "vo", "heads", "qk")
+_ERR_UNIT_CLASH = (
+    "units={units!r} asks for {a!r} and {b!r} units of the same attentions, and an attention is one unit "
+    "({why}). Pass units=('mlp', {a!r}) or units=('mlp', {b!r})"
+)
+#: Unit kinds that cannot share an attention, and why.
+_CLASHES = {
+    ("heads", "vo"): "a head is kept whole or cut inside, not both",
+    ("heads", "qk"): "a head is kept whole or cut inside, not both",
+    ("vo", "qk"): "value-output and query-key units of one attention are not built together yet",
+}
 #: Where a :class:`StructuredConfig` weighs errors by the loss (:mod:`adapters.sensitivity`):
 #: in the allocation of widths and ranks, in the fit of the units.
 LOSS_AWARE = ("allocation", "fit")
@@ -464,7 +475,8 @@ LOSS_AWARE = ("allocation", "fit")
 
 @dataclass(frozen=True)
 class StructuredConfig(ActivationConfig):
-    """Structured compression: keep whole MLP neurons, refit the output projection.
+    """Structured compression: keep whole MLP neurons (and attention heads or head dimensions),
+    refit the output projection.
 
     Each MLP ``out(act(in(x)))`` is one *unit* (a gated MLP ``down(act(gate(x)) * up(x))``, Phi-3's
     fused ``gate_up_proj``, the plain MLPs of OPT, GPT-NeoX, Falcon, GPT-2 and BERT: the layouts
@@ -485,8 +497,9 @@ class StructuredConfig(ActivationConfig):
         factored in the interpolative form (:class:`InterpolativeConfig`'s fit), with their
         ranks allocated in the same budget as the widths (the hybrid).
     uniform : bool, default True
-        One width for every MLP: the model keeps its family's own architecture with a smaller
-        width in its config (``intermediate_size``, OPT's ``ffn_dim``, Falcon's
+        One width for every MLP (and one number of KV heads for every ``"heads"`` unit, chosen
+        together, among those the family's config validates): the model keeps its family's own
+        architecture with a smaller width in its config (``intermediate_size``, OPT's ``ffn_dim``, Falcon's
         ``ffn_hidden_size``, GPT-2's ``n_inner``: a stock checkpoint when nothing else is
         factored). With False each
         MLP gets its own width from the allocation over relative error curves (checkpoints
@@ -496,12 +509,23 @@ class StructuredConfig(ActivationConfig):
         (docs/benchmarks.md, section 11).
     width_multiple : int, default 1
         Widths are multiples of this (64 suits GEMM tiles and vector units).
-    units : tuple of {"mlp", "vo"}, default ("mlp",)
+    units : tuple of {"mlp", "vo", "heads", "qk"}, default ("mlp",)
         The structured units: ``"mlp"`` keeps whole neurons of MLPs; ``"vo"`` keeps
         value dimensions of each attention head, KV-group aware (the query heads that share a
         KV head keep the same dimensions of it), and refits ``o_proj`` on them
         (:class:`adapters.layer.ScatteredLinear` and :class:`adapters.layer.GatheredLinear`:
         the attention itself is unchanged). Widths of ``"vo"`` units are per layer.
+        ``"heads"`` keeps whole KV groups of an attention (a KV head's rows of ``k_proj`` and
+        ``v_proj``, its query heads' rows of ``q_proj`` and their columns of ``o_proj``,
+        refitted): plain smaller ``nn.Linear`` layers, so with ``uniform`` one count of KV
+        heads for every attention (chosen with the MLP width) is the family's own config with
+        smaller ``num_key_value_heads`` and ``num_attention_heads`` (``head_dim`` set).
+        ``"qk"`` keeps rotary pairs of query-key dimensions (``i`` with ``i + head_dim/2``) per
+        KV group, chosen by the CR approximation of the score matrices
+        (:func:`curlinalg.score_cr`), without refit; the other rows of ``q_proj`` and
+        ``k_proj`` output zeros (:class:`adapters.layer.ScatteredLinear`): it saves
+        parameters, not attention FLOPs. ``"heads"`` cannot be asked with ``"vo"`` or ``"qk"``
+        (an attention is one unit), nor ``"vo"`` with ``"qk"`` yet.
     loss_aware : tuple of {"allocation", "fit"}, default ()
         Weigh errors by how much the calibration loss cares about each output
         (:func:`adapters.sensitivity.output_sensitivity`: the diagonal ``D`` of the gradient
@@ -522,7 +546,12 @@ class StructuredConfig(ActivationConfig):
     MLP units exist for the modules :func:`adapters.layouts.find_mlps` finds (every family of
     docs/adapters.md with a dense MLP); routed experts and an MLP of another layout among the
     targets are refused by name in the plan. ``"vo"`` units exist for attentions with
-    ``v_proj``, ``o_proj`` and an integer ``head_dim`` (Llama-style).
+    ``v_proj``, ``o_proj`` and an integer ``head_dim`` (Llama-style); ``"heads"`` units for
+    attentions with ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` as ``nn.Linear``, an integer
+    ``head_dim`` and no parameters of their own (gpt-oss's per-head ``sinks`` are refused);
+    ``"qk"`` units for those with ``q_proj`` and ``k_proj``, an even ``head_dim``, a full
+    rotary embedding of the ``rotate_half`` convention and no per-head norm (Qwen3's and
+    Gemma 3's ``q_norm``/``k_norm`` are refused).
     Version 2 added ``loss_aware``; a version-1 dictionary reads with ``loss_aware=()``.
 
     References
@@ -555,6 +584,9 @@ class StructuredConfig(ActivationConfig):
                              f"{self.loss_aware!r}")
         if not self.units or not set(self.units) <= set(STRUCTURED_UNITS) or len(set(self.units)) != len(self.units):
             raise ValueError(f"units must be a non-empty tuple of distinct values from {STRUCTURED_UNITS}, got {self.units!r}")
+        for (a, b), why in _CLASHES.items():
+            if a in self.units and b in self.units:
+                raise ValueError(_ERR_UNIT_CLASH.format(units=self.units, a=a, b=b, why=why))
         if self.matrices not in STRUCTURED_MATRICES:
             raise ValueError(f"matrices must be one of {STRUCTURED_MATRICES}, got {self.matrices!r}")
         if not isinstance(self.uniform, bool):

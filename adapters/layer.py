@@ -660,8 +660,10 @@ class ScatteredLinear(_FactoredLinear):
     of the ``m`` output rows of ``v_proj`` (value dimensions of each KV head) and returns the
     full-width output, so the attention that reads it is unchanged: the dropped dimensions
     carry zeros (plus the bias, if any), which the :class:`GatheredLinear` after the attention
-    never reads. Stores ``weight`` (``rank x n``), the int64 buffer ``rows`` and the full
-    ``bias``; ``rank n`` weight parameters.
+    never reads. A query-key unit keeps rows of ``q_proj`` and ``k_proj`` the same way (their
+    dropped bias entries zeroed, so a dropped dimension adds nothing to a score). Stores
+    ``weight`` (``rank x n``), the int64 buffer ``rows`` and the full ``bias``; ``rank n``
+    weight parameters.
     """
 
     form = "scattered"

@@ -9,7 +9,7 @@ from torch import nn
 from .experts import close_experts
 from .hf_quantizer import architecture_twin, detach, is_recorded
 from .layer import SAVED_LINEARS, fold
-from .pruned import pad_widths
+from .pruned import pad_heads, pad_widths
 from .targets import from_linear
 
 __all__ = ["densify", "merge"]
@@ -40,7 +40,8 @@ def densify(model: nn.Module, /) -> bool:
     Folds every compressed layer (:func:`adapters.layer.fold`), gives a layer that replaced a
     ``Conv1D`` its ``Conv1D`` back (:func:`adapters.targets.from_linear`), closes opened
     experts into their fused 3-D parameters (:func:`adapters.experts.close_experts`) and pads
-    cut MLPs, of any layout, to one width (:func:`adapters.pruned.pad_widths`). The record stays: :func:`merge`
+    cut MLPs, of any layout, to one width (:func:`adapters.pruned.pad_widths`) and attentions cut by
+    whole KV heads to one count (:func:`adapters.pruned.pad_heads`). The record stays: :func:`merge`
     and ``model.dequantize()`` remove it.
     """
     names = [name for name, mod in model.named_modules() if isinstance(mod, SAVED_LINEARS)]
@@ -51,7 +52,8 @@ def densify(model: nn.Module, /) -> bool:
         setattr(model.get_submodule(parent), attr, from_linear(model.get_submodule(name), slot))
     closed = close_experts(model)
     padded = pad_widths(model)
-    return bool(folded or closed or padded is not None)
+    headed = pad_heads(model)
+    return bool(folded or closed or padded is not None or headed is not None)
 
 
 def merge(model: nn.Module, /) -> nn.Module:
@@ -85,7 +87,9 @@ def merge(model: nn.Module, /) -> nn.Module:
     :data:`adapters.layouts.MLP_LAYOUTS`) are padded with zero neurons to the widest one
     (:func:`adapters.pruned.pad_widths`: the same function), which becomes the config's width
     (``intermediate_size``, ``ffn_dim``, ...); MLPs of one width are the family's architecture
-    already. The dense weight is the factored product (formed in float32 for half-precision
+    already. Attentions cut to different numbers of whole KV heads are padded with zero heads to
+    the most kept (:func:`adapters.pruned.pad_heads`), which becomes the config's
+    ``num_key_value_heads`` (and its query heads ``num_attention_heads``, with ``head_dim`` set). The dense weight is the factored product (formed in float32 for half-precision
     layers and rounded once), so outputs agree with the factored model up to the rounding of a
     differently ordered product, not bit for bit.
 

@@ -34,7 +34,7 @@ from .layer import (
 )
 from .layouts import mlp_layout
 from .offload import onloaded
-from .pruned import cut_neurons
+from .pruned import cut_heads, cut_neurons
 from .targets import as_linear
 
 __all__ = ["Fit", "Method", "METHODS", "method_for"]
@@ -117,7 +117,8 @@ class Method:
     form = ""
     needs_gram = True
     #: The kind of unit this method fits: ``"linear"`` (one matrix), ``"mlp"`` (an MLP's
-    #: neurons) or ``"vo"`` (an attention's value dimensions).
+    #: neurons), ``"vo"`` (an attention's value dimensions), ``"heads"`` (its whole KV groups)
+    #: or ``"qk"`` (its query-key dimensions).
     unit = "linear"
 
     def for_unit(self, unit: str, /) -> "Method":
@@ -430,12 +431,161 @@ class _ValueOutput(Method):
         return Fit(None, cols.tolist(), [], res.rel_error, replaces)
 
 
+def _group_labels(heads, device) -> torch.Tensor:
+    """The KV group of each input column of ``o_proj`` (query head ``h`` reads KV head ``h // g``)."""
+    kv, q, d = heads
+    return torch.arange(q * d, device=device) // (q // kv * d)
+
+
+class _Heads(Method):
+    """An attention keeping ``r`` of its ``m`` KV heads whole: each kept KV head's rows of
+    ``k_proj`` and ``v_proj``, its ``g`` query heads' rows of ``q_proj`` and their input columns
+    of ``o_proj``, refitted (:func:`curlinalg.output_id` with the columns of a KV group as one
+    item).
+
+    Its shape is ``(kv_heads, n)``: ``n`` parameters per KV group (the rows and bias entries of
+    ``q``, ``k``, ``v``, the columns of ``o``).
+    """
+
+    form = "heads"
+    unit = "heads"
+
+    def anchor(self, model, name, /):
+        return f"{name}.o_proj"
+
+    def members(self, model, name, /):
+        attention = model.get_submodule(name)
+        return [getattr(attention, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+
+    def shape(self, module, /):
+        kv, q, d = heads_of(module)
+        rows = sum(getattr(module, p).in_features + (getattr(module, p).bias is not None) for p in ("k_proj", "v_proj"))
+        qrow = module.q_proj.in_features + (module.q_proj.bias is not None)
+        return (kv, d * (rows + q // kv * (qrow + module.o_proj.out_features)))
+
+    def params(self, m, n, r, /):
+        return r * n
+
+    def max_rank(self, m, n, /):
+        return m - 1
+
+    def _order(self, config, gram, W, heads):
+        return curlinalg.output_id_curve(gram, W, ridge=config.ridge, groups=_group_labels(heads, W.device))
+
+    def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
+        heads = heads_of(model.get_submodule(name))
+        with onloaded(model, self.anchor(model, name)) as o:
+            W, _ = _weighted(o.weight, outputs)
+        return self._order(config, stats.gram, W, heads).errors[: heads[0] - 1]
+
+    def fit_unit(self, config, model, name, stats, metrics, rank, *, outputs=None) -> Fit:
+        """Keep ``rank`` KV heads (with their query heads) of the attention ``name``; refit its
+        ``o_proj`` (``outputs`` as :meth:`_Neurons.unit_curve`)."""
+        attention = model.get_submodule(name)
+        heads = heads_of(attention)
+        kv, q, d = heads
+        with ExitStack() as stack:
+            held = {p: stack.enter_context(onloaded(model, f"{name}.{p}"))
+                    for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            W, s = _weighted(held["o_proj"].weight, outputs)
+            order = self._order(config, stats.gram, W, heads).order
+            sequential = stats.cross is not None
+            res = curlinalg.output_id(
+                stats.gram, W, rank=rank * (q // kv) * d, order=order, cross=stats.cross,
+                mix=config.mix if sequential else 0.0, ridge=config.refit_ridge if sequential else 0.0,
+                shift=config.ridge,
+            )
+            cols, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
+            groups = torch.unique(_group_labels(heads, W.device)[cols])
+            replaces = cut_heads(held, d, groups, _unweighted(res.weight[:, where], s))
+        return Fit(None, groups.tolist(), cols.tolist(), res.rel_error, replaces)
+
+
+class _QueryKey(Method):
+    """An attention's query-key pair keeping ``r`` of the ``d / 2`` rotary pairs of dimensions of
+    each KV group (:func:`curlinalg.score_cr`: the CR approximation of the score matrices).
+
+    The query heads that share a KV head keep the same pairs (those of the shared ``k_proj``
+    rows); the other rows of ``q_proj`` and ``k_proj`` become zero outputs
+    (:class:`adapters.layer.ScatteredLinear`, their bias entries zeroed), so the attention is
+    unchanged and still computes dot products over ``head_dim``. No refit: the kept rows are
+    the dense ones. Its shape is ``(head_dim // 2, n)``: ``n`` parameters per kept pair (two
+    rows of ``k_proj`` per KV head, two of ``q_proj`` per query head).
+    """
+
+    form = "query-key"
+    unit = "qk"
+
+    def anchor(self, model, name, /):
+        return f"{name}.q_proj"
+
+    def members(self, model, name, /):
+        attention = model.get_submodule(name)
+        return [attention.q_proj, attention.k_proj]
+
+    def shape(self, module, /):
+        kv, q, d = heads_of(module)
+        return (d // 2, 2 * (kv * module.k_proj.in_features + q * module.q_proj.in_features))
+
+    def params(self, m, n, r, /):
+        return r * n
+
+    def max_rank(self, m, n, /):
+        return m - 1
+
+    @staticmethod
+    def _groups(gram, Wq, Wk, heads):
+        """:func:`curlinalg.score_cr` of every KV group."""
+        kv, q, d = heads
+        g = q // kv
+        return [curlinalg.score_cr(gram, Wq[j * g * d:(j + 1) * g * d], Wk[j * d:(j + 1) * d]) for j in range(kv)]
+
+    @staticmethod
+    def _errors(crs) -> np.ndarray:
+        """The relative squared error of all the attention's score matrices at every ``r``."""
+        total = sum(c.total for c in crs)
+        return sum(c.errors * c.total for c in crs) / (total if total > 0 else 1.0)
+
+    def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
+        heads = heads_of(model.get_submodule(name))
+        with onloaded(model, f"{name}.q_proj") as q, onloaded(model, f"{name}.k_proj") as k:
+            Wq, _ = _weighted(q.weight, outputs)
+            Wk = k.weight.detach().to(torch.float64)
+            return self._errors(self._groups(stats.gram, Wq, Wk, heads))[: heads[2] // 2 - 1]
+
+    def fit_unit(self, config, model, name, stats, metrics, rank, *, outputs=None) -> Fit:
+        """Keep ``rank`` rotary pairs of each KV group of the attention ``name`` (``outputs`` as
+        :meth:`_Neurons.unit_curve`: the query rows' weights)."""
+        kv, q, d = heads = heads_of(model.get_submodule(name))
+        g = q // kv
+        with onloaded(model, f"{name}.q_proj") as qp, onloaded(model, f"{name}.k_proj") as kp:
+            Wq, _ = _weighted(qp.weight, outputs)
+            crs = self._groups(stats.gram, Wq, kp.weight.detach().to(torch.float64), heads)
+            dims = [np.sort(c.items[c.order[:rank]].ravel()) for c in crs]
+            device = kp.weight.device
+            k_rows = torch.as_tensor(np.concatenate([j * d + dims[j] for j in range(kv)]), device=device)
+            q_rows = torch.as_tensor(np.concatenate([h * d + dims[h // g] for h in range(q)]), device=device)
+            replaces = {"q_proj": _kept_rows(qp, q_rows), "k_proj": _kept_rows(kp, k_rows)}
+        rel = float(np.sqrt(max(float(self._errors(crs)[rank - 1]), 0.0)))
+        return Fit(None, k_rows.tolist(), [], rel, replaces)
+
+
+def _kept_rows(linear: nn.Linear, rows: torch.Tensor, /) -> ScatteredLinear:
+    """``linear``'s ``rows`` in place, every other output zero (its bias entry too)."""
+    bias = None
+    if linear.bias is not None:
+        bias = torch.zeros_like(linear.bias.detach())
+        bias[rows] = linear.bias.detach()[rows]
+    return ScatteredLinear(linear.weight[rows], rows=rows, out_features=linear.out_features, bias=bias)
+
+
 class _Structured(Method):
-    """:class:`StructuredConfig`: MLPs as neuron units, attention value-output pairs as units
-    (``units=``), other targets interpolative (or dense)."""
+    """:class:`StructuredConfig`: MLPs as neuron units, attention value-output pairs, query-key
+    pairs and whole KV groups as units (``units=``), other targets interpolative (or dense)."""
 
     form = "structured"
-    _units = {"mlp": _Neurons(), "vo": _ValueOutput(), "linear": _Interpolative()}
+    _units = {"mlp": _Neurons(), "vo": _ValueOutput(), "heads": _Heads(), "qk": _QueryKey(),
+              "linear": _Interpolative()}
 
     def for_unit(self, unit, /):
         if unit not in self._units:

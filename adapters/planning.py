@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -19,10 +20,11 @@ from ._parallel import map_modules, workers_for
 from .calibration import LayerRunner, angular_distance, default_calibration, prepare_calibration, record_layer
 from .configs import BudgetConfig, CompressionConfig, CURingConfig, InterpolativeConfig, StructuredConfig, config_from_dict
 from .layer import cur_params
-from .methods import Method, Metrics, method_for, rank_for_fraction
+from .methods import Method, Metrics, heads_of, method_for, rank_for_fraction
 from .experts import ExpertLinears, open_experts
 from .layouts import MLP_LAYOUTS, MLP_MATRIX_NAMES, find_mlps
 from .offload import check_readable, onloaded, onloaded_block
+from .pruned import stock_head_counts
 from .sensitivity import output_sensitivity
 from .targets import LINEAR_VIEWS, LeftDense, as_linear, matches, survey_targets
 
@@ -78,7 +80,10 @@ class ModulePlan:
         module holding it (:func:`adapters.layouts.find_mlps`: the MLP module, or the layer for
         OPT and BERT), ``shape`` is ``(neurons, parameters per neuron)`` and ``rank`` the neurons
         kept. ``"vo"``: an attention's value-output pair (``name`` the attention, ``rank`` the
-        value dimensions kept per head).
+        value dimensions kept per head). ``"heads"``: an attention's whole KV groups (``shape``
+        ``(kv_heads, parameters per KV group)``, ``rank`` the KV heads kept). ``"qk"``: its
+        query-key pair (``shape`` ``(head_dim // 2, parameters per rotary pair)``, ``rank``
+        the rotary pairs kept per KV group).
     """
 
     name: str
@@ -432,6 +437,13 @@ _ERR_NO_VO = (
 )
 #: Final names of fused attention projections (no value-output unit: v is not a matrix of its own).
 _FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "W_pack")
+#: The projections of an attention that a whole-head unit holds.
+_HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_ERR_NO_HEADS = (
+    "StructuredConfig(units=(..., 'heads')) keeps whole KV heads of attentions with q_proj, k_proj, v_proj and "
+    "o_proj as nn.Linear, an int head_dim and no parameters of their own; {what}. Target all four projections, "
+    "or drop 'heads' from units="
+)
 
 
 def _no_unit(model, name) -> str:
@@ -497,10 +509,138 @@ def _group_value_output(model, found) -> dict:
     return units
 
 
+def _heads_problem(attn) -> str | None:
+    """Why the attention ``attn`` cannot be a whole-head unit, or None."""
+    d = getattr(attn, "head_dim", None)
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+        return "lacks an int head_dim"
+    kinds = {p: type(getattr(attn, p, None)).__name__ for p in _HEAD_PROJECTIONS}
+    if not all(isinstance(getattr(attn, p, None), nn.Linear) for p in _HEAD_PROJECTIONS):
+        return f"holds {kinds}"
+    own = [n for n, _ in attn.named_parameters(recurse=False)]
+    if own:
+        return f"holds parameters of its own ({own}: one per head, which the unit would have to cut too)"
+    q, k, v, o = (getattr(attn, p) for p in _HEAD_PROJECTIONS)
+    kv = k.out_features // d
+    if (k.out_features != v.out_features or k.out_features % d or q.out_features != o.in_features
+            or q.out_features % (kv * d) or kv < 1):
+        return (f"has projections that do not split into heads of dimension {d} (q_proj {q.out_features}, k_proj "
+                f"{k.out_features}, v_proj {v.out_features} outputs, o_proj {o.in_features} inputs)")
+    return None
+
+
+def _group_heads(model, found) -> dict:
+    """Each attention among ``found`` with the four projections of :data:`_HEAD_PROJECTIONS` becomes
+    one ``"heads"`` unit (keyed by its name, holding ``o_proj``, whose inputs calibrate it), in place."""
+    members: dict[str, list] = {}
+    for name in found:
+        parent, _, attr = name.rpartition(".")
+        if attr in _FUSED_QKV:
+            raise ValueError(_ERR_NO_HEADS.format(
+                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no whole-head unit"))
+        if attr in _HEAD_PROJECTIONS:
+            members.setdefault(parent, []).append(attr)
+    units = {}
+    for parent, attrs in members.items():
+        attn = model.get_submodule(parent)
+        if len(attrs) != len(_HEAD_PROJECTIONS):
+            raise ValueError(_ERR_NO_HEADS.format(what=f"the targets hold {sorted(attrs)} of {parent} but not all of "
+                                                       f"{list(_HEAD_PROJECTIONS)}"))
+        problem = _heads_problem(attn)
+        if problem is not None:
+            raise ValueError(_ERR_NO_HEADS.format(what=f"{parent} ({type(attn).__name__}) {problem}"))
+        i = found[f"{parent}.o_proj"][0]
+        for attr in attrs:
+            found.pop(f"{parent}.{attr}")
+        found[parent] = (i, attn.o_proj)
+        units[parent] = "heads"
+    if not units:
+        raise ValueError(_ERR_NO_HEADS.format(what=f"none of the targets of {type(model).__name__} is one"))
+    return units
+
+
+_ERR_NO_QK = (
+    "StructuredConfig(units=(..., 'qk')) keeps rotary pairs of query-key dimensions of attentions with q_proj and "
+    "k_proj as nn.Linear, an even int head_dim, a full rotary embedding of the rotate_half convention (dimension "
+    "i paired with i + head_dim/2) and no module between the projections and the rotary embedding; {what}. "
+    "Target both projections, or drop 'qk' from units="
+)
+
+
+def _rotates_half(attn) -> bool:
+    """Whether the module defining ``attn``'s class rotates as Llama does (``rotate_half``: dimension
+    ``i`` paired with ``i + d/2``), checked on a vector, not by name."""
+    rotate = getattr(sys.modules.get(type(attn).__module__), "rotate_half", None)
+    if not callable(rotate):
+        return False
+    try:
+        return torch.equal(rotate(torch.arange(4.0)), torch.tensor([-2.0, -3.0, 0.0, 1.0]))
+    except (TypeError, RuntimeError, ValueError):
+        return False
+
+
+def _qk_problem(model, attn) -> str | None:
+    """Why the attention ``attn`` cannot be a query-key unit, or None."""
+    d = getattr(attn, "head_dim", None)
+    if not isinstance(d, int) or isinstance(d, bool) or d < 2 or d % 2:
+        return f"has head_dim {d!r}"
+    kinds = {p: type(getattr(attn, p, None)).__name__ for p in ("q_proj", "k_proj")}
+    if not all(isinstance(getattr(attn, p, None), nn.Linear) for p in ("q_proj", "k_proj")):
+        return f"holds {kinds}"
+    others = [n for n, c in attn.named_children() if not isinstance(c, nn.Linear) and any(True for _ in c.parameters())]
+    if others:
+        return (f"holds {others} (a module with parameters between the projections and the scores, e.g. a per-head "
+                "norm over every dimension of a head, which zero dimensions would change)")
+    if not _rotates_half(attn):
+        return f"has no rotate_half rotary embedding in {type(attn).__module__}"
+    factor = getattr(getattr(model, "config", None), "partial_rotary_factor", 1.0)
+    if factor not in (None, 1, 1.0):
+        return f"rotates only part of each head (partial_rotary_factor={factor})"
+    q, k = attn.q_proj, attn.k_proj
+    if k.out_features % d or q.out_features % k.out_features:
+        return f"has projections that do not split into heads of dimension {d} (q_proj {q.out_features}, k_proj " \
+               f"{k.out_features} outputs)"
+    return None
+
+
+def _group_query_key(model, found) -> dict:
+    """Each attention among ``found`` with ``q_proj`` and ``k_proj`` becomes one ``"qk"`` unit
+    (keyed by its name, holding ``q_proj``, whose inputs calibrate it), in place."""
+    members: dict[str, list] = {}
+    for name in found:
+        parent, _, attr = name.rpartition(".")
+        if attr in _FUSED_QKV:
+            raise ValueError(_ERR_NO_QK.format(
+                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no query-key unit"))
+        if attr in ("q_proj", "k_proj"):
+            members.setdefault(parent, []).append(attr)
+    units = {}
+    for parent, attrs in members.items():
+        attn = model.get_submodule(parent)
+        if len(attrs) != 2:
+            raise ValueError(_ERR_NO_QK.format(what=f"the targets hold {attrs} of {parent} but not both of "
+                                                    "['q_proj', 'k_proj']"))
+        problem = _qk_problem(model, attn)
+        if problem is not None:
+            raise ValueError(_ERR_NO_QK.format(what=f"{parent} ({type(attn).__name__}) {problem}"))
+        i = found[f"{parent}.q_proj"][0]
+        for attr in attrs:
+            found.pop(f"{parent}.{attr}")
+        found[parent] = (i, attn.q_proj)
+        units[parent] = "qk"
+    if not units:
+        raise ValueError(_ERR_NO_QK.format(what=f"none of the targets of {type(model).__name__} is one"))
+    return units
+
+
 def _group_units(model, config, found, dense) -> dict:
     """The structured units of ``config.units`` among ``found`` (their kinds by name), in place;
     the other targets stay matrices, or go to ``dense`` when ``config.matrices`` is "dense"."""
     units = {}
+    if "heads" in config.units:
+        units.update(_group_heads(model, found))
+    if "qk" in config.units:
+        units.update(_group_query_key(model, found))
     if "vo" in config.units:
         units.update(_group_value_output(model, found))
     if "mlp" in config.units:
@@ -556,43 +696,77 @@ _ERR_UNIFORM = (
 )
 
 
-def _allocate_uniform(config, free, units, methods, shapes, curves, need) -> list[int]:
-    """One width for every MLP unit: the width (with the other targets' ranks allocated in what
-    remains of the budget) of least total predicted error that saves at least ``need``."""
+_ERR_UNIFORM_HEADS = (
+    "uniform=True keeps one width for every MLP and one number of KV heads for every attention, but no pair "
+    "meets the budget: the smallest ({smallest}) saves {most:,} parameters with the other targets as allowed, "
+    "the budget needs {need:,}. Ask for a smaller reduction=, pass matrices='interpolative' to factor the other "
+    "targets too, or pass uniform=False"
+)
+
+
+def _uniform_choices(config, names, methods, shapes, what) -> tuple[list, int]:
+    """``(choices, full)``: the widths (or head counts) allowed to every unit of ``names``, which
+    must share one shape, and the full one."""
+    sizes = {shapes[n] for n in names}
+    if len(sizes) != 1:
+        raise ValueError(f"uniform=True needs {what} of one shape, got {sorted(sizes)}; pass uniform=False")
+    q, cap = allowed_ranks(config, methods[names[0]], *shapes[names[0]])
+    return list(range(q, cap + 1, q)), shapes[names[0]][0]
+
+
+def _allocate_uniform(config, free, units, methods, shapes, curves, need, *, head_counts=None) -> list[int]:
+    """One width for every MLP unit and one number of KV heads for every whole-head unit, chosen
+    together: the pair (with the other targets' ranks allocated in what remains of the budget) of
+    least total predicted error that saves at least ``need``. Every MLP is cut (as before the
+    head units); the attentions may all stay whole (count 0 in the plan). ``head_counts``: the
+    counts the family's config takes (:func:`adapters.pruned.stock_head_counts`), so that the
+    result is a stock model."""
     mlps = [n for n in free if units.get(n) == "mlp"]
-    mats = [n for n in free if units.get(n) != "mlp"]
-    widths = {shapes[n][0] for n in mlps}
-    if len(widths) != 1:
-        raise ValueError(f"uniform=True needs MLPs of one width, got widths {sorted(widths)}; pass uniform=False")
-    full = widths.pop()
-    q, cap = allowed_ranks(config, methods[mlps[0]], *shapes[mlps[0]])
+    heads = [n for n in free if units.get(n) == "heads"]
+    mats = [n for n in free if units.get(n) not in ("mlp", "heads")]
+    widths, full = _uniform_choices(config, mlps, methods, shapes, "MLPs") if mlps else ([0], 0)
+    counts = [0]
+    if heads:
+        counts += [h for h in _uniform_choices(config, heads, methods, shapes, "attentions")[0]
+                   if head_counts is None or h in head_counts]
+
+    def saved_and_error(names, k):
+        if k == 0:
+            return 0, 0.0
+        return (sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], k) for n in names),
+                sum(float(curves[n][k - 1]) for n in names))
+
     best, best_err = None, math.inf
-    for k in range(q, cap + 1, q):
-        saved = sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], k) for n in mlps)
-        err = sum(float(curves[n][k - 1]) for n in mlps)
-        rest = need - saved
-        ranks = [0] * len(mats)
-        if rest > 0:
-            if not mats:
-                continue
-            try:
-                ranks, _ = allocate_ranks(
-                    [shapes[n] for n in mats], [curves[n] for n in mats], need=rest,
-                    cost=[methods[n].params for n in mats],
-                    multiple=[allowed_ranks(config, methods[n], *shapes[n])[0] for n in mats],
-                    max_ranks=[allowed_ranks(config, methods[n], *shapes[n])[1] for n in mats],
-                )
-            except ValueError:
-                continue
-            err += sum(float(curves[n][r - 1]) for n, r in zip(mats, ranks) if r > 0)
-        if err < best_err:
-            best, best_err = (k, ranks), err
+    for k in widths:
+        for h in counts:
+            (s_mlp, e_mlp), (s_heads, e_heads) = saved_and_error(mlps, k), saved_and_error(heads, h)
+            err, rest = e_mlp + e_heads, need - s_mlp - s_heads
+            ranks = [0] * len(mats)
+            if rest > 0:
+                if not mats:
+                    continue
+                try:
+                    ranks, _ = allocate_ranks(
+                        [shapes[n] for n in mats], [curves[n] for n in mats], need=rest,
+                        cost=[methods[n].params for n in mats],
+                        multiple=[allowed_ranks(config, methods[n], *shapes[n])[0] for n in mats],
+                        max_ranks=[allowed_ranks(config, methods[n], *shapes[n])[1] for n in mats],
+                    )
+                except ValueError:
+                    continue
+                err += sum(float(curves[n][r - 1]) for n, r in zip(mats, ranks) if r > 0)
+            if err < best_err:
+                best, best_err = (k, h, ranks), err
     if best is None:
-        most = sum(shapes[n][0] * shapes[n][1] - methods[n].params(*shapes[n], q) for n in mlps)
-        raise ValueError(_ERR_UNIFORM.format(q=q, width=full, most=most, need=need))
-    k, ranks = best
+        fewest = counts[1] if len(counts) > 1 else 0
+        most = saved_and_error(mlps, widths[0])[0] + saved_and_error(heads, fewest)[0]
+        if not heads:
+            raise ValueError(_ERR_UNIFORM.format(q=widths[0], width=full, most=most, need=need))
+        smallest = (f"width {widths[0]}, " if mlps else "") + f"{fewest} KV heads"
+        raise ValueError(_ERR_UNIFORM_HEADS.format(smallest=smallest, most=most, need=need))
+    k, h, ranks = best
     by_name = dict(zip(mats, ranks))
-    return [k if units.get(n) == "mlp" else by_name[n] for n in free]
+    return [k if units.get(n) == "mlp" else h if units.get(n) == "heads" else by_name[n] for n in free]
 
 
 def _budget_fixes_width(config, found, fixed, units) -> bool:
@@ -675,8 +849,10 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
         )
         if need <= 0:
             chosen = [0] * len(free)
-        elif getattr(config, "uniform", False) and any(units.get(n) == "mlp" for n in free):
-            chosen = _allocate_uniform(config, free, units, methods, shapes, costs, need)
+        elif getattr(config, "uniform", False) and any(units.get(n) in ("mlp", "heads") for n in free):
+            heads = [n for n in free if units.get(n) == "heads"]
+            counts = stock_head_counts(model, heads_of(model.get_submodule(heads[0]))) if heads else None
+            chosen = _allocate_uniform(config, free, units, methods, shapes, costs, need, head_counts=counts)
         else:
             chosen = allocate_ranks(
                 [shapes[n] for n in free], [costs[n] for n in free], need=need,

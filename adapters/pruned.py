@@ -15,10 +15,18 @@ shapes differ from the architecture in ``config.json``, so a checkpoint must say
   with the dense shape and the kept width, so that ``from_pretrained`` builds it at its size;
   :func:`pad_widths` (used by :func:`adapters.merge`) pads every MLP with zero neurons to the
   widest one instead, which computes the same function in a stock architecture.
+
+A whole-head unit keeps ``k`` of the KV heads of an attention with ``q_proj``, ``k_proj``,
+``v_proj``, ``o_proj`` and an integer ``head_dim`` (:func:`cut_heads`: the rows of the kept KV
+heads in ``k_proj`` and ``v_proj``, of their query heads in ``q_proj``, and those input columns
+of ``o_proj``). The same two ways out: :func:`settle_heads` writes one count into the config
+(``num_key_value_heads``, ``num_attention_heads`` and, so that it stays, ``head_dim``), and
+:func:`pad_heads` pads every attention with zero heads to the most kept.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +36,10 @@ from ._common import architecture_twin
 from .layouts import MLPLayout, find_mlps
 from .targets import as_linear, from_linear
 
-__all__ = ["KEPT", "Kept", "KeptColumns", "KeptRows", "cut_neurons", "kept_linear", "pad_widths", "settle_widths"]
+__all__ = [
+    "KEPT", "Kept", "KeptColumns", "KeptRows", "cut_heads", "cut_neurons", "find_cut_heads", "kept_linear", "pad_heads",
+    "pad_widths", "settle_heads", "settle_widths", "stock_head_counts",
+]
 
 
 @dataclass(frozen=True)
@@ -321,3 +332,229 @@ def pad_widths(model: nn.Module, /) -> int | None:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = target
     return width if common else max(layout.width(m) for m, layout in mlps.values())
+
+
+#: The projections of an attention that a whole-head unit cuts: query, key, value rows, output columns.
+HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+#: Attributes an attention module may keep of its own head counts (set with the config's).
+_HEAD_ATTRS = {"num_heads": "q", "num_attention_heads": "q", "num_key_value_heads": "kv", "num_kv_heads": "kv"}
+
+
+def _group_rows(groups: torch.Tensor, size: int, /) -> torch.Tensor:
+    """Rows ``j * size .. (j + 1) * size - 1`` of every ``j`` in ``groups``, in order."""
+    return (groups[:, None] * size + torch.arange(size, device=groups.device)).reshape(-1)
+
+
+def cut_heads(projections: dict, head_dim: int, groups: torch.Tensor, output_weight: torch.Tensor, /
+              ) -> dict[str, nn.Module]:
+    """The projections of an attention keeping the KV heads ``groups`` and their query heads.
+
+    Parameters
+    ----------
+    projections : dict
+        ``{name: layer}`` for ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (plain linear
+        layers, :data:`HEAD_PROJECTIONS`); query head ``h`` reads KV head ``h // g``, ``g``
+        query heads per KV head.
+    head_dim : int
+    groups : torch.Tensor of int
+        The kept KV heads, in increasing order.
+    output_weight : torch.Tensor, shape (out, len(groups) * g * head_dim)
+        ``o_proj``'s new weight (its bias stays).
+
+    Returns
+    -------
+    dict
+        ``{name: cut layer}`` (:func:`kept_linear`): ``q_proj`` keeps the rows of the kept
+        groups' query heads, ``k_proj`` and ``v_proj`` the rows of the kept KV heads (with their
+        bias entries, unchanged); ``o_proj`` holds ``output_weight`` (marked ``refitted``).
+    """
+    d = int(head_dim)
+    kv = projections["k_proj"].out_features // d
+    g = projections["q_proj"].out_features // (kv * d)
+    groups = torch.as_tensor(groups, device=projections["q_proj"].weight.device)
+    rows = {"q_proj": _group_rows(groups, g * d), "k_proj": _group_rows(groups, d), "v_proj": _group_rows(groups, d)}
+    out = {}
+    for name, keep in rows.items():
+        lin = projections[name]
+        out[name] = kept_linear(lin.weight[keep], None if lin.bias is None else lin.bias[keep], form="rows",
+                                shape=lin.weight.shape, slot=type(lin))
+    o = projections["o_proj"]
+    out["o_proj"] = kept_linear(output_weight.to(o.weight), o.bias, form="columns", shape=o.weight.shape, slot=type(o))
+    out["o_proj"].refitted = True  # what adapters.heal trains in a structured model
+    return out
+
+
+def find_cut_heads(model: nn.Module, /) -> dict[str, nn.Module]:
+    """Every attention of ``model`` with :data:`HEAD_PROJECTIONS` and an int ``head_dim``, by name."""
+    found = {}
+    for name, mod in model.named_modules():
+        if isinstance(getattr(mod, "head_dim", None), int) and all(
+                isinstance(getattr(mod, p, None), nn.Linear) for p in HEAD_PROJECTIONS):
+            found[name] = mod
+    return found
+
+
+def _heads(attention: nn.Module, /) -> tuple[int, int]:
+    """``(kv_heads, query heads per KV head)`` that ``attention``'s projections hold now."""
+    d = attention.head_dim
+    kv = attention.k_proj.out_features // d
+    return kv, attention.q_proj.out_features // (kv * d)
+
+
+def _config_accepts(config) -> bool:
+    """Whether ``config`` passes its family's own validation (transformers' strict configs check
+    e.g. that ``hidden_size`` is a multiple of ``num_attention_heads``, whatever ``head_dim`` says:
+    ``save_pretrained`` and ``from_pretrained`` would refuse it)."""
+    validate = getattr(config, "validate", None)
+    if validate is None:
+        return True
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: no strict configs to fail
+        StrictDataclassError = ValueError  # noqa: N806
+    try:
+        validate()
+    except (StrictDataclassError, ValueError, TypeError):
+        return False
+    return True
+
+
+def stock_head_counts(model: nn.Module, heads: tuple, /) -> list[int]:
+    """The numbers ``k`` of KV heads (``1 <= k <= kv``) that ``model``'s config takes for attentions
+    of ``heads = (kv, query heads, head_dim)``: with ``num_key_value_heads = k``,
+    ``num_attention_heads = k q / kv`` and ``head_dim`` kept, it passes the family's validation.
+    Every ``k`` where the model has no config of that kind."""
+    kv, q, d = heads
+    config = getattr(model, "config", None)
+    if config is None or not all(hasattr(config, k) for k in ("num_attention_heads", "num_key_value_heads")):
+        return list(range(1, kv + 1))
+    trial = copy.deepcopy(config)
+    out = []
+    for k in range(1, kv + 1):
+        trial.num_attention_heads, trial.num_key_value_heads, trial.head_dim = k * (q // kv), k, d
+        if _config_accepts(trial):
+            out.append(k)
+    return out
+
+
+def _head_config(model: nn.Module, attentions: dict, kv: int, /) -> bool:
+    """Set the config's head counts to ``kv`` KV heads (``head_dim`` kept) when the architecture
+    that config builds then has every attention of ``attentions`` at that count; whether it did
+    (otherwise the config is left as it was)."""
+    config = getattr(model, "config", None)
+    if config is None or not all(hasattr(config, k) for k in ("num_attention_heads", "num_key_value_heads")):
+        return False
+    d = {a.head_dim for a in attentions.values()}
+    g = {_heads(a)[1] for a in attentions.values()}
+    if len(d) != 1 or len(g) != 1:
+        return False
+    d, g = d.pop(), g.pop()
+    keys = ("num_attention_heads", "num_key_value_heads", "head_dim")
+    old = {k: getattr(config, k) for k in keys if hasattr(config, k)}
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = kv * g, kv, d
+    twin = architecture_twin(model) if _config_accepts(config) else None
+    try:
+        fits = twin is not None and all(
+            twin.get_submodule(n).head_dim == d and _heads(twin.get_submodule(n)) == (kv, g)
+            and twin.get_submodule(n).o_proj.in_features == kv * g * d for n in attentions)
+    except AttributeError:
+        fits = False
+    if not fits:
+        for k in keys:
+            if k in old:
+                setattr(config, k, old[k])
+            else:
+                delattr(config, k)
+    return fits
+
+
+def _own_counts(attention: nn.Module, kv: int, g: int, /) -> None:
+    """The head counts an attention keeps as attributes, made those of its projections."""
+    for attr, which in _HEAD_ATTRS.items():
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, kv * g if which == "q" else kv)
+
+
+def _cut_attentions(model: nn.Module, /) -> dict[str, nn.Module]:
+    return {n: a for n, a in find_cut_heads(model).items() if hasattr(a.q_proj, "kept_from")}
+
+
+def settle_heads(model: nn.Module, /) -> int | None:
+    """When every attention of ``model`` keeps one number of whole KV heads, make it the config's.
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel
+        Modified in place: ``config.num_key_value_heads`` (the kept KV heads),
+        ``config.num_attention_heads`` (their query heads) and ``config.head_dim`` (set to the
+        heads' dimension, which a family computes as ``hidden_size // num_attention_heads``
+        otherwise), the attentions' own head counts where they keep them, the marks.
+
+    Returns
+    -------
+    int or None
+        The KV heads now in the config (the cut layers' marks are dropped), or None when the
+        counts differ, no head was cut, or the family's class built from the changed config on
+        the ``meta`` device does not have every attention at that count (the marks then stay
+        for the record).
+    """
+    cut = _cut_attentions(model)
+    if not cut:
+        return None
+    attentions = find_cut_heads(model)
+    counts = {_heads(a)[0] for a in attentions.values()}
+    if len(counts) != 1:
+        return None
+    kv = counts.pop()
+    if not _head_config(model, attentions, kv):
+        return None
+    for attention in attentions.values():
+        _own_counts(attention, *_heads(attention))
+        for p in HEAD_PROJECTIONS:
+            getattr(attention, p).__dict__.pop("kept_from", None)
+    return kv
+
+
+def _padded_heads(layer: nn.Module, size: int, /, *, rows: bool) -> nn.Module:
+    """``layer`` with zero rows (and zero bias entries) or zero columns appended up to ``size``."""
+    w, b = layer.weight, layer.bias
+    if rows:
+        w = torch.cat([w, w.new_zeros(size - w.shape[0], w.shape[1])])
+        b = None if b is None else torch.cat([b, b.new_zeros(size - b.shape[0])])
+    else:
+        w = torch.cat([w, w.new_zeros(w.shape[0], size - w.shape[1])], dim=1)
+    new = _in_slot(w, b, type(layer))
+    new.requires_grad_(layer.weight.requires_grad)
+    return new
+
+
+@torch.no_grad()
+def pad_heads(model: nn.Module, /) -> int | None:
+    """Pad every attention cut by whole KV heads with zero heads to the most kept; that count, or
+    None if no head was cut.
+
+    A padded KV head has zero rows (and bias entries) in ``k_proj`` and ``v_proj``, its query
+    heads zero rows in ``q_proj`` and zero columns in ``o_proj``: a zero query and key stay zero
+    under a rotary embedding (a rotation) and a per-head norm, give equal scores over the
+    attended positions, hence a mean of zero values, read by zero columns. The padded model
+    computes the same function in the family's own architecture, with that count in its
+    config (:func:`settle_heads`); where no config builds it, each attention is padded to its
+    dense count instead (the architecture in the config, unchanged).
+    """
+    cut = _cut_attentions(model)
+    if not cut:
+        return None
+    attentions = find_cut_heads(model)
+    most = max(_heads(a)[0] for a in attentions.values())
+    common = _head_config(model, attentions, most)
+    for attention in attentions.values():
+        kv, g = _heads(attention)
+        d = attention.head_dim
+        kept = getattr(attention.k_proj, "kept_from", None)
+        target = most if common else (kv if kept is None else kept.out_features // d)
+        for p in HEAD_PROJECTIONS:
+            layer = getattr(attention, p)
+            size = {"q_proj": target * g * d, "o_proj": target * g * d}.get(p, target * d)
+            setattr(attention, p, _padded_heads(layer, size, rows=p != "o_proj"))
+        _own_counts(attention, target, g)
+    return most if common else max(_heads(a)[0] for a in attentions.values())

@@ -18,6 +18,7 @@ from .interpolative import IDResult, id_to_svd, interpolative
 from .leverage import LeverageSample, LeverageScores, leverage_sample, leverage_scores
 from .maxvol import maxvol, rect_maxvol
 from .output_id import OutputID, OutputIDCurve, output_id, output_id_curve
+from .score_cr import ScoreCR, score_cr
 from .metric import WeightedCUR, Whitening, weighted_cur, weighted_norm, whitening
 from .allocation import Allocation, allocate_ranks, cur_error_curve, svd_error_curve
 from .sketch import TruncatedSVD, range_finder, truncated_svd
@@ -38,6 +39,7 @@ __all__ = [
     "OutputIDCurve",
     "LeverageScores",
     "RankDeficiencyWarning",
+    "ScoreCR",
     "TruncatedSVD",
     "WeightedCUR",
     "Whitening",
@@ -63,6 +65,7 @@ __all__ = [
     "qdeim_bound",
     "range_finder",
     "rect_maxvol",
+    "score_cr",
     "selection_constant",
     "spectral_norm",
     "svd_error_curve",

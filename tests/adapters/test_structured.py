@@ -250,7 +250,7 @@ def test_fused_attention_has_no_value_output_unit():
     with pytest.raises(ValueError, match=r"qkv_proj is a fused query-key-value projection \(Phi3ForCausalLM\)"):
         plan(make_tiny("phi3"), StructuredConfig(reduction=0.1, units=("vo",)), calibration=None, progress=False)
     with pytest.raises(ValueError, match="units must be"):
-        StructuredConfig(units=("mlp", "heads"))
+        StructuredConfig(units=("mlp", "neurons"))
 
 
 def test_save_compressed_writes_a_stock_folder_for_one_width(calib_tokens, eval_tokens, tmp_path):
