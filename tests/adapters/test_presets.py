@@ -40,6 +40,9 @@ def test_no_tokenizer_says_how_to_pass_one():
         llama.compress(make_tiny_llama(), progress=False)
     model = make_tiny_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CalibrationError):
-        llama.plan(model, progress=False)
+    with pytest.raises(CalibrationError):  # per-layer widths: the plan needs the error curves
+        llama.plan(model, uniform=False, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the default (one MLP width, nothing else to allocate) is fixed by the budget: no calibration
+    p = llama.plan(model, progress=False)
+    assert len({m.rank for m in p.modules}) == 1 and p.params_after() <= p.target_params
