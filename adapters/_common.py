@@ -46,3 +46,33 @@ def architecture_twin(model: nn.Module, /) -> nn.Module | None:
             return type(model)._from_config(config, dtype=dtype)
     except (TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError):
         return None
+
+
+def release_memory() -> bool:
+    """Collect garbage and hand the C heap's free pages back to the operating system.
+
+    Dropping a model's dense layers frees their memory inside the process, but glibc keeps the
+    freed pages of its heap for later allocations, so the resident size stays as high as it
+    was; ``malloc_trim(0)`` returns them. Used by the demo between compressing and scoring, so
+    that the scoring's working memory reuses what compression freed instead of adding to it
+    (measured in ``benchmarks/demo_memory.py``).
+
+    Returns
+    -------
+    bool
+        Whether the heap was trimmed (False where there is no glibc, e.g. macOS or Windows).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True

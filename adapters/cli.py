@@ -297,7 +297,7 @@ def _ood_text(args) -> str | None:
 def _cmd_demo(args) -> int:
     import torch
 
-    from ._common import count_parameters
+    from ._common import count_parameters, release_memory
     from .compression import compress
     from .eval import load_wikitext2
 
@@ -321,6 +321,7 @@ def _cmd_demo(args) -> int:
     t1 = time.perf_counter()
     model, report = compress(model, config, calibration=calibration, tokenizer=tok, progress=not args.quiet)
     t_comp = time.perf_counter() - t1
+    release_memory()  # the dense layers' pages back to the system before scoring
     ppl1 = _ppl(model, tok, data.eval_text, args)
     print(
         f"compressed: {report.params_after:,} parameters (-{100 * report.reduction:.2f}%), "

@@ -64,6 +64,7 @@ class Sampler:
 
 def main(argv=None) -> int:
     from adapters.cli import DEMO_METHOD, SMOLLM2, _calibration_text, _parser, config_from_args, load_model
+    from adapters._common import release_memory
     from adapters.compression import compress
     from adapters.eval import load_wikitext2, perplexity
 
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
         calibration = _calibration_text(demo, tok)
         model, report = s.step("compress", lambda: compress(model, config, calibration=calibration, tokenizer=tok,
                                                             progress=False), steps)
+        s.step("release_memory (as the demo)", release_memory, steps)
         s.step("perplexity, compressed", lambda: perplexity(model, None, ids, seqlen=2048, progress=False), steps)
     result = {"steps": steps, "peak_rss_mb": max(x["peak_rss_mb"] for x in steps), "config": config.to_dict(),
               "demo_method": DEMO_METHOD, "params_after": report.params_after,
