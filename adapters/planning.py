@@ -322,6 +322,33 @@ def _by_layer(found) -> dict[int, dict]:
     return out
 
 
+def _kind(name: str, units: dict) -> str:
+    """The kind of a target for :func:`_per_kind`: its unit's kind, or a matrix's final name."""
+    return units.get(name) or name.rsplit(".", 1)[-1]
+
+
+def _per_kind(scales: dict, units: dict) -> dict:
+    """Loss scales divided by their mean over the targets of the same kind (the MLP units, the
+    ``q_proj`` matrices, ...).
+
+    The diagonal Fisher ranks the targets of one kind along the depth well (on SmolLM2-135M at
+    -20%, per-layer MLP widths by it gave perplexity 40.28 where relative errors gave 54.45),
+    but not targets of different kinds against each other: its second-order, diagonal view of
+    an error that passes through the attention's softmax made ``q_proj`` errors look nearly
+    free, and the hybrid allocated on raw loss scales reached 112.44 where relative errors gave
+    35.06 (docs/benchmarks.md, section 12). So each kind keeps the weight relative errors give
+    it, and the loss redistributes it over the depth.
+    """
+    groups: dict[str, list] = {}
+    for n in scales:
+        groups.setdefault(_kind(n, units), []).append(n)
+    out = {}
+    for names in groups.values():
+        mean = sum(scales[n] for n in names) / len(names)
+        out.update({n: scales[n] / mean if mean > 0 else 1.0 for n in names})
+    return out
+
+
 def _loss_weights(config, sensitivity, name, kind) -> torch.Tensor | None:
     """The output-row weights a unit's curve and fit take under ``loss_aware`` "fit", else None."""
     if sensitivity is None or kind == "linear" or "fit" not in getattr(config, "loss_aware", ()):
@@ -834,7 +861,9 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
             sensitivity = output_sensitivity(calib.model, calib.batches_ready(),
                                              {n: mod for n, (_, mod) in found.items()}, progress=calib.progress)
         curves, kept, silent, scales = _curves(config, method, found, calib, metrics, keep, units, sensitivity)
-        # the allocator reads predicted losses under loss_aware "allocation", relative errors otherwise
+        # the allocator reads predicted losses under loss_aware "allocation" (normalised per kind
+        # of target), relative errors otherwise
+        scales = _per_kind(scales, units)
         costs = {n: np.asarray(c) * scales[n] if n in scales else c for n, c in curves.items()}
         for name in silent:
             _, mod = found.pop(name)

@@ -201,3 +201,27 @@ def test_one_width_and_nothing_else_to_allocate_skips_the_curves(calib_tokens, m
     per_neuron = uni.modules[0].shape[1]
     assert uni.params_after() + per_neuron * len(uni.modules) > uni.target_params and k < 64
     assert p.params_after() <= p.target_params
+
+
+def test_loss_scales_are_normalised_per_kind(calib_tokens, monkeypatch):
+    """Scaling every q_proj's sensitivity by one factor leaves the hybrid's allocation as it was:
+    the loss ranks targets of one kind along the depth, relative errors weigh the kinds."""
+    import adapters.planning as planning
+    from adapters.planning import _per_kind
+
+    got = _per_kind({"a.0.q_proj": 2.0, "a.1.q_proj": 6.0, "a.0.mlp": 5.0}, {"a.0.mlp": "mlp"})
+    assert got == {"a.0.q_proj": 0.5, "a.1.q_proj": 1.5, "a.0.mlp": 1.0}
+    cfg = StructuredConfig(reduction=0.2, matrices="interpolative", uniform=False, loss_aware=("allocation",))
+    model = make_tiny_llama(layers=3)
+    base = [(m.name, m.rank) for m in plan(model, cfg, calibration=calib_tokens, progress=False).modules]
+    real = planning.output_sensitivity
+
+    def louder_queries(*a, **k):
+        out = real(*a, **k)
+        for name, s in out.items():
+            if name.endswith("q_proj"):
+                s.sq_grad *= 1e6
+        return out
+
+    monkeypatch.setattr(planning, "output_sensitivity", louder_queries)
+    assert [(m.name, m.rank) for m in plan(model, cfg, calibration=calib_tokens, progress=False).modules] == base
