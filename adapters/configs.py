@@ -531,8 +531,10 @@ class StructuredConfig(ActivationConfig):
         (:func:`adapters.sensitivity.output_sensitivity`: the diagonal ``D`` of the gradient
         covariance at each target's output, from one backward pass over the calibration
         tokens, about three forward passes of cost). ``"allocation"``: the allocator
-        compares the units and matrices by their predicted loss, ``||D^{1/2} E L||_F^2``,
-        instead of their relative errors ``||E L||_F^2 / ||W L||_F^2``. ``"fit"``: each
+        weighs each relative curve ``||E L||_F^2 / ||W L||_F^2`` by the predicted loss
+        scale ``||D^{1/2} W L||_F^2``, normalised by its mean over the targets of the same
+        kind (the loss ranks one kind along the depth; across kinds its diagonal view
+        misleads, see docs/adapters.md). ``"fit"``: each
         structured unit picks its neurons (value dimensions) and refits its output projection
         in that two-sided metric (the refit is row by row, so ``D`` changes which neurons are
         kept, not how a kept set is refitted). Needs a model that returns a loss (a causal LM).
