@@ -492,3 +492,20 @@ def test_a_unit_spanning_two_children_of_the_layer_follows_targets_layers_and_ex
     named = plan(make_tiny("opt"), StructuredConfig(reduction=0.05, targets=("fc1", "fc2"), layers=(0,)),
                  calibration=calibration_tokens(), progress=False)
     assert [(m.name, m.params_before) for m in named.modules] == [("model.decoder.layers.0", 2 * 32 * 64 + 64 + 32)]
+
+
+def test_the_default_costs_three_passes_over_the_calibration_tokens(calib_tokens):
+    """One MLP width and nothing else to allocate: no planning pass, and the sequential refit
+    runs each layer on the dense path, on the compressed path, and again once fitted."""
+    model = make_tiny_llama(layers=3)
+    windows = [0, 0, 0]
+    for i, layer in enumerate(model.model.layers):
+        layer.register_forward_pre_hook(
+            lambda mod, args, kwargs, i=i: windows.__setitem__(
+                i, windows[i] + (args[0] if args else kwargs["hidden_states"]).shape[0]),
+            with_kwargs=True)
+    compress(model, StructuredConfig(reduction=0.2), calibration=calib_tokens, progress=False)
+    n = calib_tokens.shape[0]
+    # layer 0: the embeddings' pass that catches its inputs (stopped there), then one run that
+    # records both paths (they start from the same embeddings) and one that propagates
+    assert windows == [3 * n, 3 * n, 3 * n]
