@@ -22,7 +22,7 @@ from .experts import ExpertLinears, close_experts, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
 from .planning import Calibration, Plan, _loss_weights, build_plan, dense_lines
-from .sensitivity import output_sensitivity
+from .sensitivity import check_causal_lm, output_sensitivity
 from .targets import LeftDense, as_linear, check_uncompressed
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
@@ -224,6 +224,7 @@ class _Applier:
             return None
         if self.plan._sensitivity:
             return self.plan._sensitivity
+        check_causal_lm(self.model)
         anchors = {n: self.model.get_submodule(self.method.for_unit(m.unit).anchor(self.model, n))
                    for n, m in self.planned.items() if m.unit != "linear"}
         return output_sensitivity(self.model, self.calib.batches_ready(), anchors, progress=self.progress)

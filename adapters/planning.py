@@ -25,7 +25,7 @@ from .experts import ExpertLinears, open_experts
 from .layouts import MLP_LAYOUTS, MLP_MATRIX_NAMES, find_mlps
 from .offload import check_readable, onloaded, onloaded_block
 from .pruned import stock_head_counts
-from .sensitivity import output_sensitivity
+from .sensitivity import check_causal_lm, output_sensitivity
 from .targets import LINEAR_VIEWS, LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
@@ -825,6 +825,8 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     their replacements (:func:`adapters.offload.check_readable`), before any calibration runs.
     """
     method = method_for(config)
+    if getattr(config, "loss_aware", ()):
+        check_causal_lm(model)
     found, dense, units = _survey(model, config, method, filter_fn)
     check_readable(model, names=found if placing else (), offload_folder=offload_folder)
     unused = [k for k in config.overrides if not any(matches(n, _override_spec(k)) for n in found)]

@@ -23,12 +23,17 @@ from tqdm.auto import tqdm
 
 from .offload import compute_device
 
-__all__ = ["OutputSensitivity", "output_sensitivity"]
+__all__ = ["OutputSensitivity", "check_causal_lm", "output_sensitivity"]
 
 _ERR_NO_LOSS = (
     "loss-aware compression needs the calibration loss: a model whose forward takes labels= and returns "
     "a loss (a causal LM head, e.g. LlamaForCausalLM); {name} returned none. Pass loss_aware=() to "
     "compress it by the activations alone"
+)
+_ERR_NOT_CAUSAL = (
+    "loss_aware weighs errors by the gradient of the next-token loss, so it needs a causal language model "
+    "(a class of transformers' MODEL_FOR_CAUSAL_LM_MAPPING, e.g. LlamaForCausalLM, GPT2LMHeadModel); got "
+    "{name}. Pass loss_aware=() to compress it by the activations alone"
 )
 _ERR_NO_GRADIENT = (
     "loss-aware compression found no gradient at the output of {names} (the loss does not depend on "
@@ -56,6 +61,23 @@ class OutputSensitivity:
     def row_weights(self) -> torch.Tensor:
         """``sqrt(sq_grad / tokens)``: the factor of each output row in the two-sided error."""
         return torch.sqrt(self.sq_grad / max(self.tokens, 1))
+
+
+def check_causal_lm(model: nn.Module, /) -> None:
+    """Refuse, before any work, a model whose loss is not the next-token loss of its inputs.
+
+    Raises
+    ------
+    ValueError
+        ``type(model)`` is not a causal LM class of transformers (a classifier, a masked LM,
+        a bare base model).
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    name = type(model).__name__
+    if name not in causal and not name.endswith("ForCausalLM"):
+        raise ValueError(_ERR_NOT_CAUSAL.format(name=name))
 
 
 def _labels(ids: torch.Tensor, mask) -> torch.Tensor:

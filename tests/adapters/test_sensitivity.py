@@ -225,3 +225,18 @@ def test_loss_scales_are_normalised_per_kind(calib_tokens, monkeypatch):
 
     monkeypatch.setattr(planning, "output_sensitivity", louder_queries)
     assert [(m.name, m.rank) for m in plan(model, cfg, calibration=calib_tokens, progress=False).modules] == base
+
+
+@pytest.mark.parametrize("which", ["classifier", "bert"])
+def test_a_model_without_a_next_token_loss_is_refused_before_any_work(which):
+    from conftest import make_tiny_classifier
+    from families import calibration_tokens, make_tiny
+
+    model = make_tiny_classifier() if which == "classifier" else make_tiny("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="causal language model.*loss_aware=\\(\\)"):
+        plan(model, StructuredConfig(reduction=0.2, uniform=False, loss_aware=("allocation",)),
+             calibration=calibration_tokens(), progress=False)
+    assert not calls and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
