@@ -371,8 +371,9 @@ def _loss_scale(model, method, name, stats, sensitivity) -> float:
 
 
 @torch.no_grad()
-def _curves(config, method, found, calib, metrics, keep, units=None, sensitivity=None) -> tuple[dict, dict]:
-    """One pass over the dense model: every error curve, and the statistics worth keeping.
+def _curves(config, method, found, calib, metrics, keep, units=None, sensitivity=None
+            ) -> tuple[dict, dict, list, dict]:
+    """One pass over the dense model: ``(curves, kept statistics, silent experts, loss scales)``.
 
     With ``sensitivity`` (a ``loss_aware`` config, :mod:`adapters.sensitivity`) the curves of
     the structured units are those of the two-sided metric when ``"fit"`` is asked, and with
