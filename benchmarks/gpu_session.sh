@@ -6,6 +6,7 @@
 #     bash benchmarks/gpu_session.sh                    # every step (about 26 min of limits: too long for one session)
 #     bash benchmarks/gpu_session.sh issue14            # issue 14's steps only (about 11 min of limits)
 #     bash benchmarks/gpu_session.sh tests issue22      # the CUDA tests and issue 22's quality on CUDA (about 8 min)
+#     bash benchmarks/gpu_session.sh issue22 issue23    # structured quality, loss-aware hybrid, healing (about 13.5 min)
 #     bash benchmarks/gpu_session.sh tests core offload # the steps of issues 13 and 15 (about 11 min)
 #
 # Results in benchmarks/results/ (copied to $OUT), logs in $OUT.
@@ -19,6 +20,9 @@
 #            set): the structured default (StructuredConfig, one MLP width) at -20% and -30% beside
 #            today's interpolative default and dense, compression time and perplexity in and out
 #            of domain (about 4 min of limits);
+#   issue23  issue 23: the hybrid with loss-aware allocation at -8.8/-20/-30% on CUDA (about 4 min of
+#            limits) and healing from the structured default at -20% (<= 25 after <= 5 minutes;
+#            about 5.5 min of limits);
 #   issue14  issue 14, items 3, 5, 6: benchmarks/compress_gpu.py at the Llama-3.1-8B shape
 #            (CURing's configuration <= 10 s; the default at -20% <= 60 s, peak <= 1.25x the bf16
 #            model), benchmarks/curing_score_svd.py at the 8B shapes (the randomized score SVD
@@ -85,6 +89,19 @@ elif has issue22; then
         --output benchmarks/results/adapters_quality_issue22_gpu.json >"$LOG/quality_gpu.log" 2>&1
     echo "quality_gpu rc=$?"; tail -8 "$LOG/quality_gpu.log"
 fi
+if has issue23 && [ "$CUDA_OK" != 1 ]; then
+    echo "issue23: no CUDA device, steps skipped"
+elif has issue23; then
+    # the hybrid with loss-aware allocation at the three points, and healing from the structured default
+    timeout 240 "$PY" benchmarks/adapters_quality.py --device cuda --calibration-set mix --curing-params 122734368 \
+        --runs dense "hybrid@curing:loss_aware=allocation" "hybrid@0.2:loss_aware=allocation" \
+        "hybrid@0.3:loss_aware=allocation" --output benchmarks/results/adapters_quality_issue23_gpu.json \
+        >"$LOG/quality23_gpu.log" 2>&1; echo "quality23_gpu rc=$?"; tail -8 "$LOG/quality23_gpu.log"
+    timeout 330 "$PY" benchmarks/heal_cpu.py --method structured --reductions 0.2 --runs dense compressed heal-wikitext \
+        --output benchmarks/results/heal_gpu_structured.json --quiet >"$LOG/heal23_gpu.log" 2>&1
+    echo "heal23_gpu rc=$?"; tail -6 "$LOG/heal23_gpu.log"
+fi
+cp -f benchmarks/results/adapters_quality_issue23_gpu.json benchmarks/results/heal_gpu_structured.json "$LOG/" 2>/dev/null || true
 cp -f benchmarks/results/adapters_quality_issue22_gpu.json "$LOG/" 2>/dev/null || true
 cp -f benchmarks/results/compress_gpu_issue14.json benchmarks/results/curing_score_svd_cuda.json \
     benchmarks/results/heal_gpu_issue14.json benchmarks/results/inference_gpu.json "$LOG/" 2>/dev/null || true
