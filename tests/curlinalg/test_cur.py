@@ -53,9 +53,11 @@ def test_deim_type_bound_from_returned_indices(problem, method):
 @given(problems(min_dim=10, max_dim=50, kinds=("exponential",)), st.sampled_from(["deim", "qdeim", "maxvol"]))
 def test_numpy_and_torch_agree(problem, method):
     torch = pytest.importorskip("torch")
-    A = problem.A
-    res_np = cur(A, rank=problem.rank, method=method)
-    res_t = cur(torch.from_numpy(A), rank=problem.rank, method=method)
+    # within the numerical rank: near it the two backends' SVDs may see different ranks and
+    # break the ties differently (the thorough profile found such draws), which no CUR can agree on
+    A, k = problem.A, min(problem.rank, 8)
+    res_np = cur(A, rank=k, method=method)
+    res_t = cur(torch.from_numpy(A), rank=k, method=method)
     err_np = np.linalg.norm(A - res_np.to_dense(), 2)
     err_t = np.linalg.norm(A - res_t.to_dense().numpy(), 2)
     np.testing.assert_array_equal(np.sort(res_t.rows.numpy()), np.sort(res_np.rows))
