@@ -15,6 +15,7 @@ and MoDeGPT's module-wise fits weight by ``H`` alone).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,7 @@ def output_sensitivity(model: nn.Module, batches, modules: dict, /, *, progress:
     handles = [mod.register_forward_hook(watch(name)) for name, mod in modules.items()]
     handles.append(model.get_input_embeddings().register_forward_hook(leaf))
     device = compute_device(model.get_input_embeddings())
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
     try:
         for p in params:
             p.requires_grad_(False)
@@ -167,7 +169,11 @@ def output_sensitivity(model: nn.Module, batches, modules: dict, /, *, progress:
         with torch.enable_grad():
             for ids, mask in tqdm(rows, desc="sensitivity", disable=not progress, leave=False):
                 current["mask"] = mask
-                extra = {} if mask is None else {"attention_mask": mask.to(device=device, dtype=torch.long)}
+                extra = {}
+                if mask is not None:  # as LayerRunner: left padding must not shift the real tokens' positions
+                    extra["attention_mask"] = mask.to(device=device, dtype=torch.long)
+                    if takes_positions:
+                        extra["position_ids"] = (mask.long().cumsum(1) - 1).clamp_min(0).to(device)
                 ids = ids.to(device)
                 labels = _labels(ids, mask)
                 counted = int((labels[:, 1:] != -100).sum())

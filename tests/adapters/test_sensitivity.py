@@ -240,3 +240,21 @@ def test_a_model_without_a_next_token_loss_is_refused_before_any_work(which):
         plan(model, StructuredConfig(reduction=0.2, uniform=False, loss_aware=("allocation",)),
              calibration=calibration_tokens(), progress=False)
     assert not calls and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_left_padding_keeps_the_positions_of_the_real_tokens():
+    """GPT-2's absolute positions: a left-padded window gives its real tokens the sums of the
+    same window unpadded (the positions count real tokens only)."""
+    from adapters.calibration import CalibrationBatches
+    from families import make_tiny
+
+    model = make_tiny("gpt2")
+    ids = torch.randint(3, 128, (1, 24), generator=torch.Generator().manual_seed(0))
+    padded = torch.cat([torch.zeros(1, 8, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 8, dtype=torch.bool), torch.ones(1, 24, dtype=torch.bool)], dim=1)
+    mods = {"transformer.h.0.mlp.c_proj": model.transformer.h[0].mlp.c_proj}
+    plain = output_sensitivity(model, [ids], mods, progress=False)
+    left = output_sensitivity(model, CalibrationBatches([padded], [mask]), mods, progress=False)
+    name = "transformer.h.0.mlp.c_proj"
+    assert left[name].tokens == plain[name].tokens == 24
+    torch.testing.assert_close(left[name].sq_grad, plain[name].sq_grad, rtol=1e-4, atol=1e-12)
