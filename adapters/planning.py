@@ -557,34 +557,47 @@ def _heads_problem(attn) -> str | None:
     return None
 
 
-def _group_heads(model, found) -> dict:
-    """Each attention among ``found`` with the four projections of :data:`_HEAD_PROJECTIONS` becomes
-    one ``"heads"`` unit (keyed by its name, holding ``o_proj``, whose inputs calibrate it), in place."""
+def _group_attention(model, found, *, kind, projections, anchor, problem, error, label) -> dict:
+    """Each attention among ``found`` holding ``projections`` becomes one ``kind`` unit (keyed by
+    its name, holding its ``anchor`` projection, whose inputs calibrate it), in place.
+
+    ``problem(model, attention)`` says why an attention cannot be one (or None); ``error`` is the
+    message of a refusal, with ``{what}``; ``label`` names the unit in the refusal of a fused
+    projection.
+    """
     members: dict[str, list] = {}
     for name in found:
         parent, _, attr = name.rpartition(".")
         if attr in _FUSED_QKV:
-            raise ValueError(_ERR_NO_HEADS.format(
-                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no whole-head unit"))
-        if attr in _HEAD_PROJECTIONS:
+            raise ValueError(error.format(
+                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no {label}"))
+        if attr in projections:
             members.setdefault(parent, []).append(attr)
     units = {}
     for parent, attrs in members.items():
         attn = model.get_submodule(parent)
-        if len(attrs) != len(_HEAD_PROJECTIONS):
-            raise ValueError(_ERR_NO_HEADS.format(what=f"the targets hold {sorted(attrs)} of {parent} but not all of "
-                                                       f"{list(_HEAD_PROJECTIONS)}"))
-        problem = _heads_problem(attn)
-        if problem is not None:
-            raise ValueError(_ERR_NO_HEADS.format(what=f"{parent} ({type(attn).__name__}) {problem}"))
-        i = found[f"{parent}.o_proj"][0]
+        if len(attrs) != len(projections):
+            raise ValueError(error.format(what=f"the targets hold {sorted(attrs)} of {parent} but not all of "
+                                               f"{list(projections)}"))
+        why = problem(model, attn)
+        if why is not None:
+            raise ValueError(error.format(what=f"{parent} ({type(attn).__name__}) {why}"))
+        i = found[f"{parent}.{anchor}"][0]
         for attr in attrs:
             found.pop(f"{parent}.{attr}")
-        found[parent] = (i, attn.o_proj)
-        units[parent] = "heads"
+        found[parent] = (i, getattr(attn, anchor))
+        units[parent] = kind
     if not units:
-        raise ValueError(_ERR_NO_HEADS.format(what=f"none of the targets of {type(model).__name__} is one"))
+        raise ValueError(error.format(what=f"none of the targets of {type(model).__name__} is one"))
     return units
+
+
+def _group_heads(model, found) -> dict:
+    """Each attention among ``found`` with the four projections of :data:`_HEAD_PROJECTIONS` becomes
+    one ``"heads"`` unit (keyed by its name, holding ``o_proj``, whose inputs calibrate it), in place."""
+    return _group_attention(model, found, kind="heads", projections=_HEAD_PROJECTIONS, anchor="o_proj",
+                            problem=lambda _model, attn: _heads_problem(attn), error=_ERR_NO_HEADS,
+                            label="whole-head unit")
 
 
 _ERR_NO_QK = (
@@ -634,31 +647,8 @@ def _qk_problem(model, attn) -> str | None:
 def _group_query_key(model, found) -> dict:
     """Each attention among ``found`` with ``q_proj`` and ``k_proj`` becomes one ``"qk"`` unit
     (keyed by its name, holding ``q_proj``, whose inputs calibrate it), in place."""
-    members: dict[str, list] = {}
-    for name in found:
-        parent, _, attr = name.rpartition(".")
-        if attr in _FUSED_QKV:
-            raise ValueError(_ERR_NO_QK.format(
-                what=f"{name} is a fused query-key-value projection ({type(model).__name__}), so no query-key unit"))
-        if attr in ("q_proj", "k_proj"):
-            members.setdefault(parent, []).append(attr)
-    units = {}
-    for parent, attrs in members.items():
-        attn = model.get_submodule(parent)
-        if len(attrs) != 2:
-            raise ValueError(_ERR_NO_QK.format(what=f"the targets hold {attrs} of {parent} but not both of "
-                                                    "['q_proj', 'k_proj']"))
-        problem = _qk_problem(model, attn)
-        if problem is not None:
-            raise ValueError(_ERR_NO_QK.format(what=f"{parent} ({type(attn).__name__}) {problem}"))
-        i = found[f"{parent}.q_proj"][0]
-        for attr in attrs:
-            found.pop(f"{parent}.{attr}")
-        found[parent] = (i, attn.q_proj)
-        units[parent] = "qk"
-    if not units:
-        raise ValueError(_ERR_NO_QK.format(what=f"none of the targets of {type(model).__name__} is one"))
-    return units
+    return _group_attention(model, found, kind="qk", projections=("q_proj", "k_proj"), anchor="q_proj",
+                            problem=_qk_problem, error=_ERR_NO_QK, label="query-key unit")
 
 
 def _group_units(model, config, found, dense) -> dict:
