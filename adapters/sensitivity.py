@@ -115,9 +115,10 @@ def output_sensitivity(model: nn.Module, batches, modules: dict, /, *, progress:
     Notes
     -----
     One forward and one backward pass per calibration window over the whole model (about
-    three forward passes of cost), with the activations of one window alive at a time. The loss is the sum
-    (not the mean) of the tokens' cross-entropies, so ``G`` sums per-token gradients as ``H``
-    sums per-token inputs.
+    three forward passes of cost), with the activations of one window alive at a time. The
+    loss is the sum (not the mean) of the tokens' cross-entropies, so ``G`` sums per-token
+    gradients as ``H`` sums per-token inputs. Left-padded windows get position ids that count
+    their real tokens (as :class:`adapters.calibration.LayerRunner` gives them).
 
     References
     ----------
