@@ -69,3 +69,18 @@ def test_perplexity_builds_no_autograd_graph():
     model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
     perplexity(model, None, torch.arange(64) % 128, seqlen=32, progress=False)
     assert seen == [False, False]
+
+
+def test_a_long_text_is_scored_on_the_ids_of_the_whole_text():
+    """perplexity tokenizes only a prefix when max_tokens is given: the ids it scores are the
+    first max_tokens of the whole text's, at every cut (the char tokenizer's tokens are 1 char)."""
+    from adapters.eval import _text_ids
+
+    from conftest import char_tokenizer
+
+    tok = char_tokenizer()
+    text = "".join(chr(33 + (i * 7) % 90) for i in range(9000))
+    whole = tok(text, return_tensors="pt")["input_ids"][0]
+    for n in (64, 500, 4000):
+        torch.testing.assert_close(_text_ids(text, tok, n), whole[:n], rtol=0, atol=0)
+    assert torch.equal(_text_ids(text, tok, None).reshape(-1), whole.reshape(-1))
