@@ -1,7 +1,8 @@
 """Peak resident memory of the demo's steps (issue 23, item 5): where the demo's peak RSS comes from.
 
-Runs the demo's steps in one process (load SmolLM2-135M from its GGUF file, perplexity of the dense
-model, compression with the demo's method and calibration, perplexity of the compressed model) and
+Runs the demo's steps in one process, as the demo runs them (load SmolLM2-135M from its GGUF file,
+perplexity of the dense model in and out of domain, compression with the demo's method and
+calibration, the memory release, perplexity of the compressed model in and out of domain) and
 samples the process's RSS every 20 ms from a thread, recording the peak of each step and the RSS
 after it. ``/usr/bin/time -v python -m adapters demo`` gives the demo's overall peak; this says
 which step sets it.
@@ -63,10 +64,11 @@ class Sampler:
 
 
 def main(argv=None) -> int:
-    from adapters.cli import DEMO_METHOD, SMOLLM2, _calibration_text, _parser, config_from_args, load_model
+    from adapters.cli import (DEMO_METHOD, SMOLLM2, _calibration_text, _ood_text, _parser, _ppl, config_from_args,
+                              load_model)
     from adapters._common import release_memory
     from adapters.compression import compress
-    from adapters.eval import load_wikitext2, perplexity
+    from adapters.eval import load_wikitext2
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=str(HERE / "results" / "demo_memory.json"))
@@ -76,14 +78,18 @@ def main(argv=None) -> int:
     steps: list = []
     with Sampler() as s:
         model, tok = s.step("load (GGUF, float32)", lambda: load_model(SMOLLM2), steps)
-        data = s.step("tokenize evaluation text", lambda: load_wikitext2(tokenizer=tok), steps)
-        ids = tok(data.eval_text, return_tensors="pt")["input_ids"][0][: demo.eval_tokens]
-        s.step("perplexity, dense", lambda: perplexity(model, None, ids, seqlen=2048, progress=False), steps)
+        data = s.step("load evaluation texts", lambda: load_wikitext2(tokenizer=tok), steps)
+        ood = _ood_text(demo)
+        s.step("perplexity, dense, WikiText-2", lambda: _ppl(model, tok, data.eval_text, demo), steps)
+        if ood is not None:
+            s.step("perplexity, dense, Shakespeare", lambda: _ppl(model, tok, ood, demo), steps)
         calibration = _calibration_text(demo, tok)
         model, report = s.step("compress", lambda: compress(model, config, calibration=calibration, tokenizer=tok,
                                                             progress=False), steps)
         s.step("release_memory (as the demo)", release_memory, steps)
-        s.step("perplexity, compressed", lambda: perplexity(model, None, ids, seqlen=2048, progress=False), steps)
+        s.step("perplexity, compressed, WikiText-2", lambda: _ppl(model, tok, data.eval_text, demo), steps)
+        if ood is not None:
+            s.step("perplexity, compressed, Shakespeare", lambda: _ppl(model, tok, ood, demo), steps)
     result = {"steps": steps, "peak_rss_mb": max(x["peak_rss_mb"] for x in steps), "config": config.to_dict(),
               "demo_method": DEMO_METHOD, "params_after": report.params_after,
               "machine": _common.run_record("cpu")}
