@@ -325,6 +325,7 @@ def _cmd_demo(args) -> int:
     shakespeare = f", Shakespeare perplexity {ood0.ppl:.2f}" if ood0 is not None else ""
     print(f"dense:      {before:,} parameters, WikiText-2 perplexity {ppl0.ppl:.2f}{shakespeare} "
           f"({ppl0.tokens:,} tokens)")
+    release_memory()  # the dense scoring's pages back to the system before compressing
     t1 = time.perf_counter()
     model, report = compress(model, config, calibration=calibration, tokenizer=tok, progress=not args.quiet)
     t_comp = time.perf_counter() - t1
