@@ -84,6 +84,7 @@ def main(argv=None) -> int:
         if ood is not None:
             s.step("perplexity, dense, Shakespeare", lambda: _ppl(model, tok, ood, demo), steps)
         calibration = _calibration_text(demo, tok)
+        s.step("release_memory (as the demo)", release_memory, steps)
         model, report = s.step("compress", lambda: compress(model, config, calibration=calibration, tokenizer=tok,
                                                             progress=False), steps)
         s.step("release_memory (as the demo)", release_memory, steps)
