@@ -21,8 +21,8 @@ from .pruned import settle_heads, settle_widths
 from .experts import ExpertLinears, close_experts, open_experts
 from .methods import Method, Metrics, method_for
 from .offload import Placer, check_readable, onloaded, onloaded_block
-from .planning import Calibration, Plan, _loss_weights, build_plan, dense_lines
-from .sensitivity import check_causal_lm, output_sensitivity
+from .planning import Calibration, Plan, build_plan, dense_lines
+from .sensitivity import check_causal_lm, fit_weights, output_sensitivity
 from .targets import LeftDense, as_linear, check_uncompressed
 
 __all__ = ["CompressionReport", "ModuleReport", "compress"]
@@ -251,7 +251,7 @@ class _Applier:
             if mp.unit != "linear":  # its fit reads the unit's children, one at a time
                 res = self.method.for_unit(mp.unit).fit_unit(
                     self.config, self.model, name, stats, metrics, mp.rank,
-                    outputs=_loss_weights(self.config, self.sensitivity, name, mp.unit))
+                    outputs=fit_weights(self.config, self.sensitivity, name, mp.unit))
                 return None, res, time.perf_counter() - t
             with onloaded(self.model, name) as held:  # one offloaded module's weights at a time
                 lin = as_linear(held)

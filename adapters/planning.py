@@ -25,7 +25,7 @@ from .experts import ExpertLinears, open_experts
 from .layouts import MLP_LAYOUTS, MLP_MATRIX_NAMES, find_mlps
 from .offload import check_readable, onloaded, onloaded_block
 from .pruned import stock_head_counts
-from .sensitivity import check_causal_lm, output_sensitivity
+from .sensitivity import check_causal_lm, fit_weights, output_sensitivity
 from .targets import LINEAR_VIEWS, LeftDense, as_linear, matches, survey_targets
 
 __all__ = ["ModulePlan", "Plan", "allocate_ranks", "plan"]
@@ -349,13 +349,6 @@ def _per_kind(scales: dict, units: dict) -> dict:
     return out
 
 
-def _loss_weights(config, sensitivity, name, kind) -> torch.Tensor | None:
-    """The output-row weights a unit's curve and fit take under ``loss_aware`` "fit", else None."""
-    if sensitivity is None or kind == "linear" or "fit" not in getattr(config, "loss_aware", ()):
-        return None
-    return sensitivity[name].row_weights()
-
-
 def _loss_scale(model, method, name, stats, sensitivity) -> float:
     """``||D^{1/2} W L||_F^2`` of the anchor's weight: what turns a relative curve into a loss.
 
@@ -401,7 +394,7 @@ def _curves(config, method, found, calib, metrics, keep, units=None, sensitivity
                 kind = (units or {}).get(name, "linear")
                 um = method.for_unit(kind)
                 c = um.unit_curve(config, calib.model, name, stats[name], metrics,
-                                  outputs=_loss_weights(config, sensitivity, name, kind))
+                                  outputs=fit_weights(config, sensitivity, name, kind))
                 if "allocation" in aware:
                     scales[name] = _loss_scale(calib.model, um, name, stats[name], sensitivity)
                 return c

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .offload import compute_device
 
-__all__ = ["OutputSensitivity", "check_causal_lm", "output_sensitivity"]
+__all__ = ["OutputSensitivity", "check_causal_lm", "fit_weights", "output_sensitivity"]
 
 _ERR_NO_LOSS = (
     "loss-aware compression needs the calibration loss: a model whose forward takes labels= and returns "
@@ -79,6 +79,30 @@ def check_causal_lm(model: nn.Module, /) -> None:
     name = type(model).__name__
     if name not in causal and not name.endswith("ForCausalLM"):
         raise ValueError(_ERR_NOT_CAUSAL.format(name=name))
+
+
+def fit_weights(config, sensitivity: dict | None, name: str, kind: str, /) -> torch.Tensor | None:
+    """The output-row weights the curve and the fit of the unit ``name`` take, or None.
+
+    Parameters
+    ----------
+    config : CompressionConfig
+        Weights are given under ``loss_aware`` with ``"fit"`` only.
+    sensitivity : dict of str to OutputSensitivity or None
+        :func:`output_sensitivity`'s result (None: not measured).
+    name : str
+        The unit (or matrix).
+    kind : str
+        Its unit kind; a matrix (``"linear"``) is fitted in the input metric alone.
+
+    Returns
+    -------
+    torch.Tensor or None
+        :meth:`OutputSensitivity.row_weights` of ``name``.
+    """
+    if sensitivity is None or kind == "linear" or "fit" not in getattr(config, "loss_aware", ()):
+        return None
+    return sensitivity[name].row_weights()
 
 
 def _labels(ids: torch.Tensor, mask) -> torch.Tensor:

@@ -258,3 +258,14 @@ def test_left_padding_keeps_the_positions_of_the_real_tokens():
     name = "transformer.h.0.mlp.c_proj"
     assert left[name].tokens == plain[name].tokens == 24
     torch.testing.assert_close(left[name].sq_grad, plain[name].sq_grad, rtol=1e-4, atol=1e-12)
+
+
+def test_fit_weights_only_under_fit_and_only_for_units():
+    from adapters.sensitivity import fit_weights
+
+    sens = {"u": OutputSensitivity(torch.tensor([4.0, 1.0], dtype=torch.float64), tokens=1)}
+    fit, alloc = StructuredConfig(loss_aware=("fit",)), StructuredConfig(loss_aware=("allocation",))
+    torch.testing.assert_close(fit_weights(fit, sens, "u", "mlp"), torch.tensor([2.0, 1.0], dtype=torch.float64))
+    assert fit_weights(alloc, sens, "u", "mlp") is None
+    assert fit_weights(fit, sens, "u", "linear") is None
+    assert fit_weights(fit, None, "u", "mlp") is None
