@@ -10,6 +10,10 @@ most: a compression that generalises loses no more out of domain than in it).  R
 
 * ``dense``
 * ``curing``: CURing's configuration (10 layers by angular distance, q/k/gate, rank 36)
+* ``curing@F``: CURing's method (q/k/gate of the layers of smallest angular distance) at the
+  reduction ``F``: the fewest layers that reach it at ``--curing-rank``, then the largest rank
+  that still removes ``F`` on those layers (:func:`curing_size`); refused when q/k/gate of every
+  layer cannot remove ``F``
 * ``default@curing``: the default method at exactly CURing's parameter count
 * ``default@F``, ``svd-plain@F``, ``svd-whitened@F`` for F in ``--reductions``; ``default`` is
   the library's default of the code that ran (each run stores its ``options``): the
@@ -123,6 +127,35 @@ def parse_run(run: str) -> tuple[str, str, str, dict]:
     return name, weighting, budget, options
 
 
+def curing_size(model, reduction: float, rank: int) -> tuple[int, int]:
+    """``(n_layers, rank)`` of CURing's q/k/gate CUR at ``reduction`` of ``model``'s parameters.
+
+    A CUR of an ``m x n`` matrix at rank ``r`` holds ``m r + r^2 + r n`` parameters (C, U, R).
+    The fewest layers that remove ``reduction`` at ``rank`` are taken, then the largest rank that
+    still removes it on them, so the count lands just past the budget. Assumes, as CURing's
+    targets do in the Llama family, that every decoder layer has the same shapes.
+    """
+    import math
+
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    shapes = [(c.num_attention_heads * head_dim, c.hidden_size), (c.num_key_value_heads * head_dim, c.hidden_size),
+              (c.intermediate_size, c.hidden_size)]  # q, k, gate: (out, in)
+
+    def saved(r):
+        return sum(m * n - (m * r + r * r + r * n) for m, n in shapes)
+
+    need = reduction * sum(p.numel() for p in model.parameters())
+    n_layers = math.ceil(need / saved(rank))
+    if n_layers > c.num_hidden_layers:
+        reach = c.num_hidden_layers * saved(1) / (need / reduction)
+        raise SystemExit(f"CURing's q/k/gate of all {c.num_hidden_layers} layers remove at most {100 * reach:.2f}% "
+                         f"of the parameters (rank 1), not {100 * reduction:.0f}%: drop curing@{reduction}")
+    while rank + 1 < min(min(s) for s in shapes) and n_layers * saved(rank + 1) >= need:
+        rank += 1
+    return n_layers, rank
+
+
 def _all_runs(reductions) -> list[str]:
     runs = ["dense", "curing", "default@curing"]
     for f in reductions:
@@ -217,6 +250,10 @@ def main(argv=None) -> int:
                 report = None
             elif run == "curing":
                 model, report = compress(model, method="curing", rank=args.curing_rank, **common)
+            elif run.startswith("curing@"):
+                n_layers, rank = curing_size(base, float(run.partition("@")[2]), args.curing_rank)
+                print(f"{run}: q/k/gate of {n_layers} layers at rank {rank}", flush=True)
+                model, report = compress(model, method="curing", rank=rank, n_layers=n_layers, **common)
             else:
                 name, weighting, budget, run_kw = parse_run(run)
                 weight_kw = {"token_weighting": weighting} if weighting else {}
