@@ -471,6 +471,11 @@ _CLASHES = {
 #: Where a :class:`StructuredConfig` weighs errors by the loss (:mod:`adapters.sensitivity`):
 #: in the allocation of widths and ranks, in the fit of the units.
 LOSS_AWARE = ("allocation", "fit")
+_ERR_PER_GROUP = (
+    "per_group=True chooses per unit between keeping it structured and factoring its matrices, which needs "
+    "matrices='interpolative' (the factored option) and uniform=False (each unit decides alone); got "
+    "matrices={matrices!r}, uniform={uniform!r}. Pass matrices='interpolative', uniform=False"
+)
 
 
 @dataclass(frozen=True)
@@ -538,6 +543,14 @@ class StructuredConfig(ActivationConfig):
         structured unit picks its neurons (value dimensions) and refits its output projection
         in that two-sided metric (the refit is row by row, so ``D`` changes which neurons are
         kept, not how a kept set is refitted). Needs a model that returns a loss (a causal LM).
+    per_group : bool, default False
+        With ``matrices="interpolative"`` and ``uniform=False``: each structured unit may
+        instead have its matrices factored (an MLP's ``gate``/``up``/``down`` in the
+        interpolative form, say, where a neighbour keeps whole neurons). The allocator holds
+        both options of every unit, at most one taken (:func:`curlinalg.allocate_ranks` with
+        ``exclusive=``), and chooses by predicted error per parameter saved: the unit's
+        relative output error against the sum of its matrices' relative errors (loss-weighted
+        with ``loss_aware=("allocation",)``). The plan lists the option taken.
     sequential, mix, refit_ridge
         As :class:`ActivationConfig`, defaults as :class:`InterpolativeConfig` (the refit on
         the compressed model's inputs, against ``0.75 W z_c + 0.25 W z_d``, with a ridge toward
@@ -554,7 +567,8 @@ class StructuredConfig(ActivationConfig):
     ``"qk"`` units for those with ``q_proj`` and ``k_proj``, an even ``head_dim``, a full
     rotary embedding of the ``rotate_half`` convention and no per-head norm (Qwen3's and
     Gemma 3's ``q_norm``/``k_norm`` are refused).
-    Version 2 added ``loss_aware``; a version-1 dictionary reads with ``loss_aware=()``.
+    Version 2 added ``loss_aware``, version 3 ``per_group``; older dictionaries read with
+    ``loss_aware=()`` and ``per_group=False``.
 
     References
     ----------
@@ -563,8 +577,8 @@ class StructuredConfig(ActivationConfig):
     """
 
     method: ClassVar[str] = "structured"
-    version: ClassVar[int] = 2
-    upgrades: ClassVar[dict] = {1: {"loss_aware": ()}}
+    version: ClassVar[int] = 3
+    upgrades: ClassVar[dict] = {1: {"loss_aware": (), "per_group": False}, 2: {"per_group": False}}
 
     sequential: bool = REFIT_DEFAULT["sequential"]
     mix: float = REFIT_DEFAULT["mix"]
@@ -575,6 +589,7 @@ class StructuredConfig(ActivationConfig):
     width_multiple: int = 1
     units: tuple = ("mlp",)
     loss_aware: tuple = ()
+    per_group: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -593,6 +608,10 @@ class StructuredConfig(ActivationConfig):
             raise ValueError(f"matrices must be one of {STRUCTURED_MATRICES}, got {self.matrices!r}")
         if not isinstance(self.uniform, bool):
             raise TypeError(f"uniform must be a bool, got {self.uniform!r}")
+        if not isinstance(self.per_group, bool):
+            raise TypeError(f"per_group must be a bool, got {self.per_group!r}")
+        if self.per_group and (self.matrices != "interpolative" or self.uniform):
+            raise ValueError(_ERR_PER_GROUP.format(matrices=self.matrices, uniform=self.uniform))
         _positive_int("width_multiple", self.width_multiple)
         if self.passes != 1:
             raise ValueError(f"passes must be 1 for StructuredConfig (one sequential sweep), got {self.passes!r}")

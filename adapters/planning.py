@@ -182,7 +182,7 @@ def dense_lines(dense) -> list[str]:
 
 
 def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params, max_ranks=None,
-                   multiple: int = 1) -> tuple[list[int], int]:
+                   multiple: int = 1, exclusive=()) -> tuple[list[int], int]:
     """Ranks for matrices of ``shapes`` removing at least ``need`` parameters at least error.
 
     A thin map onto :func:`curlinalg.allocate_ranks` (kept for the earlier API): ``cost(m, n, r)``
@@ -190,7 +190,8 @@ def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params, max_ranks=N
     a rank saves ``m n - cost(m, n, r)``; ``errors[j][r - 1]`` is matrix ``j``'s error at rank
     ``r``. Matrix ``j`` chooses among the multiples of ``multiple`` (or ``multiple[j]``) up to
     ``max_ranks[j]`` (default: the length of its curve), or stays dense; ``cost`` may be a list
-    of one cost per matrix. Returns ``(ranks, slack)``.
+    of one cost per matrix; ``exclusive`` as :func:`curlinalg.allocate_ranks`. Returns
+    ``(ranks, slack)``.
     """
     caps = [len(e) for e in errors] if max_ranks is None else [min(len(e), int(c)) for e, c in zip(errors, max_ranks)]
     multiples = [multiple] * len(caps) if isinstance(multiple, int) else list(multiple)
@@ -199,7 +200,7 @@ def allocate_ranks(shapes, errors, /, *, need: int, cost=cur_params, max_ranks=N
     curves = [np.asarray(e, dtype=np.float64)[a - 1] for e, a in zip(errors, allowed)]
     savings = [m * n - np.array([c(m, n, int(k)) for k in a], dtype=np.int64)
                for (m, n), a, c in zip(shapes, allowed, costs)]
-    res = curlinalg.allocate_ranks(curves, savings, need=need)
+    res = curlinalg.allocate_ranks(curves, savings, need=need, exclusive=exclusive)
     return [int(a[k - 1]) if k else 0 for a, k in zip(allowed, res.ranks)], res.slack
 
 
@@ -249,9 +250,10 @@ def _dense_note(dense) -> str:
             f"{reasons[:5]}{' ...' if len(reasons) > 5 else ''}")
 
 
-def _check_feasible(config, methods, shapes, fixed, params_before, dense=()) -> int | None:
+def _check_feasible(config, methods, shapes, fixed, params_before, dense=(), alternatives=None) -> int | None:
     """The budget, checked against what compressing every target as far as allowed leaves.
-    ``methods`` and ``shapes`` map each target to its unit's method and shape."""
+    ``methods`` and ``shapes`` map each target to its unit's method and shape; ``alternatives``
+    (``per_group``) each unit's matrices, of which a unit or its matrices are compressed, not both."""
     too_big = [n for n, r in fixed.items() if r > methods[n].max_rank(*shapes[n])]
     if too_big:
         (m, k), r = shapes[too_big[0]], fixed[too_big[0]]
@@ -262,11 +264,15 @@ def _check_feasible(config, methods, shapes, fixed, params_before, dense=()) -> 
     if not isinstance(config, BudgetConfig) or config.rank is not None:
         return None
     target = config.target(params_before)
-    floor = params_before
-    for nm, (m, n) in shapes.items():
-        low, high = allowed_ranks(config, methods[nm], m, n)
-        if nm in fixed or low <= high:
-            floor -= m * n - methods[nm].params(m, n, fixed.get(nm, low))
+
+    def most(nm):
+        (m, n), (low, high) = shapes[nm], allowed_ranks(config, methods[nm], *shapes[nm])
+        return m * n - methods[nm].params(m, n, fixed.get(nm, low)) if nm in fixed or low <= high else 0
+
+    alternatives = alternatives or {}
+    held = {n for names in alternatives.values() for n in names}
+    floor = params_before - sum(most(nm) for nm in shapes if nm not in held and nm not in alternatives)
+    floor -= sum(max(most(u), sum(most(n) for n in names)) for u, names in alternatives.items())
     if target < floor:
         raise ValueError(_ERR_INFEASIBLE.format(
             target=target, before=params_before, count=len(shapes), floor=floor, maxred=1.0 - floor / params_before,
@@ -440,6 +446,10 @@ def _curing_pass(config, found, calib) -> tuple[list, dict]:
     return ang, kept
 
 
+_ERR_PER_GROUP_FIXED = (
+    "overrides fix {names}, a unit or a matrix of a unit that per_group=True leaves to the allocation (the unit "
+    "or its matrices); drop those overrides, or pass per_group=False"
+)
 _ERR_NO_UNIT = (
     "StructuredConfig keeps whole neurons of MLPs laid out as one of: {layouts}; {what}. Pass targets= or "
     "exclude= leaving them out, or use InterpolativeConfig for this model"
@@ -644,29 +654,36 @@ def _group_query_key(model, found) -> dict:
                             problem=_qk_problem, error=_ERR_NO_QK, label="query-key unit")
 
 
-def _group_units(model, config, found, dense) -> dict:
-    """The structured units of ``config.units`` among ``found`` (their kinds by name), in place;
-    the other targets stay matrices, or go to ``dense`` when ``config.matrices`` is "dense"."""
-    units = {}
-    if "heads" in config.units:
-        units.update(_group_heads(model, found))
-    if "qk" in config.units:
-        units.update(_group_query_key(model, found))
-    if "vo" in config.units:
-        units.update(_group_value_output(model, found))
-    if "mlp" in config.units:
-        units.update(_group_mlp(model, found))
+def _group_units(model, config, found, dense) -> tuple[dict, dict]:
+    """The structured units of ``config.units`` among ``found``, in place: ``(units, members)``,
+    the units' kinds by name and the matrices each unit holds. The other targets stay matrices,
+    or go to ``dense`` when ``config.matrices`` is "dense". With ``config.per_group`` the
+    members stay in ``found`` too, as matrices: the factored option of their unit."""
+    snapshot = dict(found)
+    units, members = {}, {}
+    for kind, group in (("heads", _group_heads), ("qk", _group_query_key), ("vo", _group_value_output),
+                        ("mlp", _group_mlp)):
+        if kind not in config.units:
+            continue
+        before = set(found)
+        made = group(model, found)
+        removed = [n for n in before if n not in found]
+        members.update({u: [n for n in removed if n.startswith(u + ".")] for u in made})
+        units.update(made)
     if config.matrices == "dense":
         for name in [n for n in found if n not in units]:
             lin = as_linear(found.pop(name)[1])
             dense.append(LeftDense(name, tuple(lin.weight.shape), sum(p.numel() for p in lin.parameters()),
                                    "not in a structured unit (StructuredConfig matrices='dense')"))
-    return units
+    if getattr(config, "per_group", False):
+        found.update({n: snapshot[n] for names in members.values() for n in names})
+    return units, members
 
 
 def _survey(model, config, method, filter_fn):
-    """The targets that can be compressed, every other block weight with its reason, and the
-    kinds of the structured units among the targets (by name; matrices are not listed)."""
+    """The targets that can be compressed, every other block weight with its reason, the kinds
+    of the structured units among the targets (by name; matrices are not listed), and the
+    matrices each unit holds (:func:`_group_units`)."""
     survey = survey_targets(model, targets=config.targets, layers=config.layers, exclude=config.exclude,
                             filter_fn=filter_fn)
     found, dense = {}, list(survey.dense)
@@ -689,8 +706,8 @@ def _survey(model, config, method, filter_fn):
                        if d.reason not in ("excluded (exclude=)", "block not selected (layers=)", "filter_fn returned False")})
         warnings.warn(_WARN_COVERAGE.format(targets=config.targets, covered=covered, left=left[:10]),
                       AdaptersWarning, stacklevel=4)
-    units = _group_units(model, config, found, dense) if isinstance(config, StructuredConfig) else {}
-    return found, dense, units
+    units, members = _group_units(model, config, found, dense) if isinstance(config, StructuredConfig) else ({}, {})
+    return found, dense, units, members
 
 
 def _params_of(model, name, mod, method, units) -> int:
@@ -811,7 +828,9 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     method = method_for(config)
     if getattr(config, "loss_aware", ()):
         check_causal_lm(model)
-    found, dense, units = _survey(model, config, method, filter_fn)
+    found, dense, units, members = _survey(model, config, method, filter_fn)
+    # per_group: each unit or its matrices (the factored option), chosen by the allocation
+    alternatives = members if getattr(config, "per_group", False) else {}
     check_readable(model, names=found if placing else (), offload_folder=offload_folder)
     unused = [k for k in config.overrides if not any(matches(n, _override_spec(k)) for n in found)]
     if unused:
@@ -824,7 +843,10 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
     methods = {n: method.for_unit(units.get(n, "linear")) for n in found}
     shapes = {n: methods[n].shape(model.get_submodule(n) if n in units else mod) for n, (_, mod) in found.items()}
     fixed = {n: r for n in found if (r := _fixed_rank(config, methods[n], n, shapes[n])) is not None}
-    target = _check_feasible(config, methods, shapes, fixed, params_before, dense)
+    chosen_by_plan = [n for n in fixed if n in alternatives or any(n in names for names in alternatives.values())]
+    if chosen_by_plan:
+        raise ValueError(_ERR_PER_GROUP_FIXED.format(names=sorted(chosen_by_plan)[:5]))
+    target = _check_feasible(config, methods, shapes, fixed, params_before, dense, alternatives)
     ranks, errors, ang, kept, sensitivity = dict(fixed), {}, None, {}, None
     if isinstance(config, CURingConfig):
         ang, kept = _curing_pass(config, found, calib)
@@ -869,14 +891,20 @@ def build_plan(model, config, /, *, calib: Calibration, metrics: Metrics, filter
             counts = stock_head_counts(model, heads_of(model.get_submodule(heads[0]))) if heads else None
             chosen = _allocate_uniform(config, free, units, methods, shapes, costs, need, head_counts=counts)
         else:
+            at = {n: j for j, n in enumerate(free)}
             chosen = allocate_ranks(
                 [shapes[n] for n in free], [costs[n] for n in free], need=need,
                 cost=[methods[n].params for n in free],
                 multiple=[allowed_ranks(config, methods[n], *shapes[n])[0] for n in free],
                 max_ranks=[allowed_ranks(config, methods[n], *shapes[n])[1] for n in free],
+                exclusive=[[[at[u]], [at[n] for n in names]] for u, names in alternatives.items() if u in at],
             )[0]
         ranks.update(zip(free, chosen))
         errors = {n: math.sqrt(max(float(curves[n][r - 1]), 0.0)) for n, r in ranks.items() if r > 0}
+    for unit, names in alternatives.items():  # the plan lists the option taken (the unit when neither is)
+        drop = names if ranks.get(unit, 0) > 0 or not any(ranks.get(n, 0) for n in names) else [unit]
+        for name in drop:
+            found.pop(name, None)
     modules = [
         ModulePlan(name, i, shapes[name], ranks.get(name, 0), _params_of(model, name, mod, methods[name], units),
                    errors.get(name), units.get(name, "linear"))

@@ -19,6 +19,11 @@ from .metric import gram_svd, select
 __all__ = ["Allocation", "allocate_ranks", "cur_error_curve", "svd_error_curve"]
 
 _ERR_NEED = "cannot remove {need:,} parameters; at most {most:,} at rank 1 everywhere"
+_ERR_EXCLUSIVE = (
+    "exclusive must be a sequence of groups, each a sequence of at least two options, each a "
+    "non-empty sequence of curve indices in [0, {count}), every index in at most one option of one "
+    "group; got {got}"
+)
 _ERR_LENGTHS = (
     "errors and savings must pair up (one curve per matrix, equal lengths), got {a} curves and "
     "{b} savings; build savings[j][r - 1] for the same ranks as errors[j][r - 1]"
@@ -156,7 +161,8 @@ class Allocation:
     error: float
 
 
-def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: int) -> Allocation:
+def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: int,
+                   exclusive: Sequence[Sequence[Sequence[int]]] = ()) -> Allocation:
     r"""Per-matrix ranks saving at least ``need`` at the least total error.
 
     Parameters
@@ -169,6 +175,12 @@ def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: in
         in ``r``.
     need : int
         Total saving required, ``> 0``.
+    exclusive : sequence of groups, optional
+        Alternative ways of compressing one thing: ``exclusive[g]`` is a sequence of options,
+        each a sequence of curve indices (e.g. an MLP kept as a structured unit, one curve,
+        or factored matrix by matrix, three curves). In each group the curves of at most one
+        option get ranks; the others stay whole. An index may appear in one option of one
+        group; curves in no group are free as before.
 
     Returns
     -------
@@ -177,7 +189,8 @@ def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: in
     Raises
     ------
     ValueError
-        Curves and savings do not pair up, or even rank 1 everywhere cannot save ``need``.
+        Curves and savings do not pair up, ``exclusive`` is malformed, or even rank 1
+        everywhere (the most saving option of each group) cannot save ``need``.
 
     Notes
     -----
@@ -186,6 +199,17 @@ def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: in
     the smallest value whose total saving reaches ``need``. The overshoot is then given back
     greedily, one rank step (or a return to whole) at a time, best error decrease per unit of
     saving first, while the saving stays ``>= need``: the budget is met to within one step.
+
+    With ``exclusive``, a group's term of the Lagrangian is the least over its options of the
+    options' summed terms (each curve of an option at its own best rank, or whole), so each
+    group takes the option that costs least error per unit of saving at the multiplier; the
+    saving at the minimiser still grows with :math:`\mu`, so the bisection is unchanged. The
+    give-back only moves curves that already have a rank (up one step, or to whole), so it
+    never starts a second option of a group. The relaxation has a duality gap between the
+    breakpoints of :math:`\mu` that a choice among options widens (a group may overshoot by
+    a whole option), so each group then tries its other options in turn, each allocated
+    alone (this function, without groups) to what the group must save with the rest held,
+    and keeps one that lowers the total error.
 
     References
     ----------
@@ -202,52 +226,124 @@ def allocate_ranks(errors: Sequence[Any], savings: Sequence[Any], /, *, need: in
     >>> saves = [np.array([30, 20, 10]), np.array([30, 20, 10])]
     >>> allocate_ranks(errs, saves, need=40).ranks   # saves 10 + 30 at error 0 + 1
     [3, 1]
+
+    One thing compressed either as curve 0 or as curves 1 and 2, not both:
+
+    >>> errs = [np.array([2.0, 0.3]), np.array([1.0, 0.2]), np.array([1.0, 0.3])]
+    >>> saves = [np.array([40, 20]), np.array([20, 10]), np.array([20, 10])]
+    >>> allocate_ranks(errs, saves, need=30).ranks     # curve 0 with curve 1: error 0.5
+    [2, 2, 0]
+    >>> allocate_ranks(errs, saves, need=30, exclusive=[[[0], [1, 2]]]).ranks   # error 1.2
+    [0, 2, 1]
     """
     errors = [np.asarray(e, dtype=np.float64) for e in errors]
     saved = [np.asarray(s, dtype=np.int64) for s in savings]
     if len(errors) != len(saved) or any(len(e) != len(s) for e, s in zip(errors, saved)):
         raise ValueError(_ERR_LENGTHS.format(a=len(errors), b=len(saved)))
     need = _validation.check_int(int(need), "need", minimum=1)
-    most = sum(int(s[0]) for s in saved if len(s))
+    groups = _check_exclusive(exclusive, len(errors))
+    floor, most = _most(saved, groups)
     if most < need:
         raise ValueError(_ERR_NEED.format(need=need, most=most))
-    ranks, total = _bisect(errors, saved, need, most)
+    ranks, total = _bisect(errors, saved, need, floor, most, groups)
     ranks, total = _give_back(errors, saved, ranks, total, need)
+    if groups:
+        ranks, total = _switch(errors, saved, ranks, total, need, groups)
     err = sum(float(e[r - 1]) for e, r in zip(errors, ranks) if r)
     return Allocation(ranks, total - need, err)
 
 
-def _choose(errors, saved, mu):
-    ranks, total = [], 0
+def _check_exclusive(exclusive, count: int) -> list:
+    """``exclusive`` as a list of groups of lists of ints, checked (``_ERR_EXCLUSIVE``)."""
+    try:
+        groups = [[[int(j) for j in option] for option in group] for group in exclusive]
+    except TypeError:
+        raise ValueError(_ERR_EXCLUSIVE.format(count=count, got=repr(exclusive))) from None
+    flat = [j for group in groups for option in group for j in option]
+    if (any(len(group) < 2 or not all(group) for group in groups) or len(set(flat)) != len(flat)
+            or any(not 0 <= j < count for j in flat)):
+        raise ValueError(_ERR_EXCLUSIVE.format(count=count, got=repr(exclusive)))
+    return groups
+
+
+def _most(saved, groups):
+    """``(ranks, total)``: rank 1 on every free curve and on the most saving option of each group."""
+    ranks = [1 if len(s) else 0 for s in saved]
+    for group in groups:
+        best = max(group, key=lambda option: sum(int(saved[j][0]) for j in option if len(saved[j])))
+        for option in group:
+            if option is not best:
+                for j in option:
+                    ranks[j] = 0
+    return ranks, sum(int(s[r - 1]) for s, r in zip(saved, ranks) if r)
+
+
+def _best(e, s, mu):
+    """``(rank, term)``: the rank minimising ``e - mu s`` when that is negative, else ``(0, 0)``."""
+    if not len(e):
+        return 0, 0.0
+    obj = e - mu * s
+    k = int(np.argmin(obj))
+    return (k + 1, float(obj[k])) if obj[k] < 0.0 else (0, 0.0)
+
+
+def _choose(errors, saved, mu, groups=()):
+    ranks = []
+    terms = []
     for e, s in zip(errors, saved):
-        if not len(e):
-            ranks.append(0)
-            continue
-        obj = e - mu * s
-        k = int(np.argmin(obj))
-        if obj[k] < 0.0:
-            ranks.append(k + 1)
-            total += int(s[k])
-        else:
-            ranks.append(0)
-    return ranks, total
+        r, term = _best(e, s, mu)
+        ranks.append(r)
+        terms.append(term)
+    for group in groups:  # the option of least summed term keeps its ranks, the others stay whole
+        values = [sum(terms[j] for j in option) for option in group]
+        keep = int(np.argmin(values))
+        for o, option in enumerate(group):
+            if o != keep:
+                for j in option:
+                    ranks[j] = 0
+    return ranks, sum(int(s[r - 1]) for s, r in zip(saved, ranks) if r)
 
 
-def _bisect(errors, saved, need, most):
+def _bisect(errors, saved, need, floor, most, groups):
     lo, hi = 0.0, 1.0
-    while _choose(errors, saved, hi)[1] < need:
+    while _choose(errors, saved, hi, groups)[1] < need:
         hi *= 2.0
         if hi > 1e300:
             break
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if _choose(errors, saved, mid)[1] >= need:
+        if _choose(errors, saved, mid, groups)[1] >= need:
             hi = mid
         else:
             lo = mid
-    ranks, total = _choose(errors, saved, hi)
+    ranks, total = _choose(errors, saved, hi, groups)
     if total < need:
-        return [1 if len(e) else 0 for e in errors], most
+        return floor, most
+    return ranks, total
+
+
+def _switch(errors, saved, ranks, total, need, groups):
+    """Each group in turn tries its other options, allocated alone to what the group must save
+    with every other curve held; the first one of lower error is kept."""
+    ranks = list(ranks)
+    for group in groups:
+        members = [j for option in group for j in option]
+        g_saved = sum(int(saved[j][ranks[j] - 1]) for j in members if ranks[j])
+        g_error = sum(float(errors[j][ranks[j] - 1]) for j in members if ranks[j])
+        required = need - (total - g_saved)
+        if required <= 0:
+            continue
+        for option in group:
+            if any(ranks[j] for j in option) or sum(int(saved[j][0]) for j in option if len(saved[j])) < required:
+                continue
+            sub = allocate_ranks([errors[j] for j in option], [saved[j] for j in option], need=required)
+            if sub.error < g_error:
+                for j in members:
+                    ranks[j] = 0
+                for j, r in zip(option, sub.ranks):
+                    ranks[j] = r
+                total += required + sub.slack - g_saved
+                g_saved, g_error = required + sub.slack, sub.error
     return ranks, total
 
 

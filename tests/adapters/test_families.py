@@ -128,7 +128,7 @@ def _structured_units(family) -> str:
     for unit in STRUCTURED_UNITS:
         config = StructuredConfig(units=(unit,))
         try:
-            _, _, units = _survey(model, config, method_for(config), None)
+            _, _, units, _ = _survey(model, config, method_for(config), None)
         except ValueError:
             continue
         if unit == "mlp":

@@ -509,3 +509,71 @@ def test_the_default_costs_three_passes_over_the_calibration_tokens(calib_tokens
     # layer 0: the embeddings' pass that catches its inputs (stopped there), then one run that
     # records both paths (they start from the same embeddings) and one that propagates
     assert windows == [3 * n, 3 * n, 3 * n]
+
+
+def _two_kinds_of_mlp(layers=3):
+    """A tiny Llama whose first MLP is rank 2 in each matrix (factoring it is exact at rank 2,
+    keeping fewer of its 64 neurons is not) and whose second has 8 live neurons (keeping them
+    is exact and cheaper than factoring its matrices at rank 8)."""
+    model = make_tiny_llama(layers=layers)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for lin in (model.model.layers[0].mlp.gate_proj, model.model.layers[0].mlp.up_proj,
+                    model.model.layers[0].mlp.down_proj):
+            m, n = lin.weight.shape
+            lin.weight.copy_(torch.randn(m, 2, generator=g) @ torch.randn(2, n, generator=g) / n**0.5)
+        mlp = model.model.layers[1].mlp
+        mlp.gate_proj.weight[8:] = 0.0
+        mlp.up_proj.weight[8:] = 0.0
+    return model
+
+
+def test_per_group_factors_one_mlp_and_keeps_neurons_of_another(calib_tokens, eval_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    # 28%: more than layer 0's factored matrices (at rank 2) and layer 1's factored ones (at
+    # rank 8) save together, so the error-free plan is layer 0 factored and layer 1's 8 neurons
+    config = StructuredConfig(reduction=0.28, matrices="interpolative", uniform=False)
+    chosen = plan(_two_kinds_of_mlp(), StructuredConfig.with_options(config, per_group=True), calibration=calib_tokens,
+                  progress=False)
+    by_name = {m.name: m for m in chosen.modules}
+    # the option taken is the one listed: layer 0's matrices, layer 1's unit
+    assert "model.layers.0.mlp" not in by_name
+    assert all(by_name[f"model.layers.0.mlp.{p}"].rank > 0 for p in ("gate_proj", "up_proj", "down_proj"))
+    assert by_name["model.layers.1.mlp"].unit == "mlp"
+    assert by_name["model.layers.1.mlp"].rank > 0
+    assert not any(n.startswith("model.layers.1.mlp.") for n in by_name)
+    assert chosen.params_after() <= chosen.target_params
+    # without per_group every MLP is a unit, the rank-2 one included
+    units = plan(_two_kinds_of_mlp(), config, calibration=calib_tokens, progress=False)
+    assert {m.name for m in units.modules if m.name.startswith("model.layers.0.mlp")} == {"model.layers.0.mlp"}
+
+    model, report = compress(_two_kinds_of_mlp(), chosen, calibration=calib_tokens, progress=False)
+    assert count_parameters(model) == report.params_after <= report.target_params
+    assert isinstance(model.model.layers[0].mlp.gate_proj, InterpolativeLinear)
+    assert type(model.model.layers[1].mlp.gate_proj) is nn.Linear
+    assert model.model.layers[1].mlp.gate_proj.out_features == by_name["model.layers.1.mlp"].rank
+    units_of = {r.name: r.unit for r in report.modules}
+    assert units_of["model.layers.0.mlp.down_proj"] == "linear" and units_of["model.layers.1.mlp"] == "mlp"
+    assert report.modules and all(r.rel_error < 0.05 for r in report.modules if r.layer in (0, 1)
+                                  and r.name.startswith(("model.layers.0.mlp", "model.layers.1.mlp")))
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
+
+
+def test_per_group_needs_the_factored_option_and_free_choices(calib_tokens):
+    with pytest.raises(ValueError, match="per_group=True chooses per unit"):
+        StructuredConfig(per_group=True, uniform=False)
+    with pytest.raises(ValueError, match="uniform=False"):
+        StructuredConfig(per_group=True, matrices="interpolative")
+    with pytest.raises(TypeError, match="per_group must be a bool"):
+        StructuredConfig(per_group=1, matrices="interpolative", uniform=False)
+    # version 2 dictionaries read without it
+    data = StructuredConfig().to_dict()
+    data.pop("per_group")
+    assert config_from_dict({**data, "version": 2}).per_group is False
+    config = StructuredConfig(reduction=0.1, matrices="interpolative", uniform=False, per_group=True,
+                              overrides={r"model\.layers\.0\.mlp\.gate_proj": 4})
+    with pytest.raises(ValueError, match="per_group=True leaves to the allocation"):
+        plan(make_tiny_llama(), config, calibration=calib_tokens, progress=False)

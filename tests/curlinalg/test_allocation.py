@@ -92,6 +92,62 @@ def test_allocation_prefers_the_cheap_error():
         allocate_ranks([steep], [saves, saves], need=10)
 
 
+@st.composite
+def exclusive_problems(draw):
+    """An allocation problem with one group of two options over some of its curves."""
+    errors, savings, _ = draw(allocation_problems())
+    extra_e, extra_s, _ = draw(allocation_problems())
+    errors, savings = errors + extra_e, savings + extra_s
+    order = draw(st.permutations(range(len(errors))))
+    cut = draw(st.integers(1, len(errors) - 1)) if len(errors) > 1 else None
+    if cut is None:
+        return errors, savings, 1, []
+    groups = [[sorted(order[:cut]), sorted(order[cut:])]]
+    most = max(sum(int(savings[j][0]) for j in option) for option in groups[0])
+    need = draw(st.integers(1, most))
+    return errors, savings, need, groups
+
+
+def _respects(ranks, groups):
+    return all(sum(any(ranks[j] for j in option) for option in group) <= 1 for group in groups)
+
+
+@given(exclusive_problems())
+def test_exclusive_options_are_never_both_taken_and_the_result_is_near_the_brute_force_optimum(problem):
+    errors, savings, need, groups = problem
+    res = allocate_ranks(errors, savings, need=need, exclusive=groups)
+    saved = sum(int(s[r - 1]) for s, r in zip(savings, res.ranks) if r)
+    assert saved - need == res.slack >= 0
+    assert _respects(res.ranks, groups)
+    feasible = [
+        sum(float(e[r - 1]) for e, r in zip(errors, ranks) if r)
+        for ranks in itertools.product(*[range(len(e) + 1) for e in errors])
+        if _respects(ranks, groups) and sum(int(s[r - 1]) for s, r in zip(savings, ranks) if r) >= need
+    ]
+    best = min(feasible)
+    assert res.error >= best - 1e-9
+    # never worse than the best option of the group allocated alone (the switch step tries each)
+    for option in groups[0] if groups else []:
+        if sum(int(savings[j][0]) for j in option) >= need:
+            alone = allocate_ranks([errors[j] for j in option], [savings[j] for j in option], need=need)
+            assert res.error <= alone.error + 1e-9
+
+
+def test_exclusive_changes_the_choice_and_is_checked():
+    errs = [np.array([2.0, 0.3]), np.array([1.0, 0.2]), np.array([1.0, 0.3])]
+    saves = [np.array([40, 20]), np.array([20, 10]), np.array([20, 10])]
+    free = allocate_ranks(errs, saves, need=30)
+    assert free.ranks[0] and (free.ranks[1] or free.ranks[2])   # both ways at once, unconstrained
+    res = allocate_ranks(errs, saves, need=30, exclusive=[[[0], [1, 2]]])
+    assert res.ranks == [0, 2, 1] and res.error == pytest.approx(1.2)
+    # the budget counts the most saving option of each group once
+    with pytest.raises(ValueError, match="at most 40"):
+        allocate_ranks(errs, saves, need=50, exclusive=[[[0], [1, 2]]])
+    for bad in ([[[0]]], [[[0], [0, 1]]], [[[0], [3]]], [[[0], []]], [[[0], [1]], [[1], [2]]], [3]):
+        with pytest.raises(ValueError, match="exclusive must be"):
+            allocate_ranks(errs, saves, need=10, exclusive=bad)
+
+
 @given(problem=problems(max_dim=30, dtypes=("complex128",)))
 def test_complex_svd_curve_is_the_spectral_tail(problem):
     """The spectral tail of a complex matrix, from its Hermitian Gram AA^H or A^HA."""
