@@ -577,3 +577,21 @@ def test_per_group_needs_the_factored_option_and_free_choices(calib_tokens):
                               overrides={r"model\.layers\.0\.mlp\.gate_proj": 4})
     with pytest.raises(ValueError, match="per_group=True leaves to the allocation"):
         plan(make_tiny_llama(), config, calibration=calib_tokens, progress=False)
+
+
+@pytest.mark.parametrize("units", [("mlp", "vo"), ("heads", "mlp")])
+def test_per_group_lists_each_unit_or_its_matrices_never_both(calib_tokens, units):
+    model = make_tiny_llama(layers=3)
+    p = plan(model, StructuredConfig(reduction=0.3, matrices="interpolative", uniform=False, per_group=True,
+                                     units=units), calibration=calib_tokens, progress=False)
+    names = {m.name for m in p.modules}
+    parents = [f"model.layers.{i}.{part}" for i in range(3) for part in ("mlp", "self_attn")]
+    for parent in parents:
+        held = [n for n in names if n.startswith(parent + ".")]
+        assert not (parent in names and held), (parent, held)
+    # every target of the model is in the plan once: as a unit, or as one of its matrices
+    covered = {n for n in names if n.count(".") == 4} | {f"{u}.{c}" for u in names if u in parents
+                                                         for c, _ in model.get_submodule(u).named_children()
+                                                         if c.endswith("proj")}
+    assert len(covered) == 7 * 3
+    assert p.params_after() <= p.target_params
