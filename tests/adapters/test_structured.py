@@ -560,6 +560,12 @@ def test_per_group_factors_one_mlp_and_keeps_neurons_of_another(calib_tokens, ev
     model.save_pretrained(tmp_path / "ckpt")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(_logits(loaded, eval_tokens), _logits(model, eval_tokens))
+    # merge folds the factored MLP and pads the cut one to its full width: a stock model
+    before = _logits(model, eval_tokens)
+    merge(model)
+    assert not any(isinstance(m, InterpolativeLinear) for m in model.modules())
+    assert set(_widths(model)) == {64} == {model.config.intermediate_size}
+    _close(_logits(model, eval_tokens), before)
 
 
 def test_per_group_needs_the_factored_option_and_free_choices(calib_tokens):
