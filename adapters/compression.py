@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -77,6 +78,18 @@ class ModuleReport:
         :class:`adapters.planning.ModulePlan`); for ``"heads"`` ``rows`` are the kept KV heads
         and ``cols`` the kept columns of ``o_proj``, for ``"qk"`` ``rows`` the kept rows of
         ``k_proj`` and ``rel_error`` that of the score matrices (:func:`curlinalg.score_cr`).
+    optimal_error : float or None
+        A unit's optimum at its kept width, in the metric of ``rel_error``: the relative error
+        of the best rank-``k`` approximation of the whitened output, which no refit through its
+        ``k`` kept inner columns beats (:attr:`curlinalg.OutputID.optimal_error`; ``"qk"``:
+        of the score matrices at the rank of its kept pairs, :attr:`curlinalg.ScoreCR.lower`).
+        None for a matrix.
+    optimality_ratio : float or None
+        ``rel_error / optimal_error``, at least 1 (:func:`curlinalg.output_id.selection_ratio`,
+        1 where both are at rounding level): how far the kept units are from the optimum,
+        measured. None for a matrix, and where ``optimal_error`` is 0 but ``rel_error`` is not:
+        a width at least the rank of the output (an MLP keeping at least its hidden size in
+        neurons) makes the optimum vacuous.
     """
 
     name: str
@@ -92,6 +105,8 @@ class ModuleReport:
     predicted_error: float | None = None
     whitening: str | None = None
     unit: str = "linear"
+    optimal_error: float | None = None
+    optimality_ratio: float | None = None
 
 
 @dataclass
@@ -160,6 +175,13 @@ class CompressionReport:
         for m in self.modules:
             lines.append(f"{m.name:48s} {m.shape[0]:>5d}x{m.shape[1]:<6d} {m.rank:>5d} {m.rel_error:8.4f}"
                          + ("  *" if m.whitening else ""))
+        constants: dict[str, list] = {}
+        for m in self.modules:
+            if m.optimality_ratio is not None:
+                constants.setdefault(m.unit, []).append(m.optimality_ratio)
+        if constants:
+            lines.append("selection constant (rel.err / optimal error), per unit kind: " + "; ".join(
+                f"{u} median {statistics.median(v):.3g}, max {max(v):.3g}" for u, v in sorted(constants.items())))
         fell = [m for m in self.modules if m.whitening]
         if fell:
             asked = f"ridge={self.options.get('ridge')!r}"
@@ -269,6 +291,7 @@ class _Applier:
                 params_after=sum(p.numel() for m in new.values() for p in m.parameters()),
                 rel_error=res.rel_error, seconds=seconds + (earlier.seconds if earlier else 0.0),
                 predicted_error=mp.predicted_error, whitening=metrics.fallback(stats), unit=mp.unit,
+                optimal_error=res.optimal_error, optimality_ratio=res.optimality_ratio,
             )
             for full, module in new.items():
                 _swap(self.model, full, self.placer.place(full, module), self.swaps)

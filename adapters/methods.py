@@ -7,6 +7,7 @@ routine; a method only says which one, on which matrix, and which layer stores t
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from torch import nn
 
 import curlinalg
 from curlinalg.metric import Whitening, mixed_cross, weighted_norm, whitening
+from curlinalg.output_id import selection_ratio
 
 from ._parallel import map_modules
 from .configs import CompressionConfig, CURConfig, CURingConfig, InterpolativeConfig, StructuredConfig, SVDConfig
@@ -45,7 +47,11 @@ class Fit:
     """One fitted layer (or unit): the module, its kept indices and its relative weighted error.
 
     A unit's fit replaces several children of its module: ``replaces`` maps each child's
-    attribute name to its new module (``module`` is then None).
+    attribute name to its new module (``module`` is then None). A unit's fit also carries the
+    optimum its error is compared to, ``optimal_error`` (:attr:`curlinalg.OutputID.optimal_error`;
+    for ``"qk"`` that of :attr:`curlinalg.ScoreCR.lower`), and ``optimality_ratio``, the
+    ratio of the two (:func:`curlinalg.output_id.selection_ratio`); both None for a matrix, the
+    constant None where it is infinite (an optimum of 0 that the fit does not reach).
     """
 
     module: nn.Module | None
@@ -53,6 +59,8 @@ class Fit:
     cols: list
     rel_error: float
     replaces: dict | None = None
+    optimal_error: float | None = None
+    optimality_ratio: float | None = None
 
 
 def _rel(E: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
@@ -329,7 +337,12 @@ class _Neurons(Method):
             keep, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
             replaces = cut_neurons(layout, held, keep, _unweighted(res.weight[:, where], s))
             replaces[layout.output].refitted = True  # what adapters.heal trains in a structured model
-        return Fit(None, keep.tolist(), [], res.rel_error, replaces)
+        return Fit(None, keep.tolist(), [], res.rel_error, replaces, res.optimal_error, _finite(res.optimality_ratio))
+
+
+def _finite(ratio: float, /) -> float | None:
+    """A selection constant for a report: None where it is infinite (not JSON)."""
+    return ratio if math.isfinite(ratio) else None
 
 
 def _weighted(weight: torch.Tensor, outputs, /) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -428,7 +441,7 @@ class _ValueOutput(Method):
                 "o_proj": GatheredLinear(_unweighted(res.weight[:, where], s).to(o.weight), cols=cols, in_features=o.in_features,
                                          bias=o.bias),
             }
-        return Fit(None, cols.tolist(), [], res.rel_error, replaces)
+        return Fit(None, cols.tolist(), [], res.rel_error, replaces, res.optimal_error, _finite(res.optimality_ratio))
 
 
 def _group_labels(heads, device) -> torch.Tensor:
@@ -498,7 +511,8 @@ class _Heads(Method):
             cols, where = torch.sort(torch.as_tensor(res.indices, device=W.device))
             groups = torch.unique(_group_labels(heads, W.device)[cols])
             replaces = cut_heads(held, d, groups, _unweighted(res.weight[:, where], s))
-        return Fit(None, groups.tolist(), cols.tolist(), res.rel_error, replaces)
+        return Fit(None, groups.tolist(), cols.tolist(), res.rel_error, replaces, res.optimal_error,
+                   _finite(res.optimality_ratio))
 
 
 class _QueryKey(Method):
@@ -541,10 +555,11 @@ class _QueryKey(Method):
         return [curlinalg.score_cr(gram, Wq[j * g * d:(j + 1) * g * d], Wk[j * d:(j + 1) * d]) for j in range(kv)]
 
     @staticmethod
-    def _errors(crs) -> np.ndarray:
-        """The relative squared error of all the attention's score matrices at every ``r``."""
+    def _errors(crs, curve: str = "errors") -> np.ndarray:
+        """The relative squared error of all the attention's score matrices at every ``r``
+        (``curve="lower"``: its Eckart-Young lower bound, :attr:`curlinalg.ScoreCR.lower`)."""
         total = sum(c.total for c in crs)
-        return sum(c.errors * c.total for c in crs) / (total if total > 0 else 1.0)
+        return sum(getattr(c, curve) * c.total for c in crs) / (total if total > 0 else 1.0)
 
     def unit_curve(self, config, model, name, stats, metrics, *, outputs=None):
         heads = heads_of(model.get_submodule(name))
@@ -567,7 +582,9 @@ class _QueryKey(Method):
             q_rows = torch.as_tensor(np.concatenate([h * d + dims[h // g] for h in range(q)]), device=device)
             replaces = {"q_proj": _kept_rows(qp, q_rows), "k_proj": _kept_rows(kp, k_rows)}
         rel = float(np.sqrt(max(float(self._errors(crs)[rank - 1]), 0.0)))
-        return Fit(None, k_rows.tolist(), [], rel, replaces)
+        opt = float(np.sqrt(max(float(self._errors(crs, "lower")[rank - 1]), 0.0)))
+        ratio = selection_ratio(rel, opt, rounding=max(c.rounding for c in crs))
+        return Fit(None, k_rows.tolist(), [], rel, replaces, opt, _finite(ratio))
 
 
 def _kept_rows(linear: nn.Linear, rows: torch.Tensor, /) -> ScatteredLinear:

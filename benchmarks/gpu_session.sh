@@ -18,8 +18,9 @@
 #            the same model fully resident);
 #   issue22  issue 22: benchmarks/adapters_quality.py on CUDA (SmolLM2-135M, the mixed calibration
 #            set): the structured default (StructuredConfig, one MLP width) at -20% and -30% beside
-#            today's interpolative default and dense, compression time and perplexity in and out
-#            of domain (about 4 min of limits);
+#            today's interpolative default and dense, then the planner choosing structured or
+#            factored per unit (per_group), compression time and perplexity in and out of domain
+#            (about 4 min of limits);
 #   issue23  issue 23: the hybrid with loss-aware allocation at -8.8/-20/-30% on CUDA (about 4 min of
 #            limits) and healing from the structured default at -20% (<= 25 after <= 5 minutes;
 #            about 5.5 min of limits);
@@ -85,7 +86,7 @@ if has issue22 && [ "$CUDA_OK" != 1 ]; then
     echo "issue22: no CUDA device, step skipped"
 elif has issue22; then
     timeout 240 "$PY" benchmarks/adapters_quality.py --device cuda --calibration-set mix \
-        --runs dense structured@0.2 structured@0.3 refit@0.2 \
+        --runs dense structured@0.2 structured@0.3 refit@0.2 "hybrid@0.2:uniform=false,per_group=true,loss_aware=allocation" \
         --output benchmarks/results/adapters_quality_issue22_gpu.json >"$LOG/quality_gpu.log" 2>&1
     echo "quality_gpu rc=$?"; tail -8 "$LOG/quality_gpu.log"
 fi

@@ -16,11 +16,13 @@ each column weighted by the norm of the ``W`` column that reads it) and gives th
 output error of the refit at every width along that order, with the lower bound no
 ``k``-dimensional refit can beat; :func:`output_id` refits ``W`` on a prefix of the order, in
 ridge least squares (a ridge Nyström interpolation of the dropped columns), optionally against
-the mixed target of a sequential refit.
+the mixed target of a sequential refit, and reports the optimal error it is measured against and
+the a posteriori selection constant (:func:`selection_ratio`).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +31,10 @@ import array_api_compat as aac
 import numpy as np
 
 from . import _backend, _errors, _validation
+from .bounds import ROUNDING_FACTOR
 from .metric import _plus_diagonal, solve_psd, whitening
 
-__all__ = ["OutputIDCurve", "OutputID", "output_id_curve", "output_id"]
+__all__ = ["OutputIDCurve", "OutputID", "output_id_curve", "output_id", "selection_ratio"]
 
 _ERR_GRAM = "gram must be a square (n, n) float matrix, got shape {shape} and dtype {dtype}; pass Z^T Z of the inner activations"
 _ERR_WEIGHT = (
@@ -41,6 +44,10 @@ _ERR_WEIGHT = (
 _ERR_RANK = "rank must be an int in [1, {n}] (columns kept of the {n} inner units), got {rank!r}"
 _ERR_ORDER = "order must be a permutation of range({n}) (as output_id_curve returns), got {got}"
 _ERR_MIX = "mix must be a real number in [0, 1] (the weight of the target W Z_c^T), got {mix!r}"
+_ERR_RATIO = (
+    "selection_ratio takes errors and a rounding level that are non-negative real numbers, got error={error!r}, "
+    "optimal={optimal!r}, rounding={rounding!r}; pass relative errors (e.g. OutputID.rel_error and optimal_error)"
+)
 
 
 @dataclass
@@ -87,11 +94,92 @@ class OutputID:
         :math:`\\|(W - \\hat W)L\\|_F / \\|WL\\|_F` with :math:`LL^T = G` and :math:`\\hat W` the
         refit placed in the kept columns (zeros elsewhere): the relative output error on the
         inputs whose Gram was passed.
+    optimal_error : float
+        :math:`\\sqrt{\\sum_{i > k}\\sigma_i^2 / \\sum_i \\sigma_i^2}`, :math:`\\sigma_i` the singular
+        values of the whitened output :math:`WL` (the same :math:`L`, unshifted, as
+        ``rel_error``): the error of its best rank-``k`` approximation, which no refit through
+        ``k`` inner units beats (Eckart-Young), whichever units, ridge or target. 0 when ``k``
+        is at least the rank of :math:`WL` (at most ``m``): the bound is then vacuous.
+    rounding : float
+        :math:`\\rho = 4\\sqrt{\\max(m, n)\\,u}`: the accuracy of ``optimal_error`` (computed from
+        the eigenvalues of a Gram matrix, as ``basis="gram"`` of
+        :func:`curlinalg.interpolative`), relative to :math:`\\|WL\\|_F`.
+
+    Notes
+    -----
+    :attr:`optimality_ratio` is the a posteriori constant of the selection,
+    ``selection_ratio(rel_error, optimal_error, rounding=rounding)``: how many times the optimum
+    this refit's error is (at least 1, up to rounding; ``inf`` where the optimum is 0 and the
+    refit is not).
     """
 
     indices: Any
     weight: Any
     rel_error: float
+    optimal_error: float
+    rounding: float
+
+    @property
+    def optimality_ratio(self) -> float:
+        r"""``rel_error / optimal_error`` (:func:`selection_ratio` with ``rounding``): the factor
+        by which the kept units miss the optimum, measured; ``inf`` when the optimum is 0 (``k``
+        at least the rank of the output) and the refit is not. Not
+        :func:`curlinalg.selection_constant`, the a priori :math:`\eta` of a row selection in
+        the spectral norm."""
+        return selection_ratio(self.rel_error, self.optimal_error, rounding=self.rounding)
+
+
+def selection_ratio(error: float, optimal: float, /, *, rounding: float = 0.0) -> float:
+    r"""The a posteriori selection constant :math:`e / e_*`, with the optimum at rounding level.
+
+    Parameters
+    ----------
+    error : float
+        :math:`e`, the relative error of a selection (e.g. :attr:`OutputID.rel_error`).
+    optimal : float
+        :math:`e_*`, the optimal relative error it is compared to (e.g.
+        :attr:`OutputID.optimal_error`), :math:`e_* \le e` in exact arithmetic.
+    rounding : float, default 0
+        :math:`\rho`, the accuracy of :math:`e_*` (:attr:`OutputID.rounding`).
+
+    Returns
+    -------
+    float
+        :math:`e / e_*` when :math:`e_* > \rho` (at least 1 up to rounding). When
+        :math:`e_* \le \rho`, the optimum is exact to working accuracy: 1 if :math:`e \le \rho`
+        too (e.g. an output of rank ``k`` refitted exactly through ``k`` units), ``inf``
+        otherwise (no finite constant: e.g. ``k`` at least the rank of the output, where every
+        ``k``-dimensional map could be exact but ``k`` units are not).
+
+    Raises
+    ------
+    ValueError
+        A negative or NaN argument, or an infinite ``optimal`` or ``rounding``.
+
+    Notes
+    -----
+    For a matrix, the a priori constants (:func:`curlinalg.selection_constant`,
+    :func:`curlinalg.qdeim_bound`) bound :math:`\|A - A'\|_2 / \sigma_{k+1}` before the
+    approximation is formed; this is the constant a selection actually reached, in the norm its
+    error is measured in. The floor :math:`\rho` keeps the ratio of two rounding-level numbers
+    out of it.
+
+    Examples
+    --------
+    >>> from curlinalg.output_id import selection_ratio
+    >>> selection_ratio(0.5, 0.25), selection_ratio(1e-14, 1e-9, rounding=1e-7)
+    (2.0, 1.0)
+    >>> selection_ratio(0.1, 0.0, rounding=1e-7)
+    inf
+    """
+    vals = (error, optimal, rounding)
+    if (any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in vals)
+            or any(math.isnan(float(v)) or float(v) < 0 for v in vals)
+            or not (math.isfinite(float(optimal)) and math.isfinite(float(rounding)))):
+        raise ValueError(_ERR_RATIO.format(error=error, optimal=optimal, rounding=rounding))
+    if float(optimal) > float(rounding):
+        return float(error) / float(optimal)
+    return 1.0 if float(error) <= float(rounding) else math.inf
 
 
 def _host(x: Any) -> np.ndarray:
@@ -329,6 +417,28 @@ def output_id(
     (a Nystrom approximation of :math:`G` from the columns ``S``); the ridge makes it the ridge
     Nystrom one, :math:`T_\lambda = (G_{SS} + \lambda I)^{-1}G_{S\bar S}`.
 
+    Whatever ``S``, target or ridge, :math:`\hat W L` has rank at most ``k``, so
+    :math:`\|(W - \hat W)L\|_F^2 \ge \sum_{i > k}\sigma_i(WL)^2` (Eckart-Young): the
+    ``optimal_error``. The :math:`\sigma_i^2` are the eigenvalues of the smaller Gram,
+    :math:`WGW^T` (``m <= n``) or :math:`R_WGR_W^T` with :math:`W = Q_WR_W` (one ``eigvalsh``
+    of order :math:`\min(m, n)`, the product :math:`WG` being formed for ``rel_error``
+    anyway), so their small values are resolved to about :math:`\sqrt{u}\,\sigma_1` only:
+    ``rounding``. :attr:`OutputID.optimality_ratio` is the ratio of the two errors
+    (:func:`selection_ratio`), measured: the worst-case constant of the pivoted QR behind the
+    order of :func:`output_id_curve` (Gu & Eisenstat 1996) bounds the residual of the weighted
+    activations, not of the output, so no a priori constant is claimed for the output. The
+    bound is vacuous once ``k`` reaches the rank of :math:`WL` (at most ``m``: an MLP keeping at
+    least as many neurons as its output width): every rank-``k`` map is then exact, and the
+    best subset of ``k`` units, a column subset selection problem, has no cheap lower bound;
+    ``optimal_error`` is 0 and the constant ``inf`` there.
+
+    References
+    ----------
+    .. [1] C. Eckart and G. Young, "The approximation of one matrix by another of lower rank",
+       Psychometrika 1(3), 1936.
+    .. [2] M. Gu and S. C. Eisenstat, "Efficient algorithms for computing a strong
+       rank-revealing QR factorization", SIAM J. Sci. Comput. 17(4), 1996.
+
     Examples
     --------
     >>> import numpy as np
@@ -374,6 +484,23 @@ def output_id(
     zeros = xp.zeros((W.shape[0], n - rank), dtype=W.dtype, device=aac.device(W))
     E = xp.take(W, P, axis=1) - xp.concat([new, zeros], axis=1)
     err = _backend.to_float(xp.sum((E @ xp.take(xp.take(G, P, axis=0), P, axis=1)) * E))
-    ref = _backend.to_float(xp.sum((W @ G) * W))
+    WG = W @ G
+    ref = _backend.to_float(xp.sum(WG * W))
     rel = (max(err, 0.0) / ref) ** 0.5 if ref > 0 else 0.0
-    return OutputID(S, new, rel)
+    opt = (_output_tail(G, W, WG, rank, xp) / ref) ** 0.5 if ref > 0 else 0.0
+    rho = ROUNDING_FACTOR * math.sqrt(max(W.shape) * float(np.finfo(np.float64).eps))
+    return OutputID(S, new, rel, opt, rho)
+
+
+def _output_tail(G: Any, W: Any, WG: Any, k: int, xp: Any) -> float:
+    """:math:`\\sum_{i > k}\\sigma_i(WL)^2` (:math:`LL^T = G`) from the eigenvalues of the smaller
+    Gram: :math:`WGW^T` (``WG`` given), or :math:`R_WGR_W^T` with :math:`W = Q_WR_W` when ``W`` is
+    tall (the same nonzero eigenvalues)."""
+    m, n = W.shape
+    if m <= n:
+        M = WG @ W.T
+    else:
+        _, R = xp.linalg.qr(W)
+        M = R @ G @ R.T
+    lam = np.sort(_host(xp.linalg.eigvalsh((M + M.T) / 2)))
+    return float(np.maximum(lam[: max(lam.size - k, 0)], 0.0).sum())

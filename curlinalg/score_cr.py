@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend
+from .bounds import ROUNDING_FACTOR
 from .output_id import _host
 
 __all__ = ["ScoreCR", "score_cr"]
@@ -57,6 +58,14 @@ class ScoreCR:
         :math:`\\sum_h\\|S_h - \\hat S_h\\|_F^2 / \\sum_h\\|S_h\\|_F^2` (0 when every item is kept).
     total : float
         :math:`\\sum_h \\|S_h\\|_F^2`, the denominator (to combine the errors of several key heads).
+    lower : numpy.ndarray, shape (m,)
+        ``lower[r - 1]``: :math:`\\sum_h\\sum_{i > rs}\\sigma_i(S_h)^2 / \\sum_h\\|S_h\\|_F^2`,
+        ``s`` the dimensions per item: the relative squared error of the best rank-``rs``
+        approximation of every score matrix, which no choice of ``r`` items beats
+        (``errors >= lower``, up to ``rounding``).
+    rounding : float
+        :math:`\\rho = 4\\sqrt{\\max(n, d)\\,u}`: the accuracy of ``sqrt(lower)`` (singular values from
+        Gram matrices), relative to :math:`(\\sum_h\\|S_h\\|_F^2)^{1/2}`.
     """
 
     items: np.ndarray
@@ -64,6 +73,8 @@ class ScoreCR:
     scores: np.ndarray
     errors: np.ndarray
     total: float
+    lower: np.ndarray
+    rounding: float
 
 
 def score_cr(gram: Any, queries: Any, key: Any, /, *, rotary: bool = True) -> ScoreCR:
@@ -109,6 +120,14 @@ def score_cr(gram: Any, queries: Any, key: Any, /, *, rotary: bool = True) -> Sc
     :math:`\Delta`: ``errors`` is exact at :math:`\Delta = 0` and, since every pair is kept or
     dropped whole, a proxy elsewhere (a kept pair's rotated term is kept exactly). The curve
     need not decrease: dropped terms may cancel.
+
+    Keeping ``r`` items leaves :math:`\hat S_h` of rank at most ``rs``, so
+    :math:`\|S_h - \hat S_h\|_F^2 \ge \sum_{i > rs}\sigma_i(S_h)^2` (Eckart-Young): ``lower``.
+    The :math:`\sigma_i(S_h)^2` are the eigenvalues of :math:`F_bG_{a,h}F_b^T` with
+    :math:`F_b^TF_b = G_b` (from the eigendecomposition of :math:`G_b`), ``d x d`` per head. The
+    CR product keeps its terms unchanged, without a refit, so ``errors / lower`` measures what
+    that costs as well as the choice of items; the best set of ``r`` items itself is a
+    quadratic subset problem (minimise :math:`1_T^TM1_T`) with no closed form.
 
     References
     ----------
@@ -163,4 +182,14 @@ def score_cr(gram: Any, queries: Any, key: Any, /, *, rotary: bool = True) -> Sc
         dropped = items[order[r:]].ravel()
         errors[r - 1] = float(M[np.ix_(dropped, dropped)].sum()) if dropped.size else 0.0
     errors = np.maximum(errors, 0.0) / (total if total > 0 else 1.0)
-    return ScoreCR(items, order, scores, errors, total)
+    lam_b, V = np.linalg.eigh((Gb + Gb.T) / 2)
+    Fb = np.sqrt(np.maximum(lam_b, 0.0))[:, None] * V.T
+    kept = items.shape[1] * np.arange(1, items.shape[0] + 1)  # the rank of r kept items
+    tails = np.zeros(items.shape[0])
+    for B in blocks:
+        C = Fb @ B @ Fb.T
+        smallest = np.concatenate([[0.0], np.cumsum(np.maximum(np.linalg.eigvalsh((C + C.T) / 2), 0.0))])
+        tails += smallest[d - kept]
+    lower = tails / (total if total > 0 else 1.0)
+    rounding = ROUNDING_FACTOR * float(np.sqrt(max(n, d) * np.finfo(np.float64).eps))
+    return ScoreCR(items, order, scores, errors, total, lower, rounding)

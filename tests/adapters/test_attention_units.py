@@ -226,6 +226,57 @@ def test_heads_with_loss_aware_fit_and_allocation_stay_within_the_budget():
     assert {r.unit for r in report.modules} == {"heads"}
 
 
+def _inputs(model, child, tokens):
+    """Each attention's inputs of ``child`` (``o_proj``, ``q_proj``), tokens as rows, float64."""
+    seen = {}
+    hooks = [getattr(layer.self_attn, child).register_forward_hook(
+        lambda mod, args, out, i=i: seen.setdefault(i, []).append(args[0].detach().reshape(-1, args[0].shape[-1])))
+        for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(calibration_tokens())
+    for h in hooks:
+        h.remove()
+    return {i: torch.cat(x).double() for i, x in seen.items()}
+
+
+def _tail(s, k):
+    return float((s[k:] ** 2).sum() / (s**2).sum()) ** 0.5
+
+
+@pytest.mark.parametrize("unit", ["heads", "vo", "qk"])
+def test_attention_units_report_the_optimum_and_the_optimality_ratio(unit):
+    """The Eckart-Young optimum at the kept width, recomputed from the dense model's activations
+    (``sequential=False``, plain Gram): of the output through ``o_proj`` at the ``o_proj`` columns
+    kept (``heads``, ``vo``), of every head's score matrix at twice the pairs kept (``qk``); and
+    ``rel_error / optimal_error >= 1``. Keeping at least the hidden size (32) in ``o_proj``
+    columns makes the optimum 0 and the constant None."""
+    config = StructuredConfig(reduction=0.1, units=(unit,), uniform=False, sequential=False, token_weighting="none")
+    p = plan(make_gqa(), config, calibration=calibration_tokens(), progress=False)
+    if unit != "qk":  # o_proj columns kept: vo 16, 24, 40 (of Q * D = 64); heads 16, 16, 32
+        for m, rank in zip(p.modules, (2, 3, 5) if unit == "vo" else (1, 1, 2)):
+            m.rank = rank
+    _, report = compress(make_gqa(), p, calibration=calibration_tokens(), progress=False)
+    dense = make_gqa()
+    X = _inputs(dense, "q_proj" if unit == "qk" else "o_proj", calibration_tokens())
+    assert {r.unit for r in report.modules} == {unit}
+    for r in report.modules:
+        attn = dense.get_submodule(r.name)
+        if unit == "qk":
+            Wq, Wk = attn.q_proj.weight.detach().double(), attn.k_proj.weight.detach().double()
+            keys = [X[r.layer] @ Wk[j * D:(j + 1) * D].T for j in range(KV)]
+            s = [torch.linalg.svdvals((X[r.layer] @ Wq[h * D:(h + 1) * D].T) @ keys[h // (Q // KV)].T) for h in range(Q)]
+            tail = (sum(float((v[2 * r.rank:] ** 2).sum()) for v in s) / sum(float((v**2).sum()) for v in s)) ** 0.5
+        else:
+            kept = r.rank * Q if unit == "vo" else r.rank * (Q // KV) * D
+            tail = _tail(torch.linalg.svdvals(X[r.layer] @ attn.o_proj.weight.detach().double().T), kept)
+            if kept >= 32:
+                assert r.optimal_error == 0.0 and r.rel_error > 1e-3 and r.optimality_ratio is None
+                continue
+        assert r.optimal_error**2 == pytest.approx(tail**2, abs=1e-6)  # the Gram sums float32 products
+        assert 0.0 < r.optimal_error <= r.rel_error
+        assert r.optimality_ratio == pytest.approx(r.rel_error / r.optimal_error) and r.optimality_ratio >= 1.0
+
+
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma2", "mixtral"])
 def test_heads_in_other_families_give_a_stock_model(family, tmp_path):
     """Qwen2's q/k/v biases, Qwen3's per-head q/k norms, Gemma 2's soft-capping, Mixtral's routed

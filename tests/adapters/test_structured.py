@@ -4,6 +4,7 @@ units through plan, compress, checkpoints and merge."""
 import copy
 import functools
 import json
+import statistics
 import subprocess
 import sys
 
@@ -601,3 +602,51 @@ def test_per_group_lists_each_unit_or_its_matrices_never_both(calib_tokens, unit
                                                          if c.endswith("proj")}
     assert len(covered) == 7 * 3
     assert p.params_after() <= p.target_params
+
+
+def _inner_activations(model, tokens):
+    """Each layer's inputs of ``down_proj`` (the MLP's inner activations), tokens as rows, float64."""
+    inner = {}
+    hooks = [layer.mlp.down_proj.register_forward_hook(
+        lambda mod, args, out, i=i: inner.setdefault(i, []).append(args[0].detach().reshape(-1, args[0].shape[-1])))
+        for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(tokens)
+    for h in hooks:
+        h.remove()
+    return {i: torch.cat(z).double() for i, z in inner.items()}
+
+
+def test_unit_reports_carry_the_optimum_and_the_optimality_ratio(calib_tokens):
+    """Each MLP's report gives the Eckart-Young optimum at its kept width, recomputed here from an
+    SVD of the dense model's output ``Z W^T`` (``sequential=False`` fits on those activations,
+    unweighted tokens on their plain Gram), and ``rel_error / optimal_error >= 1``; a width at
+    least the hidden size makes the optimum 0 and the constant None; a matrix reports neither."""
+    config = StructuredConfig(reduction=0.3, matrices="interpolative", uniform=False, sequential=False,
+                              token_weighting="none")
+    p = plan(make_tiny_llama(layers=3), config, calibration=calib_tokens, progress=False)
+    mlps = [m for m in p.modules if m.unit == "mlp"]
+    for m, width in zip(mlps, (8, 20, 40)):  # the hidden size is 32
+        m.rank = width
+    model, report = compress(make_tiny_llama(layers=3), p, calibration=calib_tokens, progress=False)
+    inner = _inner_activations(make_tiny_llama(layers=3), calib_tokens)
+    dense = make_tiny_llama(layers=3)
+    assert any(r.unit == "linear" for r in report.modules)
+    for r in report.modules:
+        if r.unit == "linear":
+            assert r.optimal_error is None and r.optimality_ratio is None
+            continue
+        W = dense.get_submodule(f"{r.name}.down_proj").weight.detach().double()
+        s = torch.linalg.svdvals(inner[r.layer] @ W.T)
+        tail = float((s[r.rank:] ** 2).sum() / (s**2).sum()) ** 0.5
+        assert r.optimal_error**2 == pytest.approx(tail**2, abs=1e-6)  # the Gram sums float32 products
+        if r.rank >= 32:
+            assert r.optimal_error == 0.0 and r.rel_error > 1e-3 and r.optimality_ratio is None
+        else:
+            assert 0.0 < r.optimal_error <= r.rel_error
+            assert r.optimality_ratio == pytest.approx(r.rel_error / r.optimal_error) and r.optimality_ratio >= 1.0
+    text = report.summary()
+    constants = [r.optimality_ratio for r in report.modules if r.optimality_ratio is not None]
+    assert f"mlp median {statistics.median(constants):.3g}, max {max(constants):.3g}" in text
+    again = json.loads(json.dumps(report.to_dict()))
+    assert [m["optimality_ratio"] for m in again["modules"]] == [r.optimality_ratio for r in report.modules]

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from curlinalg.output_id import output_id, output_id_curve
+from curlinalg.output_id import output_id, output_id_curve, selection_ratio
 from curlinalg.testing import known_spectrum
 
 EPS = np.finfo(np.float64).eps
@@ -20,6 +20,13 @@ def _problem(seed, tokens, n, m, decay, rank=None):
     Z = known_spectrum(tokens, n, s, rng=rng)
     W = rng.standard_normal((m, n)) * rng.uniform(0.1, 2.0, n)
     return Z, W
+
+
+def _tail(Z, W, k):
+    """The relative squared tail past ``k`` of the singular values of the output ``Z W^T``,
+    from an SVD of the product of the tokens themselves (no Gram)."""
+    s = np.linalg.svd(Z @ W.T, compute_uv=False)
+    return float((s[k:] ** 2).sum() / (s**2).sum())
 
 
 def _direct(Z, W, res):
@@ -161,3 +168,92 @@ def test_complex_input_gets_the_metric_refusal_by_name():
         output_id_curve(np.eye(4) + 0j, np.ones((2, 4)))
     with pytest.raises(TypeError, match="real matrices only.*weight.*complex"):
         output_id(np.eye(4), np.ones((2, 4)) + 1j, rank=2)
+
+
+# ---- the optimum each refit is compared to, and the selection constant ----
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 24), m=st.integers(1, 30), decay=st.floats(0.0, 1.5),
+       extra=st.integers(0, 30), width=st.floats(0.0, 1.0), ridge=st.sampled_from([0.0, 1e-2]),
+       shift=st.sampled_from([0.0, 1e-6]), mixed=st.booleans())
+def test_optimal_error_is_the_output_svd_tail_and_below_every_refit(seed, n, m, decay, extra, width, ridge, shift,
+                                                                    mixed):
+    """``optimal_error`` is the Eckart-Young tail of the output from an SVD of ``Z W^T`` (tall and
+    wide ``W``), and no refit beats it: not the pivoted order's, not a random order's, whatever
+    the ridge, shift or mixed target."""
+    Z, W = _problem(seed, n + extra, n, m, decay)
+    G = Z.T @ Z
+    k = 1 + int(width * (n - 1))
+    rng = np.random.default_rng(seed)
+    cross = None
+    if mixed:  # a sequential refit's target: reference activations near the kept ones
+        Zd = Z + 0.1 * rng.standard_normal(Z.shape)
+        cross = Z.T @ Zd
+    for order in (None, rng.permutation(n)):
+        res = output_id(G, W, rank=k, order=order, cross=cross, mix=0.5, ridge=ridge, shift=shift)
+        assert res.rounding == pytest.approx(4 * np.sqrt(max(m, n) * EPS))
+        assert abs(res.optimal_error**2 - _tail(Z, W, k)) <= 64 * max(m, n) * EPS
+        assert res.optimal_error**2 <= res.rel_error**2 + 64 * max(m, n) * EPS
+        if res.optimal_error > res.rounding:
+            assert res.optimality_ratio == pytest.approx(res.rel_error / res.optimal_error, rel=1e-14)
+            assert res.optimality_ratio >= 1 - 1e-8
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 16), taller=st.integers(0, 6), k=st.integers(1, 16))
+def test_independent_units_read_by_orthogonal_columns_reach_the_optimum(seed, n, taller, k):
+    """``Z`` with orthogonal columns, read by ``W`` with orthogonal columns: the output's singular
+    values are the products of the column norms, the best ``k`` units are those of the largest
+    products and the pivoted order keeps exactly them, so the constant is 1 and the error the
+    optimum, though the optimum is not 0."""
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((n + 10, n)))[0]
+    P = np.linalg.qr(rng.standard_normal((n + taller, n)))[0]
+    Z, W = Q * rng.uniform(0.1, 2.0, n), P * rng.uniform(0.1, 2.0, n)
+    res = output_id(Z.T @ Z, W, rank=k, shift=0.0)
+    assert abs(res.optimal_error**2 - _tail(Z, W, k)) <= 64 * (n + taller) * EPS
+    if k < n:
+        assert res.optimal_error > 1e-3
+        assert res.optimality_ratio == pytest.approx(1.0, abs=1e-10)
+    else:
+        assert res.optimality_ratio == 1.0
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 20), rank=st.integers(1, 3), m=st.integers(3, 8))
+def test_an_output_of_rank_k_refitted_exactly_has_constant_one(seed, n, rank, m):
+    """Activations of rank ``k``: ``k`` units reproduce the output, the optimum is 0, and both are
+    at rounding level, which the constant reports as 1 (not a ratio of rounding errors)."""
+    Z, W = _problem(seed, 3 * n, n, m, 0.0, rank=rank)
+    res = output_id(Z.T @ Z, W, rank=rank, shift=0.0)
+    assert res.optimal_error <= res.rounding and res.rel_error <= res.rounding
+    assert res.optimality_ratio == 1.0
+
+
+def test_a_width_past_the_output_rank_makes_the_optimum_vacuous():
+    """``k >= m``: every rank-``k`` map is exact, ``k`` of the ``n`` generic units are not."""
+    Z, W = _problem(7, 60, 10, 2, 0.1)
+    res = output_id(Z.T @ Z, W, rank=3, shift=0.0)
+    assert res.optimal_error == 0.0 and res.rel_error > 1e-3
+    assert res.optimality_ratio == np.inf
+
+
+def test_optimum_on_every_backend(xp):
+    for seed, (tokens, n, m) in enumerate([(60, 9, 3), (40, 6, 11), (50, 12, 12)]):
+        Z, W = _problem(seed, tokens, n, m, 0.3)
+        for k in (1, n // 2, n - 1):
+            res = output_id(xp.asarray(Z.T @ Z), xp.asarray(W), rank=k)
+            assert isinstance(res.optimal_error, float) and isinstance(res.optimality_ratio, float)
+            assert abs(res.optimal_error**2 - _tail(Z, W, k)) <= 64 * max(m, n) * EPS
+            assert res.optimal_error <= res.rel_error and res.optimality_ratio >= 1.0
+
+
+def test_selection_ratio_conventions_and_refusals():
+    assert selection_ratio(0.5, 0.25) == 2.0
+    assert selection_ratio(1e-9, 1e-10, rounding=1e-8) == 1.0  # both rounding
+    assert selection_ratio(0.1, 1e-10, rounding=1e-8) == np.inf  # an exact optimum not reached
+    assert selection_ratio(0.0, 0.0) == 1.0 and selection_ratio(1e-300, 0.0) == np.inf
+    assert selection_ratio(np.float64(0.3), np.float64(0.3)) == 1.0
+    for bad in [(-0.1, 0.1), (0.1, float("nan")), (0.1, float("inf")), (True, 0.1), ("0.1", 0.1)]:
+        with pytest.raises(ValueError, match="non-negative real numbers, got error="):
+            selection_ratio(*bad)
+    with pytest.raises(ValueError, match="rounding=-1"):
+        selection_ratio(0.1, 0.1, rounding=-1)

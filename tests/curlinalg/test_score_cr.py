@@ -57,6 +57,29 @@ def test_rotary_items_are_the_pairs_of_rotate_half(seed, half, g):
     np.testing.assert_allclose(c.scores, per_dim[:half] + per_dim[half:], rtol=1e-10)
 
 
+@given(seed=st.integers(0, 2**32 - 1), half=st.integers(1, 6), g=st.integers(1, 3), n=st.integers(2, 12),
+       decay=st.floats(0.0, 1.5), rotary=st.booleans(), dead=st.booleans())
+def test_lower_is_the_svd_tail_of_the_scores_and_below_every_kept_set(seed, half, g, n, decay, rotary, dead):
+    """``lower[r - 1]``: the tail past ``r s`` of each head's score matrix, from an SVD of the
+    scores built from the tokens; the curve of the kept items is never below it (a key row of
+    zeros, ``dead``, makes ``G_b`` singular)."""
+    d = 2 * half
+    X, Wq, Wk = _problem(seed, 3 * n + 5, n, g, d, decay)
+    if dead:
+        Wk[0] = 0.0
+    c = score_cr(X.T @ X, Wq, Wk, rotary=rotary)
+    s = c.items.shape[1]
+    B = X @ Wk.T
+    sv = [np.linalg.svd((X @ Wq[h * d:(h + 1) * d].T) @ B.T, compute_uv=False) for h in range(g)]
+    total = sum(float((v**2).sum()) for v in sv)
+    slack = 64 * max(n, d) * EPS
+    for r in range(1, c.items.shape[0] + 1):
+        tail = sum(float((v[r * s:] ** 2).sum()) for v in sv) / total
+        assert abs(c.lower[r - 1] - tail) <= slack
+        assert c.lower[r - 1] <= c.errors[r - 1] + slack
+    assert c.lower[-1] == 0.0 and c.rounding == pytest.approx(4 * np.sqrt(max(n, d) * EPS))
+
+
 def test_a_dimension_no_head_reads_is_dropped_first_at_no_cost():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 5))
@@ -72,6 +95,7 @@ def test_backends_agree(xp):
     got = score_cr(xp.asarray(X.T @ X), xp.asarray(Wq), xp.asarray(Wk))
     assert got.order.tolist() == ref.order.tolist()
     np.testing.assert_allclose(got.errors, ref.errors, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got.lower, ref.lower, rtol=1e-10, atol=1e-14)
 
 
 def test_bad_shapes_are_refused_with_what_was_expected():
