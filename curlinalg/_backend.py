@@ -131,8 +131,9 @@ def rounding_eps(dtype: Any, xp: Any) -> float:
 
 
 def to_float(x: Any) -> float:
-    """A 0-d array as a Python float (a device sync where the array lives on a device)."""
-    return float(x)
+    """A 0-d array as a Python float (a device sync where the array lives on a device; a torch
+    tensor that carries a graph is read without it)."""
+    return float(x.detach()) if hasattr(x, "detach") else float(x)
 
 
 def count_above(s: Any, threshold: float, /) -> int:
