@@ -170,7 +170,8 @@ def main(argv=None) -> int:
         "training": (f"{args.steps} steps of {args.batch_size} x {args.seqlen} tokens of the WikiText-2 calibration split "
                      f"(the same windows for every run, seed {args.seed}), logit KL to the dense model at T=1, AdamW, "
                      f"warm-up {max(1, args.steps // 10)}, cosine to 0, clip 1"),
-        "core": f"adapters.heal's parameters (cores P/U), relative lr {args.lr}",
+        "core": f"adapters.heal's parameters (cores P/U; a structured model's refitted output projections), "
+                f"relative lr {args.lr}",
         "lora": f"PEFT LoRA r={args.lora_r} alpha={args.lora_alpha} on {targets}, lr {args.lora_lr}",
         "eval": f"WikiText-2 evaluation split, first {args.eval_tokens} tokens, {args.eval_seqlen}-token windows",
     }
