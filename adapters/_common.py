@@ -48,6 +48,18 @@ def architecture_twin(model: nn.Module, /) -> nn.Module | None:
         return None
 
 
+def _glibc_function(name: str):
+    """The C library's function ``name``, or None where there is none (no glibc: macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(lib), name) if lib else None
+    except (OSError, AttributeError):
+        return None
+
+
 def release_memory() -> bool:
     """Collect garbage and hand the C heap's free pages back to the operating system.
 
@@ -62,17 +74,52 @@ def release_memory() -> bool:
     bool
         Whether the heap was trimmed (False where there is no glibc, e.g. macOS or Windows).
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)
     return True
+
+
+#: glibc's ``mallopt`` parameters (malloc.h): the free space at the top of a heap past which
+#: ``free`` returns it (``M_TRIM_THRESHOLD``), the block size served by ``mmap`` (``M_MMAP_THRESHOLD``).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: The demo's threshold: its tensors of a megabyte or more are mapped on their own.
+MMAP_THRESHOLD = 1 << 20
+
+
+def map_large_blocks(threshold: int = MMAP_THRESHOLD, /) -> bool:
+    """Have glibc's ``malloc`` serve every block of ``threshold`` bytes or more by ``mmap``, for the rest of the process.
+
+    glibc maps large blocks on their own and unmaps them when freed, but it raises that
+    threshold (to at most 32 MiB) each time such a block is freed, so that later tensors of a
+    few megabytes are carved from its heaps instead, where short-lived ones leave holes between
+    long-lived ones that the resident size keeps until ``malloc_trim``
+    (:func:`release_memory`). Setting the threshold fixes it and turns that raising off; the
+    heaps' trim threshold is set to twice it, as glibc's own raising would. Used by the demo
+    before loading the model: compressing (which adds each layer's fitted modules beside the
+    working tensors of the next) then stays closer to the memory it needs.
+
+    Parameters
+    ----------
+    threshold : int, default :data:`MMAP_THRESHOLD` (1 MiB)
+        Bytes.
+
+    Returns
+    -------
+    bool
+        Whether glibc took the setting (False where there is no glibc, e.g. macOS or Windows).
+
+    Raises
+    ------
+    ValueError
+        If ``threshold`` is not a positive number of bytes.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold <= 0:
+        raise ValueError(f"expected a positive number of bytes for threshold, got {threshold!r}")
+    mallopt = _glibc_function("mallopt")
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and mallopt(_M_TRIM_THRESHOLD,
+                                                                                          2 * threshold) == 1

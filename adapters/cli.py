@@ -304,11 +304,12 @@ def _ood_text(args) -> str | None:
 def _cmd_demo(args) -> int:
     import torch
 
-    from ._common import count_parameters, release_memory
+    from ._common import count_parameters, map_large_blocks, release_memory
     from .compression import compress
     from .eval import load_wikitext2
 
     config = config_from_args(args)
+    map_large_blocks()  # tensors of 1 MiB or more mapped on their own: no heap holes while compressing
     torch.manual_seed(config.seed)
     ood = _ood_text(args)
     t0 = time.perf_counter()

@@ -112,16 +112,58 @@ def _text_ids(text, tokenizer, max_tokens):
         chars *= 2
 
 
-def _token_nll(logits: torch.Tensor, ids: torch.Tensor, /, *, chunk: int = 256) -> torch.Tensor:
+def _token_nll(states: torch.Tensor, ids: torch.Tensor, /, *, head=None, chunk: int = 256) -> torch.Tensor:
     """``-log p(ids[:, t + 1] | ids[:, :t + 1])`` for each position ``t``, in float32, from
     ``chunk`` positions at a time: the log-softmax of a whole window would hold a second copy
-    of its vocabulary-wide logits (400 MB for 2048 tokens of a 49,152-token vocabulary)."""
+    of its vocabulary-wide logits (400 MB for 2048 tokens of a 49,152-token vocabulary).
+
+    ``states`` are the logits, or with ``head`` the final hidden states, which ``head`` (the
+    output embeddings) turns into logits ``chunk`` positions at a time, so that the logits of the
+    whole window are never held (:func:`_output_head`)."""
     out = []
-    for t in range(0, logits.shape[1] - 1, chunk):
-        end = min(t + chunk, logits.shape[1] - 1)
-        logp = torch.log_softmax(logits[:, t:end].float(), dim=-1)
-        out.append(-logp.gather(-1, ids[:, t + 1 : end + 1, None]).squeeze(-1))
+    for t in range(0, states.shape[1] - 1, chunk):
+        end = min(t + chunk, states.shape[1] - 1)
+        logits = states[:, t:end] if head is None else head(states[:, t:end])
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        del logits
+        out.append(-logp.gather(-1, ids[:, t + 1 : end + 1, None].to(logp.device)).squeeze(-1))
     return torch.cat(out, dim=1)
+
+
+#: Config fields that change a model's logits after its output head (Gemma 2 and 3's soft-capping,
+#: Cohere's logit scale, Granite's divisor): a model that sets one is scored on its own logits.
+_LOGIT_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+#: Tokens of the first window on which the route of :func:`_output_head` is checked.
+_PROBE_TOKENS = 8
+
+
+def _last_hidden(out) -> torch.Tensor:
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _output_head(model, batch: torch.Tensor, /):
+    """``(decoder, head)`` when ``model``'s logits are ``head`` (its output embeddings) applied
+    to the final hidden states of ``decoder`` (its base model), else None.
+
+    Refused for a config that sets one of :data:`_LOGIT_FIELDS`, and otherwise checked on the
+    first :data:`_PROBE_TOKENS` tokens of ``batch``: the two must give the model's own logits
+    bit for bit, so that any other step between the head and the logits (a scale of the hidden
+    states, a cast, a cut of the vocabulary) sends the model back to its own forward pass."""
+    config = getattr(model, "config", None)
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    if any(getattr(c, field, None) is not None for c in configs for field in _LOGIT_FIELDS):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = getattr(model, "base_model", model)
+    if not isinstance(head, torch.nn.Module) or decoder is model:
+        return None
+    probe = batch[:1, :_PROBE_TOKENS]
+    want = model(input_ids=probe, use_cache=False).logits
+    try:
+        got = head(_last_hidden(decoder(input_ids=probe, use_cache=False)))
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError):
+        return None  # a base model that takes other inputs, or a head that takes other states
+    return (decoder, head) if got.shape == want.shape and torch.equal(got, want) else None
 
 
 @torch.no_grad()
@@ -179,6 +221,13 @@ def perplexity(
     context and is not scored, so each non-overlapping window scores ``seqlen - 1`` tokens and
     the result is ``exp(sum NLL / number of scored tokens)``.
 
+    The vocabulary-wide logits of a whole window are never held when the model's logits are its
+    output embeddings applied to its base model's final hidden states (checked on the first
+    window's first tokens; a model that soft-caps or scales its logits is scored on its own
+    forward pass): the head is applied 256 positions at a time, each turned into negative
+    log-likelihoods before the next (2048 tokens of SmolLM2's 49,152-token vocabulary: 400 MB
+    of logits not held).
+
     References
     ----------
     Frantar & Alistarh (2023), "SparseGPT: Massive Language Models Can Be Accurately Pruned in
@@ -215,9 +264,14 @@ def perplexity(
         for b in range(0, len(starts), batch_size):
             chunk = starts[b : b + batch_size]
             batch = torch.stack([ids[s : s + seqlen] for s in chunk]).to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
-            tok_nll = _token_nll(logits, batch)
-            del logits
+            if b == 0:
+                route = _output_head(model, batch)
+            if route is None:
+                states, head = model(input_ids=batch, use_cache=False).logits, None
+            else:
+                states, head = _last_hidden(route[0](input_ids=batch, use_cache=False)), route[1]
+            tok_nll = _token_nll(states, batch, head=head)
+            del states
             for j, s in enumerate(chunk):
                 first = max(prev_end - s, 1)
                 nll += tok_nll[j, first - 1 :].double().sum().item()

@@ -4,8 +4,10 @@ Runs the demo's steps in one process, as the demo runs them (load SmolLM2-135M f
 perplexity of the dense model in and out of domain, compression with the demo's method and
 calibration, the memory release, perplexity of the compressed model in and out of domain) and
 samples the process's RSS every 20 ms from a thread, recording the peak of each step and the RSS
-after it. ``/usr/bin/time -v python -m adapters demo`` gives the demo's overall peak; this says
-which step sets it.
+after it, with its minor page faults and CPU time (``getrusage``). ``/usr/bin/time -v python -m
+adapters demo`` gives the demo's overall peak; this says which step sets it. The demo fixes
+glibc's mmap threshold first (:func:`adapters._common.map_large_blocks`), and so does this
+script unless ``--malloc-default`` is given (the comparison without it).
 
 Usage::
 
@@ -15,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import threading
 import time
@@ -53,28 +56,35 @@ class Sampler:
 
     def step(self, name, fn, steps):
         self.peak = self.proc.memory_info().rss
-        t = time.perf_counter()
+        t, use = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         out = fn()
-        rss = self.proc.memory_info().rss
+        rss, used = self.proc.memory_info().rss, resource.getrusage(resource.RUSAGE_SELF)
         steps.append({"step": name, "peak_rss_mb": max(self.peak, rss) / 2**20, "rss_after_mb": rss / 2**20,
-                      "seconds": time.perf_counter() - t})
-        print(f"{name:28s} peak {steps[-1]['peak_rss_mb']:8.1f} MB   after {steps[-1]['rss_after_mb']:8.1f} MB   "
-              f"{steps[-1]['seconds']:7.1f} s", flush=True)
+                      "seconds": time.perf_counter() - t, "cpu_seconds": used.ru_utime + used.ru_stime - use.ru_utime
+                      - use.ru_stime, "system_seconds": used.ru_stime - use.ru_stime,
+                      "minor_page_faults": used.ru_minflt - use.ru_minflt})
+        x = steps[-1]
+        print(f"{name:36s} peak {x['peak_rss_mb']:8.1f} MB   after {x['rss_after_mb']:8.1f} MB   {x['seconds']:7.1f} s"
+              f"   cpu {x['cpu_seconds']:7.1f} s (system {x['system_seconds']:5.1f})   "
+              f"{x['minor_page_faults']:>10,} faults", flush=True)
         return out
 
 
 def main(argv=None) -> int:
     from adapters.cli import (DEMO_METHOD, SMOLLM2, _calibration_text, _ood_text, _parser, _ppl, config_from_args,
                               load_model)
-    from adapters._common import release_memory
+    from adapters._common import map_large_blocks, release_memory
     from adapters.compression import compress
     from adapters.eval import load_wikitext2
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=str(HERE / "results" / "demo_memory.json"))
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave glibc's mmap threshold as it is (the demo fixes it: adapters._common.map_large_blocks)")
     args = p.parse_args(argv)
     demo = _parser().parse_args(["--quiet", "demo"])  # the demo's own options and defaults
     config = config_from_args(demo)
+    mapped = False if args.malloc_default else map_large_blocks()
     steps: list = []
     with Sampler() as s:
         model, tok = s.step("load (GGUF, float32)", lambda: load_model(SMOLLM2), steps)
@@ -92,7 +102,7 @@ def main(argv=None) -> int:
         if ood is not None:
             s.step("perplexity, compressed, Shakespeare", lambda: _ppl(model, tok, ood, demo), steps)
     result = {"steps": steps, "peak_rss_mb": max(x["peak_rss_mb"] for x in steps), "config": config.to_dict(),
-              "demo_method": DEMO_METHOD, "params_after": report.params_after,
+              "demo_method": DEMO_METHOD, "params_after": report.params_after, "map_large_blocks": mapped,
               "machine": _common.run_record("cpu")}
     _common.add_commands(result, [_common.command("python")])
     _common.dump_json(Path(args.output), result)

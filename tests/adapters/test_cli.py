@@ -406,3 +406,21 @@ def test_a_folder_without_tokenizer_says_what_to_pass(tiny_gpt2_folder, tmp_path
     monkeypatch.setattr(evaluation, "load_wikitext2", lambda tokenizer: type("W", (), {"eval_text": text})())
     assert cli.main(["--quiet", "eval", str(bare), "--tokenizer", str(tiny_gpt2_folder), "--eval-tokens", "0"]) == 0
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_demo_fixes_the_mmap_threshold_before_loading_the_model(monkeypatch):
+    """Issue 23: the demo maps large blocks on their own from the start (its compression step
+    otherwise leaves heap holes that raised its peak past 2 GB), before any model memory."""
+    from adapters import _common
+
+    calls = []
+    monkeypatch.setattr(_common, "map_large_blocks", lambda *a: calls.append(("map", a)) or True)
+
+    def load(*a, **k):
+        calls.append(("load", a))
+        raise _Stop
+
+    monkeypatch.setattr(cli, "load_model", load)
+    with pytest.raises(_Stop):
+        cli.main(["--quiet", "demo", "--no-ood"])
+    assert calls == [("map", ()), ("load", (cli.SMOLLM2,))]

@@ -68,7 +68,7 @@ def test_perplexity_builds_no_autograd_graph():
     seen = []
     model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
     perplexity(model, None, torch.arange(64) % 128, seqlen=32, progress=False)
-    assert seen == [False, False]
+    assert seen == [False] * 4  # the check of the chunked head (two calls), then the two windows
 
 
 def test_a_long_text_is_scored_on_the_ids_of_the_whole_text():
@@ -84,3 +84,78 @@ def test_a_long_text_is_scored_on_the_ids_of_the_whole_text():
     for n in (64, 500, 4000):
         torch.testing.assert_close(_text_ids(text, tok, n), whole[:n], rtol=0, atol=0)
     assert torch.equal(_text_ids(text, tok, None).reshape(-1), whole.reshape(-1))
+
+
+def _direct_nll(model, ids, seqlen):
+    """The summed NLL of the non-overlapping windows from the model's own logits."""
+    nll = 0.0
+    with torch.no_grad():
+        for k in range(ids.numel() // seqlen):
+            w = ids[k * seqlen : (k + 1) * seqlen][None]
+            logits = model(input_ids=w, use_cache=False).logits[0, :-1].double()
+            nll += torch.nn.functional.cross_entropy(logits, w[0, 1:], reduction="sum").item()
+    return nll
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_head_applied_in_chunks_gives_the_models_own_nll(family):
+    """Issue 23: the output head runs on 256 positions at a time after the decoder, never on the
+    whole window, and scores as the model's own logits do."""
+    from adapters.eval import _output_head
+
+    model = make_tiny(family)
+    seqlen = 64
+    ids = torch.randint(3, 128, (3 * seqlen + 5,), generator=torch.Generator().manual_seed(1))
+    assert _output_head(model, ids[None, :seqlen]) == (model.base_model, model.get_output_embeddings())
+    want = _direct_nll(model, ids, seqlen)
+    widths = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, args, out: widths.append(args[0].shape[1]))
+    for batch_size in (1, 2):
+        widths.clear()
+        res = perplexity(model, None, ids, seqlen=seqlen, batch_size=batch_size, progress=False)
+        assert res.tokens == 3 * (seqlen - 1)
+        assert math.isclose(res.nll, want, rel_tol=1e-6)
+        # the check's 8 tokens twice (the model's forward and the route), then each batch's scored positions
+        assert widths == [8, 8] + [seqlen - 1] * math.ceil(3 / batch_size)
+
+
+def test_token_nll_with_a_head_is_the_head_applied_to_the_whole_window():
+    from adapters.eval import _token_nll
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(6, 11)
+    states = torch.randn(2, 37, 6, generator=g)
+    ids = torch.randint(0, 11, (2, 37), generator=g)
+    with torch.no_grad():
+        want = _token_nll(head(states), ids)
+        for chunk in (1, 5, 36, 100):
+            torch.testing.assert_close(_token_nll(states, ids, head=head, chunk=chunk), want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_that_caps_or_scales_its_logits_is_scored_on_its_own_logits():
+    """Gemma 2 soft-caps its logits (config.final_logit_softcapping); a model that changes them
+    without saying so in its config fails the check on the first tokens: both take the model's
+    forward pass, and score as its own logits do."""
+    from adapters.eval import _output_head
+
+    seqlen = 32
+    ids = torch.randint(3, 128, (2 * seqlen,), generator=torch.Generator().manual_seed(2))
+    gemma2 = make_tiny("gemma2")
+    assert gemma2.config.final_logit_softcapping is not None
+    assert _output_head(gemma2, ids[None, :seqlen]) is None
+    scaled = make_tiny("llama")
+    assert _output_head(scaled, ids[None, :seqlen]) is not None
+
+    def scale(mod, args, kwargs, out):
+        out.logits = 3 * out.logits
+        return out
+
+    scaled.register_forward_hook(scale, with_kwargs=True)
+    assert _output_head(scaled, ids[None, :seqlen]) is None
+    for model, checked in ((gemma2, []), (scaled, [8, 8])):
+        want = _direct_nll(model, ids, seqlen)
+        widths = []
+        model.get_output_embeddings().register_forward_hook(lambda mod, args, out: widths.append(args[0].shape[1]))
+        res = perplexity(model, None, ids, seqlen=seqlen, progress=False)
+        assert widths == checked + [seqlen] * 2  # the whole windows, through the model's forward
+        assert math.isclose(res.nll, want, rel_tol=1e-6)
