@@ -180,7 +180,7 @@ class CompressionReport:
             if m.optimality_ratio is not None:
                 constants.setdefault(m.unit, []).append(m.optimality_ratio)
         if constants:
-            lines.append("selection constant (rel.err / optimal error), per unit kind: " + "; ".join(
+            lines.append("optimality ratio (rel.err / optimal error), per unit kind: " + "; ".join(
                 f"{u} median {statistics.median(v):.3g}, max {max(v):.3g}" for u, v in sorted(constants.items())))
         fell = [m for m in self.modules if m.whitening]
         if fell:

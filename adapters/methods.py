@@ -341,7 +341,7 @@ class _Neurons(Method):
 
 
 def _finite(ratio: float, /) -> float | None:
-    """A selection constant for a report: None where it is infinite (not JSON)."""
+    """An optimality ratio for a report: None where it is infinite (not JSON)."""
     return ratio if math.isfinite(ratio) else None
 
 
