@@ -92,18 +92,27 @@ def test_exact_certificates_are_upper_bounds_in_floating_point(problem, method):
     at rank 10 fail: the issue's report)."""
     A = problem.A
     res = cur(A, rank=problem.rank, method=method, rng=problem.seed)
+    two = _check_exact_certificates(A, res, _residuals(A, res), complex=False)
+    left, right = res.factors
+    assert two.estimate == float(np.linalg.svd(A - left @ right, compute_uv=False)[0])
+
+
+def _check_exact_certificates(A, res, residuals, *, complex):
+    """Both exact certificates of ``res`` are above every evaluation of its residual, and the
+    spectral one is its computed norm plus the rounding terms (evaluation and SVD, each with
+    sqrt(2) for complex input); returns the spectral certificate."""
     two, fro = certify(A, res), certify(A, res, ord="fro")
     assert two.exact and fro.exact
-    for E in _residuals(A, res):
+    for E in residuals:
         assert np.linalg.norm(E, 2) <= two.bound
         assert np.linalg.norm(E) <= fro.bound
     left, right = res.factors
-    assert two.estimate == float(np.linalg.svd(A - left @ right, compute_uv=False)[0])
-    eps = float(np.finfo(A.dtype).eps)
+    eps = float(np.finfo(A.dtype).eps)  # that of the real counterpart for complex input
     norm = np.linalg.norm
-    slack = evaluation_rounding(left.shape[1], eps, norm(A), norm(left), norm(right))
-    svd = 4 * max(A.shape) * eps * two.estimate
+    slack = evaluation_rounding(left.shape[1], eps, norm(A), norm(left), norm(right), complex=complex)
+    svd = 4 * max(A.shape) * (math.sqrt(2) if complex else 1.0) * eps * two.estimate
     assert two.bound - two.estimate == pytest.approx(slack + svd, rel=1e-6)
+    return two
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -266,17 +275,7 @@ def test_complex_exact_certificates_are_upper_bounds_in_floating_point(problem, 
     ||L||_F ||R||_F) + 4 max(m, n) sqrt(2) u e^."""
     A = problem.A
     res = cur(A, rank=problem.rank, method=method, rng=problem.seed)
-    two, fro = certify(A, res), certify(A, res, ord="fro")
-    assert two.exact and fro.exact
-    for E in _residuals_complex(A, res):
-        assert np.linalg.norm(E, 2) <= two.bound
-        assert np.linalg.norm(E) <= fro.bound
-    left, right = res.factors
-    eps = float(np.finfo(A.dtype).eps)  # that of the real counterpart
-    norm = np.linalg.norm
-    slack = evaluation_rounding(left.shape[1], eps, norm(A), norm(left), norm(right), complex=True)
-    svd = 4 * max(A.shape) * math.sqrt(2) * eps * two.estimate
-    assert two.bound - two.estimate == pytest.approx(slack + svd, rel=1e-6)
+    _check_exact_certificates(A, res, _residuals_complex(A, res), complex=True)
 
 
 def test_complex_evaluation_rounding_and_probe_factor():

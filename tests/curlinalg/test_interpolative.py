@@ -575,6 +575,15 @@ def test_scipy_bug_9793_input_not_modified(dtype, basis, stop):
     np.testing.assert_array_equal(A, B)
 
 
+def _check_skeleton_and_bound(A, res, skeleton, axis):
+    """A ``"rows"`` skeleton is the selected rows (columns) of ``A`` exactly, and the reported
+    bound is above the computed spectral error."""
+    if skeleton == "rows":
+        cut = A[res.indices] if axis == "rows" else A[:, res.indices]
+        np.testing.assert_array_equal(res.skeleton, cut)
+    assert spectral_error(A, res) <= res.bound
+
+
 # Complex input: every basis and input kind, conjugate transposes in the truncation skeleton
 # (A_k = A V_k V_k^H) and in id_to_svd, complex sketches for basis="randomized".
 @pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
@@ -585,10 +594,7 @@ def test_scipy_bug_9793_input_not_modified(dtype, basis, stop):
 def test_complex_reported_bound_holds_in_floating_point(problem, skeleton, axis, basis):
     res = interpolative(problem.A, rank=problem.rank, skeleton=skeleton, axis=axis, basis=basis)
     assert res.skeleton.dtype == problem.A.dtype and res.coefficients.dtype == problem.A.dtype
-    if skeleton == "rows":
-        cut = problem.A[res.indices] if axis == "rows" else problem.A[:, res.indices]
-        np.testing.assert_array_equal(res.skeleton, cut)
-    assert spectral_error(problem.A, res) <= res.bound
+    _check_skeleton_and_bound(problem.A, res, skeleton, axis)
 
 
 @pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
@@ -602,10 +608,7 @@ def test_complex_bound_holds_on_every_input_kind(problem, kind, skeleton, axis, 
     goes through the plain transpose A^T X = conj(A^H conj(X))."""
     res = interpolative(_as_kind(problem.A, kind), rank=problem.rank, skeleton=skeleton,
                         axis=axis, basis=basis, rng=problem.seed)
-    if skeleton == "rows":
-        cut = problem.A[res.indices] if axis == "rows" else problem.A[:, res.indices]
-        np.testing.assert_array_equal(res.skeleton, cut)
-    assert spectral_error(problem.A, res) <= res.bound
+    _check_skeleton_and_bound(problem.A, res, skeleton, axis)
 
 
 @pytest.mark.filterwarnings("ignore::curlinalg.RankDeficiencyWarning")

@@ -71,8 +71,22 @@ def test_randomized_residual_bounds_the_basis_error():
 
 
 def _svd_error(A, t):
-    A = A.astype(np.float64)
-    return np.linalg.norm(A - (t.U.astype(np.float64) * t.s[: t.rank]) @ t.V.T.astype(np.float64), 2)
+    """``||A - U S V^H||_2`` in float64 (complex128 for complex input)."""
+    wide = np.complex128 if np.iscomplexobj(A) else np.float64
+    USV = (t.U.astype(wide) * t.s[: t.rank]) @ t.V.astype(wide).conj().T
+    return np.linalg.norm(A.astype(wide) - USV, 2)
+
+
+def _check_tolerance_is_the_numerical_rank(problem, rtol, kind):
+    """The bound meets the target, and the rank is the numerical rank at the target up to the
+    slack r + rho: sigma_{k+1} <= target < sigma_k + r + rho."""
+    A, s = problem.A, problem.s
+    t = truncated_svd(A, rtol=rtol, kind=kind, rng=problem.seed)
+    target = rtol * s[0]
+    k = t.rank
+    assert _svd_error(A, t) <= t.bound <= target
+    assert s[k] <= target if k < len(s) else True
+    assert k == 1 or s[k - 1] > target - t.residual - t.rounding
 
 
 @pytest.mark.filterwarnings("ignore::curlinalg.CURWarning")
@@ -89,15 +103,8 @@ def test_truncated_svd_bound_holds_at_every_rank(problem, kind):
 @given(problems(max_dim=40), st.sampled_from([1e-1, 1e-4, 1e-9]),
        st.sampled_from(["exact", "randomized"]))
 def test_truncated_svd_tolerance_is_the_numerical_rank(problem, rtol, kind):
-    """Tolerance mode: the bound meets the target, and the rank is the numerical rank at the
-    target up to the slack r + rho: sigma_{k+1} <= target < sigma_k + r + rho."""
-    A, s = problem.A, problem.s
-    t = truncated_svd(A, rtol=rtol, kind=kind, rng=problem.seed)
-    target = rtol * s[0]
-    k = t.rank
-    assert _svd_error(A, t) <= t.bound <= target
-    assert s[k] <= target if k < len(s) else True
-    assert k == 1 or s[k - 1] > target - t.residual - t.rounding
+    """Tolerance mode (:func:`_check_tolerance_is_the_numerical_rank`)."""
+    _check_tolerance_is_the_numerical_rank(problem, rtol, kind)
 
 
 def test_truncated_svd_tolerance_grows_its_sketch_and_honours_a_cap():
@@ -134,12 +141,6 @@ def test_truncated_svd_bad_stopping_rules(kwargs, err, match):
 
 # Complex input: complex Gaussian test matrices, A^H in the power iterations and in B = Q^H A,
 # V = Vh^H, and the complex probe factor of the residual certificate.
-def _svd_error_c(A, t):
-    A = A.astype(np.complex128)
-    USV = (t.U.astype(np.complex128) * t.s[: t.rank]) @ t.V.astype(np.complex128).conj().T
-    return np.linalg.norm(A - USV, 2)
-
-
 @pytest.mark.parametrize("dtype", ["complex64", "complex128"])
 def test_complex_range_finder_orthonormal_and_exact_on_low_rank(xp, dtype):
     A = known_spectrum(60, 50, rank_deficient_spectrum(50, rank=6), rng=0, dtype=np.complex128)
@@ -170,19 +171,13 @@ def test_complex_truncated_svd_bound_holds_at_every_rank(problem, kind):
     t = truncated_svd(problem.A, rank=problem.rank, kind=kind, oversample=2, power_iters=1,
                       rng=problem.seed)
     assert t.U.dtype == problem.A.dtype and t.s.dtype.kind == "f"
-    assert _svd_error_c(problem.A, t) <= t.bound
+    assert _svd_error(problem.A, t) <= t.bound
 
 
 @given(problems(max_dim=40, dtypes=COMPLEX_DTYPES), st.sampled_from([1e-1, 1e-4]),
        st.sampled_from(["exact", "randomized"]))
 def test_complex_truncated_svd_tolerance_is_the_numerical_rank(problem, rtol, kind):
-    A, s = problem.A, problem.s
-    t = truncated_svd(A, rtol=rtol, kind=kind, rng=problem.seed)
-    target = rtol * s[0]
-    k = t.rank
-    assert _svd_error_c(A, t) <= t.bound <= target
-    assert s[k] <= target if k < len(s) else True
-    assert k == 1 or s[k - 1] > target - t.residual - t.rounding
+    _check_tolerance_is_the_numerical_rank(problem, rtol, kind)
 
 
 def test_complex_randomized_residual_bounds_the_basis_error():
