@@ -224,10 +224,38 @@ def _group_query_key(model, found) -> dict:
 
 
 def group_units(model, config, found, dense, /) -> tuple[dict, dict]:
-    """The structured units of ``config.units`` among ``found``, in place: ``(units, members)``,
-    the units' kinds by name and the matrices each unit holds. The other targets stay matrices,
-    or go to ``dense`` when ``config.matrices`` is "dense". With ``config.per_group`` the
-    members stay in ``found`` too, as matrices: the factored option of their unit."""
+    """Group the targets of ``found`` into the structured units of ``config.units``, in place.
+
+    A unit is keyed by the module that holds it (an MLP, or the layer for OPT and BERT; an
+    attention) and recorded at its anchor, the projection whose inputs calibrate it (an MLP's
+    output projection, ``o_proj`` for ``"vo"`` and ``"heads"``, ``q_proj`` for ``"qk"``).
+
+    Parameters
+    ----------
+    model : nn.Module
+    config : StructuredConfig
+        Its ``units``, ``matrices`` and ``per_group`` are read.
+    found : dict of str to (int, nn.Module)
+        The targets (name -> ``(layer, module)``, as :func:`adapters.targets.survey_targets`
+        finds them). A unit's matrices are replaced by the unit; with ``config.per_group`` they
+        stay too, as matrices: the factored option of their unit. With ``matrices="dense"``
+        the targets in no unit are removed.
+    dense : list of LeftDense
+        Gets the targets left dense by ``matrices="dense"``, with that reason.
+
+    Returns
+    -------
+    units, members : dict, dict
+        The units' kinds by name (``"mlp"``, ``"vo"``, ``"heads"``, ``"qk"``), and the names of
+        the matrices each unit holds.
+
+    Raises
+    ------
+    ValueError
+        A target the family's layout cannot make a unit of (a routed expert, another MLP
+        layout, a fused or partial attention, a unit missing some of its projections), by
+        name, or no unit of a kind asked for among the targets.
+    """
     snapshot = dict(found)
     units, members = {}, {}
     for kind, group in (("heads", _group_heads), ("qk", _group_query_key), ("vo", _group_value_output),
